@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of the project: installs what the tests need, builds the workspace, runs the Rust tests
+# (unit, property and black-box tests of every crate and module) and the end-to-end tests in tests/ (real
+# processes: edge-dev, the three modules, mosquitto clients, paho-mqtt and Microsoft's azure-iot-device).
+# Usage: scripts/test.sh            (everything)
+#        scripts/test.sh --rust     (only cargo test)
+#        scripts/test.sh --e2e      (only the end-to-end tests; builds first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-all}"
+case "$what" in -h|--help) sed -n 2,7p "$0"; exit 0;; all|--rust|--e2e) ;; *) echo "unknown option $what; see --help" >&2; exit 2;; esac
+
+scripts/install-test-deps.sh
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== build"
+cargo build --workspace --bins --locked
+
+if [ "$what" != "--e2e" ]; then
+  echo "== cargo test"
+  cargo test --workspace --locked
+fi
+
+if [ "$what" != "--rust" ]; then
+  echo "== end-to-end tests"
+  EDGE_DEV_BIN_DIR="$PWD/target/debug" python3 -m pytest -q -p no:cacheprovider tests/
+fi
