@@ -1,0 +1,502 @@
+//! Sessions, subscriptions and retained messages for device subscribers (in memory).
+//!
+//! The lock is a plain `std::sync::Mutex` held only for map updates and `try_send`s: nothing here
+//! awaits, so one slow subscriber can never stall a publisher.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rumqttc::mqttbytes::{matches, QoS};
+use tokio::sync::{mpsc, Notify};
+
+use crate::codec::{DisconnectReason, Pub, SubFilter};
+use crate::metrics::Metrics;
+
+/// Why the broker asks a connection to close.
+#[derive(Debug, Default)]
+pub struct Kick {
+    notify: Notify,
+    reason: Mutex<Option<(DisconnectReason, &'static str)>>,
+}
+
+impl Kick {
+    /// Asks the connection to close with `reason` (the first reason wins).
+    pub fn kick(&self, reason: DisconnectReason, why: &'static str) {
+        if let Ok(mut r) = self.reason.lock() {
+            if r.is_none() {
+                *r = Some((reason, why));
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Resolves once [`Kick::kick`] was called; returns the reason.
+    pub async fn kicked(&self) -> (DisconnectReason, &'static str) {
+        loop {
+            if let Ok(r) = self.reason.lock() {
+                if let Some(r) = *r {
+                    return r;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+struct Link {
+    id: u64,
+    tx: mpsc::Sender<Pub>,
+    kick: Arc<Kick>,
+}
+
+struct Session {
+    link: Option<Link>,
+    subs: BTreeMap<String, SubFilter>,
+    /// Keep the session after the client leaves, for `expiry`.
+    persistent: bool,
+    expiry: Duration,
+    left_at: Option<Instant>,
+    offline: VecDeque<Pub>,
+    incoming_qos2: HashSet<u16>,
+}
+
+/// What a connection gets when it attaches to its session.
+pub struct Attached {
+    pub conn_id: u64,
+    pub session_present: bool,
+    pub rx: mpsc::Receiver<Pub>,
+    pub kick: Arc<Kick>,
+    /// Messages queued while the client was away (send them first).
+    pub replay: Vec<Pub>,
+    /// QoS 2 packet ids received but not yet released (PUBREL) before the client left.
+    pub incoming_qos2: HashSet<u16>,
+}
+
+/// The session and retained-message store.
+pub struct Broker {
+    core: Mutex<Core>,
+    next_id: AtomicU64,
+    queue: usize,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Core {
+    sessions: HashMap<String, Session>,
+    retained: BTreeMap<String, Pub>,
+}
+
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
+impl Broker {
+    /// A broker whose per-session queues hold `queue` messages.
+    pub fn new(queue: usize, metrics: Arc<Metrics>) -> Broker {
+        Broker {
+            core: Mutex::new(Core::default()),
+            next_id: AtomicU64::new(1),
+            queue,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // a panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping the whole server would, so recover the guard
+        match self.core.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Attaches a new connection to `client_id`'s session, taking over from any connection
+    /// that holds it. `clean` discards the old session; `persist_for` is how long the session
+    /// outlives the connection (zero: it ends with the connection).
+    pub fn connect(&self, client_id: &str, clean: bool, persist_for: Duration) -> Attached {
+        let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let kick = Arc::new(Kick::default());
+        let mut core = self.lock();
+        if let Some(old) = core.sessions.get_mut(client_id) {
+            if let Some(link) = old.link.take() {
+                tracing::info!(
+                    client = client_id,
+                    "client id taken over by a new connection; closing the old one"
+                );
+                link.kick.kick(
+                    DisconnectReason::SessionTakenOver,
+                    "session taken over by a new connection with the same client id",
+                );
+            }
+        }
+        if clean {
+            core.sessions.remove(client_id);
+        }
+        let session_present = core.sessions.contains_key(client_id);
+        let s = core
+            .sessions
+            .entry(client_id.to_string())
+            .or_insert_with(|| Session {
+                link: None,
+                subs: BTreeMap::new(),
+                persistent: false,
+                expiry: Duration::ZERO,
+                left_at: None,
+                offline: VecDeque::new(),
+                incoming_qos2: HashSet::new(),
+            });
+        s.persistent = !persist_for.is_zero();
+        s.expiry = persist_for;
+        s.left_at = None;
+        s.link = Some(Link {
+            id: conn_id,
+            tx,
+            kick: kick.clone(),
+        });
+        Attached {
+            conn_id,
+            session_present,
+            rx,
+            kick,
+            replay: s.offline.drain(..).collect(),
+            incoming_qos2: std::mem::take(&mut s.incoming_qos2),
+        }
+    }
+
+    /// Detaches connection `conn_id`. Unacknowledged outgoing messages and QoS 2 state are kept
+    /// for a persistent session; a non-persistent one ends here.
+    pub fn disconnect(
+        &self,
+        client_id: &str,
+        conn_id: u64,
+        unacked: Vec<Pub>,
+        incoming_qos2: HashSet<u16>,
+        persist_for: Option<Duration>,
+    ) {
+        let mut core = self.lock();
+        let Some(s) = core.sessions.get_mut(client_id) else {
+            return;
+        };
+        let current = s.link.as_ref().map(|l| l.id) == Some(conn_id);
+        if !current {
+            // taken over: hand what this connection still owed to the session
+            if s.persistent {
+                for p in unacked {
+                    if let Some(link) = &s.link {
+                        let _ = link.tx.try_send(p);
+                    } else {
+                        s.offline.push_back(p);
+                    }
+                }
+            }
+            return;
+        }
+        s.link = None;
+        if let Some(d) = persist_for {
+            s.expiry = d;
+            s.persistent = !d.is_zero();
+        }
+        if !s.persistent {
+            core.sessions.remove(client_id);
+            return;
+        }
+        s.left_at = Some(Instant::now());
+        s.incoming_qos2 = incoming_qos2;
+        let mut queued: VecDeque<Pub> = unacked.into_iter().collect();
+        queued.append(&mut s.offline);
+        while queued.len() > self.queue {
+            queued.pop_back();
+            self.metrics.dropped("offline_queue_full");
+        }
+        s.offline = queued;
+    }
+
+    /// Adds subscriptions; returns the granted QoS per filter (None: invalid filter) and the
+    /// retained messages to send now.
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        filters: &[SubFilter],
+    ) -> (Vec<Option<QoS>>, Vec<Pub>) {
+        let mut core = self.lock();
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        let mut new_subs = Vec::new();
+        for f in filters {
+            if !rumqttc::mqttbytes::valid_filter(&f.filter) || f.filter.starts_with("$share/") {
+                granted.push(None);
+                continue;
+            }
+            granted.push(Some(f.qos));
+            new_subs.push(f.clone());
+        }
+        let Some(s) = core.sessions.get_mut(client_id) else {
+            return (granted, retained);
+        };
+        let mut send_retained = Vec::new();
+        for f in new_subs {
+            let existed = s.subs.insert(f.filter.clone(), f.clone()).is_some();
+            if f.retain_handling == 0 || (f.retain_handling == 1 && !existed) {
+                send_retained.push(f);
+            }
+        }
+        for f in send_retained {
+            for (topic, p) in &core.retained {
+                if matches(topic, &f.filter) {
+                    let mut p = p.clone();
+                    p.qos = min_qos(p.qos, f.qos);
+                    p.retain = true;
+                    p.dup = false;
+                    p.pkid = 0;
+                    retained.push(p);
+                }
+            }
+        }
+        (granted, retained)
+    }
+
+    /// Removes subscriptions.
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) {
+        let mut core = self.lock();
+        if let Some(s) = core.sessions.get_mut(client_id) {
+            for f in filters {
+                s.subs.remove(f);
+            }
+        }
+    }
+
+    /// Stores a retained message (an empty payload deletes) and delivers `p` to every matching
+    /// subscriber at min(publish QoS, subscription QoS).
+    pub fn publish(&self, from: &str, p: &Pub) {
+        let mut core = self.lock();
+        if p.retain {
+            if p.payload.is_empty() {
+                core.retained.remove(&p.topic);
+            } else {
+                let mut r = p.clone();
+                r.dup = false;
+                r.pkid = 0;
+                core.retained.insert(p.topic.clone(), r);
+            }
+            self.metrics
+                .retained_messages
+                .store(core.retained.len() as i64, Ordering::Relaxed);
+        }
+        for (id, s) in core.sessions.iter_mut() {
+            let mut best: Option<&SubFilter> = None;
+            for f in s.subs.values() {
+                if f.no_local && id == from {
+                    continue;
+                }
+                if matches(&p.topic, &f.filter) && best.is_none_or_lower(f.qos) {
+                    best = Some(f);
+                }
+            }
+            let Some(f) = best else { continue };
+            let mut d = p.clone();
+            d.qos = min_qos(p.qos, f.qos);
+            d.retain = f.retain_as_published && p.retain;
+            d.dup = false;
+            d.pkid = 0;
+            match &s.link {
+                Some(link) => match link.tx.try_send(d) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(d)) => {
+                        if d.qos == QoS::AtMostOnce {
+                            self.metrics.dropped("subscriber_queue_full");
+                        } else {
+                            tracing::warn!(client = %id, "subscriber does not keep up (queue of {} full); disconnecting it", self.queue);
+                            self.metrics.refused("slow_subscriber");
+                            link.kick.kick(
+                                DisconnectReason::QuotaExceeded,
+                                "subscriber queue full: the client does not read fast enough",
+                            );
+                            if s.persistent && s.offline.len() < self.queue {
+                                s.offline.push_back(d);
+                            } else {
+                                self.metrics.dropped("subscriber_queue_full");
+                            }
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(d)) => {
+                        if s.persistent && d.qos != QoS::AtMostOnce && s.offline.len() < self.queue
+                        {
+                            s.offline.push_back(d);
+                        }
+                    }
+                },
+                None => {
+                    if d.qos != QoS::AtMostOnce {
+                        if s.offline.len() < self.queue {
+                            s.offline.push_back(d);
+                        } else {
+                            self.metrics.dropped("offline_queue_full");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends persistent sessions whose client has been away longer than their expiry.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut core = self.lock();
+        let before = core.sessions.len();
+        core.sessions.retain(|_, s| match s.left_at {
+            Some(t) if s.link.is_none() => now.saturating_duration_since(t) < s.expiry,
+            _ => true,
+        });
+        before - core.sessions.len()
+    }
+
+    /// Number of sessions held (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Kicks every connected client (server shutdown).
+    pub fn kick_all(&self) {
+        let core = self.lock();
+        for s in core.sessions.values() {
+            if let Some(l) = &s.link {
+                l.kick
+                    .kick(DisconnectReason::ServerShuttingDown, "server shutting down");
+            }
+        }
+    }
+}
+
+trait BestSub {
+    fn is_none_or_lower(&self, q: QoS) -> bool;
+}
+
+impl BestSub for Option<&SubFilter> {
+    fn is_none_or_lower(&self, q: QoS) -> bool {
+        match self {
+            None => true,
+            Some(f) => (f.qos as u8) < (q as u8),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::PubProps;
+    use bytes::Bytes;
+
+    fn sub(filter: &str, qos: QoS) -> SubFilter {
+        SubFilter {
+            filter: filter.into(),
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+        }
+    }
+
+    fn publ(topic: &str, qos: QoS, retain: bool, body: &'static [u8]) -> Pub {
+        Pub {
+            topic: topic.into(),
+            payload: Bytes::from_static(body),
+            qos,
+            retain,
+            dup: false,
+            pkid: 7,
+            props: PubProps::default(),
+        }
+    }
+
+    fn broker() -> Broker {
+        Broker::new(4, Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn delivers_at_min_qos() {
+        let b = broker();
+        let mut a = b.connect("sub", true, Duration::ZERO);
+        let (g, _) = b.subscribe(
+            "sub",
+            &[sub("a/+", QoS::AtLeastOnce), sub("a/#/x", QoS::AtMostOnce)],
+        );
+        assert_eq!(g, vec![Some(QoS::AtLeastOnce), None]);
+        b.publish("pub", &publ("a/b", QoS::ExactlyOnce, false, b"1"));
+        b.publish("pub", &publ("a/c", QoS::AtMostOnce, false, b"2"));
+        b.publish("pub", &publ("b/c", QoS::AtMostOnce, false, b"3"));
+        let d1 = a.rx.try_recv().expect("first");
+        assert_eq!((d1.qos, &d1.payload[..]), (QoS::AtLeastOnce, &b"1"[..]));
+        let d2 = a.rx.try_recv().expect("second");
+        assert_eq!(d2.qos, QoS::AtMostOnce);
+        assert!(a.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn retained_set_replace_delete() {
+        let b = broker();
+        b.publish("p", &publ("r/1", QoS::AtLeastOnce, true, b"old"));
+        b.publish("p", &publ("r/1", QoS::AtLeastOnce, true, b"new"));
+        b.publish("p", &publ("r/2", QoS::AtLeastOnce, true, b"x"));
+        b.publish("p", &publ("r/2", QoS::AtLeastOnce, true, b""));
+        let _a = b.connect("s", true, Duration::ZERO);
+        let (_, r) = b.subscribe("s", &[sub("r/#", QoS::AtMostOnce)]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(&r[0].payload[..], b"new");
+        assert!(r[0].retain);
+        assert_eq!(r[0].qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn persistent_session_queues_while_away_and_clean_discards() {
+        let b = broker();
+        let a = b.connect("s", false, Duration::from_secs(60));
+        assert!(!a.session_present);
+        b.subscribe("s", &[sub("t", QoS::AtLeastOnce)]);
+        b.disconnect("s", a.conn_id, vec![], HashSet::new(), None);
+        b.publish("p", &publ("t", QoS::AtLeastOnce, false, b"1"));
+        b.publish("p", &publ("t", QoS::AtMostOnce, false, b"qos0 not queued"));
+        let a2 = b.connect("s", false, Duration::from_secs(60));
+        assert!(a2.session_present);
+        assert_eq!(a2.replay.len(), 1);
+        b.disconnect("s", a2.conn_id, vec![], HashSet::new(), None);
+        let a3 = b.connect("s", true, Duration::ZERO);
+        assert!(!a3.session_present);
+        b.disconnect("s", a3.conn_id, vec![], HashSet::new(), None);
+        assert_eq!(b.session_count(), 0);
+    }
+
+    #[test]
+    fn takeover_kicks_the_old_connection() {
+        let b = broker();
+        let a = b.connect("s", true, Duration::ZERO);
+        let _a2 = b.connect("s", true, Duration::ZERO);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (reason, _) = rt.block_on(a.kick.kicked());
+        assert_eq!(reason, DisconnectReason::SessionTakenOver);
+        // the old connection's exit does not end the new one's session
+        b.disconnect("s", a.conn_id, vec![], HashSet::new(), None);
+        assert_eq!(b.session_count(), 1);
+    }
+
+    #[test]
+    fn no_local_and_expiry() {
+        let b = broker();
+        let mut a = b.connect("s", false, Duration::from_secs(1));
+        let mut f = sub("t", QoS::AtMostOnce);
+        f.no_local = true;
+        b.subscribe("s", &[f]);
+        b.publish("s", &publ("t", QoS::AtMostOnce, false, b"own"));
+        assert!(a.rx.try_recv().is_err());
+        b.disconnect("s", a.conn_id, vec![], HashSet::new(), None);
+        assert_eq!(b.expire(Instant::now()), 0);
+        assert_eq!(b.expire(Instant::now() + Duration::from_secs(2)), 1);
+    }
+}

@@ -1,0 +1,587 @@
+//! One client connection: CONNECT, then a single `select!` over the socket, the pending
+//! edgeHub acknowledgements, deliveries for this client's subscriptions, keep-alive, takeover
+//! and shutdown.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use rumqttc::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::codec::{Encoder, FramedRead};
+
+use crate::broker::Attached;
+use crate::codec::{
+    CodecError, ConnectInfo, DisconnectReason, Inbound, Outbound, Pub, Refusal, ServerCodec,
+    ServerLimits, Version,
+};
+use crate::forward::Pipeline;
+use crate::message::to_edge_message;
+use crate::Shared;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT (no will, unless MQTT 5 asked for it).
+    Clean { with_will: bool },
+    /// Anything else: the will is published.
+    Abnormal,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+type AckFuture = futures_util::future::BoxFuture<'static, Option<Outbound>>;
+
+struct Conn<W> {
+    writer: W,
+    enc: ServerCodec,
+    buf: BytesMut,
+    write_timeout: Duration,
+    client: String,
+    peer: SocketAddr,
+}
+
+impl<W: AsyncWrite + Unpin> Conn<W> {
+    async fn send(&mut self, pkt: Outbound) -> Result<(), ()> {
+        self.buf.clear();
+        if let Err(e) = self.enc.encode(pkt, &mut self.buf) {
+            tracing::warn!(client = %self.client, peer = %self.peer, error = %e, "cannot encode a packet for this client; closing");
+            return Err(());
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.write_timeout, self.writer.write_all(&self.buf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %self.client, error = %e, "write failed");
+                Err(())
+            }
+            Err(_) => {
+                tracing::warn!(client = %self.client, peer = %self.peer, timeout = ?self.write_timeout,
+                    "disconnecting client: it does not read (write blocked past write_timeout)");
+                Err(())
+            }
+        }
+    }
+}
+
+fn refuse_label(e: &CodecError) -> DisconnectReason {
+    match e {
+        CodecError::TooLarge { .. } => DisconnectReason::PacketTooLarge,
+        CodecError::NotUtf8 => DisconnectReason::TopicNameInvalid,
+        _ => DisconnectReason::MalformedPacket,
+    }
+}
+
+/// Serves one accepted socket until it closes, the client is kicked or `shutdown` flips.
+pub(crate) async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    pipeline: Pipeline,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let max_incoming = shared.settings.max_payload + 65_536 + 1024;
+    let mut frames = FramedRead::new(reader, ServerCodec::new(max_incoming));
+    let mut conn = Conn {
+        writer,
+        enc: ServerCodec::new(max_incoming),
+        buf: BytesMut::with_capacity(1024),
+        write_timeout: Duration::from_secs(shared.settings.write_timeout_secs.max(1)),
+        client: String::from("?"),
+        peer,
+    };
+
+    // 1. CONNECT within connect_timeout
+    let first = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(shared.settings.connect_timeout_secs.max(1)), frames.next()) => r,
+        _ = shutdown.changed() => return,
+    };
+    let info = match first {
+        Err(_) => {
+            tracing::warn!(%peer, "refusing connection: no CONNECT within connect_timeout");
+            shared.metrics.refused("connect_timeout");
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(%peer, reason = %e, "refusing connection: bad first packet");
+            shared.metrics.refused(e.label());
+            return;
+        }
+        Ok(Some(Ok(Inbound::UnsupportedProtocol(level)))) => {
+            tracing::warn!(%peer, level, "refusing connection: unsupported MQTT protocol level (3.1.1 and 5 are spoken)");
+            shared.metrics.refused("protocol_version");
+            conn.enc = ServerCodec::for_version(Version::V311);
+            let _ = conn
+                .send(Outbound::ConnAck {
+                    session_present: false,
+                    refusal: Some(Refusal::UnsupportedProtocol),
+                    props: None,
+                })
+                .await;
+            return;
+        }
+        Ok(Some(Ok(Inbound::Connect(info)))) => info,
+        Ok(Some(Ok(other))) => {
+            tracing::warn!(%peer, packet = ?other, "refusing connection: first packet is not CONNECT");
+            shared.metrics.refused("not_connect");
+            return;
+        }
+    };
+    let mut info: ConnectInfo = *info;
+    conn.enc = ServerCodec::for_version(info.version);
+    conn.enc.max_outgoing = info.max_packet_size;
+
+    // 2. validate client id, credentials, will
+    let mut assigned = None;
+    if info.client_id.is_empty() {
+        if info.version == Version::V311 && !info.clean {
+            tracing::warn!(%peer, "refusing connection: empty client id with clean session 0");
+            shared.metrics.refused("bad_client_id");
+            let _ = conn
+                .send(Outbound::ConnAck {
+                    session_present: false,
+                    refusal: Some(Refusal::BadClientId),
+                    props: None,
+                })
+                .await;
+            return;
+        }
+        info.client_id = format!("auto-{}", uuid::Uuid::new_v4());
+        assigned = Some(info.client_id.clone());
+    }
+    conn.client = info.client_id.clone();
+    let client = info.client_id.clone();
+    if let Some(auth) = &shared.auth {
+        if !auth.check(info.username.as_deref(), info.password.as_deref()) {
+            tracing::warn!(client = %client, %peer, user = ?info.username, "refusing connection: bad username or password");
+            shared.metrics.refused("bad_credentials");
+            let _ = conn
+                .send(Outbound::ConnAck {
+                    session_present: false,
+                    refusal: Some(Refusal::BadUserNamePassword),
+                    props: None,
+                })
+                .await;
+            return;
+        }
+    }
+    if let Some(w) = &info.will {
+        if w.topic.is_empty() || !rumqttc::mqttbytes::valid_topic(&w.topic) {
+            tracing::warn!(client = %client, %peer, topic = %w.topic, "refusing connection: invalid will topic");
+            shared.metrics.refused("invalid_topic");
+            let _ = conn
+                .send(Outbound::ConnAck {
+                    session_present: false,
+                    refusal: Some(Refusal::NotAuthorized),
+                    props: None,
+                })
+                .await;
+            return;
+        }
+    }
+
+    // 3. attach the session
+    let max_expiry = shared.settings.session_expiry_secs;
+    let persist_for = match info.session_expiry {
+        Some(secs) => Duration::from_secs(u64::from(secs).min(max_expiry)),
+        None if info.clean => Duration::ZERO,
+        None => Duration::from_secs(max_expiry),
+    };
+    let Attached {
+        conn_id,
+        session_present,
+        mut rx,
+        kick,
+        replay,
+        incoming_qos2,
+    } = shared.broker.connect(&client, info.clean, persist_for);
+    let props = (info.version == Version::V5).then(|| ServerLimits {
+        receive_max: shared.settings.max_inflight,
+        max_packet_size: u32::try_from(max_incoming).unwrap_or(u32::MAX),
+        assigned_client_id: assigned,
+        session_expiry: info
+            .session_expiry
+            .map(|s| u32::try_from(u64::from(s).min(max_expiry)).unwrap_or(u32::MAX))
+            .filter(|s| Some(*s) != info.session_expiry),
+    });
+    if conn
+        .send(Outbound::ConnAck {
+            session_present,
+            refusal: None,
+            props,
+        })
+        .await
+        .is_err()
+    {
+        shared
+            .broker
+            .disconnect(&client, conn_id, replay, incoming_qos2, None);
+        return;
+    }
+    shared
+        .metrics
+        .connected_clients
+        .fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(client = %client, %peer, version = info.version.label(), clean = info.clean,
+        keep_alive = info.keep_alive, session_present, "client connected");
+
+    let mut state = Session {
+        qos2: incoming_qos2,
+        outgoing: BTreeMap::new(),
+        next_pkid: 1,
+        session_expiry_update: None,
+    };
+    let end = run_loop(
+        &mut conn,
+        &mut frames,
+        &mut state,
+        &info,
+        &shared,
+        &pipeline,
+        &mut shutdown,
+        &mut rx,
+        &kick,
+        replay,
+    )
+    .await;
+    shared
+        .metrics
+        .connected_clients
+        .fetch_sub(1, Ordering::Relaxed);
+
+    // 4. will, session hand-back
+    let publish_will = matches!(end, End::Abnormal | End::Clean { with_will: true });
+    tracing::info!(client = %client, %peer, reason = ?end, "client disconnected");
+    if publish_will {
+        if let Some(w) = info.will.take() {
+            let p = Pub {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                dup: false,
+                pkid: 0,
+                props: w.props,
+            };
+            publish_will_message(
+                p,
+                client.clone(),
+                shared.clone(),
+                pipeline.clone(),
+                w.delay_secs,
+            );
+        }
+    }
+    let mut unacked: Vec<Pub> = state
+        .outgoing
+        .into_values()
+        .map(|(mut p, _)| {
+            p.dup = true;
+            p
+        })
+        .collect();
+    while let Ok(p) = rx.try_recv() {
+        if p.qos != QoS::AtMostOnce {
+            unacked.push(p);
+        }
+    }
+    let expiry = state
+        .session_expiry_update
+        .map(|s| Duration::from_secs(u64::from(s).min(max_expiry)));
+    shared
+        .broker
+        .disconnect(&client, conn_id, unacked, state.qos2, expiry);
+}
+
+fn publish_will_message(
+    p: Pub,
+    client: String,
+    shared: Arc<Shared>,
+    pipeline: Pipeline,
+    delay_secs: u32,
+) {
+    tokio::spawn(async move {
+        if delay_secs > 0 {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay_secs.min(3600)))).await;
+        }
+        tracing::info!(client = %client, topic = %p.topic, "publishing the client's will message");
+        shared.broker.publish(&client, &p);
+        let routing = shared.routing();
+        let msg = to_edge_message(&p, &client, routing.enrich_device_id, chrono::Utc::now());
+        let _ = pipeline
+            .submit(routing.output_for(&p.topic).to_string(), msg, &client)
+            .await;
+    });
+}
+
+struct Session {
+    /// QoS 2 packet ids received (PUBREC sent or pending) and not yet released.
+    qos2: HashSet<u16>,
+    /// Outgoing QoS 1/2 deliveries awaiting PUBACK / PUBREC+PUBCOMP: pkid -> (message, released).
+    outgoing: BTreeMap<u16, (Pub, bool)>,
+    next_pkid: u16,
+    session_expiry_update: Option<u32>,
+}
+
+impl Session {
+    fn alloc_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_pkid;
+            self.next_pkid = if self.next_pkid == u16::MAX {
+                1
+            } else {
+                self.next_pkid + 1
+            };
+            if !self.outgoing.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+async fn deliver<W: AsyncWrite + Unpin>(
+    conn: &mut Conn<W>,
+    state: &mut Session,
+    shared: &Shared,
+    mut p: Pub,
+) -> Result<(), ()> {
+    if p.qos != QoS::AtMostOnce {
+        let Some(id) = state.alloc_pkid() else {
+            shared.metrics.dropped("no_packet_id");
+            return Ok(());
+        };
+        p.pkid = id;
+        state.outgoing.insert(id, (p.clone(), false));
+    } else {
+        p.pkid = 0;
+    }
+    shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+    conn.send(Outbound::Publish(p)).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop<R, W>(
+    conn: &mut Conn<W>,
+    frames: &mut FramedRead<R, ServerCodec>,
+    state: &mut Session,
+    info: &ConnectInfo,
+    shared: &Arc<Shared>,
+    pipeline: &Pipeline,
+    shutdown: &mut watch::Receiver<bool>,
+    rx: &mut tokio::sync::mpsc::Receiver<Pub>,
+    kick: &crate::broker::Kick,
+    replay: Vec<Pub>,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let client = info.client_id.clone();
+    let v5 = info.version == Version::V5;
+    let max_inflight = usize::from(shared.settings.max_inflight);
+    // resend what the session still owes the client (unacknowledged ones carry DUP)
+    for p in replay {
+        if deliver(conn, state, shared, p).await.is_err() {
+            return End::Abnormal;
+        }
+    }
+    let keep_alive =
+        (info.keep_alive > 0).then(|| Duration::from_millis(u64::from(info.keep_alive) * 1500));
+    let mut deadline = Instant::now() + keep_alive.unwrap_or(Duration::from_secs(3600));
+    let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if v5 { let _ = conn.send(Outbound::Disconnect(DisconnectReason::ServerShuttingDown)).await; }
+                return End::Shutdown;
+            }
+            (reason, why) = kick.kicked() => {
+                tracing::info!(client = %client, why, "closing connection");
+                if v5 { let _ = conn.send(Outbound::Disconnect(reason)).await; }
+                return if reason == DisconnectReason::ServerShuttingDown { End::Shutdown } else { End::Abnormal };
+            }
+            Some(ack) = acks.next(), if !acks.is_empty() => {
+                match ack {
+                    Some(pkt) => if conn.send(pkt).await.is_err() { return End::Abnormal; },
+                    None => return End::Shutdown,
+                }
+            }
+            Some(p) = rx.recv(), if state.outgoing.len() < 1024 => {
+                if deliver(conn, state, shared, p).await.is_err() { return End::Abnormal; }
+            }
+            _ = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {
+                tracing::warn!(client = %client, peer = %conn.peer, keep_alive = info.keep_alive,
+                    "disconnecting client: nothing received within 1.5 x keep-alive");
+                shared.metrics.refused("keep_alive_timeout");
+                if v5 { let _ = conn.send(Outbound::Disconnect(DisconnectReason::KeepAliveTimeout)).await; }
+                return End::Abnormal;
+            }
+            frame = frames.next(), if acks.len() < max_inflight => {
+                if let Some(k) = keep_alive { deadline = Instant::now() + k; }
+                let pkt = match frame {
+                    None => return End::Abnormal,
+                    Some(Err(CodecError::Io(e))) => {
+                        tracing::debug!(client = %client, error = %e, "socket closed");
+                        return End::Abnormal;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(client = %client, peer = %conn.peer, reason = %e, "disconnecting client: bad packet");
+                        shared.metrics.refused(e.label());
+                        if v5 { let _ = conn.send(Outbound::Disconnect(refuse_label(&e))).await; }
+                        return End::Abnormal;
+                    }
+                    Some(Ok(p)) => p,
+                };
+                match pkt {
+                    Inbound::Publish(p) => {
+                        match on_publish(conn, state, info, shared, pipeline, shutdown, p).await {
+                            Ok(Some(ack)) => acks.push_back(ack),
+                            Ok(None) => {}
+                            Err(end) => return end,
+                        }
+                    }
+                    Inbound::PubRel(pkid) => {
+                        state.qos2.remove(&pkid);
+                        if conn.send(Outbound::PubComp(pkid)).await.is_err() { return End::Abnormal; }
+                    }
+                    Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
+                        state.outgoing.remove(&pkid);
+                    }
+                    Inbound::PubRec(pkid) => {
+                        if let Some(e) = state.outgoing.get_mut(&pkid) { e.1 = true; }
+                        if conn.send(Outbound::PubRel(pkid)).await.is_err() { return End::Abnormal; }
+                    }
+                    Inbound::Subscribe { pkid, filters } => {
+                        let (granted, retained) = shared.broker.subscribe(&client, &filters);
+                        for (f, g) in filters.iter().zip(&granted) {
+                            if g.is_none() {
+                                tracing::warn!(client = %client, filter = %f.filter, "refusing subscription: invalid or unsupported topic filter");
+                            }
+                        }
+                        if conn.send(Outbound::SubAck { pkid, granted }).await.is_err() { return End::Abnormal; }
+                        for p in retained {
+                            if deliver(conn, state, shared, p).await.is_err() { return End::Abnormal; }
+                        }
+                    }
+                    Inbound::Unsubscribe { pkid, filters } => {
+                        shared.broker.unsubscribe(&client, &filters);
+                        if conn.send(Outbound::UnsubAck { pkid, count: filters.len() }).await.is_err() { return End::Abnormal; }
+                    }
+                    Inbound::PingReq => {
+                        if conn.send(Outbound::PingResp).await.is_err() { return End::Abnormal; }
+                    }
+                    Inbound::Disconnect { with_will, session_expiry } => {
+                        state.session_expiry_update = session_expiry;
+                        return End::Clean { with_will };
+                    }
+                    Inbound::Connect(_) | Inbound::UnsupportedProtocol(_) => {
+                        tracing::warn!(client = %client, peer = %conn.peer, "disconnecting client: second CONNECT on one connection");
+                        shared.metrics.refused("protocol_error");
+                        if v5 { let _ = conn.send(Outbound::Disconnect(DisconnectReason::ProtocolError)).await; }
+                        return End::Abnormal;
+                    }
+                    Inbound::Unexpected(name) => {
+                        tracing::warn!(client = %client, peer = %conn.peer, packet = name, "disconnecting client: packet a client must not send");
+                        shared.metrics.refused("protocol_error");
+                        if v5 { let _ = conn.send(Outbound::Disconnect(DisconnectReason::ProtocolError)).await; }
+                        return End::Abnormal;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(
+    conn: &mut Conn<W>,
+    v5: bool,
+    reason: DisconnectReason,
+) -> End {
+    if v5 {
+        let _ = conn.send(Outbound::Disconnect(reason)).await;
+    }
+    End::Abnormal
+}
+
+/// Handles one device publish: checks, local delivery, then the edgeHub buffer. Returns the
+/// acknowledgement to send once edgeHub has the message (QoS 1/2).
+async fn on_publish<W: AsyncWrite + Unpin>(
+    conn: &mut Conn<W>,
+    state: &mut Session,
+    info: &ConnectInfo,
+    shared: &Arc<Shared>,
+    pipeline: &Pipeline,
+    shutdown: &mut watch::Receiver<bool>,
+    p: Pub,
+) -> Result<Option<AckFuture>, End> {
+    let client = &info.client_id;
+    let v5 = info.version == Version::V5;
+    if p.props.topic_alias.is_some() {
+        tracing::warn!(client = %client, peer = %conn.peer, "disconnecting client: topic alias used but the server allows none");
+        shared.metrics.refused("topic_alias");
+        return Err(refuse(conn, v5, DisconnectReason::TopicAliasInvalid).await);
+    }
+    if p.topic.is_empty() || !rumqttc::mqttbytes::valid_topic(&p.topic) || p.topic.contains('\0') {
+        tracing::warn!(client = %client, peer = %conn.peer, topic = %p.topic, "disconnecting client: invalid topic name");
+        shared.metrics.refused("invalid_topic");
+        return Err(refuse(conn, v5, DisconnectReason::TopicNameInvalid).await);
+    }
+    let routing = shared.routing();
+    if p.payload.len() > routing.max_payload {
+        tracing::warn!(client = %client, peer = %conn.peer, size = p.payload.len(), max = routing.max_payload,
+            "disconnecting client: payload larger than max_payload");
+        shared.metrics.refused("oversize");
+        return Err(refuse(conn, v5, DisconnectReason::PacketTooLarge).await);
+    }
+    if p.qos == QoS::ExactlyOnce && state.qos2.contains(&p.pkid) {
+        // a resend of a QoS 2 message we already have: acknowledge again, do not forward twice
+        let pkid = p.pkid;
+        return Ok(Some(Box::pin(async move { Some(Outbound::PubRec(pkid)) })));
+    }
+    shared.metrics.messages_in[p.qos as usize].fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .bytes_in
+        .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+    shared.broker.publish(client, &p);
+    let msg = to_edge_message(&p, client, routing.enrich_device_id, chrono::Utc::now());
+    let output = routing.output_for(&p.topic).to_string();
+    tracing::debug!(client = %client, topic = %p.topic, qos = p.qos as u8, output = %output, message_id = %msg.message_id, "forwarding");
+    let done = tokio::select! {
+        r = pipeline.submit(output, msg, client) => match r {
+            Ok(rx) => rx,
+            Err(_) => return Err(End::Shutdown),
+        },
+        _ = shutdown.changed() => return Err(End::Shutdown),
+    };
+    let pkid = p.pkid;
+    Ok(match p.qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Box::pin(async move {
+            done.await.ok().map(|()| Outbound::PubAck(pkid))
+        })),
+        QoS::ExactlyOnce => {
+            state.qos2.insert(pkid);
+            Some(Box::pin(async move {
+                done.await.ok().map(|()| Outbound::PubRec(pkid))
+            }))
+        }
+    })
+}

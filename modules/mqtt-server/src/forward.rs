@@ -1,0 +1,218 @@
+//! The forwarding buffer: a bounded queue (messages and bytes) in front of edgeHub.
+//!
+//! A connection submits a message and gets a receiver that resolves once edgeHub acknowledged it;
+//! only then does the connection send PUBACK/PUBREC. When the buffer is full, `submit` waits:
+//! the connection stops reading its socket, which is the back-pressure TCP carries to the device.
+//! A failed send is retried with exponential backoff (500 ms doubling to 30 s by default), so
+//! while edgeHub is unreachable messages wait here, up to the bound.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::message::EdgeMessage;
+use crate::metrics::Metrics;
+
+/// A boxed, sendable future (what [`Forwarder::forward`] returns).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a message could not be handed to edgeHub (it will be retried).
+#[derive(Debug, thiserror::Error)]
+#[error("edgeHub did not take the message: {0}")]
+pub struct ForwardError(pub String);
+
+/// Where messages go: edgeHub through `edge_client` in production, a recorder in tests.
+pub trait Forwarder: Send + Sync + 'static {
+    /// Sends `message` on `output`; resolves `Ok` only once the receiver acknowledged it.
+    fn forward(
+        &self,
+        output: String,
+        message: EdgeMessage,
+    ) -> BoxFuture<'_, Result<(), ForwardError>>;
+}
+
+/// The buffer was closed because the server is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("the forwarding buffer is closed (server shutting down)")]
+pub struct Closed;
+
+struct Job {
+    output: String,
+    msg: EdgeMessage,
+    done: oneshot::Sender<()>,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// Handle to submit messages; clone it per connection.
+#[derive(Clone)]
+pub struct Pipeline {
+    msgs: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Job>,
+    metrics: Arc<Metrics>,
+    full: Arc<AtomicBool>,
+}
+
+/// Tuning of [`Pipeline::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineLimits {
+    pub messages: usize,
+    pub bytes: usize,
+    pub concurrency: usize,
+    pub retry: Duration,
+}
+
+impl Pipeline {
+    /// Starts the forwarding worker. It ends when every `Pipeline` clone is dropped and the
+    /// messages already submitted were forwarded.
+    pub fn start(
+        limits: PipelineLimits,
+        forwarder: Arc<dyn Forwarder>,
+        metrics: Arc<Metrics>,
+    ) -> (Pipeline, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let p = Pipeline {
+            msgs: Arc::new(Semaphore::new(limits.messages)),
+            bytes: Arc::new(Semaphore::new(limits.bytes)),
+            tx,
+            metrics: metrics.clone(),
+            full: Arc::new(AtomicBool::new(false)),
+        };
+        let worker = tokio::spawn(worker(rx, forwarder, metrics, limits, p.full.clone()));
+        (p, worker)
+    }
+
+    /// Queues a message, waiting while the buffer is full. The receiver resolves once edgeHub
+    /// acknowledged the message (it errs only if the worker is gone).
+    pub async fn submit(
+        &self,
+        output: String,
+        msg: EdgeMessage,
+        client: &str,
+    ) -> Result<oneshot::Receiver<()>, Closed> {
+        let size = u32::try_from(msg.size()).map_err(|_| Closed)?;
+        let m = match self.msgs.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.note_full(client);
+                self.msgs
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Closed)?
+            }
+        };
+        let b = match self.bytes.clone().try_acquire_many_owned(size) {
+            Ok(p) => p,
+            Err(_) => {
+                self.note_full(client);
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(size)
+                    .await
+                    .map_err(|_| Closed)?
+            }
+        };
+        self.metrics.buffer_messages.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_bytes
+            .fetch_add(i64::from(size), Ordering::Relaxed);
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                output,
+                msg,
+                done,
+                _permits: (m, b),
+            })
+            .map_err(|_| Closed)?;
+        Ok(rx)
+    }
+
+    fn note_full(&self, client: &str) {
+        self.metrics
+            .backpressure_waits
+            .fetch_add(1, Ordering::Relaxed);
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                client,
+                buffer_messages = self.metrics.buffer_messages.load(Ordering::Relaxed),
+                buffer_bytes = self.metrics.buffer_bytes.load(Ordering::Relaxed),
+                "forwarding buffer full (edgeHub slow or unreachable): back-pressure, device sockets are not read until there is room"
+            );
+        }
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    forwarder: Arc<dyn Forwarder>,
+    metrics: Arc<Metrics>,
+    limits: PipelineLimits,
+    full: Arc<AtomicBool>,
+) {
+    let down = Arc::new(AtomicBool::new(false));
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !inflight.is_empty() {
+        tokio::select! {
+            job = rx.recv(), if open && inflight.len() < limits.concurrency => match job {
+                Some(job) => inflight.push(process(job, forwarder.clone(), metrics.clone(), limits.retry, down.clone())),
+                None => open = false,
+            },
+            Some(()) = inflight.next(), if !inflight.is_empty() => {
+                if full.load(Ordering::Relaxed) && inflight.len() < limits.concurrency {
+                    full.store(false, Ordering::Relaxed);
+                    tracing::info!("forwarding buffer has room again: reading device sockets");
+                }
+            }
+        }
+    }
+}
+
+async fn process(
+    job: Job,
+    forwarder: Arc<dyn Forwarder>,
+    metrics: Arc<Metrics>,
+    retry: Duration,
+    down: Arc<AtomicBool>,
+) {
+    let mut delay = retry;
+    let size = job.msg.size();
+    loop {
+        match forwarder.forward(job.output.clone(), job.msg.clone()).await {
+            Ok(()) => {
+                metrics.messages_forwarded.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .bytes_forwarded
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                metrics.edgehub_connected.store(1, Ordering::Relaxed);
+                if down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("edgeHub accepts messages again");
+                }
+                break;
+            }
+            Err(e) => {
+                metrics.forward_failures.fetch_add(1, Ordering::Relaxed);
+                metrics.edgehub_connected.store(0, Ordering::Relaxed);
+                if !down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "sending to edgeHub failed; messages wait in the buffer and are retried");
+                } else {
+                    tracing::debug!(error = %e, message_id = %job.msg.message_id, ?delay, "retrying send to edgeHub");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    metrics.buffer_messages.fetch_sub(1, Ordering::Relaxed);
+    metrics
+        .buffer_bytes
+        .fetch_sub(size as i64, Ordering::Relaxed);
+    let _ = job.done.send(());
+}

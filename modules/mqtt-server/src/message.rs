@@ -1,0 +1,204 @@
+//! Turning a device publish into an edgeHub message (pure, no IO).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+
+use crate::codec::Pub;
+
+/// A message for edgeHub; mirrors `edge_client::wire::Message` field for field, so the adapter
+/// in `main.rs` is a plain move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeMessage {
+    /// Body bytes, unchanged (unless device-id enrichment is on and rewrote a JSON object).
+    pub body: Bytes,
+    /// `$.mid`: a fresh UUID v4.
+    pub message_id: String,
+    /// `$.cid`: from an MQTT 5 correlation data property when it is UTF-8.
+    pub correlation_id: Option<String>,
+    /// `$.ct`: `application/json` for JSON bodies in UTF-8, else an MQTT 5 content type.
+    pub content_type: Option<String>,
+    /// `$.ce`: `utf-8` for JSON bodies.
+    pub content_encoding: Option<String>,
+    /// `$.ctime`: when the server received the publish, RFC 3339 UTC.
+    pub creation_time: String,
+    /// Application properties: `mqtt-topic`, `mqtt-client-id`, `mqtt-qos`, `mqtt-retain`, then
+    /// MQTT 5 user properties (which never override the `mqtt-*` ones).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl EdgeMessage {
+    /// Payload size used for buffer accounting.
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// True when `body` is a JSON document encoded in UTF-8.
+pub fn is_json_utf8(body: &[u8]) -> bool {
+    match std::str::from_utf8(body) {
+        Ok(s) => serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn qos_num(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+/// Adds `"deviceId": client_id` to a JSON object body that lacks `deviceId`; other bodies are
+/// returned unchanged.
+pub fn enrich(body: &Bytes, client_id: &str) -> Bytes {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return body.clone();
+    };
+    if map.contains_key("deviceId") {
+        return body.clone();
+    }
+    map.insert(
+        "deviceId".into(),
+        serde_json::Value::String(client_id.to_string()),
+    );
+    match serde_json::to_vec(&serde_json::Value::Object(map)) {
+        Ok(v) => Bytes::from(v),
+        Err(_) => body.clone(),
+    }
+}
+
+/// Builds the edgeHub message for a device publish.
+pub fn to_edge_message(
+    p: &Pub,
+    client_id: &str,
+    enrich_device_id: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> EdgeMessage {
+    let mut body = p.payload.clone();
+    let json = is_json_utf8(&body);
+    if json && enrich_device_id {
+        body = enrich(&body, client_id);
+    }
+    let mut properties = BTreeMap::new();
+    for (k, v) in &p.props.user_properties {
+        properties.insert(k.clone(), v.clone());
+    }
+    properties.insert("mqtt-topic".into(), p.topic.clone());
+    properties.insert("mqtt-client-id".into(), client_id.to_string());
+    properties.insert("mqtt-qos".into(), qos_num(p.qos).to_string());
+    properties.insert("mqtt-retain".into(), p.retain.to_string());
+    let (content_type, content_encoding) = if json {
+        (
+            Some("application/json".to_string()),
+            Some("utf-8".to_string()),
+        )
+    } else {
+        (p.props.content_type.clone(), None)
+    };
+    let correlation_id = p
+        .props
+        .correlation_data
+        .as_ref()
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .map(str::to_string);
+    EdgeMessage {
+        body,
+        message_id: uuid::Uuid::new_v4().to_string(),
+        correlation_id,
+        content_type,
+        content_encoding,
+        creation_time: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        properties,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::PubProps;
+
+    fn publish(topic: &str, body: &[u8], qos: QoS, retain: bool) -> Pub {
+        Pub {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(body),
+            qos,
+            retain,
+            dup: false,
+            pkid: 1,
+            props: PubProps::default(),
+        }
+    }
+
+    #[test]
+    fn json_body_gets_content_type_and_properties() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T08:00:00Z")
+            .expect("valid")
+            .with_timezone(&chrono::Utc);
+        let p = publish(
+            "MyTopic",
+            br#"{"temp": 38, "timecreated": "x"}"#,
+            QoS::ExactlyOnce,
+            true,
+        );
+        let m = to_edge_message(&p, "esp1", false, now);
+        assert_eq!(m.body, p.payload);
+        assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
+        assert_eq!(m.properties["mqtt-topic"], "MyTopic");
+        assert_eq!(m.properties["mqtt-client-id"], "esp1");
+        assert_eq!(m.properties["mqtt-qos"], "2");
+        assert_eq!(m.properties["mqtt-retain"], "true");
+        assert_eq!(m.creation_time, "2026-11-24T08:00:00.000Z");
+        assert!(uuid::Uuid::parse_str(&m.message_id).is_ok());
+    }
+
+    #[test]
+    fn non_json_and_non_utf8_bodies_have_no_json_type() {
+        let now = chrono::Utc::now();
+        for body in [&b"38.5"[..], b"hello", b"\xff\xfe{}", b""] {
+            let m = to_edge_message(&publish("t", body, QoS::AtMostOnce, false), "c", true, now);
+            assert_eq!(&m.body[..], body, "body unchanged");
+            if body == b"38.5" {
+                // a bare number is a JSON document too
+                assert_eq!(m.content_type.as_deref(), Some("application/json"));
+            } else {
+                assert_eq!(m.content_type, None);
+                assert_eq!(m.content_encoding, None);
+            }
+            assert_eq!(m.properties["mqtt-qos"], "0");
+            assert_eq!(m.properties["mqtt-retain"], "false");
+        }
+    }
+
+    #[test]
+    fn enrichment_adds_device_id_only_when_missing() {
+        let b = enrich(&Bytes::from_static(br#"{"temp":38}"#), "esp1");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v["deviceId"], "esp1");
+        assert_eq!(v["temp"], 38);
+        let original = Bytes::from_static(br#"{"deviceId":"x","temp":1}"#);
+        assert_eq!(enrich(&original, "esp1"), original);
+        let arr = Bytes::from_static(b"[1,2]");
+        assert_eq!(enrich(&arr, "esp1"), arr);
+    }
+
+    #[test]
+    fn user_properties_never_override_mqtt_ones() {
+        let mut p = publish("t", b"x", QoS::AtLeastOnce, false);
+        p.props.user_properties = vec![
+            ("mqtt-topic".into(), "fake".into()),
+            ("site".into(), "home".into()),
+        ];
+        p.props.correlation_data = Some(Bytes::from_static(b"c1"));
+        p.props.content_type = Some("text/plain".into());
+        let m = to_edge_message(&p, "c", false, chrono::Utc::now());
+        assert_eq!(m.properties["mqtt-topic"], "t");
+        assert_eq!(m.properties["site"], "home");
+        assert_eq!(m.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(m.content_type.as_deref(), Some("text/plain"));
+    }
+}

@@ -1,0 +1,606 @@
+//! Settings: defaults, then an optional JSON file, then an allow-list of environment variables,
+//! then (at run time) the module twin's desired properties for the fields that may change live.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One topic-to-output mapping: publishes whose topic matches `filter` go to `output`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicOutput {
+    /// An MQTT topic filter (`+` and `#` allowed), e.g. `patients/+/temperature`.
+    pub filter: String,
+    /// The edgeHub output name, e.g. `temperature`.
+    pub output: String,
+}
+
+/// All settings of the module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address the plain MQTT listener binds. Default `0.0.0.0`. Env `MQTT_BIND_ADDRESS`.
+    pub bind_address: String,
+    /// Port of the plain MQTT listener. Default 1889. Env `MQTT_PORT`.
+    pub port: u16,
+    /// Port of the optional TLS listener; `None` (default) disables it. Env `MQTT_TLS_PORT`.
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain for the TLS listener. Env `MQTT_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener. Env `MQTT_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+    /// Port of the Prometheus `/metrics` endpoint; 0 disables it. Default 9600. Env `MQTT_METRICS_PORT`.
+    pub metrics_port: u16,
+    /// edgeHub output for messages no topic mapping matches. Default `output1`. Env `MQTT_OUTPUT`.
+    /// Twin: `output`.
+    pub output: String,
+    /// Topic-to-output mappings, first match wins. Default none. Env `MQTT_TOPIC_OUTPUTS` as
+    /// `filter=output;filter=output`. Twin: `topicOutputs` as `{"filter": "output"}`.
+    pub topic_outputs: Vec<TopicOutput>,
+    /// Add `"deviceId": <client id>` to JSON-object bodies that lack it. Default false.
+    /// Env `MQTT_ENRICH_DEVICE_ID`. Twin: `enrichDeviceId`.
+    pub enrich_device_id: bool,
+    /// Largest accepted publish payload, bytes (edgeHub's own limit). Default 262,144.
+    /// Env `MQTT_MAX_PAYLOAD`. Twin: `maxPayload`.
+    pub max_payload: usize,
+    /// Most simultaneous client connections; more are closed at once. Default 1000.
+    /// Env `MQTT_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// Most unacknowledged QoS 1/2 publishes per client connection (MQTT 5 receive maximum);
+    /// past it the server stops reading that socket. Default 32. Env `MQTT_MAX_INFLIGHT`.
+    pub max_inflight: u16,
+    /// Bound of the forwarding buffer, messages (queued plus in flight to edgeHub). Past it the
+    /// server stops reading from device sockets (back-pressure). Default 10,000.
+    /// Env `MQTT_BUFFER_MESSAGES`.
+    pub buffer_messages: usize,
+    /// Bound of the forwarding buffer, payload bytes. Default 16,777,216 (16 MiB).
+    /// Env `MQTT_BUFFER_BYTES`.
+    pub buffer_bytes: usize,
+    /// Messages sent to edgeHub concurrently (pipelined, each awaits its PUBACK). Default 16.
+    /// Env `MQTT_FORWARD_CONCURRENCY`.
+    pub forward_concurrency: usize,
+    /// First retry delay after edgeHub refused or failed a send, milliseconds (doubles up to
+    /// 30 s). Default 500. Env `MQTT_FORWARD_RETRY_MS`.
+    pub forward_retry_ms: u64,
+    /// Seconds a new connection has to send CONNECT. Default 10. Env `MQTT_CONNECT_TIMEOUT`.
+    pub connect_timeout_secs: u64,
+    /// Seconds a write to a client may block (a client that never reads) before it is
+    /// disconnected. Default 30. Env `MQTT_WRITE_TIMEOUT`.
+    pub write_timeout_secs: u64,
+    /// Messages queued per subscriber (online or offline persistent session) before QoS 0 ones
+    /// are dropped and a connected slow subscriber is disconnected. Default 1000.
+    /// Env `MQTT_SESSION_QUEUE`.
+    pub session_queue: usize,
+    /// Seconds a persistent session survives after its client left. Default 86,400 (1 day).
+    /// Env `MQTT_SESSION_EXPIRY`.
+    pub session_expiry_secs: u64,
+    /// File of `username:password` lines (or `username:sha256:<hex>`); when set, every client must
+    /// log in. Default none. Env `MQTT_AUTH_FILE`.
+    pub auth_file: Option<PathBuf>,
+    /// Seconds to wait on shutdown for messages in flight to edgeHub. Default 5.
+    /// Env `MQTT_SHUTDOWN_GRACE`.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind_address: "0.0.0.0".into(),
+            port: 1889,
+            tls_port: None,
+            tls_cert: None,
+            tls_key: None,
+            metrics_port: 9600,
+            output: "output1".into(),
+            topic_outputs: Vec::new(),
+            enrich_device_id: false,
+            max_payload: 262_144,
+            max_connections: 1000,
+            max_inflight: 32,
+            buffer_messages: 10_000,
+            buffer_bytes: 16 * 1024 * 1024,
+            forward_concurrency: 16,
+            forward_retry_ms: 500,
+            connect_timeout_secs: 10,
+            write_timeout_secs: 30,
+            session_queue: 1000,
+            session_expiry_secs: 86_400,
+            auth_file: None,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+/// The environment variables [`Settings::apply_env`] reads; nothing else is read.
+pub const ENV_VARS: &[&str] = &[
+    "MQTT_BIND_ADDRESS",
+    "MQTT_PORT",
+    "MQTT_TLS_PORT",
+    "MQTT_TLS_CERT",
+    "MQTT_TLS_KEY",
+    "MQTT_METRICS_PORT",
+    "MQTT_OUTPUT",
+    "MQTT_TOPIC_OUTPUTS",
+    "MQTT_ENRICH_DEVICE_ID",
+    "MQTT_MAX_PAYLOAD",
+    "MQTT_MAX_CONNECTIONS",
+    "MQTT_MAX_INFLIGHT",
+    "MQTT_BUFFER_MESSAGES",
+    "MQTT_BUFFER_BYTES",
+    "MQTT_FORWARD_CONCURRENCY",
+    "MQTT_FORWARD_RETRY_MS",
+    "MQTT_CONNECT_TIMEOUT",
+    "MQTT_WRITE_TIMEOUT",
+    "MQTT_SESSION_QUEUE",
+    "MQTT_SESSION_EXPIRY",
+    "MQTT_AUTH_FILE",
+    "MQTT_SHUTDOWN_GRACE",
+];
+
+fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, Error> {
+    v.trim().parse().map_err(|_| Error::Setting {
+        name: var.to_string(),
+        reason: format!("cannot parse {v:?}"),
+    })
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, Error> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::Setting {
+            name: var.to_string(),
+            reason: format!("{v:?} is not a boolean (true/false)"),
+        }),
+    }
+}
+
+/// Parses `filter=output;filter=output` (the last `=` splits, so filters may contain `=`).
+pub fn parse_topic_outputs(v: &str) -> Result<Vec<TopicOutput>, Error> {
+    let mut out = Vec::new();
+    for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((filter, output)) = part.rsplit_once('=') else {
+            return Err(Error::Setting {
+                name: "MQTT_TOPIC_OUTPUTS".into(),
+                reason: format!("{part:?} is not filter=output"),
+            });
+        };
+        out.push(TopicOutput {
+            filter: filter.trim().to_string(),
+            output: output.trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+impl Settings {
+    /// Reads a JSON settings file (fields as in this struct, snake_case; unknown fields refused).
+    pub fn from_file(path: &std::path::Path) -> Result<Settings, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Setting {
+            name: path.display().to_string(),
+            reason: format!("cannot read settings file: {e}"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| Error::Setting {
+            name: path.display().to_string(),
+            reason: format!("invalid settings file: {e}"),
+        })
+    }
+
+    /// Applies the allow-listed environment variables ([`ENV_VARS`]) read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+        for &var in ENV_VARS {
+            let Some(v) = get(var) else { continue };
+            match var {
+                "MQTT_BIND_ADDRESS" => self.bind_address = v.trim().to_string(),
+                "MQTT_PORT" => self.port = parse(var, &v)?,
+                "MQTT_TLS_PORT" => self.tls_port = Some(parse(var, &v)?),
+                "MQTT_TLS_CERT" => self.tls_cert = Some(PathBuf::from(v)),
+                "MQTT_TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
+                "MQTT_METRICS_PORT" => self.metrics_port = parse(var, &v)?,
+                "MQTT_OUTPUT" => self.output = v.trim().to_string(),
+                "MQTT_TOPIC_OUTPUTS" => self.topic_outputs = parse_topic_outputs(&v)?,
+                "MQTT_ENRICH_DEVICE_ID" => self.enrich_device_id = parse_bool(var, &v)?,
+                "MQTT_MAX_PAYLOAD" => self.max_payload = parse(var, &v)?,
+                "MQTT_MAX_CONNECTIONS" => self.max_connections = parse(var, &v)?,
+                "MQTT_MAX_INFLIGHT" => self.max_inflight = parse(var, &v)?,
+                "MQTT_BUFFER_MESSAGES" => self.buffer_messages = parse(var, &v)?,
+                "MQTT_BUFFER_BYTES" => self.buffer_bytes = parse(var, &v)?,
+                "MQTT_FORWARD_CONCURRENCY" => self.forward_concurrency = parse(var, &v)?,
+                "MQTT_FORWARD_RETRY_MS" => self.forward_retry_ms = parse(var, &v)?,
+                "MQTT_CONNECT_TIMEOUT" => self.connect_timeout_secs = parse(var, &v)?,
+                "MQTT_WRITE_TIMEOUT" => self.write_timeout_secs = parse(var, &v)?,
+                "MQTT_SESSION_QUEUE" => self.session_queue = parse(var, &v)?,
+                "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
+                "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
+                "MQTT_SHUTDOWN_GRACE" => self.shutdown_grace_secs = parse(var, &v)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every limit; returns the first problem found.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |name: &str, reason: &str| {
+            Err(Error::Setting {
+                name: name.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.output.is_empty() || self.output.contains('/') {
+            return bad(
+                "output",
+                "must be a non-empty edgeHub output name without '/'",
+            );
+        }
+        for m in &self.topic_outputs {
+            if !rumqttc::mqttbytes::valid_filter(&m.filter) {
+                return bad(
+                    "topic_outputs",
+                    &format!("{:?} is not a valid MQTT topic filter", m.filter),
+                );
+            }
+            if m.output.is_empty() || m.output.contains('/') {
+                return bad(
+                    "topic_outputs",
+                    &format!("output {:?} must be a name without '/'", m.output),
+                );
+            }
+        }
+        if self.max_payload == 0 || self.max_payload > 268_435_455 - 65_541 {
+            return bad("max_payload", "must be between 1 and 268,369,914 bytes");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_inflight == 0 {
+            return bad("max_inflight", "must be between 1 and 65535");
+        }
+        if self.buffer_messages == 0 {
+            return bad("buffer_messages", "must be at least 1");
+        }
+        if self.buffer_bytes < self.max_payload {
+            return bad(
+                "buffer_bytes",
+                "must be at least max_payload, or no large message could ever pass",
+            );
+        }
+        if self.buffer_bytes > u32::MAX as usize {
+            return bad("buffer_bytes", "must be at most 4,294,967,295");
+        }
+        if self.forward_concurrency == 0 {
+            return bad("forward_concurrency", "must be at least 1");
+        }
+        if self.session_queue == 0 {
+            return bad("session_queue", "must be at least 1");
+        }
+        if self.tls_port.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return bad(
+                "tls_port",
+                "a TLS listener needs tls_cert and tls_key (PEM files)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The live part of the settings (what the twin may change).
+    pub fn routing(&self) -> Routing {
+        Routing {
+            output: self.output.clone(),
+            topic_outputs: self.topic_outputs.clone(),
+            enrich_device_id: self.enrich_device_id,
+            max_payload: self.max_payload,
+        }
+    }
+}
+
+/// Settings that may change while running (from the module twin's desired properties).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    pub output: String,
+    pub topic_outputs: Vec<TopicOutput>,
+    pub enrich_device_id: bool,
+    pub max_payload: usize,
+}
+
+impl Routing {
+    /// The output for a topic: first matching mapping, else the default output.
+    pub fn output_for(&self, topic: &str) -> &str {
+        for m in &self.topic_outputs {
+            if rumqttc::mqttbytes::matches(topic, &m.filter) {
+                return &m.output;
+            }
+        }
+        &self.output
+    }
+
+    /// Applies a desired-properties document (full twin `desired` or a patch). Keys:
+    /// `output` (string), `topicOutputs` (object filter -> output, or null to clear),
+    /// `enrichDeviceId` (bool), `maxPayload` (number, bytes, at most `hard_max`). Keys starting
+    /// with `$` and unknown keys are ignored (a twin carries other modules' conventions too) and
+    /// listed in the returned warnings. On any invalid value nothing changes.
+    pub fn apply_desired(
+        &mut self,
+        desired: &serde_json::Value,
+        hard_max_payload: usize,
+    ) -> Result<Vec<String>, Error> {
+        let Some(obj) = desired.as_object() else {
+            return Err(Error::Setting {
+                name: "desired".into(),
+                reason: "desired properties must be a JSON object".into(),
+            });
+        };
+        let mut next = self.clone();
+        let mut warnings = Vec::new();
+        let bad = |name: &str, reason: &str| Error::Setting {
+            name: format!("desired.{name}"),
+            reason: reason.to_string(),
+        };
+        for (k, v) in obj {
+            match k.as_str() {
+                "output" => {
+                    let s = v.as_str().ok_or_else(|| bad(k, "must be a string"))?;
+                    if s.is_empty() || s.contains('/') {
+                        return Err(bad(k, "must be an output name without '/'"));
+                    }
+                    next.output = s.to_string();
+                }
+                "topicOutputs" => {
+                    let mut list = Vec::new();
+                    if !v.is_null() {
+                        let m = v
+                            .as_object()
+                            .ok_or_else(|| bad(k, "must be an object {\"filter\": \"output\"}"))?;
+                        // twin objects are unordered: sort for a stable first-match order
+                        let sorted: BTreeMap<&String, &serde_json::Value> = m.iter().collect();
+                        for (filter, out) in sorted {
+                            if filter.starts_with('$') {
+                                continue;
+                            }
+                            let out = out
+                                .as_str()
+                                .ok_or_else(|| bad(k, "outputs must be strings"))?;
+                            if !rumqttc::mqttbytes::valid_filter(filter) {
+                                return Err(bad(
+                                    k,
+                                    &format!("{filter:?} is not a valid topic filter"),
+                                ));
+                            }
+                            if out.is_empty() || out.contains('/') {
+                                return Err(bad(
+                                    k,
+                                    &format!("output {out:?} must be a name without '/'"),
+                                ));
+                            }
+                            list.push(TopicOutput {
+                                filter: filter.clone(),
+                                output: out.to_string(),
+                            });
+                        }
+                    }
+                    next.topic_outputs = list;
+                }
+                "enrichDeviceId" => {
+                    next.enrich_device_id =
+                        v.as_bool().ok_or_else(|| bad(k, "must be true or false"))?;
+                }
+                "maxPayload" => {
+                    let n = v
+                        .as_u64()
+                        .ok_or_else(|| bad(k, "must be a positive number of bytes"))?;
+                    let n = usize::try_from(n).unwrap_or(usize::MAX);
+                    if n == 0 || n > hard_max_payload {
+                        return Err(bad(
+                            k,
+                            &format!("must be between 1 and {hard_max_payload} bytes"),
+                        ));
+                    }
+                    next.max_payload = n;
+                }
+                other if other.starts_with('$') => {}
+                other => warnings.push(format!("unknown desired property {other:?} ignored")),
+            }
+        }
+        *self = next;
+        Ok(warnings)
+    }
+
+    /// What the module reports back in its reported properties.
+    pub fn reported(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .topic_outputs
+            .iter()
+            .map(|m| {
+                (
+                    m.filter.clone(),
+                    serde_json::Value::String(m.output.clone()),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "output": self.output,
+            "topicOutputs": map,
+            "enrichDeviceId": self.enrich_device_id,
+            "maxPayload": self.max_payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::default();
+        assert!(s.validate().is_ok());
+        assert_eq!(s.port, 1889);
+        assert_eq!(s.max_payload, 262_144);
+        assert_eq!(s.output, "output1");
+    }
+
+    #[test]
+    fn every_env_var_is_applied() {
+        let env: HashMap<&str, &str> = [
+            ("MQTT_BIND_ADDRESS", "127.0.0.1"),
+            ("MQTT_PORT", "1999"),
+            ("MQTT_TLS_PORT", "8883"),
+            ("MQTT_TLS_CERT", "/c.pem"),
+            ("MQTT_TLS_KEY", "/k.pem"),
+            ("MQTT_METRICS_PORT", "0"),
+            ("MQTT_OUTPUT", "out9"),
+            (
+                "MQTT_TOPIC_OUTPUTS",
+                "patients/+/temperature=temperature; a/#=b",
+            ),
+            ("MQTT_ENRICH_DEVICE_ID", "true"),
+            ("MQTT_MAX_PAYLOAD", "1000"),
+            ("MQTT_MAX_CONNECTIONS", "7"),
+            ("MQTT_MAX_INFLIGHT", "3"),
+            ("MQTT_BUFFER_MESSAGES", "11"),
+            ("MQTT_BUFFER_BYTES", "5000"),
+            ("MQTT_FORWARD_CONCURRENCY", "2"),
+            ("MQTT_FORWARD_RETRY_MS", "10"),
+            ("MQTT_CONNECT_TIMEOUT", "4"),
+            ("MQTT_WRITE_TIMEOUT", "6"),
+            ("MQTT_SESSION_QUEUE", "12"),
+            ("MQTT_SESSION_EXPIRY", "60"),
+            ("MQTT_AUTH_FILE", "/auth"),
+            ("MQTT_SHUTDOWN_GRACE", "1"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(env.len(), ENV_VARS.len());
+        let mut s = Settings::default();
+        s.apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .expect("env applies");
+        let expected = Settings {
+            bind_address: "127.0.0.1".into(),
+            port: 1999,
+            tls_port: Some(8883),
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            metrics_port: 0,
+            output: "out9".into(),
+            topic_outputs: vec![
+                TopicOutput {
+                    filter: "patients/+/temperature".into(),
+                    output: "temperature".into(),
+                },
+                TopicOutput {
+                    filter: "a/#".into(),
+                    output: "b".into(),
+                },
+            ],
+            enrich_device_id: true,
+            max_payload: 1000,
+            max_connections: 7,
+            max_inflight: 3,
+            buffer_messages: 11,
+            buffer_bytes: 5000,
+            forward_concurrency: 2,
+            forward_retry_ms: 10,
+            connect_timeout_secs: 4,
+            write_timeout_secs: 6,
+            session_queue: 12,
+            session_expiry_secs: 60,
+            auth_file: Some("/auth".into()),
+            shutdown_grace_secs: 1,
+        };
+        assert_eq!(s, expected);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_env_values_are_errors() {
+        let mut s = Settings::default();
+        let err = s.apply_env(|k| (k == "MQTT_PORT").then(|| "x".to_string()));
+        assert!(err.is_err());
+        let err = s.apply_env(|k| (k == "MQTT_ENRICH_DEVICE_ID").then(|| "maybe".to_string()));
+        assert!(err.is_err());
+        assert!(parse_topic_outputs("nooutput").is_err());
+    }
+
+    #[test]
+    fn unknown_file_fields_are_refused() {
+        assert!(serde_json::from_str::<Settings>(r#"{"prot": 1}"#).is_err());
+        let s: Settings = serde_json::from_str(r#"{"port": 1, "output": "o"}"#).expect("valid");
+        assert_eq!(s.port, 1);
+        assert_eq!(s.max_payload, 262_144);
+    }
+
+    #[test]
+    fn validation_catches_bad_limits() {
+        let mut s = Settings {
+            max_payload: 0,
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+        s = Settings {
+            buffer_bytes: 10,
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+        s = Settings {
+            topic_outputs: vec![TopicOutput {
+                filter: "a/#/b".into(),
+                output: "o".into(),
+            }],
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+        s = Settings {
+            tls_port: Some(8883),
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn topic_mapping_first_match_then_default() {
+        let r = Routing {
+            topic_outputs: parse_topic_outputs(
+                "patients/+/temperature=temperature;patients/#=other",
+            )
+            .expect("parses"),
+            ..Settings::default().routing()
+        };
+        assert_eq!(r.output_for("patients/p1/temperature"), "temperature");
+        assert_eq!(r.output_for("patients/p1/pulse"), "other");
+        assert_eq!(r.output_for("MyTopic"), "output1");
+    }
+
+    #[test]
+    fn desired_properties_apply_atomically() {
+        let mut r = Settings::default().routing();
+        let w = r
+            .apply_desired(
+                &serde_json::json!({"output": "o2", "enrichDeviceId": true,
+                    "topicOutputs": {"patients/+/temperature": "temperature"},
+                    "maxPayload": 1000, "$version": 3, "foo": 1}),
+                262_144,
+            )
+            .expect("applies");
+        assert_eq!(w.len(), 1);
+        assert_eq!(r.output, "o2");
+        assert!(r.enrich_device_id);
+        assert_eq!(r.max_payload, 1000);
+        assert_eq!(r.output_for("patients/x/temperature"), "temperature");
+        let before = r.clone();
+        assert!(r
+            .apply_desired(
+                &serde_json::json!({"output": "fine", "maxPayload": 10_000_000}),
+                262_144
+            )
+            .is_err());
+        assert_eq!(r, before);
+        assert_eq!(r.reported()["output"], "o2");
+        r.apply_desired(&serde_json::json!({"topicOutputs": null}), 262_144)
+            .expect("clears");
+        assert!(r.topic_outputs.is_empty());
+    }
+}
