@@ -1,1 +1,6 @@
-//! edge-client
+//! edge-client: the module side of Azure IoT Edge.
+//!
+//! Parts:
+//! - [`wire`]: the MQTT wire formats (messages and property bags, topics, SAS tokens, connection
+//!   strings, usernames), pure and shared with the hub side (edge-dev).
+pub mod wire;
