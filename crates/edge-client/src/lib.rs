@@ -3,4 +3,6 @@
 //! Parts:
 //! - [`wire`]: the MQTT wire formats (messages and property bags, topics, SAS tokens, connection
 //!   strings, usernames), pure and shared with the hub side (edge-dev).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod wire;
