@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::{matches, QoS};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::codec::{DisconnectReason, Pub, SubFilter};
 use crate::metrics::Metrics;
@@ -23,13 +23,17 @@ pub struct Kick {
 
 impl Kick {
     /// Asks the connection to close with `reason` (the first reason wins).
-    pub fn kick(&self, reason: DisconnectReason, why: &'static str) {
+    /// Returns true for the first kick.
+    pub fn kick(&self, reason: DisconnectReason, why: &'static str) -> bool {
+        let mut first = false;
         if let Ok(mut r) = self.reason.lock() {
             if r.is_none() {
                 *r = Some((reason, why));
+                first = true;
             }
         }
         self.notify.notify_one();
+        first
     }
 
     /// Resolves once [`Kick::kick`] was called; returns the reason.
@@ -49,6 +53,8 @@ struct Link {
     id: u64,
     tx: mpsc::Sender<Pub>,
     kick: Arc<Kick>,
+    /// Closes (sender dropped) once the connection handed its state back.
+    gone: watch::Receiver<()>,
 }
 
 struct Session {
@@ -72,6 +78,8 @@ pub struct Attached {
     pub replay: Vec<Pub>,
     /// QoS 2 packet ids received but not yet released (PUBREL) before the client left.
     pub incoming_qos2: HashSet<u16>,
+    /// Drop this after [`Broker::disconnect`]: a connection taking over waits for it.
+    pub alive: watch::Sender<()>,
 }
 
 /// The session and retained-message store.
@@ -119,22 +127,41 @@ impl Broker {
     /// Attaches a new connection to `client_id`'s session, taking over from any connection
     /// that holds it. `clean` discards the old session; `persist_for` is how long the session
     /// outlives the connection (zero: it ends with the connection).
-    pub fn connect(&self, client_id: &str, clean: bool, persist_for: Duration) -> Attached {
+    pub async fn connect(&self, client_id: &str, clean: bool, persist_for: Duration) -> Attached {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue);
         let kick = Arc::new(Kick::default());
+        // take over: close the connection holding this client id and wait (bounded) until it
+        // handed back its session state (unacknowledged messages, QoS 2 packet ids)
+        for _ in 0..3 {
+            let gone = {
+                let core = self.lock();
+                match core.sessions.get(client_id).and_then(|s| s.link.as_ref()) {
+                    Some(link) => {
+                        tracing::info!(
+                            client = client_id,
+                            "client id taken over by a new connection; closing the old one"
+                        );
+                        let _ = link.kick.kick(
+                            DisconnectReason::SessionTakenOver,
+                            "session taken over by a new connection with the same client id",
+                        );
+                        link.gone.clone()
+                    }
+                    None => break,
+                }
+            };
+            let mut gone = gone;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async move {
+                while gone.changed().await.is_ok() {}
+            })
+            .await;
+        }
+        let (alive, gone) = watch::channel(());
         let mut core = self.lock();
         if let Some(old) = core.sessions.get_mut(client_id) {
-            if let Some(link) = old.link.take() {
-                tracing::info!(
-                    client = client_id,
-                    "client id taken over by a new connection; closing the old one"
-                );
-                link.kick.kick(
-                    DisconnectReason::SessionTakenOver,
-                    "session taken over by a new connection with the same client id",
-                );
-            }
+            // still attached after the waits above: that connection is stuck; detach it
+            old.link = None;
         }
         if clean {
             core.sessions.remove(client_id);
@@ -159,6 +186,7 @@ impl Broker {
             id: conn_id,
             tx,
             kick: kick.clone(),
+            gone,
         });
         Attached {
             conn_id,
@@ -167,6 +195,7 @@ impl Broker {
             kick,
             replay: s.offline.drain(..).collect(),
             incoming_qos2: std::mem::take(&mut s.incoming_qos2),
+            alive,
         }
     }
 
@@ -312,12 +341,13 @@ impl Broker {
                         if d.qos == QoS::AtMostOnce {
                             self.metrics.dropped("subscriber_queue_full");
                         } else {
-                            tracing::warn!(client = %id, "subscriber does not keep up (queue of {} full); disconnecting it", self.queue);
-                            self.metrics.refused("slow_subscriber");
-                            link.kick.kick(
+                            if link.kick.kick(
                                 DisconnectReason::QuotaExceeded,
                                 "subscriber queue full: the client does not read fast enough",
-                            );
+                            ) {
+                                tracing::warn!(client = %id, "subscriber does not keep up (queue of {} full); disconnecting it", self.queue);
+                                self.metrics.refused("slow_subscriber");
+                            }
                             if s.persistent && s.offline.len() < self.queue {
                                 s.offline.push_back(d);
                             } else {
@@ -366,7 +396,8 @@ impl Broker {
         let core = self.lock();
         for s in core.sessions.values() {
             if let Some(l) = &s.link {
-                l.kick
+                let _ = l
+                    .kick
                     .kick(DisconnectReason::ServerShuttingDown, "server shutting down");
             }
         }
@@ -418,10 +449,10 @@ mod tests {
         Broker::new(4, Arc::new(Metrics::default()))
     }
 
-    #[test]
-    fn delivers_at_min_qos() {
+    #[tokio::test]
+    async fn delivers_at_min_qos() {
         let b = broker();
-        let mut a = b.connect("sub", true, Duration::ZERO);
+        let mut a = b.connect("sub", true, Duration::ZERO).await;
         let (g, _) = b.subscribe(
             "sub",
             &[sub("a/+", QoS::AtLeastOnce), sub("a/#/x", QoS::AtMostOnce)],
@@ -437,14 +468,14 @@ mod tests {
         assert!(a.rx.try_recv().is_err());
     }
 
-    #[test]
-    fn retained_set_replace_delete() {
+    #[tokio::test]
+    async fn retained_set_replace_delete() {
         let b = broker();
         b.publish("p", &publ("r/1", QoS::AtLeastOnce, true, b"old"));
         b.publish("p", &publ("r/1", QoS::AtLeastOnce, true, b"new"));
         b.publish("p", &publ("r/2", QoS::AtLeastOnce, true, b"x"));
         b.publish("p", &publ("r/2", QoS::AtLeastOnce, true, b""));
-        let _a = b.connect("s", true, Duration::ZERO);
+        let _a = b.connect("s", true, Duration::ZERO).await;
         let (_, r) = b.subscribe("s", &[sub("r/#", QoS::AtMostOnce)]);
         assert_eq!(r.len(), 1);
         assert_eq!(&r[0].payload[..], b"new");
@@ -452,44 +483,47 @@ mod tests {
         assert_eq!(r[0].qos, QoS::AtMostOnce);
     }
 
-    #[test]
-    fn persistent_session_queues_while_away_and_clean_discards() {
+    #[tokio::test]
+    async fn persistent_session_queues_while_away_and_clean_discards() {
         let b = broker();
-        let a = b.connect("s", false, Duration::from_secs(60));
+        let a = b.connect("s", false, Duration::from_secs(60)).await;
         assert!(!a.session_present);
         b.subscribe("s", &[sub("t", QoS::AtLeastOnce)]);
         b.disconnect("s", a.conn_id, vec![], HashSet::new(), None);
         b.publish("p", &publ("t", QoS::AtLeastOnce, false, b"1"));
         b.publish("p", &publ("t", QoS::AtMostOnce, false, b"qos0 not queued"));
-        let a2 = b.connect("s", false, Duration::from_secs(60));
+        let a2 = b.connect("s", false, Duration::from_secs(60)).await;
         assert!(a2.session_present);
         assert_eq!(a2.replay.len(), 1);
         b.disconnect("s", a2.conn_id, vec![], HashSet::new(), None);
-        let a3 = b.connect("s", true, Duration::ZERO);
+        let a3 = b.connect("s", true, Duration::ZERO).await;
         assert!(!a3.session_present);
         b.disconnect("s", a3.conn_id, vec![], HashSet::new(), None);
         assert_eq!(b.session_count(), 0);
     }
 
-    #[test]
-    fn takeover_kicks_the_old_connection() {
-        let b = broker();
-        let a = b.connect("s", true, Duration::ZERO);
-        let _a2 = b.connect("s", true, Duration::ZERO);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let (reason, _) = rt.block_on(a.kick.kicked());
+    #[tokio::test]
+    async fn takeover_kicks_the_old_connection_and_waits_for_its_state() {
+        let b = Arc::new(broker());
+        let a = b.connect("s", false, Duration::from_secs(60)).await;
+        let b2 = b.clone();
+        let newer =
+            tokio::spawn(async move { b2.connect("s", false, Duration::from_secs(60)).await });
+        let (reason, _) = a.kick.kicked().await;
         assert_eq!(reason, DisconnectReason::SessionTakenOver);
-        // the old connection's exit does not end the new one's session
-        b.disconnect("s", a.conn_id, vec![], HashSet::new(), None);
+        // the old connection hands back its QoS 2 state, then lets go
+        b.disconnect("s", a.conn_id, vec![], [5u16].into_iter().collect(), None);
+        drop(a.alive);
+        let a2 = newer.await.expect("join");
+        assert!(a2.session_present);
+        assert!(a2.incoming_qos2.contains(&5));
         assert_eq!(b.session_count(), 1);
     }
 
-    #[test]
-    fn no_local_and_expiry() {
+    #[tokio::test]
+    async fn no_local_and_expiry() {
         let b = broker();
-        let mut a = b.connect("s", false, Duration::from_secs(1));
+        let mut a = b.connect("s", false, Duration::from_secs(1)).await;
         let mut f = sub("t", QoS::AtMostOnce);
         f.no_local = true;
         b.subscribe("s", &[f]);

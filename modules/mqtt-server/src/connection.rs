@@ -206,7 +206,11 @@ pub(crate) async fn serve<S>(
         kick,
         replay,
         incoming_qos2,
-    } = shared.broker.connect(&client, info.clean, persist_for);
+        alive,
+    } = shared
+        .broker
+        .connect(&client, info.clean, persist_for)
+        .await;
     let props = (info.version == Version::V5).then(|| ServerLimits {
         receive_max: shared.settings.max_inflight,
         max_packet_size: u32::try_from(max_incoming).unwrap_or(u32::MAX),
@@ -307,6 +311,8 @@ pub(crate) async fn serve<S>(
     shared
         .broker
         .disconnect(&client, conn_id, unacked, state.qos2, expiry);
+    // a connection taking over this client id waits for this
+    drop(alive);
 }
 
 fn publish_will_message(
@@ -451,7 +457,7 @@ where
                 };
                 match pkt {
                     Inbound::Publish(p) => {
-                        match on_publish(conn, state, info, shared, pipeline, shutdown, p).await {
+                        match on_publish(conn, state, info, shared, pipeline, shutdown, kick, p).await {
                             Ok(Some(ack)) => acks.push_back(ack),
                             Ok(None) => {}
                             Err(end) => return end,
@@ -529,6 +535,7 @@ async fn on_publish<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     pipeline: &Pipeline,
     shutdown: &mut watch::Receiver<bool>,
+    kick: &crate::broker::Kick,
     p: Pub,
 ) -> Result<Option<AckFuture>, End> {
     let client = &info.client_id;
@@ -570,6 +577,12 @@ async fn on_publish<W: AsyncWrite + Unpin>(
             Err(_) => return Err(End::Shutdown),
         },
         _ = shutdown.changed() => return Err(End::Shutdown),
+        // taken over while waiting for room: the new connection must not wait for the buffer
+        (reason, why) = kick.kicked() => {
+            tracing::info!(client = %client, why, "closing connection");
+            if v5 { let _ = conn.send(Outbound::Disconnect(reason)).await; }
+            return Err(End::Abnormal);
+        }
     };
     let pkid = p.pkid;
     Ok(match p.qos {

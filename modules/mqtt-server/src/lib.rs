@@ -386,6 +386,8 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
 ) {
     let mut conns = JoinSet::new();
+    let mut last_refusal_log: Option<std::time::Instant> = None;
+    let mut refused_since_log = 0u64;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -402,8 +404,19 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = shared.settings.max_connections, "refusing connection: max_connections reached");
+            // a flood must not flood the log too: at most one line per second, with the count
             shared.metrics.refused("max_connections");
+            refused_since_log += 1;
+            let due = match last_refusal_log {
+                None => true,
+                Some(t) => t.elapsed() >= Duration::from_secs(1),
+            };
+            if due {
+                tracing::warn!(%peer, max = shared.settings.max_connections, refused = refused_since_log,
+                    "refusing connection: max_connections reached");
+                refused_since_log = 0;
+                last_refusal_log = Some(std::time::Instant::now());
+            }
             drop(sock);
             continue;
         };
