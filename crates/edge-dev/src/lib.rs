@@ -1,1 +1,3 @@
 //! edge-dev
+pub mod hub;
+pub mod pki;

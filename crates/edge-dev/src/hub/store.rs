@@ -1,0 +1,526 @@
+//! The hub's durable store: one redb file `hub.redb` with
+//! - `queues`: `(endpoint, priority, seq) -> record`; endpoints are `$upstream` and `module/{name}` (a
+//!   module's input queue); the key order is the delivery order (priority 0 first, then arrival);
+//! - `sessions`: MQTT client id -> its subscriptions (clean-session-0 clients only);
+//! - `twins`: module -> [`TwinState`] as JSON.
+//!
+//! Every write goes through one writer thread that commits whatever is pending in one durable
+//! (fsync'd) transaction: concurrent publishes share a commit (group commit), and the caller learns
+//! only after the commit that its write is on disk, which is when the hub sends PUBACK.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edge_client::wire::Message;
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::twin::TwinState;
+
+const QUEUES: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queues");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+
+/// The `$upstream` endpoint's queue name.
+pub const UPSTREAM: &str = "$upstream";
+
+/// The queue name of a module's inputs.
+pub fn module_endpoint(module: &str) -> String {
+    format!("module/{module}")
+}
+
+/// A storage failure (message for humans; cloneable so one failed group commit can answer all callers).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+fn err(context: &str) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
+    move |e| StoreError(format!("{context}: {e}"))
+}
+
+/// A queued message as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Milliseconds since the Unix epoch.
+    pub enqueued_ms: i64,
+    /// Milliseconds since the Unix epoch after which the message is dropped.
+    pub expiry_ms: i64,
+    pub module: String,
+    pub output: String,
+    /// The target input (module queues), "" for `$upstream`.
+    pub input: String,
+    pub message: Message,
+}
+
+/// Key of a queue entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    pub endpoint: String,
+    pub priority: u8,
+    pub seq: u64,
+}
+
+/// One change to the store.
+#[derive(Debug)]
+pub enum Op {
+    Enqueue { key: QueueKey, record: Vec<u8> },
+    Delete { key: QueueKey },
+    PutSession { client_id: String, subscriptions: Vec<(String, u8)> },
+    DeleteSession { client_id: String },
+    PutTwin { module: String, twin: Vec<u8> },
+}
+
+struct Job {
+    ops: Vec<Op>,
+    reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Handle to the store; cheap to clone. The writer thread ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: std::sync::mpsc::Sender<Job>,
+    next_seq: Arc<AtomicU64>,
+}
+
+impl Store {
+    /// Opens (or creates) `path` and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // A hub that just stopped in this process may still be closing the file: retry for a while.
+        let mut attempts = 0;
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(StoreError(format!(
+                        "cannot open the hub store {} ({e}); is another edge-dev running on this data directory?",
+                        path.display()
+                    )))
+                }
+            }
+        };
+        let db = Arc::new(db);
+        // Create the tables so that read transactions find them.
+        let txn = db.begin_write().map_err(|e| err("begin")(&e))?;
+        let mut max_seq = 0;
+        {
+            let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+            for item in q.iter().map_err(|e| err("scan queues")(&e))? {
+                let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
+                max_seq = max_seq.max(k.value().2);
+            }
+            txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
+            txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
+        }
+        txn.commit().map_err(|e| err("commit")(&e))?;
+
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let wdb = db.clone();
+        std::thread::Builder::new()
+            .name("hub-store-writer".into())
+            .spawn(move || writer_loop(&wdb, rx))
+            .map_err(|e| err("start the store writer thread")(&e))?;
+        Ok(Store {
+            db,
+            writer: tx,
+            next_seq: Arc::new(AtomicU64::new(max_seq + 1)),
+        })
+    }
+
+    /// A new sequence number (unique across all queues, increasing).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands `ops` to the writer now (so writes submitted in order commit in order) and returns a
+    /// future that resolves once they are committed, in one durable transaction possibly shared with
+    /// other callers' ops.
+    pub fn submit(&self, ops: Vec<Op>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(Job { ops, reply: Some(tx) });
+        async move {
+            if sent.is_err() {
+                return Err(StoreError("the store writer has stopped".into()));
+            }
+            rx.await
+                .map_err(|_| StoreError("the store writer has stopped".into()))?
+        }
+    }
+
+    /// [`Store::submit`] and wait.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.submit(ops).await
+    }
+
+    /// Queues `ops` without waiting for the commit (used for deletes whose loss only causes a resend).
+    pub fn write_later(&self, ops: Vec<Op>) {
+        if self.writer.send(Job { ops, reply: None }).is_err() {
+            tracing::warn!("the hub store writer has stopped; a queue change was not saved");
+        }
+    }
+
+    /// Applies `ops` in one durable transaction from the calling thread (blocking; for sync callers).
+    pub fn write_blocking(&self, ops: &[Op]) -> Result<(), StoreError> {
+        apply(&self.db, ops)
+    }
+
+    /// Up to `limit` entries of `endpoint` in delivery order for which `want` is true.
+    pub fn scan(
+        &self,
+        endpoint: &str,
+        limit: usize,
+        mut want: impl FnMut(&QueueKey) -> bool,
+    ) -> Result<Vec<(QueueKey, Record)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+        let mut out = Vec::new();
+        let range = q
+            .range((endpoint, 0u8, 0u64)..=(endpoint, u8::MAX, u64::MAX))
+            .map_err(|e| err("scan queue")(&e))?;
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| err("scan queue")(&e))?;
+            let (ep, priority, seq) = k.value();
+            let key = QueueKey {
+                endpoint: ep.to_string(),
+                priority,
+                seq,
+            };
+            if !want(&key) {
+                continue;
+            }
+            match decode_record(v.value()) {
+                Ok(r) => out.push((key, r)),
+                Err(e) => {
+                    tracing::error!(endpoint, seq, error = %e, "dropping an unreadable queued message");
+                    self.write_later(vec![Op::Delete { key }]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries per endpoint.
+    pub fn depths(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+        let mut out = BTreeMap::new();
+        for item in q.iter().map_err(|e| err("scan queues")(&e))? {
+            let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
+            *out.entry(k.value().0.to_string()).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    /// All stored sessions: client id -> subscriptions (filter, QoS).
+    pub fn sessions(&self) -> Result<HashMap<String, Vec<(String, u8)>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let t = txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
+        let mut out = HashMap::new();
+        for item in t.iter().map_err(|e| err("scan sessions")(&e))? {
+            let (k, v) = item.map_err(|e| err("scan sessions")(&e))?;
+            match serde_json::from_slice::<Vec<(String, u8)>>(v.value()) {
+                Ok(s) => {
+                    out.insert(k.value().to_string(), s);
+                }
+                Err(e) => tracing::error!(client = k.value(), error = %e, "ignoring an unreadable stored session"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// All stored twins.
+    pub fn twins(&self) -> Result<HashMap<String, TwinState>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let t = txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
+        let mut out = HashMap::new();
+        for item in t.iter().map_err(|e| err("scan twins")(&e))? {
+            let (k, v) = item.map_err(|e| err("scan twins")(&e))?;
+            match serde_json::from_slice::<TwinState>(v.value()) {
+                Ok(s) => {
+                    out.insert(k.value().to_string(), s);
+                }
+                Err(e) => tracing::error!(module = k.value(), error = %e, "ignoring an unreadable stored twin"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn writer_loop(db: &Database, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        // Group commit: take whatever else is already waiting.
+        while jobs.len() < 4096 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+        let result = apply_refs(db, &ops);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the hub store could not commit; publishes are refused until it can");
+        }
+        for j in jobs {
+            if let Some(reply) = j.reply {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+}
+
+fn apply(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
+    let refs: Vec<&Op> = ops.iter().collect();
+    apply_refs(db, &refs)
+}
+
+fn apply_refs(db: &Database, ops: &[&Op]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(|e| err("begin write")(&e))?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+        let mut s = txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
+        let mut t = txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
+        for op in ops {
+            match op {
+                Op::Enqueue { key, record } => {
+                    q.insert((key.endpoint.as_str(), key.priority, key.seq), record.as_slice())
+                        .map_err(|e| err("enqueue")(&e))?;
+                }
+                Op::Delete { key } => {
+                    q.remove((key.endpoint.as_str(), key.priority, key.seq))
+                        .map_err(|e| err("delete")(&e))?;
+                }
+                Op::PutSession { client_id, subscriptions } => {
+                    let v = serde_json::to_vec(subscriptions).map_err(|e| err("session")(&e))?;
+                    s.insert(client_id.as_str(), v.as_slice()).map_err(|e| err("session")(&e))?;
+                }
+                Op::DeleteSession { client_id } => {
+                    s.remove(client_id.as_str()).map_err(|e| err("session")(&e))?;
+                }
+                Op::PutTwin { module, twin } => {
+                    t.insert(module.as_str(), twin.as_slice()).map_err(|e| err("twin")(&e))?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| err("commit")(&e))
+}
+
+// ---- record encoding: a small versioned binary format, independent of the property-bag text ----
+
+const RECORD_VERSION: u8 = 1;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Messages are limited to far less than 4 GiB, the cast cannot truncate.
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_opt(out: &mut Vec<u8>, s: &Option<String>) {
+    match s {
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+        None => out.push(0),
+    }
+}
+
+/// Serializes a record.
+pub fn encode_record(r: &Record) -> Vec<u8> {
+    let m = &r.message;
+    let mut out = Vec::with_capacity(m.body.len() + 256);
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&r.enqueued_ms.to_le_bytes());
+    out.extend_from_slice(&r.expiry_ms.to_le_bytes());
+    put_str(&mut out, &r.module);
+    put_str(&mut out, &r.output);
+    put_str(&mut out, &r.input);
+    for f in [
+        &m.message_id,
+        &m.correlation_id,
+        &m.user_id,
+        &m.content_type,
+        &m.content_encoding,
+        &m.creation_time,
+        &m.expiry,
+        &m.output_name,
+        &m.connection_device_id,
+        &m.connection_module_id,
+        &m.interface_id,
+    ] {
+        put_opt(&mut out, f);
+    }
+    out.extend_from_slice(&(m.properties.len() as u32).to_le_bytes());
+    for (k, v) in &m.properties {
+        put_str(&mut out, k);
+        put_str(&mut out, v);
+    }
+    put_bytes(&mut out, &m.body);
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.b.len() < n {
+            return Err(StoreError("truncated queue record".into()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(i64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, StoreError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| StoreError("queue record holds invalid UTF-8".into()))
+    }
+    fn opt(&mut self) -> Result<Option<String>, StoreError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.string()?)),
+            x => Err(StoreError(format!("queue record has a bad option tag {x}"))),
+        }
+    }
+}
+
+/// Deserializes a record.
+pub fn decode_record(b: &[u8]) -> Result<Record, StoreError> {
+    let mut r = Reader { b };
+    let v = r.u8()?;
+    if v != RECORD_VERSION {
+        return Err(StoreError(format!("queue record version {v} is unknown to this edge-dev")));
+    }
+    let enqueued_ms = r.i64()?;
+    let expiry_ms = r.i64()?;
+    let module = r.string()?;
+    let output = r.string()?;
+    let input = r.string()?;
+    let mut m = Message {
+        message_id: r.opt()?,
+        correlation_id: r.opt()?,
+        user_id: r.opt()?,
+        content_type: r.opt()?,
+        content_encoding: r.opt()?,
+        creation_time: r.opt()?,
+        expiry: r.opt()?,
+        output_name: r.opt()?,
+        connection_device_id: r.opt()?,
+        connection_module_id: r.opt()?,
+        interface_id: r.opt()?,
+        ..Message::default()
+    };
+    let n = r.u32()?;
+    for _ in 0..n {
+        let k = r.string()?;
+        let v = r.string()?;
+        m.properties.insert(k, v);
+    }
+    m.body = Bytes::copy_from_slice(r.bytes()?);
+    if !r.b.is_empty() {
+        return Err(StoreError("queue record has trailing bytes".into()));
+    }
+    Ok(Record {
+        enqueued_ms,
+        expiry_ms,
+        module,
+        output,
+        input,
+        message: m,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        let mut m = Message::new(&b"{\"temp\":38}"[..]);
+        m.content_type = Some("application/json".into());
+        m.connection_device_id = Some("dev".into());
+        m.properties.insert("k".into(), "v/w&x".into());
+        Record {
+            enqueued_ms: 1_700_000_000_000,
+            expiry_ms: 1_700_000_007_200,
+            module: "A".into(),
+            output: "out1".into(),
+            input: "in1".into(),
+            message: m,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_an_error() {
+        let r = record();
+        let b = encode_record(&r);
+        assert_eq!(decode_record(&b).unwrap(), r);
+        assert!(decode_record(&b[..b.len() - 1]).is_err());
+        assert!(decode_record(&[9, 1, 2]).is_err());
+        assert!(decode_record(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn queue_order_is_priority_then_seq_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            let mut ops = Vec::new();
+            for (prio, seq) in [(5u8, s.next_seq()), (0, s.next_seq()), (5, s.next_seq())] {
+                ops.push(Op::Enqueue {
+                    key: QueueKey { endpoint: UPSTREAM.into(), priority: prio, seq },
+                    record: encode_record(&record()),
+                });
+            }
+            s.write(ops).await.unwrap();
+            s.write(vec![Op::PutSession { client_id: "d/m".into(), subscriptions: vec![("a/#".into(), 1)] }])
+                .await
+                .unwrap();
+        }
+        // The writer thread may still hold the file for a moment: open() waits for it.
+        let s = Store::open(&path).unwrap();
+        let got: Vec<(u8, u64)> = s
+            .scan(UPSTREAM, 10, |_| true)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| (k.priority, k.seq))
+            .collect();
+        assert_eq!(got, vec![(0, 2), (5, 1), (5, 3)]);
+        assert_eq!(s.next_seq(), 4);
+        assert_eq!(s.sessions().unwrap()["d/m"], vec![("a/#".to_string(), 1)]);
+        assert_eq!(s.depths().unwrap()[UPSTREAM], 3);
+    }
+}

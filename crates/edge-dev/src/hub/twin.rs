@@ -1,0 +1,150 @@
+//! Module twins (pure): desired and reported properties with their versions, JSON merge patches.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One module's twin as the hub keeps it (and stores it, as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinState {
+    pub desired: Map<String, Value>,
+    pub desired_version: u64,
+    pub reported: Map<String, Value>,
+    pub reported_version: u64,
+}
+
+impl TwinState {
+    /// A new twin: the manifest's desired properties at version 1, empty reported properties at version 1.
+    pub fn new(desired: &Value) -> TwinState {
+        TwinState {
+            desired: strip_meta(desired),
+            desired_version: 1,
+            reported: Map::new(),
+            reported_version: 1,
+        }
+    }
+
+    /// Takes the manifest's desired properties at start. If they differ from the stored ones they replace
+    /// them with a new version (so a module never sees different content under the same version).
+    /// Returns whether they changed.
+    pub fn set_desired_from_manifest(&mut self, desired: &Value) -> bool {
+        let d = strip_meta(desired);
+        if d == self.desired {
+            return false;
+        }
+        self.desired = d;
+        self.desired_version += 1;
+        true
+    }
+
+    /// The document a twin GET answers: `{"desired":{..,"$version":N},"reported":{..,"$version":M}}`.
+    pub fn document(&self) -> Value {
+        let mut desired = self.desired.clone();
+        desired.insert("$version".into(), Value::from(self.desired_version));
+        let mut reported = self.reported.clone();
+        reported.insert("$version".into(), Value::from(self.reported_version));
+        serde_json::json!({ "desired": desired, "reported": reported })
+    }
+
+    /// Merges a reported-properties patch; returns the new reported version.
+    pub fn patch_reported(&mut self, patch: &Value) -> Result<u64, String> {
+        let p = patch
+            .as_object()
+            .ok_or_else(|| "a reported-properties patch must be a JSON object".to_string())?;
+        merge(&mut self.reported, p);
+        self.reported_version += 1;
+        Ok(self.reported_version)
+    }
+
+    /// Merges a desired-properties patch; returns the new desired version and the body to push to the
+    /// module (the patch with `"$version"`, which the SDKs require).
+    pub fn patch_desired(&mut self, patch: &Value) -> Result<(u64, Value), String> {
+        let p = patch
+            .as_object()
+            .ok_or_else(|| "a desired-properties patch must be a JSON object".to_string())?;
+        merge(&mut self.desired, p);
+        self.desired_version += 1;
+        let mut body = strip_meta(patch);
+        body.insert("$version".into(), Value::from(self.desired_version));
+        Ok((self.desired_version, Value::Object(body)))
+    }
+}
+
+/// The object without its `$`-keys (`$version`, `$metadata`); a non-object gives an empty object.
+fn strip_meta(v: &Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| !k.starts_with('$'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        _ => Map::new(),
+    }
+}
+
+/// JSON merge patch as twins do it: `null` deletes, objects merge recursively, anything else replaces;
+/// `$`-keys of the patch (`$version`, `$metadata`) are ignored.
+pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        if k.starts_with('$') {
+            continue;
+        }
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => match target.get_mut(k) {
+                Some(Value::Object(t)) => merge(t, p),
+                _ => {
+                    let mut t = Map::new();
+                    merge(&mut t, p);
+                    target.insert(k.clone(), Value::Object(t));
+                }
+            },
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reported_patch_merges_and_deletes() {
+        let mut t = TwinState::new(&json!({"query": "SELECT 1", "$version": 7}));
+        assert_eq!(t.desired_version, 1);
+        assert_eq!(t.document()["desired"], json!({"query": "SELECT 1", "$version": 1}));
+        let v = t.patch_reported(&json!({"a": 1, "n": {"x": 1, "y": 2}})).unwrap();
+        assert_eq!(v, 2);
+        let v = t.patch_reported(&json!({"a": null, "n": {"y": null, "z": 3}, "$version": 99})).unwrap();
+        assert_eq!(v, 3);
+        assert_eq!(
+            t.document()["reported"],
+            json!({"n": {"x": 1, "z": 3}, "$version": 3})
+        );
+        assert!(t.patch_reported(&json!([1])).is_err());
+        assert_eq!(t.reported_version, 3, "a refused patch does not bump the version");
+    }
+
+    #[test]
+    fn desired_patch_carries_its_version() {
+        let mut t = TwinState::new(&json!({"a": 1}));
+        let (v, body) = t.patch_desired(&json!({"b": {"c": 2}})).unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(body, json!({"b": {"c": 2}, "$version": 2}));
+        assert_eq!(t.document()["desired"], json!({"a": 1, "b": {"c": 2}, "$version": 2}));
+    }
+
+    #[test]
+    fn manifest_change_bumps_version_only_when_different() {
+        let mut t = TwinState::new(&json!({"a": 1}));
+        assert!(!t.set_desired_from_manifest(&json!({"a": 1})));
+        assert_eq!(t.desired_version, 1);
+        assert!(t.set_desired_from_manifest(&json!({"a": 2})));
+        assert_eq!(t.desired_version, 2);
+    }
+}
