@@ -1,0 +1,855 @@
+//! The synchronous windowing engine: [`Engine::record`] one event, [`Engine::advance`] the wall
+//! clock, [`Engine::flush`] at the end of a stream, [`Engine::checkpoint`]/[`Engine::restore`].
+//!
+//! Time handling (ASA's event-ordering policy, per statement that has `TIMESTAMP BY`):
+//! 1. early arrival: event time more than `early_arrival_limit` after the arrival time -> adjusted
+//!    to arrival + limit (Adjust) or dropped (Drop);
+//! 2. late arrival: event time before arrival - `late_arrival_tolerance` -> adjusted to that
+//!    bound or dropped;
+//! 3. out of order: event time before the watermark -> adjusted to the watermark or dropped.
+//!
+//! The watermark of a timeline is `max(largest event time - out_of_order_tolerance,
+//! latest arrival - late_arrival_tolerance)`, never decreasing: no later event can be placed
+//! before it, so with no input at all it still advances with the wall clock (via `advance`) and
+//! a silent device's last window closes. Events wait in a reorder buffer until the watermark
+//! passes them and are then applied in time order; a window `(start, end]` is emitted once the
+//! watermark is past its end (`end < watermark`), so an event exactly at `end` still counts.
+//! Without `TIMESTAMP BY` the event time is the arrival time. `TIMESTAMP BY .. OVER key` gives
+//! each key its own out-of-order timeline (late arrival stays global, as in ASA).
+//!
+//! Statements that read a `WITH` step take the step's rows with their `System.Timestamp()` as
+//! event time and the step's watermark as their own.
+
+use crate::agg::{prepare, Acc, AggIn};
+use crate::ast::{Expr, Window};
+use crate::error::{EventError, RestoreError};
+use crate::eval::{eval, show, truth, Ctx};
+use crate::plan::{OutItem, Query, Sink, Source, Stmt};
+use crate::value::{format_time, from_datetime, parse_time_val, to_datetime, Micros, Val};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// What to do with an event outside the tolerances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum OrderingAction {
+    /// Move the event's time (System.Timestamp(), not its payload) to the nearest allowed time.
+    #[default]
+    Adjust,
+    /// Do not process the event; `record` returns [`EventError::Dropped`] with the reason.
+    Drop,
+}
+
+/// ASA's event-ordering policy. JSON form (every field optional, defaults shown):
+/// `{"out_of_order_tolerance_secs": 0, "late_arrival_tolerance_secs": 5, "action": "Adjust",
+///   "early_arrival_limit_secs": 300}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventPolicy {
+    /// Events up to this much older than the newest event time are reordered; older ones are
+    /// adjusted or dropped. Seconds in JSON (`out_of_order_tolerance_secs`); default 0 s.
+    #[serde(rename = "out_of_order_tolerance_secs", with = "secs")]
+    pub out_of_order_tolerance: Duration,
+    /// Events whose time is more than this before their arrival time are adjusted or dropped.
+    /// Seconds in JSON (`late_arrival_tolerance_secs`); default 5 s.
+    #[serde(rename = "late_arrival_tolerance_secs", with = "secs")]
+    pub late_arrival_tolerance: Duration,
+    /// Adjust (default) or Drop.
+    pub action: OrderingAction,
+    /// Events whose time is more than this after their arrival time are adjusted or dropped.
+    /// Seconds in JSON (`early_arrival_limit_secs`); default 300 s (5 min).
+    #[serde(rename = "early_arrival_limit_secs", with = "secs")]
+    pub early_arrival_limit: Duration,
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy {
+            out_of_order_tolerance: Duration::from_secs(0),
+            late_arrival_tolerance: Duration::from_secs(5),
+            action: OrderingAction::Adjust,
+            early_arrival_limit: Duration::from_secs(300),
+        }
+    }
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.subsec_nanos() == 0 {
+            s.serialize_u64(d.as_secs())
+        } else {
+            s.serialize_f64(d.as_secs_f64())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let f = f64::deserialize(d)?;
+        if !(0.0..=31_536_000.0).contains(&f) {
+            return Err(serde::de::Error::custom(
+                "a tolerance must be between 0 and 31536000 seconds (one year)",
+            ));
+        }
+        Ok(Duration::from_secs_f64(f))
+    }
+}
+
+fn micros(d: Duration) -> Micros {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+/// One output row: `output` is the statement's INTO name, `timestamp` its `System.Timestamp()`
+/// (the window end for aggregates). In `row`, times are strings like `2026-11-24T08:01:00.0000000Z`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRow {
+    pub output: String,
+    pub row: Map<String, Value>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl OutputRow {
+    /// `{"output": .., "row": {..}}`, the `aggregator replay` line format.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"output": self.output, "row": self.row})
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    t: Micros,
+    seq: u64,
+    key: String,
+    row: Map<String, Value>,
+    ins: Vec<AggIn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Group {
+    rep: Map<String, Value>,
+    accs: Vec<Acc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+struct Slide {
+    events: VecDeque<(Micros, Vec<AggIn>, Map<String, Value>)>,
+    points: BTreeSet<Micros>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Session {
+    start: Micros,
+    last: Micros,
+    end_max: Micros,
+    group: Group,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Timeline {
+    max_event: Option<Micros>,
+    watermark: Micros,
+    /// Reorder buffer, sorted by (t, seq).
+    pending: Vec<Pending>,
+    /// Tumbling/hopping windows by window start, then group key.
+    fixed: BTreeMap<Micros, BTreeMap<String, Group>>,
+    sliding: BTreeMap<String, Slide>,
+    sessions: BTreeMap<String, Session>,
+}
+
+impl Timeline {
+    fn new(watermark: Micros) -> Timeline {
+        Timeline {
+            max_event: None,
+            watermark,
+            pending: Vec::new(),
+            fixed: BTreeMap::new(),
+            sliding: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+struct StmtState {
+    timelines: BTreeMap<String, Timeline>,
+    /// For statements that read a step: the step's watermark.
+    upstream_watermark: Option<Micros>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    query: String,
+    max_arrival: Option<Micros>,
+    seq: u64,
+    stmts: Vec<StmtState>,
+}
+
+/// The synchronous engine. No IO, no clock: the caller passes arrival and wall-clock times.
+#[derive(Debug)]
+pub struct Engine {
+    query: Query,
+    policy: EventPolicy,
+    state: State,
+    warnings: Vec<String>,
+}
+
+/// A closed window of one group, before SELECT/HAVING.
+struct WinOut {
+    end: Micros,
+    key: String,
+    rep: Map<String, Value>,
+    aggs: Vec<Val>,
+}
+
+const MIN_T: Micros = i64::MIN / 4;
+
+impl Engine {
+    pub fn new(query: Query, policy: EventPolicy) -> Engine {
+        let n = query.stmts.len();
+        let state = State {
+            query: query.text.clone(),
+            max_arrival: None,
+            seq: 0,
+            stmts: vec![StmtState::default(); n],
+        };
+        Engine {
+            query,
+            policy,
+            state,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn query(&self) -> &Query {
+        &self.query
+    }
+
+    pub fn policy(&self) -> &EventPolicy {
+        &self.policy
+    }
+
+    /// Problems met while computing rows that no single input event is to blame for (for
+    /// example a CAST in SELECT that fails on an aggregate, or a bad row from a WITH step);
+    /// such rows are skipped. Taking them clears the list.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Record one event of input `input` (a FROM name, case-insensitive) that arrived at
+    /// `arrival` (wall clock). Returns the rows this made due. On error nothing changed.
+    pub fn record(
+        &mut self,
+        input: &str,
+        event: &Value,
+        arrival: DateTime<Utc>,
+    ) -> Result<Vec<OutputRow>, EventError> {
+        let readers: Vec<usize> = (0..self.query.stmts.len())
+            .filter(|&i| {
+                let s = &self.query.stmts[i];
+                s.source == Source::Input && s.from.eq_ignore_ascii_case(input)
+            })
+            .collect();
+        if readers.is_empty() {
+            return Err(EventError::UnknownInput {
+                input: input.to_string(),
+                known: self.query.inputs().join(", "),
+            });
+        }
+        let obj = match event {
+            Value::Object(m) => m,
+            _ => return Err(EventError::NotAnObject),
+        };
+        let a = from_datetime(arrival);
+        let max_arrival = Some(self.state.max_arrival.map_or(a, |m| m.max(a)));
+        // 1. validate and evaluate everything first, so a bad event changes nothing
+        let mut plans = Vec::with_capacity(readers.len());
+        let mut dropped = Vec::new();
+        for &si in &readers {
+            match self.prepare_input(si, obj, a, max_arrival)? {
+                Ok(p) => plans.push((si, p)),
+                Err(reason) => dropped.push(reason),
+            }
+        }
+        if plans.is_empty() {
+            return Err(EventError::Dropped {
+                reason: dropped.join("; "),
+            });
+        }
+        for d in dropped {
+            self.warnings
+                .push(format!("an event was dropped by one statement: {d}"));
+        }
+        // 2. apply
+        self.state.max_arrival = max_arrival;
+        for (si, p) in plans {
+            self.apply_input(si, p);
+        }
+        let mut out = Vec::new();
+        self.settle_roots(&mut out);
+        Ok(out)
+    }
+
+    /// Advance the wall clock with no input: watermarks move to `now - late_arrival_tolerance`
+    /// and windows that are due close.
+    pub fn advance(&mut self, now: DateTime<Utc>) -> Vec<OutputRow> {
+        let n = from_datetime(now);
+        self.state.max_arrival = Some(self.state.max_arrival.map_or(n, |m| m.max(n)));
+        let mut out = Vec::new();
+        self.settle_roots(&mut out);
+        out
+    }
+
+    /// Close every open window and release every buffered event (end of a replay). The stream is
+    /// over afterwards: later events would all be behind the watermark.
+    pub fn flush(&mut self) -> Vec<OutputRow> {
+        let mut out = Vec::new();
+        for si in 0..self.query.stmts.len() {
+            if self.query.stmts[si].source == Source::Input {
+                for tl in self.state.stmts[si].timelines.values_mut() {
+                    tl.watermark = i64::MAX;
+                }
+                self.settle(si, i64::MAX, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The engine's state (open windows, buffered events, watermarks) as JSON.
+    pub fn checkpoint(&self) -> Value {
+        serde_json::to_value(&self.state).unwrap_or(Value::Null)
+    }
+
+    /// Rebuild an engine from [`Engine::checkpoint`] output. The query text must be the same.
+    pub fn restore(
+        query: Query,
+        policy: EventPolicy,
+        state: &Value,
+    ) -> Result<Engine, RestoreError> {
+        let st: State = serde_json::from_value(state.clone())
+            .map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        if st.query != query.text {
+            return Err(RestoreError::QueryChanged);
+        }
+        if st.stmts.len() != query.stmts.len() {
+            return Err(RestoreError::Malformed("statement count differs".into()));
+        }
+        Ok(Engine {
+            query,
+            policy,
+            state: st,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn floor(&self, si: usize, max_arrival: Option<Micros>) -> Micros {
+        let s = &self.query.stmts[si];
+        match max_arrival {
+            None => MIN_T,
+            Some(a) if s.timestamp_by.is_some() => {
+                a.saturating_sub(micros(self.policy.late_arrival_tolerance))
+            }
+            Some(a) => a,
+        }
+    }
+
+    /// Evaluate one input event for statement `si`. Outer error: unusable event. Inner error:
+    /// dropped by the policy (reason).
+    #[allow(clippy::type_complexity)]
+    fn prepare_input(
+        &self,
+        si: usize,
+        obj: &Map<String, Value>,
+        arrival: Micros,
+        max_arrival: Option<Micros>,
+    ) -> Result<Result<(String, Micros, Option<Pending>), String>, EventError> {
+        let s = &self.query.stmts[si];
+        let ctx0 = Ctx {
+            row: obj,
+            time: arrival,
+            aggs: &[],
+            quals: &s.quals,
+        };
+        // substream key (TIMESTAMP BY .. OVER)
+        let mut sub = String::new();
+        for o in &s.over {
+            let v = eval(o, &ctx0).map_err(|m| wrong(o, m))?;
+            sub.push_str(&v.key());
+            sub.push('\u{1f}');
+        }
+        let floor = self.floor(si, max_arrival);
+        let wm = self.state.stmts[si]
+            .timelines
+            .get(&sub)
+            .map_or(floor, |t| t.watermark.max(floor));
+        let t = match &s.timestamp_by {
+            None => arrival.max(wm),
+            Some(e) => {
+                let fname = show(e);
+                let v = eval(e, &ctx0).map_err(|m| wrong(e, m))?;
+                if v.is_null() {
+                    return Err(EventError::MissingTimestamp { field: fname });
+                }
+                let mut t = match parse_time_val(&v) {
+                    Some(t) => t,
+                    None => {
+                        return Err(EventError::BadTimestamp {
+                            field: fname,
+                            value: v.to_json().to_string(),
+                        })
+                    }
+                };
+                let drop = self.policy.action == OrderingAction::Drop;
+                let early = arrival.saturating_add(micros(self.policy.early_arrival_limit));
+                if t > early {
+                    if drop {
+                        return Ok(Err(format!(
+                            "event time {} is more than {} s after its arrival time {} (early arrival)",
+                            format_time(t),
+                            self.policy.early_arrival_limit.as_secs_f64(),
+                            format_time(arrival)
+                        )));
+                    }
+                    t = early;
+                }
+                let late = arrival.saturating_sub(micros(self.policy.late_arrival_tolerance));
+                if t < late {
+                    if drop {
+                        return Ok(Err(format!(
+                            "event time {} is more than {} s before its arrival time {} (late arrival)",
+                            format_time(t),
+                            self.policy.late_arrival_tolerance.as_secs_f64(),
+                            format_time(arrival)
+                        )));
+                    }
+                    t = late;
+                }
+                if t < wm {
+                    if drop {
+                        return Ok(Err(format!(
+                            "event time {} is behind the watermark {} (out of order by more than {} s)",
+                            format_time(t),
+                            format_time(wm),
+                            self.policy.out_of_order_tolerance.as_secs_f64()
+                        )));
+                    }
+                    t = wm;
+                }
+                t
+            }
+        };
+        let pending = self.evaluate(si, obj, t)?;
+        Ok(Ok((sub, t, pending)))
+    }
+
+    /// WHERE, then either the projected row (no aggregation) or the group key and aggregate
+    /// inputs. `None` when WHERE filters the event out.
+    fn evaluate(
+        &self,
+        si: usize,
+        obj: &Map<String, Value>,
+        t: Micros,
+    ) -> Result<Option<Pending>, EventError> {
+        let s = &self.query.stmts[si];
+        let ctx = Ctx {
+            row: obj,
+            time: t,
+            aggs: &[],
+            quals: &s.quals,
+        };
+        if let Some(f) = &s.filter {
+            let v = eval(f, &ctx).map_err(|m| wrong(f, m))?;
+            if truth(&v, f).map_err(|m| wrong(f, m))? != Some(true) {
+                return Ok(None);
+            }
+        }
+        if s.window.is_none() {
+            let row = project(&s.items, &ctx).map_err(|(e, m)| wrong(e, m))?;
+            return Ok(Some(Pending {
+                t,
+                seq: 0,
+                key: String::new(),
+                row,
+                ins: Vec::new(),
+            }));
+        }
+        let mut key = String::new();
+        for k in &s.keys {
+            let v = eval(k, &ctx).map_err(|m| wrong(k, m))?;
+            key.push_str(&v.key());
+            key.push('\u{1f}');
+        }
+        let ins = prepare(&s.aggs, &ctx)?;
+        Ok(Some(Pending {
+            t,
+            seq: 0,
+            key,
+            row: obj.clone(),
+            ins,
+        }))
+    }
+
+    fn apply_input(&mut self, si: usize, plan: (String, Micros, Option<Pending>)) {
+        let (sub, t, pending) = plan;
+        let floor = self.floor(si, self.state.max_arrival);
+        let tl = self.state.stmts[si]
+            .timelines
+            .entry(sub)
+            .or_insert_with(|| Timeline::new(floor));
+        tl.max_event = Some(tl.max_event.map_or(t, |m| m.max(t)));
+        if let Some(mut p) = pending {
+            self.state.seq += 1;
+            p.seq = self.state.seq;
+            insert_sorted(&mut tl.pending, p);
+        }
+    }
+
+    fn settle_roots(&mut self, out: &mut Vec<OutputRow>) {
+        let ooo = micros(self.policy.out_of_order_tolerance);
+        for si in 0..self.query.stmts.len() {
+            if self.query.stmts[si].source != Source::Input {
+                continue;
+            }
+            let floor = self.floor(si, self.state.max_arrival);
+            let has_ts = self.query.stmts[si].timestamp_by.is_some();
+            for tl in self.state.stmts[si].timelines.values_mut() {
+                let by_events = match tl.max_event {
+                    Some(m) if has_ts => m.saturating_sub(ooo),
+                    Some(m) => m,
+                    None => MIN_T,
+                };
+                tl.watermark = tl.watermark.max(floor).max(by_events);
+            }
+            self.settle(si, floor, out);
+        }
+    }
+
+    /// Release and close what the watermarks allow in statement `si`, deliver the rows, then
+    /// move the statements that read it.
+    fn settle(&mut self, si: usize, floor: Micros, out: &mut Vec<OutputRow>) {
+        let stmt = self.query.stmts[si].clone();
+        let mut rows: Vec<(Micros, Map<String, Value>)> = Vec::new();
+        let mut warnings = Vec::new();
+        let mut stmt_wm = i64::MAX;
+        let mut any = false;
+        for tl in self.state.stmts[si].timelines.values_mut() {
+            any = true;
+            stmt_wm = stmt_wm.min(tl.watermark);
+            let wins = step_timeline(tl, &stmt, &mut rows);
+            for w in wins {
+                match finish(&stmt, w) {
+                    Ok(Some(r)) => rows.push(r),
+                    Ok(None) => {}
+                    Err(m) => warnings.push(m),
+                }
+            }
+        }
+        if !any {
+            stmt_wm = floor;
+        }
+        self.warnings.extend(warnings);
+        rows.sort_by_key(|r| r.0);
+        match &stmt.sink {
+            Sink::Output(name) => {
+                for (t, row) in rows {
+                    out.push(OutputRow {
+                        output: name.clone(),
+                        row,
+                        timestamp: to_datetime(t),
+                    });
+                }
+            }
+            Sink::Step(_) => {
+                for &c in &stmt.consumers {
+                    for (t, row) in &rows {
+                        self.feed(c, row, *t);
+                    }
+                }
+            }
+        }
+        for &c in &stmt.consumers {
+            let st = &mut self.state.stmts[c];
+            let wm = st.upstream_watermark.map_or(stmt_wm, |w| w.max(stmt_wm));
+            st.upstream_watermark = Some(wm);
+            let tl = st
+                .timelines
+                .entry(String::new())
+                .or_insert_with(|| Timeline::new(wm));
+            tl.watermark = tl.watermark.max(wm);
+            self.settle(c, wm, out);
+        }
+    }
+
+    /// A row of a WITH step reaches statement `ci`.
+    fn feed(&mut self, ci: usize, row: &Map<String, Value>, t: Micros) {
+        let wm = self.state.stmts[ci].upstream_watermark.unwrap_or(MIN_T);
+        let t = t.max(wm);
+        match self.evaluate(ci, row, t) {
+            Ok(Some(mut p)) => {
+                self.state.seq += 1;
+                p.seq = self.state.seq;
+                let tl = self.state.stmts[ci]
+                    .timelines
+                    .entry(String::new())
+                    .or_insert_with(|| Timeline::new(wm));
+                tl.max_event = Some(tl.max_event.map_or(t, |m| m.max(t)));
+                insert_sorted(&mut tl.pending, p);
+            }
+            Ok(None) => {}
+            Err(e) => self.warnings.push(format!(
+                "a row of step '{}' was skipped: {e}",
+                self.query.stmts[ci].from
+            )),
+        }
+    }
+}
+
+fn wrong(e: &Expr, m: String) -> EventError {
+    EventError::WrongType {
+        expression: show(e),
+        message: m,
+    }
+}
+
+fn insert_sorted(v: &mut Vec<Pending>, p: Pending) {
+    let i = v.partition_point(|x| (x.t, x.seq) <= (p.t, p.seq));
+    v.insert(i, p);
+}
+
+/// SELECT list -> row. Left columns win over later ones with the same name (ASA's rule for `*`).
+fn project<'e>(items: &'e [OutItem], c: &Ctx) -> Result<Map<String, Value>, (&'e Expr, String)> {
+    let mut m = Map::new();
+    for it in items {
+        match it {
+            OutItem::Star => {
+                for (k, v) in c.row {
+                    if !m.contains_key(k) {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            OutItem::Col(name, e) => {
+                let v = eval(e, c).map_err(|msg| (e, msg))?;
+                if !m.contains_key(name) {
+                    m.insert(name.clone(), v.to_json());
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Closed window -> output row (None when HAVING rejects it). Errors are reported as warnings.
+fn finish(s: &Stmt, w: WinOut) -> Result<Option<(Micros, Map<String, Value>)>, String> {
+    let ctx = Ctx {
+        row: &w.rep,
+        time: w.end,
+        aggs: &w.aggs,
+        quals: &s.quals,
+    };
+    if let Some(h) = &s.having {
+        let v = eval(h, &ctx).map_err(|m| {
+            format!(
+                "HAVING {}: {m}; the window ending {} was skipped",
+                show(h),
+                format_time(w.end)
+            )
+        })?;
+        if truth(&v, h).map_err(|m| format!("HAVING: {m}"))? != Some(true) {
+            return Ok(None);
+        }
+    }
+    let _ = &w.key;
+    let row = project(&s.items, &ctx).map_err(|(e, m)| {
+        format!(
+            "{}: {m}; the window ending {} was skipped",
+            show(e),
+            format_time(w.end)
+        )
+    })?;
+    Ok(Some((w.end, row)))
+}
+
+fn new_group(s: &Stmt, rep: &Map<String, Value>) -> Group {
+    Group {
+        rep: rep.clone(),
+        accs: s.aggs.iter().map(|a| Acc::new(a.func)).collect(),
+    }
+}
+
+fn add(g: &mut Group, s: &Stmt, ins: &[AggIn]) {
+    for ((acc, spec), x) in g.accs.iter_mut().zip(s.aggs.iter()).zip(ins.iter()) {
+        acc.add(x, spec);
+    }
+}
+
+fn results(g: &Group, s: &Stmt) -> Vec<Val> {
+    g.accs
+        .iter()
+        .zip(s.aggs.iter())
+        .map(|(a, spec)| a.result(spec))
+        .collect()
+}
+
+/// First end of a max-duration cut after a session that starts at `start`: ASA checks the
+/// maximum duration at multiples of it (aligned to the epoch).
+fn session_end_max(start: Micros, max: Micros) -> Micros {
+    let first = start.div_euclid(max) * max + max;
+    if first - start >= max {
+        first
+    } else {
+        first + max
+    }
+}
+
+/// Release buffered events up to the watermark and close due windows. Pass-through rows go to
+/// `rows`; closed windows are returned.
+fn step_timeline(
+    tl: &mut Timeline,
+    s: &Stmt,
+    rows: &mut Vec<(Micros, Map<String, Value>)>,
+) -> Vec<WinOut> {
+    let wm = tl.watermark;
+    let window = match s.window {
+        None => {
+            // pass-through: an event at the watermark itself is final already
+            let n = tl.pending.partition_point(|p| p.t <= wm);
+            for p in tl.pending.drain(..n) {
+                rows.push((p.t, p.row));
+            }
+            return Vec::new();
+        }
+        Some(w) => w,
+    };
+    let n = tl.pending.partition_point(|p| p.t < wm);
+    let released: Vec<Pending> = tl.pending.drain(..n).collect();
+    let mut outs = Vec::new();
+    match window {
+        Window::Hopping { size, hop, offset } => {
+            for p in released {
+                let mut e = p.t + (offset - p.t).rem_euclid(hop);
+                while e < p.t.saturating_add(size) {
+                    let g = tl
+                        .fixed
+                        .entry(e - size)
+                        .or_default()
+                        .entry(p.key.clone())
+                        .or_insert_with(|| new_group(s, &p.row));
+                    add(g, s, &p.ins);
+                    e += hop;
+                }
+            }
+            while let Some((&start, _)) = tl.fixed.iter().next() {
+                if start.saturating_add(size) >= wm {
+                    break;
+                }
+                if let Some(groups) = tl.fixed.remove(&start) {
+                    for (key, g) in groups {
+                        outs.push(WinOut {
+                            end: start + size,
+                            aggs: results(&g, s),
+                            key,
+                            rep: g.rep,
+                        });
+                    }
+                }
+            }
+        }
+        Window::Sliding { size } => {
+            for p in released {
+                let sl = tl.sliding.entry(p.key.clone()).or_default();
+                sl.points.insert(p.t);
+                sl.points.insert(p.t.saturating_add(size));
+                sl.events.push_back((p.t, p.ins, p.row));
+            }
+            let mut empty = Vec::new();
+            for (key, sl) in tl.sliding.iter_mut() {
+                let due: Vec<Micros> = sl.points.range(..wm).copied().collect();
+                for point in due {
+                    sl.points.remove(&point);
+                    let mut g: Option<Group> = None;
+                    for (t, ins, row) in sl.events.iter() {
+                        if *t > point.saturating_sub(size) && *t <= point {
+                            let g = g.get_or_insert_with(|| new_group(s, row));
+                            g.rep = row.clone();
+                            add(g, s, ins);
+                        }
+                    }
+                    if let Some(g) = g {
+                        outs.push(WinOut {
+                            end: point,
+                            aggs: results(&g, s),
+                            key: key.clone(),
+                            rep: g.rep,
+                        });
+                    }
+                    while sl
+                        .events
+                        .front()
+                        .is_some_and(|e| e.0 <= point.saturating_sub(size))
+                    {
+                        sl.events.pop_front();
+                    }
+                }
+                if sl.events.is_empty() && sl.points.is_empty() {
+                    empty.push(key.clone());
+                }
+            }
+            for k in empty {
+                tl.sliding.remove(&k);
+            }
+        }
+        Window::Session {
+            timeout,
+            max_duration,
+        } => {
+            for p in released {
+                let close = match tl.sessions.get(&p.key) {
+                    Some(se) => p.t > se.last.saturating_add(timeout) || p.t > se.end_max,
+                    None => false,
+                };
+                if close {
+                    if let Some(se) = tl.sessions.remove(&p.key) {
+                        let end = se.last.saturating_add(timeout).min(se.end_max);
+                        outs.push(WinOut {
+                            end,
+                            aggs: results(&se.group, s),
+                            key: p.key.clone(),
+                            rep: se.group.rep,
+                        });
+                    }
+                }
+                let se = tl.sessions.entry(p.key.clone()).or_insert_with(|| Session {
+                    start: p.t,
+                    last: p.t,
+                    end_max: session_end_max(p.t, max_duration),
+                    group: new_group(s, &p.row),
+                });
+                se.last = se.last.max(p.t);
+                add(&mut se.group, s, &p.ins);
+            }
+            let due: Vec<String> = tl
+                .sessions
+                .iter()
+                .filter(|(_, se)| se.last.saturating_add(timeout).min(se.end_max) < wm)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in due {
+                if let Some(se) = tl.sessions.remove(&k) {
+                    let end = se.last.saturating_add(timeout).min(se.end_max);
+                    let _ = se.start;
+                    outs.push(WinOut {
+                        end,
+                        aggs: results(&se.group, s),
+                        key: k,
+                        rep: se.group.rep,
+                    });
+                }
+            }
+        }
+    }
+    outs.sort_by(|a, b| (a.end, &a.key).cmp(&(b.end, &b.key)));
+    outs
+}

@@ -1,0 +1,1225 @@
+//! Parser: tokens -> [`Ast`]. Recursive descent; keywords are case-insensitive and contextual
+//! (a field may be called `timestamp` or `count`).
+
+use crate::ast::*;
+use crate::error::QueryError;
+use crate::lexer::{lex, Tok, Token};
+use crate::value::{Micros, Val};
+
+/// Aggregate functions (upper case).
+pub(crate) const AGGREGATES: [&str; 11] = [
+    "AVG",
+    "COUNT",
+    "MIN",
+    "MAX",
+    "SUM",
+    "STDEV",
+    "STDEVP",
+    "VAR",
+    "VARP",
+    "TOPONE",
+    "PERCENTILE_CONT",
+];
+
+/// Scalar functions (upper case) with their (min, max) argument counts.
+pub(crate) const SCALARS: [(&str, usize, usize); 30] = [
+    ("ABS", 1, 1),
+    ("CEILING", 1, 1),
+    ("FLOOR", 1, 1),
+    ("ROUND", 1, 2),
+    ("POWER", 2, 2),
+    ("SQRT", 1, 1),
+    ("SQUARE", 1, 1),
+    ("EXP", 1, 1),
+    ("LOG", 1, 2),
+    ("SIGN", 1, 1),
+    ("LEN", 1, 1),
+    ("LOWER", 1, 1),
+    ("UPPER", 1, 1),
+    ("SUBSTRING", 3, 3),
+    ("CONCAT", 1, 64),
+    ("CHARINDEX", 2, 3),
+    ("REPLACE", 3, 3),
+    ("LTRIM", 1, 1),
+    ("RTRIM", 1, 1),
+    ("TRIM", 1, 1),
+    ("DATEADD", 3, 3),
+    ("DATEDIFF", 3, 3),
+    ("DATEPART", 2, 2),
+    ("DAY", 1, 1),
+    ("MONTH", 1, 1),
+    ("YEAR", 1, 1),
+    ("COALESCE", 1, 64),
+    ("GETRECORDPROPERTYVALUE", 2, 2),
+    ("GETARRAYELEMENT", 2, 2),
+    ("GETARRAYLENGTH", 1, 1),
+];
+
+/// Words that end an expression or a select item (so they are never read as a field or alias).
+const CLAUSE_WORDS: [&str; 24] = [
+    "SELECT",
+    "FROM",
+    "INTO",
+    "WHERE",
+    "GROUP",
+    "HAVING",
+    "TIMESTAMP",
+    "PARTITION",
+    "WITH",
+    "UNION",
+    "JOIN",
+    "ON",
+    "ORDER",
+    "AS",
+    "AND",
+    "OR",
+    "NOT",
+    "IS",
+    "LIKE",
+    "BETWEEN",
+    "IN",
+    "WHEN",
+    "THEN",
+    "ELSE",
+];
+const EXPR_WORDS: [&str; 5] = ["END", "CASE", "NULL", "OVER", "BY"];
+
+/// A time unit name or abbreviation (ASA: day dd d, hour hh, minute mi n, second ss s,
+/// millisecond ms, microsecond mcs) -> microseconds.
+pub(crate) fn unit_micros(unit: &str) -> Option<Micros> {
+    Some(match unit.to_ascii_lowercase().as_str() {
+        "day" | "dd" | "d" => 86_400_000_000,
+        "hour" | "hh" => 3_600_000_000,
+        "minute" | "mi" | "n" => 60_000_000,
+        "second" | "ss" | "s" => 1_000_000,
+        "millisecond" | "ms" => 1_000,
+        "microsecond" | "mcs" => 1,
+        _ => return None,
+    })
+}
+
+const UNITS_HELP: &str = "use day (dd, d), hour (hh), minute (mi, n), second (ss, s), millisecond (ms) or microsecond (mcs)";
+const MAX_WINDOW: Micros = 7 * 86_400_000_000;
+
+pub(crate) fn parse(text: &str) -> Result<Ast, QueryError> {
+    let tokens = lex(text)?;
+    let mut p = Parser { t: tokens, i: 0 };
+    p.query()
+}
+
+/// Parse a standalone expression (used by tests).
+#[cfg(test)]
+pub(crate) fn parse_expr(text: &str) -> Result<Expr, QueryError> {
+    let tokens = lex(text)?;
+    let mut p = Parser { t: tokens, i: 0 };
+    let e = p.expr()?;
+    p.expect_eof()?;
+    Ok(e)
+}
+
+struct Parser {
+    t: Vec<Token>,
+    i: usize,
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Word(w) => format!("'{w}'"),
+        Tok::Quoted(q) => format!("identifier \"{q}\""),
+        Tok::Str(s) => format!("string '{s}'"),
+        Tok::Num(n) => format!("number {n}"),
+        Tok::Sym(s) => format!("'{s}'"),
+        Tok::Eof => "the end of the query".into(),
+    }
+}
+
+impl Parser {
+    fn peek(&self) -> &Tok {
+        &self.t[self.i.min(self.t.len() - 1)].tok
+    }
+    fn peek_at(&self, n: usize) -> &Tok {
+        &self.t[(self.i + n).min(self.t.len() - 1)].tok
+    }
+    fn pos(&self) -> Pos {
+        let t = &self.t[self.i.min(self.t.len() - 1)];
+        Pos {
+            line: t.line,
+            col: t.col,
+        }
+    }
+    fn next(&mut self) -> Tok {
+        let t = self.peek().clone();
+        if self.i < self.t.len() - 1 {
+            self.i += 1;
+        }
+        t
+    }
+    fn err<T>(&self, msg: impl Into<String>) -> Result<T, QueryError> {
+        let p = self.pos();
+        Err(QueryError::new(p.line, p.col, msg))
+    }
+    fn err_at<T>(&self, p: Pos, msg: impl Into<String>) -> Result<T, QueryError> {
+        Err(QueryError::new(p.line, p.col, msg))
+    }
+    fn is_word(&self, w: &str) -> bool {
+        matches!(self.peek(), Tok::Word(x) if x.eq_ignore_ascii_case(w))
+    }
+    fn is_word_at(&self, n: usize, w: &str) -> bool {
+        matches!(self.peek_at(n), Tok::Word(x) if x.eq_ignore_ascii_case(w))
+    }
+    fn is_sym(&self, s: &str) -> bool {
+        matches!(self.peek(), Tok::Sym(x) if *x == s)
+    }
+    fn eat_word(&mut self, w: &str) -> bool {
+        if self.is_word(w) {
+            self.next();
+            true
+        } else {
+            false
+        }
+    }
+    fn eat_sym(&mut self, s: &str) -> bool {
+        if self.is_sym(s) {
+            self.next();
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_word(&mut self, w: &str, why: &str) -> Result<(), QueryError> {
+        if self.eat_word(w) {
+            Ok(())
+        } else {
+            self.err(format!(
+                "expected {w} {why}, found {}",
+                describe(self.peek())
+            ))
+        }
+    }
+    fn expect_sym(&mut self, s: &str, why: &str) -> Result<(), QueryError> {
+        if self.eat_sym(s) {
+            Ok(())
+        } else {
+            self.err(format!(
+                "expected '{s}' {why}, found {}",
+                describe(self.peek())
+            ))
+        }
+    }
+    #[cfg(test)]
+    fn expect_eof(&mut self) -> Result<(), QueryError> {
+        if matches!(self.peek(), Tok::Eof) {
+            Ok(())
+        } else {
+            self.err(format!("unexpected {}", describe(self.peek())))
+        }
+    }
+
+    /// A name: a bare word that is not a clause keyword, or a quoted/bracketed identifier.
+    fn is_name(&self, n: usize) -> bool {
+        match self.peek_at(n) {
+            Tok::Quoted(_) => true,
+            Tok::Word(w) => !is_reserved(w),
+            _ => false,
+        }
+    }
+    fn name(&mut self, what: &str) -> Result<String, QueryError> {
+        if self.is_name(0) {
+            match self.next() {
+                Tok::Quoted(s) | Tok::Word(s) => Ok(s),
+                _ => self.err(format!("expected {what}")),
+            }
+        } else {
+            self.err(format!(
+                "expected {what}, found {}; quote a name that is a keyword as [name]",
+                describe(self.peek())
+            ))
+        }
+    }
+
+    fn query(&mut self) -> Result<Ast, QueryError> {
+        let mut steps = Vec::new();
+        if self.eat_word("WITH") {
+            loop {
+                let pos = self.pos();
+                let name = self.name("a step name after WITH")?;
+                self.expect_word("AS", "after the step name (WITH name AS (SELECT ...))")?;
+                self.expect_sym("(", "before the step's SELECT")?;
+                let select = self.select(true)?;
+                self.expect_sym(")", "after the step's SELECT")?;
+                steps.push(Step { name, pos, select });
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        let mut selects = Vec::new();
+        loop {
+            while self.eat_sym(";") {}
+            if matches!(self.peek(), Tok::Eof) {
+                break;
+            }
+            if !self.is_word("SELECT") {
+                return self.err(format!(
+                    "expected SELECT, found {}; every statement is SELECT ... INTO ... FROM ...",
+                    describe(self.peek())
+                ));
+            }
+            selects.push(self.select(false)?);
+        }
+        if selects.is_empty() {
+            return self
+                .err("the query has no SELECT statement; write SELECT ... INTO output FROM input");
+        }
+        Ok(Ast { steps, selects })
+    }
+
+    fn select(&mut self, in_step: bool) -> Result<Select, QueryError> {
+        let pos = self.pos();
+        self.expect_word("SELECT", "to start a statement")?;
+        if self.is_word("DISTINCT") || self.is_word("TOP") {
+            return self
+                .err("SELECT DISTINCT and TOP are not supported; use GROUP BY with a window");
+        }
+        let mut items = Vec::new();
+        loop {
+            if self.eat_sym("*") {
+                items.push(SelectItem::Star);
+            } else if self.is_name(0)
+                && matches!(self.peek_at(1), Tok::Sym("."))
+                && matches!(self.peek_at(2), Tok::Sym("*"))
+            {
+                self.next();
+                self.next();
+                self.next();
+                items.push(SelectItem::Star);
+            } else {
+                let expr = self.expr()?;
+                let alias = if self.eat_word("AS") {
+                    Some(self.name("a column name after AS")?)
+                } else if self.is_name(0) {
+                    Some(self.name("a column name")?)
+                } else {
+                    None
+                };
+                items.push(SelectItem::Expr { expr, alias });
+            }
+            if !self.eat_sym(",") {
+                break;
+            }
+        }
+        let mut into = None;
+        if self.eat_word("INTO") {
+            if in_step {
+                return self.err(
+                    "a WITH step cannot have INTO; put INTO in the SELECT that reads the step",
+                );
+            }
+            into = Some(self.name("an output name after INTO")?);
+        }
+        self.expect_word("FROM", "after the select list")?;
+        let from_pos = self.pos();
+        let from = self.name("an input name after FROM")?;
+        let alias = if self.eat_word("AS") {
+            Some(self.name("an alias after AS")?)
+        } else if self.is_name(0) {
+            Some(self.name("an alias")?)
+        } else {
+            None
+        };
+        let mut timestamp_by = None;
+        let mut over = Vec::new();
+        if self.is_word("TIMESTAMP") && self.is_word_at(1, "BY") {
+            self.next();
+            self.next();
+            timestamp_by = Some(self.expr()?);
+            if self.eat_word("OVER") {
+                loop {
+                    over.push(self.expr()?);
+                    if !self.eat_sym(",") {
+                        break;
+                    }
+                }
+            }
+        }
+        if self.is_word("PARTITION") && self.is_word_at(1, "BY") {
+            // PARTITION BY PartitionId only matters for cloud scale-out; a single edge engine ignores it.
+            self.next();
+            self.next();
+            self.expr()?;
+        }
+        if self.is_word("JOIN")
+            || self.is_word("INNER")
+            || self.is_word("LEFT")
+            || self.is_word("UNION")
+            || self.is_sym(",")
+        {
+            return self
+                .err("JOIN and UNION are not supported by this engine; use one input per SELECT");
+        }
+        let filter = if self.eat_word("WHERE") {
+            Some(self.expr()?)
+        } else {
+            None
+        };
+        let mut group = Vec::new();
+        let mut window = None;
+        if self.is_word("GROUP") {
+            self.next();
+            self.expect_word("BY", "after GROUP")?;
+            loop {
+                let wpos = self.pos();
+                if let Some(kind) = self.window_kind() {
+                    if window.is_some() {
+                        return self.err("GROUP BY has more than one window; keep one");
+                    }
+                    let (w, keys) = self.window(kind)?;
+                    group.extend(keys);
+                    window = Some((w, wpos));
+                } else {
+                    group.push(self.expr()?);
+                }
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        let having = if self.eat_word("HAVING") {
+            Some(self.expr()?)
+        } else {
+            None
+        };
+        Ok(Select {
+            pos,
+            items,
+            into,
+            from,
+            from_pos,
+            alias,
+            timestamp_by,
+            over,
+            filter,
+            group,
+            window,
+            having,
+        })
+    }
+
+    fn window_kind(&self) -> Option<&'static str> {
+        if !matches!(self.peek_at(1), Tok::Sym("(")) {
+            return None;
+        }
+        let w = match self.peek() {
+            Tok::Word(w) => w.to_ascii_uppercase(),
+            _ => return None,
+        };
+        Some(match w.as_str() {
+            "TUMBLINGWINDOW" | "TUMBLING" => "TUMBLING",
+            "HOPPINGWINDOW" | "HOPPING" => "HOPPING",
+            "SLIDINGWINDOW" | "SLIDING" => "SLIDING",
+            "SESSIONWINDOW" | "SESSION" => "SESSION",
+            _ => return None,
+        })
+    }
+
+    /// One window argument: a unit, a number, or `Duration|Hop|Offset|Timeout|MaxDuration(unit, n)`.
+    fn window_arg(&mut self) -> Result<WArg, QueryError> {
+        let pos = self.pos();
+        match self.peek().clone() {
+            Tok::Num(n) => {
+                self.next();
+                match n.parse::<i64>() {
+                    Ok(v) if v >= 0 => Ok(WArg::Num(v, pos)),
+                    _ => self.err_at(
+                        pos,
+                        format!("window size {n} must be a whole number of at least 0"),
+                    ),
+                }
+            }
+            Tok::Word(w) => {
+                let up = w.to_ascii_uppercase();
+                if matches!(self.peek_at(1), Tok::Sym("("))
+                    && matches!(
+                        up.as_str(),
+                        "DURATION" | "HOP" | "OFFSET" | "TIMEOUT" | "MAXDURATION"
+                    )
+                {
+                    self.next();
+                    self.next();
+                    let u = self.window_unit()?;
+                    self.expect_sym(
+                        ",",
+                        &format!("between the unit and the size of {w}(unit, size)"),
+                    )?;
+                    let n = match self.window_arg()? {
+                        WArg::Num(n, _) => n,
+                        _ => {
+                            return self
+                                .err_at(pos, format!("{w}(unit, size) needs a number as size"))
+                        }
+                    };
+                    self.expect_sym(")", &format!("to close {w}(unit, size)"))?;
+                    let v = n.checked_mul(u).filter(|v| *v <= MAX_WINDOW);
+                    match v {
+                        Some(v) => Ok(WArg::Named(up, v, pos)),
+                        None => self.err_at(pos, "a window may be at most 7 days"),
+                    }
+                } else {
+                    let u = self.window_unit()?;
+                    Ok(WArg::Unit(u, pos))
+                }
+            }
+            other => self.err(format!(
+                "expected a time unit or a number in the window, found {}",
+                describe(&other)
+            )),
+        }
+    }
+
+    fn window_unit(&mut self) -> Result<Micros, QueryError> {
+        let pos = self.pos();
+        match self.next() {
+            Tok::Word(w) => match unit_micros(&w) {
+                Some(u) => Ok(u),
+                None => self.err_at(pos, format!("unknown time unit '{w}'; {UNITS_HELP}")),
+            },
+            other => self.err_at(
+                pos,
+                format!(
+                    "expected a time unit, found {}; {UNITS_HELP}",
+                    describe(&other)
+                ),
+            ),
+        }
+    }
+
+    fn window(&mut self, kind: &str) -> Result<(Window, Vec<Expr>), QueryError> {
+        let pos = self.pos();
+        let name = match self.next() {
+            Tok::Word(w) => w,
+            _ => String::new(),
+        };
+        self.expect_sym("(", "after the window name")?;
+        let mut args = Vec::new();
+        loop {
+            args.push(self.window_arg()?);
+            if !self.eat_sym(",") {
+                break;
+            }
+        }
+        self.expect_sym(")", &format!("to close {name}(...)"))?;
+        // Resolve the short form (unit, n, n, ...) into durations, keeping named ones.
+        let mut vals: Vec<(String, Micros, Pos)> = Vec::new();
+        let mut unit: Option<Micros> = None;
+        for a in args {
+            match a {
+                WArg::Unit(u, p) => {
+                    if unit.is_some() || !vals.is_empty() {
+                        return self.err_at(p, format!("unexpected time unit in {name}; the unit comes first: {name}(second, 60)"));
+                    }
+                    unit = Some(u);
+                }
+                WArg::Num(n, p) => match unit {
+                    Some(u) => match n.checked_mul(u).filter(|v| *v <= MAX_WINDOW) {
+                        Some(v) => vals.push((String::new(), v, p)),
+                        None => return self.err_at(p, "a window may be at most 7 days"),
+                    },
+                    None => {
+                        return self.err_at(
+                            p,
+                            format!("{name} needs a time unit before the size: {name}(second, 60)"),
+                        )
+                    }
+                },
+                WArg::Named(k, v, p) => {
+                    if unit.is_some() {
+                        return self.err_at(
+                            p,
+                            format!("do not mix the short form and {k}(...) in {name}"),
+                        );
+                    }
+                    vals.push((k, v, p));
+                }
+            }
+        }
+        let get = |i: usize, k: &str| -> Option<Micros> {
+            vals.get(i).and_then(|(n, v, _)| {
+                if n.is_empty() || n == k {
+                    Some(*v)
+                } else {
+                    None
+                }
+            })
+        };
+        let usage = match kind {
+            "TUMBLING" => "TumblingWindow(unit, size[, offset]) or TumblingWindow(Duration(unit, size)[, Offset(unit, n)])",
+            "HOPPING" => "HoppingWindow(unit, size, hop[, offset]) or HoppingWindow(Duration(unit, size), Hop(unit, n)[, Offset(unit, n)])",
+            "SLIDING" => "SlidingWindow(unit, size) or SlidingWindow(Duration(unit, size))",
+            _ => "SessionWindow(unit, timeout, maxDuration) or SessionWindow(Timeout(unit, n), MaxDuration(unit, n))",
+        };
+        let bad = |p: &Parser| {
+            p.err_at::<(Window, Vec<Expr>)>(
+                pos,
+                format!("wrong arguments for {name}; write {usage}"),
+            )
+        };
+        let positive = |v: Micros| v > 0;
+        let w = match kind {
+            "TUMBLING" => {
+                if !(1..=2).contains(&vals.len()) {
+                    return bad(self);
+                }
+                let size = match get(0, "DURATION") {
+                    Some(v) if positive(v) => v,
+                    _ => return bad(self),
+                };
+                let offset = if vals.len() == 2 {
+                    match get(1, "OFFSET") {
+                        Some(v) => v,
+                        None => return bad(self),
+                    }
+                } else {
+                    0
+                };
+                if offset >= size {
+                    return self.err_at(
+                        pos,
+                        format!("the offset of {name} must be smaller than its size"),
+                    );
+                }
+                Window::Hopping {
+                    size,
+                    hop: size,
+                    offset,
+                }
+            }
+            "HOPPING" => {
+                if !(2..=3).contains(&vals.len()) {
+                    return bad(self);
+                }
+                let size = match get(0, "DURATION") {
+                    Some(v) if positive(v) => v,
+                    _ => return bad(self),
+                };
+                let hop = match get(1, "HOP") {
+                    Some(v) if positive(v) => v,
+                    _ => return bad(self),
+                };
+                let offset = if vals.len() == 3 {
+                    match get(2, "OFFSET") {
+                        Some(v) => v,
+                        None => return bad(self),
+                    }
+                } else {
+                    0
+                };
+                if offset >= hop {
+                    return self.err_at(
+                        pos,
+                        format!("the offset of {name} must be smaller than its hop"),
+                    );
+                }
+                Window::Hopping { size, hop, offset }
+            }
+            "SLIDING" => {
+                if vals.len() != 1 {
+                    return bad(self);
+                }
+                let size = match get(0, "DURATION") {
+                    Some(v) if positive(v) => v,
+                    _ => return bad(self),
+                };
+                Window::Sliding { size }
+            }
+            _ => {
+                if vals.len() != 2 {
+                    return bad(self);
+                }
+                let timeout = match get(0, "TIMEOUT") {
+                    Some(v) if positive(v) => v,
+                    _ => return bad(self),
+                };
+                let max_duration = match get(1, "MAXDURATION") {
+                    Some(v) if positive(v) => v,
+                    _ => return bad(self),
+                };
+                if timeout > max_duration {
+                    return self.err_at(
+                        pos,
+                        format!("the timeout of {name} must not exceed its maximum duration"),
+                    );
+                }
+                Window::Session {
+                    timeout,
+                    max_duration,
+                }
+            }
+        };
+        // SessionWindow(...) OVER (PARTITION BY k, ...): the keys become group keys.
+        let mut keys = Vec::new();
+        if kind == "SESSION" && self.is_word("OVER") {
+            self.next();
+            self.expect_sym("(", "after OVER")?;
+            self.expect_word("PARTITION", "in OVER (PARTITION BY key)")?;
+            self.expect_word("BY", "after PARTITION")?;
+            loop {
+                keys.push(self.expr()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.expect_sym(")", "to close OVER (...)")?;
+        }
+        Ok((w, keys))
+    }
+
+    // ---- expressions, lowest precedence first ----
+
+    pub(crate) fn expr(&mut self) -> Result<Expr, QueryError> {
+        self.or()
+    }
+
+    fn or(&mut self) -> Result<Expr, QueryError> {
+        let mut l = self.and()?;
+        while self.eat_word("OR") {
+            let r = self.and()?;
+            l = Expr::Bin(BinOp::Or, Box::new(l), Box::new(r));
+        }
+        Ok(l)
+    }
+
+    fn and(&mut self) -> Result<Expr, QueryError> {
+        let mut l = self.not()?;
+        while self.eat_word("AND") {
+            let r = self.not()?;
+            l = Expr::Bin(BinOp::And, Box::new(l), Box::new(r));
+        }
+        Ok(l)
+    }
+
+    fn not(&mut self) -> Result<Expr, QueryError> {
+        if self.eat_word("NOT") {
+            let e = self.not()?;
+            return Ok(Expr::Not(Box::new(e)));
+        }
+        self.predicate()
+    }
+
+    fn predicate(&mut self) -> Result<Expr, QueryError> {
+        let l = self.additive()?;
+        if self.eat_word("IS") {
+            let neg = self.eat_word("NOT");
+            self.expect_word("NULL", "after IS [NOT]")?;
+            return Ok(Expr::IsNull(Box::new(l), neg));
+        }
+        let neg = if self.is_word("NOT")
+            && (self.is_word_at(1, "LIKE")
+                || self.is_word_at(1, "BETWEEN")
+                || self.is_word_at(1, "IN"))
+        {
+            self.next();
+            true
+        } else {
+            false
+        };
+        if self.eat_word("LIKE") {
+            let r = self.additive()?;
+            return Ok(Expr::Like(Box::new(l), Box::new(r), neg));
+        }
+        if self.eat_word("BETWEEN") {
+            let lo = self.additive()?;
+            self.expect_word("AND", "in BETWEEN low AND high")?;
+            let hi = self.additive()?;
+            return Ok(Expr::Between(Box::new(l), Box::new(lo), Box::new(hi), neg));
+        }
+        if self.eat_word("IN") {
+            self.expect_sym("(", "after IN")?;
+            let mut list = Vec::new();
+            loop {
+                list.push(self.expr()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.expect_sym(")", "to close IN (...)")?;
+            return Ok(Expr::In(Box::new(l), list, neg));
+        }
+        let op = match self.peek() {
+            Tok::Sym("=") => BinOp::Eq,
+            Tok::Sym("<>") | Tok::Sym("!=") => BinOp::Ne,
+            Tok::Sym("<") => BinOp::Lt,
+            Tok::Sym("<=") => BinOp::Le,
+            Tok::Sym(">") => BinOp::Gt,
+            Tok::Sym(">=") => BinOp::Ge,
+            _ => return Ok(l),
+        };
+        self.next();
+        let r = self.additive()?;
+        Ok(Expr::Bin(op, Box::new(l), Box::new(r)))
+    }
+
+    fn additive(&mut self) -> Result<Expr, QueryError> {
+        let mut l = self.multiplicative()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Sym("+") => BinOp::Add,
+                Tok::Sym("-") => BinOp::Sub,
+                Tok::Sym("||") => BinOp::Concat,
+                _ => return Ok(l),
+            };
+            self.next();
+            let r = self.multiplicative()?;
+            l = Expr::Bin(op, Box::new(l), Box::new(r));
+        }
+    }
+
+    fn multiplicative(&mut self) -> Result<Expr, QueryError> {
+        let mut l = self.unary()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Sym("*") => BinOp::Mul,
+                Tok::Sym("/") => BinOp::Div,
+                Tok::Sym("%") => BinOp::Mod,
+                _ => return Ok(l),
+            };
+            self.next();
+            let r = self.unary()?;
+            l = Expr::Bin(op, Box::new(l), Box::new(r));
+        }
+    }
+
+    fn unary(&mut self) -> Result<Expr, QueryError> {
+        if self.eat_sym("-") {
+            let e = self.unary()?;
+            return Ok(match e {
+                Expr::Lit(Val::Int(i)) => Expr::Lit(Val::Int(-i)),
+                Expr::Lit(Val::Float(f)) => Expr::Lit(Val::Float(-f)),
+                e => Expr::Neg(Box::new(e)),
+            });
+        }
+        if self.eat_sym("+") {
+            return self.unary();
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
+        match self.peek().clone() {
+            Tok::Num(n) => {
+                self.next();
+                if !n.contains(['.', 'e', 'E']) {
+                    if let Ok(i) = n.parse::<i64>() {
+                        return Ok(Expr::Lit(Val::Int(i)));
+                    }
+                }
+                match n.parse::<f64>() {
+                    Ok(f) => Ok(Expr::Lit(Val::Float(f))),
+                    Err(_) => self.err_at(pos, format!("bad number {n}")),
+                }
+            }
+            Tok::Str(s) => {
+                self.next();
+                Ok(Expr::Lit(Val::Str(s)))
+            }
+            Tok::Sym("(") => {
+                self.next();
+                let e = self.expr()?;
+                self.expect_sym(")", "to close '('")?;
+                Ok(e)
+            }
+            Tok::Word(w) => {
+                let up = w.to_ascii_uppercase();
+                match up.as_str() {
+                    "TRUE" => {
+                        self.next();
+                        return Ok(Expr::Lit(Val::Bool(true)));
+                    }
+                    "FALSE" => {
+                        self.next();
+                        return Ok(Expr::Lit(Val::Bool(false)));
+                    }
+                    "NULL" => {
+                        self.next();
+                        return Ok(Expr::Lit(Val::Null));
+                    }
+                    "CASE" => {
+                        self.next();
+                        return self.case();
+                    }
+                    "CAST" | "TRY_CAST" if matches!(self.peek_at(1), Tok::Sym("(")) => {
+                        self.next();
+                        self.next();
+                        let e = self.expr()?;
+                        self.expect_word("AS", &format!("in {up}(expression AS type)"))?;
+                        let ty = self.cast_type()?;
+                        self.expect_sym(")", &format!("to close {up}(...)"))?;
+                        return Ok(Expr::Cast(Box::new(e), ty, up == "TRY_CAST"));
+                    }
+                    _ => {}
+                }
+                if w.eq_ignore_ascii_case("System")
+                    && matches!(self.peek_at(1), Tok::Sym("."))
+                    && matches!(self.peek_at(2), Tok::Word(t) if t.eq_ignore_ascii_case("Timestamp"))
+                    && matches!(self.peek_at(3), Tok::Sym("("))
+                {
+                    self.next();
+                    self.next();
+                    self.next();
+                    self.next();
+                    self.expect_sym(")", "in System.Timestamp()")?;
+                    return Ok(Expr::Timestamp);
+                }
+                if is_reserved(&w) {
+                    return self.err(format!(
+                        "expected an expression, found keyword {}; quote a field with this name as [{w}]",
+                        describe(self.peek())
+                    ));
+                }
+                if matches!(self.peek_at(1), Tok::Sym("(")) {
+                    return self.call();
+                }
+                self.path()
+            }
+            Tok::Quoted(_) => self.path(),
+            other => self.err(format!(
+                "expected an expression, found {}",
+                describe(&other)
+            )),
+        }
+    }
+
+    fn path(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
+        let mut parts = vec![self.name("a field name")?];
+        while matches!(self.peek(), Tok::Sym(".")) && self.is_name(1) {
+            self.next();
+            parts.push(self.name("a field name after '.'")?);
+        }
+        if self.is_sym("(") {
+            let dotted = parts.join(".");
+            if dotted.eq_ignore_ascii_case("System.Timestamp") {
+                self.next();
+                self.expect_sym(")", "in System.Timestamp()")?;
+                return Ok(Expr::Timestamp);
+            }
+            return self.err_at(
+                pos,
+                format!("unknown function '{dotted}'; user-defined functions are not supported"),
+            );
+        }
+        Ok(Expr::Field(parts, pos))
+    }
+
+    fn cast_type(&mut self) -> Result<CastType, QueryError> {
+        let pos = self.pos();
+        let w = match self.next() {
+            Tok::Word(w) => w.to_ascii_uppercase(),
+            other => {
+                return self.err_at(pos, format!("expected a type, found {}", describe(&other)))
+            }
+        };
+        let ty = match w.as_str() {
+            "BIGINT" | "INT" | "INTEGER" => CastType::BigInt,
+            "FLOAT" | "REAL" | "DOUBLE" => CastType::Float,
+            "NVARCHAR" | "VARCHAR" | "STRING" => {
+                if self.eat_sym("(") {
+                    if !(self.eat_word("MAX") || matches!(self.next(), Tok::Num(_))) {
+                        return self.err("expected MAX in nvarchar(max)");
+                    }
+                    self.expect_sym(")", "in nvarchar(max)")?;
+                }
+                CastType::NVarChar
+            }
+            "DATETIME" => CastType::DateTime,
+            "BIT" | "BOOLEAN" => CastType::Bit,
+            "RECORD" => CastType::Record,
+            "ARRAY" => CastType::Array,
+            _ => {
+                return self.err_at(pos, format!(
+                    "unknown type '{w}'; use bigint, float, nvarchar(max), datetime, bit, record or array"
+                ))
+            }
+        };
+        Ok(ty)
+    }
+
+    fn case(&mut self) -> Result<Expr, QueryError> {
+        let operand = if self.is_word("WHEN") {
+            None
+        } else {
+            Some(Box::new(self.expr()?))
+        };
+        let mut whens = Vec::new();
+        while self.eat_word("WHEN") {
+            let c = self.expr()?;
+            self.expect_word("THEN", "after CASE ... WHEN condition")?;
+            let v = self.expr()?;
+            whens.push((c, v));
+        }
+        if whens.is_empty() {
+            return self.err("CASE needs at least one WHEN ... THEN ...");
+        }
+        let otherwise = if self.eat_word("ELSE") {
+            Some(Box::new(self.expr()?))
+        } else {
+            None
+        };
+        self.expect_word("END", "to close CASE")?;
+        Ok(Expr::Case {
+            operand,
+            whens,
+            otherwise,
+        })
+    }
+
+    fn call(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
+        let name = match self.next() {
+            Tok::Word(w) => w,
+            _ => String::new(),
+        };
+        let up = name.to_ascii_uppercase();
+        let is_agg = AGGREGATES.contains(&up.as_str());
+        let scalar = SCALARS.iter().find(|s| s.0 == up);
+        if !is_agg && scalar.is_none() {
+            return self.err_at(
+                pos,
+                format!(
+                "unknown function '{name}'; supported: {}, {}, System.Timestamp(), CAST, TRY_CAST",
+                AGGREGATES.join(", "),
+                SCALARS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+            ),
+            );
+        }
+        self.expect_sym("(", "after the function name")?;
+        let mut args = Vec::new();
+        let mut distinct = false;
+        let mut star = false;
+        if self.eat_sym("*") {
+            if up != "COUNT" {
+                return self.err_at(pos, format!("only COUNT takes '*', not {name}"));
+            }
+            star = true;
+        } else if !self.is_sym(")") {
+            if self.eat_word("DISTINCT") {
+                if up != "COUNT" {
+                    return self.err_at(
+                        pos,
+                        format!("DISTINCT is supported in COUNT(DISTINCT x) only, not in {name}"),
+                    );
+                }
+                distinct = true;
+            }
+            loop {
+                // date parts (DATEADD(minute, ...)) are bare words; keep them as strings
+                let e = self.expr()?;
+                let e = match (args.is_empty(), up.as_str(), e) {
+                    (true, "DATEADD" | "DATEDIFF" | "DATEPART", Expr::Field(p, _))
+                        if p.len() == 1 =>
+                    {
+                        Expr::Lit(Val::Str(p[0].clone()))
+                    }
+                    (_, _, e) => e,
+                };
+                args.push(e);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        self.expect_sym(")", &format!("to close {name}(...)"))?;
+        let mut order = Vec::new();
+        if up == "TOPONE" || up == "PERCENTILE_CONT" {
+            if self.eat_word("OVER") {
+                self.expect_sym("(", "after OVER")?;
+                order = self.order_by(&name)?;
+                self.expect_sym(")", "to close OVER (ORDER BY ...)")?;
+            } else if self.eat_word("WITHIN") {
+                self.expect_word("GROUP", "after WITHIN")?;
+                self.expect_sym("(", "after WITHIN GROUP")?;
+                order = self.order_by(&name)?;
+                self.expect_sym(")", "to close WITHIN GROUP (ORDER BY ...)")?;
+            } else {
+                return self.err(format!(
+                    "{name}() needs OVER (ORDER BY expression [ASC|DESC])"
+                ));
+            }
+        }
+        // argument counts
+        let (lo, hi) = match up.as_str() {
+            "COUNT" if star => (0, 0),
+            "TOPONE" => (0, 0),
+            "PERCENTILE_CONT" => (1, 1),
+            _ if is_agg => (1, 1),
+            _ => scalar.map(|s| (s.1, s.2)).unwrap_or((0, 64)),
+        };
+        if args.len() < lo || args.len() > hi {
+            let want = if lo == hi {
+                format!("{lo}")
+            } else {
+                format!("{lo} to {hi}")
+            };
+            return self.err_at(
+                pos,
+                format!("{name} takes {want} argument(s), not {}", args.len()),
+            );
+        }
+        if up == "PERCENTILE_CONT" {
+            if order.len() != 1 {
+                return self.err_at(
+                    pos,
+                    "Percentile_Cont(p) needs exactly one ORDER BY expression",
+                );
+            }
+            match &args[0] {
+                Expr::Lit(v) if v.as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)) => {}
+                _ => {
+                    return self.err_at(pos, "Percentile_Cont(p) needs a number p between 0 and 1")
+                }
+            }
+        }
+        Ok(Expr::Call {
+            name: up,
+            args,
+            distinct,
+            star,
+            order,
+            pos,
+        })
+    }
+
+    fn order_by(&mut self, name: &str) -> Result<Vec<OrderItem>, QueryError> {
+        self.expect_word("ORDER", &format!("in {name}(...) OVER (ORDER BY ...)"))?;
+        self.expect_word("BY", "after ORDER")?;
+        let mut items = Vec::new();
+        loop {
+            let expr = self.expr()?;
+            let desc = if self.eat_word("DESC") {
+                true
+            } else {
+                self.eat_word("ASC");
+                false
+            };
+            items.push(OrderItem { expr, desc });
+            if !self.eat_sym(",") {
+                break;
+            }
+        }
+        Ok(items)
+    }
+}
+
+enum WArg {
+    Unit(Micros, Pos),
+    Num(i64, Pos),
+    Named(String, Micros, Pos),
+}
+
+fn is_reserved(w: &str) -> bool {
+    CLAUSE_WORDS
+        .iter()
+        .chain(EXPR_WORDS.iter())
+        .any(|k| k.eq_ignore_ascii_case(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_query_parses() {
+        let ast = parse("SELECT Avg(\"temp\") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,60)").unwrap();
+        let s = &ast.selects[0];
+        assert_eq!(s.into.as_deref(), Some("AvgTemp"));
+        assert_eq!(s.from, "temperature");
+        assert_eq!(
+            s.window.map(|w| w.0),
+            Some(Window::Hopping {
+                size: 60_000_000,
+                hop: 60_000_000,
+                offset: 0
+            })
+        );
+    }
+
+    #[test]
+    fn window_forms_are_equal() {
+        let w = |q: &str| {
+            parse(&format!("SELECT COUNT(*) INTO o FROM i GROUP BY {q}"))
+                .unwrap()
+                .selects[0]
+                .window
+                .unwrap()
+                .0
+        };
+        assert_eq!(
+            w("TumblingWindow(minute, 5)"),
+            w("Tumbling(Duration(mi, 5))")
+        );
+        assert_eq!(
+            w("TumblingWindow(n, 5, 3)"),
+            w("TumblingWindow(Duration(minute, 5), Offset(second, 180))")
+        );
+        assert_eq!(
+            w("HoppingWindow(second, 10, 5)"),
+            w("HoppingWindow(Duration(ss, 10), Hop(s, 5))")
+        );
+        assert_eq!(
+            w("SlidingWindow(ms, 5000)"),
+            w("SlidingWindow(Duration(second, 5))")
+        );
+        assert_eq!(
+            w("SessionWindow(second, 5, 10)"),
+            w("SessionWindow(Timeout(s, 5), MaxDuration(s, 10))")
+        );
+        assert_eq!(
+            w("TumblingWindow(d, 1)"),
+            Window::Hopping {
+                size: 86_400_000_000,
+                hop: 86_400_000_000,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            w("TumblingWindow(mcs, 7)"),
+            Window::Hopping {
+                size: 7,
+                hop: 7,
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let e = parse("SELECT Avg(temp)\nINTO o FROM i GROUP BY TumblingWindow(fortnight, 1)")
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (2, 39), "{e}");
+        let e = parse("SELECT Foo(temp) INTO o FROM i").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 8));
+        assert!(
+            e.to_string()
+                .starts_with("line 1, column 8: unknown function 'Foo'"),
+            "{e}"
+        );
+        let e = parse("SELECT a INTO o i").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 17));
+        let e = parse("").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1));
+    }
+
+    #[test]
+    fn expressions() {
+        let e = parse_expr("a + 2 * 3 > 4 AND NOT b IS NULL OR c LIKE 'x%'").unwrap();
+        assert!(matches!(e, Expr::Bin(BinOp::Or, _, _)));
+        let e = parse_expr("CASE WHEN [Count] >= 3 THEN 'hot' ELSE 'cold' END").unwrap();
+        assert!(matches!(e, Expr::Case { .. }));
+        let e = parse_expr("TopOne() OVER (ORDER BY t DESC)").unwrap();
+        assert!(matches!(e, Expr::Call { ref order, .. } if order.len() == 1 && order[0].desc));
+        assert!(parse_expr("DATEADD(minute, -5, System.Timestamp())").is_ok());
+        assert!(parse_expr("a.b.\"c d\"").is_ok());
+        assert!(parse_expr("CAST(x AS nvarchar(max))").is_ok());
+        assert!(parse_expr("AVG(a, b)").is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Values: the engine's typed values ([`Val`]), conversion from and to JSON, comparison, and event
+//! time parsing/formatting.
+//!
+//! Times are `i64` microseconds since the Unix epoch (ASA's finest unit is the microsecond).
+//! Output rows carry times as ASA writes them: `2026-11-24T08:01:00.0000000Z` (UTC, 7 fraction digits).
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+
+/// Microseconds since the Unix epoch.
+pub(crate) type Micros = i64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Val {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Time(Micros),
+    Record(Map<String, Value>),
+    Array(Vec<Value>),
+}
+
+impl Val {
+    pub(crate) fn from_json(v: &Value) -> Val {
+        match v {
+            Value::Null => Val::Null,
+            Value::Bool(b) => Val::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Val::Int(i),
+                None => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Val::Str(s.clone()),
+            Value::Array(a) => Val::Array(a.clone()),
+            Value::Object(o) => Val::Record(o.clone()),
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Val::Null => Value::Null,
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Int(i) => Value::from(*i),
+            Val::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            Val::Str(s) => Value::String(s.clone()),
+            Val::Time(t) => Value::String(format_time(*t)),
+            Val::Record(m) => Value::Object(m.clone()),
+            Val::Array(a) => Value::Array(a.clone()),
+        }
+    }
+
+    pub(crate) fn is_null(&self) -> bool {
+        matches!(self, Val::Null)
+    }
+
+    pub(crate) fn as_f64(&self) -> Option<f64> {
+        match self {
+            Val::Int(i) => Some(*i as f64),
+            Val::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Short description for error messages: type and value.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Val::Null => "null".into(),
+            Val::Bool(b) => format!("the boolean {b}"),
+            Val::Int(i) => format!("the number {i}"),
+            Val::Float(f) => format!("the number {f}"),
+            Val::Str(s) => format!("the string '{}'", truncate(s, 60)),
+            Val::Time(t) => format!("the datetime {}", format_time(*t)),
+            Val::Record(_) => "a record (JSON object)".into(),
+            Val::Array(_) => "an array".into(),
+        }
+    }
+
+    /// Canonical text used for grouping and DISTINCT: equal values give equal keys.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            Val::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", *f as i64),
+            Val::Time(t) => format!("\"{}\"", format_time(*t)),
+            other => other.to_json().to_string(),
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n).collect();
+        t.push_str("...");
+        t
+    }
+}
+
+/// SQL comparison: `None` when either side is null or the types cannot be compared.
+pub(crate) fn compare(a: &Val, b: &Val) -> Option<Ordering> {
+    match (a, b) {
+        (Val::Null, _) | (_, Val::Null) => None,
+        (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
+        (Val::Int(_) | Val::Float(_), Val::Int(_) | Val::Float(_)) => {
+            a.as_f64()?.partial_cmp(&b.as_f64()?)
+        }
+        (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
+        (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(y)),
+        (Val::Time(x), Val::Time(y)) => Some(x.cmp(y)),
+        (Val::Time(x), Val::Str(s)) => parse_time_str(s).map(|y| x.cmp(&y)),
+        (Val::Str(s), Val::Time(y)) => parse_time_str(s).map(|x| x.cmp(y)),
+        (Val::Record(x), Val::Record(y)) if x == y => Some(Ordering::Equal),
+        (Val::Array(x), Val::Array(y)) if x == y => Some(Ordering::Equal),
+        _ => None,
+    }
+}
+
+/// Total order used by ORDER BY (TopOne, Percentile_Cont): nulls first, then by [`compare`],
+/// falling back to the canonical key so that the order is always defined.
+pub(crate) fn order(a: &Val, b: &Val) -> Ordering {
+    match (a.is_null(), b.is_null()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        _ => compare(a, b).unwrap_or_else(|| a.key().cmp(&b.key())),
+    }
+}
+
+/// Format a time the way ASA writes it: `2026-11-24T08:01:00.0000000Z`.
+pub(crate) fn format_time(t: Micros) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(t) {
+        Some(dt) => format!(
+            "{}.{:07}Z",
+            dt.format("%Y-%m-%dT%H:%M:%S"),
+            t.rem_euclid(1_000_000) * 10
+        ),
+        None => t.to_string(),
+    }
+}
+
+pub(crate) fn to_datetime(t: Micros) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(t).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+pub(crate) fn from_datetime(t: DateTime<Utc>) -> Micros {
+    t.timestamp_micros()
+}
+
+/// Event time from a JSON value: an ISO 8601 / RFC 3339 string (no zone = UTC), a .NET
+/// `DateTime.ToString()` string (invariant `MM/dd/yyyy HH:mm:ss` or en-US `M/d/yyyy h:mm:ss AM`),
+/// or a number of epoch milliseconds.
+pub(crate) fn parse_time_val(v: &Val) -> Option<Micros> {
+    match v {
+        Val::Time(t) => Some(*t),
+        Val::Str(s) => parse_time_str(s),
+        Val::Int(ms) => ms.checked_mul(1000),
+        Val::Float(ms) if ms.is_finite() && ms.abs() < 9.0e15 => Some((ms * 1000.0).round() as i64),
+        _ => None,
+    }
+}
+
+pub(crate) fn parse_time_str(s: &str) -> Option<Micros> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.with_timezone(&Utc).timestamp_micros());
+    }
+    // ISO 8601 with a zone in other spellings (+0100, space separator, lowercase z)
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M%#z",
+    ] {
+        if let Ok(dt) = DateTime::parse_from_str(s, f) {
+            return Some(dt.with_timezone(&Utc).timestamp_micros());
+        }
+    }
+    let zless = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix('z'))
+        .unwrap_or(s);
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        // .NET DateTime.ToString(): invariant culture, then en-US
+        "%m/%d/%Y %H:%M:%S",
+        "%m/%d/%Y %I:%M:%S %p",
+        "%m/%d/%Y %H:%M",
+        "%m/%d/%Y %I:%M %p",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(zless, f) {
+            return Some(dt.and_utc().timestamp_micros());
+        }
+    }
+    for f in ["%Y-%m-%d", "%m/%d/%Y"] {
+        if let Ok(d) = NaiveDate::parse_from_str(zless, f) {
+            return d
+                .and_hms_opt(0, 0, 0)
+                .map(|dt| dt.and_utc().timestamp_micros());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Micros {
+        parse_time_str(s).unwrap_or_else(|| panic!("no parse: {s}"))
+    }
+
+    #[test]
+    fn time_formats() {
+        let base = t("2026-11-24T08:05:29Z");
+        assert_eq!(format_time(base), "2026-11-24T08:05:29.0000000Z");
+        assert_eq!(t("2026-11-24T08:05:29"), base);
+        assert_eq!(t("2026-11-24 08:05:29"), base);
+        assert_eq!(t("2026-11-24T09:05:29+01:00"), base);
+        assert_eq!(t("2026-11-24T09:05:29+0100"), base);
+        assert_eq!(t("2026-11-24T08:05:29.5Z"), base + 500_000);
+        assert_eq!(t("2026-11-24T08:05:29.1234567Z"), base + 123_456);
+        assert_eq!(t("2026-11-24T08:05:29.123"), base + 123_000);
+        assert_eq!(t("11/24/2026 08:05:29"), base);
+        assert_eq!(t("11/24/2026 8:05:29 AM"), base);
+        assert_eq!(t("11/24/2026 8:05:29 PM"), base + 12 * 3_600_000_000);
+        assert_eq!(t("1/2/2026 12:00:00 AM"), t("2026-01-02T00:00:00Z"));
+        assert_eq!(t("2026-11-24"), t("2026-11-24T00:00:00Z"));
+        assert_eq!(parse_time_val(&Val::Int(1_000)), Some(1_000_000));
+        assert_eq!(parse_time_str("yesterday"), None);
+        assert_eq!(parse_time_str("13/40/2026 8:05:29 AM"), None);
+        assert_eq!(
+            format_time(t("2026-11-24T08:05:29.1234567Z")),
+            "2026-11-24T08:05:29.1234560Z"
+        );
+    }
+
+    #[test]
+    fn comparisons() {
+        assert_eq!(
+            compare(&Val::Int(1), &Val::Float(1.5)),
+            Some(Ordering::Less)
+        );
+        assert_eq!(compare(&Val::Null, &Val::Int(1)), None);
+        assert_eq!(compare(&Val::Str("a".into()), &Val::Int(1)), None);
+        assert_eq!(Val::Float(3.0).key(), Val::Int(3).key());
+    }
+}
