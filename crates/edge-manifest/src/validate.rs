@@ -1,0 +1,327 @@
+//! Validation: every problem of a manifest at once, each with what to do about it.
+//!
+//! Beyond what Microsoft's JSON schemas check (structure and enums), this checks what they cannot: that
+//! createOptions is JSON and fits in 8 twin values, that every route parses and names modules that exist,
+//! module names that clash once case is ignored, twins of modules that do not exist, `:latest` images,
+//! and variables the template expansion left as `$NAME`.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::create_options::{self, TWIN_VALUE_MAX_CHUNKS, TWIN_VALUE_MAX_SIZE};
+use crate::error::{ManifestError, RouteEnd};
+use crate::model::{Manifest, ModuleSpec, RouteSpec};
+
+/// Parses one route with `edge-routes` and applies the object form's priority and time-to-live.
+pub(crate) fn parse_route_spec(spec: &RouteSpec) -> Result<edge_routes::Route, ManifestError> {
+    let mut route = edge_routes::Route::parse(&spec.name, &spec.text).map_err(|e| {
+        ManifestError::RouteParse {
+            route: spec.name.clone(),
+            error: e.to_string(),
+        }
+    })?;
+    if let Some(p) = spec.priority {
+        route.priority = p;
+    }
+    if let Some(ttl) = spec.time_to_live_secs {
+        route.time_to_live_secs = Some(ttl);
+    }
+    Ok(route)
+}
+
+impl Manifest {
+    /// Checks the whole manifest and returns ALL problems, errors and warnings
+    /// ([`ManifestError::is_warning`]) alike, or `Ok(())` when there are none.
+    pub fn validate(&self) -> Result<(), Vec<ManifestError>> {
+        // The parse recorded its problems; parsing the same document again gives fresh copies of them.
+        let mut problems = match Manifest::parse(self.raw().clone()) {
+            Ok((_, problems)) => problems,
+            Err(e) => vec![e],
+        };
+
+        let mut all_names: Vec<&str> = self.system_modules.keys().map(String::as_str).collect();
+        for (name, spec) in &self.modules {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(ManifestError::BadModuleName {
+                    module: name.clone(),
+                });
+            }
+            all_names.push(name);
+            check_image(name, spec, &mut problems);
+        }
+        for (name, spec) in &self.system_modules {
+            check_image(name, spec, &mut problems);
+        }
+        // Module names that clash without case (edgeAgent/edgeHub included).
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for name in &all_names {
+            if let Some(first) = seen.get(&name.to_lowercase()) {
+                if first != name {
+                    problems.push(ManifestError::DuplicateModuleName {
+                        first: (*first).to_owned(),
+                        second: (*name).to_owned(),
+                    });
+                }
+            } else {
+                seen.insert(name.to_lowercase(), name);
+            }
+        }
+
+        // createOptions size, per module, system modules included (as iotedgedev checks).
+        for (name, settings) in self.module_settings() {
+            if let Some(text) = create_options::text_of(settings) {
+                let len = text.chars().count();
+                if len > TWIN_VALUE_MAX_SIZE * TWIN_VALUE_MAX_CHUNKS {
+                    problems.push(ManifestError::CreateOptionsTooBig {
+                        module: name.to_owned(),
+                        len,
+                    });
+                }
+            }
+        }
+
+        // Twins of modules that do not exist (a layered deployment may add twins for modules of another layer).
+        if !self.layered {
+            for twin in self.twins.keys() {
+                if !self.modules.contains_key(twin) {
+                    problems.push(ManifestError::TwinWithoutModule {
+                        module: twin.clone(),
+                        hint: self.did_you_mean(twin),
+                    });
+                }
+            }
+        }
+
+        // Registry credentials left as `$VAR`.
+        for (cred_name, cred) in &self.runtime.registry_credentials {
+            for (field, value) in [
+                ("username", &cred.username),
+                ("password", &cred.password),
+                ("address", &cred.address),
+            ] {
+                if value.contains('$') {
+                    problems.push(ManifestError::UnexpandedVariable {
+                        place: format!("registryCredentials.{cred_name}.{field}"),
+                        value: value.clone(),
+                    });
+                }
+            }
+        }
+
+        // Routes.
+        let hub_schema_1_0 = self.hub_schema_version.as_deref() == Some("1.0");
+        for spec in &self.route_specs {
+            if spec.name.is_empty()
+                || spec
+                    .name
+                    .chars()
+                    .any(|c| c == '.' || c == '$' || c == '#' || c == ' ')
+            {
+                problems.push(ManifestError::RouteShape {
+                    route: spec.name.clone(),
+                    problem: "a route name may not be empty or hold `.`, `$`, `#` or spaces".into(),
+                });
+            }
+            if spec.object_form && hub_schema_1_0 {
+                problems.push(ManifestError::RouteShape {
+                    route: spec.name.clone(),
+                    problem: "the {\"route\", \"priority\", \"timeToLiveSecs\"} form needs $edgeHub schemaVersion 1.1 or later; raise schemaVersion".into(),
+                });
+            }
+            let route = match parse_route_spec(spec) {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            if self.layered {
+                continue;
+            }
+            if let Some(module) = source_module(&spec.text) {
+                if !self.modules.contains_key(&module) {
+                    problems.push(ManifestError::RouteUnknownModule {
+                        route: spec.name.clone(),
+                        hint: self.did_you_mean(&module),
+                        module,
+                        end: RouteEnd::Source,
+                    });
+                }
+            }
+            if let edge_routes::Sink::ModuleInput { module, .. } = &route.sink {
+                if !self.modules.contains_key(module) {
+                    problems.push(ManifestError::RouteUnknownModule {
+                        route: spec.name.clone(),
+                        hint: self.did_you_mean(module),
+                        module: module.clone(),
+                        end: RouteEnd::Sink,
+                    });
+                }
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// ` (did you mean `X`?)` when a module's name matches without case.
+    fn did_you_mean(&self, name: &str) -> String {
+        let lower = name.to_lowercase();
+        self.modules
+            .keys()
+            .find(|k| k.to_lowercase() == lower)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default()
+    }
+
+    /// `settings` of every module in the raw document, system modules included.
+    pub(crate) fn module_settings(&self) -> Vec<(&str, &serde_json::Map<String, Value>)> {
+        let mut out = Vec::new();
+        let Some(agent) = self
+            .raw()
+            .get(self.content_key())
+            .and_then(|c| c.get("$edgeAgent"))
+            .and_then(Value::as_object)
+        else {
+            return out;
+        };
+        if let Some(desired) = agent.get("properties.desired") {
+            for group in ["systemModules", "modules"] {
+                if let Some(modules) = desired.get(group).and_then(Value::as_object) {
+                    for (name, m) in modules {
+                        if let Some(s) = m.get("settings").and_then(Value::as_object) {
+                            out.push((name.as_str(), s));
+                        }
+                    }
+                }
+            }
+        }
+        for (key, m) in agent {
+            if let Some(name) = key.strip_prefix("properties.desired.modules.") {
+                if let Some(s) = m.get("settings").and_then(Value::as_object) {
+                    out.push((name, s));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn check_image(name: &str, spec: &ModuleSpec, problems: &mut Vec<ManifestError>) {
+    let image = spec.image.trim();
+    if image.is_empty() {
+        return; // reported as MissingImage by the parse
+    }
+    if is_placeholder(image) {
+        return;
+    }
+    if image.contains('$') {
+        problems.push(ManifestError::UnexpandedVariable {
+            place: format!("the image of module `{name}`"),
+            value: image.to_owned(),
+        });
+        return;
+    }
+    if image_means_latest(image) {
+        problems.push(ManifestError::LatestTag {
+            module: name.to_owned(),
+            image: image.to_owned(),
+        });
+    }
+}
+
+/// `${MODULES.x}`, `${MODULES.x.platform}` or `${MODULEDIR<path>..}`: left for genconfig to expand.
+pub(crate) fn is_placeholder(image: &str) -> bool {
+    (image.starts_with("${MODULES.") || image.starts_with("${MODULEDIR<")) && image.ends_with('}')
+}
+
+/// True when the reference has no tag (Docker then pulls `:latest`) or the tag `latest`; a digest pins it.
+pub(crate) fn image_means_latest(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        None => true,
+        Some((_, tag)) => tag == "latest",
+    }
+}
+
+/// The module a route reads from: `{m}` of `FROM /messages/modules/{m}...`; None for other sources.
+pub(crate) fn source_module(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let mut at = 0;
+    while let Some(i) = lower[at..].find("from") {
+        let start = at + i;
+        let end = start + 4;
+        let before_ok = start == 0 || bytes[start - 1].is_ascii_whitespace();
+        let after_ok = end < bytes.len() && bytes[end].is_ascii_whitespace();
+        if before_ok && after_ok {
+            let rest = text[end..].trim_start();
+            let source: &str = rest.split_whitespace().next().unwrap_or("");
+            let module = source
+                .strip_prefix("/messages/modules/")?
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if module.is_empty() || module == "*" {
+                return None;
+            }
+            return Some(module.to_owned());
+        }
+        at = end;
+    }
+    None
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_module_is_found() {
+        assert_eq!(
+            source_module("FROM /messages/modules/MqttServerModule/outputs/output1 INTO $upstream"),
+            Some("MqttServerModule".into())
+        );
+        assert_eq!(
+            source_module("select * from /messages/modules/A/* where a = 1 into $upstream"),
+            Some("A".into())
+        );
+        assert_eq!(
+            source_module("FROM /messages/modules/A INTO $upstream"),
+            Some("A".into())
+        );
+        assert_eq!(source_module("FROM /messages/* INTO $upstream"), None);
+        assert_eq!(
+            source_module("FROM /messages/modules/* INTO $upstream"),
+            None
+        );
+        assert_eq!(
+            source_module("FROM /twinChangeNotifications INTO $upstream"),
+            None
+        );
+    }
+
+    #[test]
+    fn latest_images_are_spotted() {
+        assert!(image_means_latest("mcr.microsoft.com/azureiotedge-agent"));
+        assert!(image_means_latest("localhost:5000/x:latest"));
+        assert!(image_means_latest("localhost:5000/x"));
+        assert!(!image_means_latest("localhost:5000/x:1.0"));
+        assert!(!image_means_latest("x@sha256:abcd"));
+        assert!(is_placeholder("${MODULES.esp-sim}"));
+        assert!(is_placeholder("${MODULES.esp-sim.arm32v7}"));
+        assert!(!is_placeholder("$REGISTRY/x:1"));
+    }
+}
