@@ -130,7 +130,8 @@ pub struct StoredMessage {
     pub module: String,
     pub output: String,
     pub message: Message,
-    /// Route priority, 0 (highest) to 9 (lowest, the default).
+    /// Route priority: 0 (highest) to 9, or `edge_routes::DEFAULT_PRIORITY` (10, below all) when the
+    /// route set none.
     pub priority: u8,
 }
 
