@@ -38,6 +38,8 @@ mod ast;
 mod body;
 mod error;
 mod eval;
+#[cfg(test)]
+mod eval_tests;
 mod lexer;
 mod number;
 mod parser;
