@@ -118,6 +118,8 @@ pub(crate) enum Window {
         timeout: Micros,
         max_duration: Micros,
     },
+    /// `GROUP BY System.Timestamp()`: events with the same timestamp form one window.
+    Snapshot,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -757,6 +757,32 @@ fn step_timeline(
                 }
             }
         }
+        Window::Snapshot => {
+            for p in released {
+                let g = tl
+                    .fixed
+                    .entry(p.t)
+                    .or_default()
+                    .entry(p.key.clone())
+                    .or_insert_with(|| new_group(s, &p.row));
+                add(g, s, &p.ins);
+            }
+            while let Some((&t, _)) = tl.fixed.iter().next() {
+                if t >= wm {
+                    break;
+                }
+                if let Some(groups) = tl.fixed.remove(&t) {
+                    for (key, g) in groups {
+                        outs.push(WinOut {
+                            end: t,
+                            aggs: results(&g, s),
+                            key,
+                            rep: g.rep,
+                        });
+                    }
+                }
+            }
+        }
         Window::Sliding { size } => {
             for p in released {
                 let sl = tl.sliding.entry(p.key.clone()).or_default();
@@ -806,25 +832,30 @@ fn step_timeline(
             max_duration,
         } => {
             for p in released {
-                let close = match tl.sessions.get(&p.key) {
-                    Some(se) => p.t > se.last.saturating_add(timeout) || p.t > se.end_max,
-                    None => false,
-                };
-                if close {
-                    if let Some(se) = tl.sessions.remove(&p.key) {
-                        let end = se.last.saturating_add(timeout).min(se.end_max);
-                        outs.push(WinOut {
-                            end,
-                            aggs: results(&se.group, s),
-                            key: p.key.clone(),
-                            rep: se.group.rep,
-                        });
+                // a session ends at its timeout, or at a max-duration check point; in the latter
+                // case the next session opens at that same point (ASA)
+                let mut start = p.t;
+                if let Some(se) = tl.sessions.get(&p.key) {
+                    let timed_out = p.t > se.last.saturating_add(timeout);
+                    if timed_out || p.t > se.end_max {
+                        if !timed_out {
+                            start = se.end_max;
+                        }
+                        if let Some(se) = tl.sessions.remove(&p.key) {
+                            let end = se.last.saturating_add(timeout).min(se.end_max);
+                            outs.push(WinOut {
+                                end,
+                                aggs: results(&se.group, s),
+                                key: p.key.clone(),
+                                rep: se.group.rep,
+                            });
+                        }
                     }
                 }
                 let se = tl.sessions.entry(p.key.clone()).or_insert_with(|| Session {
-                    start: p.t,
+                    start,
                     last: p.t,
-                    end_max: session_end_max(p.t, max_duration),
+                    end_max: session_end_max(start, max_duration),
                     group: new_group(s, &p.row),
                 });
                 se.last = se.last.max(p.t);
@@ -839,7 +870,6 @@ fn step_timeline(
             for k in due {
                 if let Some(se) = tl.sessions.remove(&k) {
                     let end = se.last.saturating_add(timeout).min(se.end_max);
-                    let _ = se.start;
                     outs.push(WinOut {
                         end,
                         aggs: results(&se.group, s),

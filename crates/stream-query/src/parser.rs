@@ -377,7 +377,16 @@ impl Parser {
                     group.extend(keys);
                     window = Some((w, wpos));
                 } else {
-                    group.push(self.expr()?);
+                    let e = self.expr()?;
+                    if e == Expr::Timestamp {
+                        if window.is_some() {
+                            return self
+                                .err_at(wpos, "GROUP BY has more than one window; keep one");
+                        }
+                        window = Some((Window::Snapshot, wpos));
+                    } else {
+                        group.push(e);
+                    }
                 }
                 if !self.eat_sym(",") {
                     break;
