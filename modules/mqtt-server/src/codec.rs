@@ -63,6 +63,8 @@ pub struct ConnectInfo {
     pub session_expiry: Option<u32>,
     /// MQTT 5 maximum packet size the client accepts.
     pub max_packet_size: Option<u32>,
+    /// MQTT 5 receive maximum: unacknowledged QoS 1/2 messages the client accepts.
+    pub receive_max: Option<u16>,
 }
 
 /// MQTT 5 publish properties we carry through (all empty for 3.1.1).
@@ -398,6 +400,7 @@ impl ServerCodec {
                     password,
                     session_expiry: None,
                     max_packet_size: None,
+                    receive_max: None,
                 }))
             }
             v4::Packet::Publish(p) => Inbound::Publish(Pub {
@@ -490,9 +493,13 @@ impl ServerCodec {
                     }
                     None => None,
                 };
-                let (session_expiry, max_packet_size) = match &c.properties {
-                    Some(p) => (p.session_expiry_interval, p.max_packet_size),
-                    None => (None, None),
+                let (session_expiry, max_packet_size, receive_max) = match &c.properties {
+                    Some(p) => (
+                        p.session_expiry_interval,
+                        p.max_packet_size,
+                        p.receive_maximum,
+                    ),
+                    None => (None, None, None),
                 };
                 let (username, password) = match login {
                     Some(l) => (Some(l.username), Some(l.password)),
@@ -508,6 +515,7 @@ impl ServerCodec {
                     password,
                     session_expiry: Some(session_expiry.unwrap_or(0)),
                     max_packet_size,
+                    receive_max,
                 }))
             }
             v5::Packet::Publish(p) => {

@@ -49,10 +49,22 @@ struct Conn<W> {
 
 impl<W: AsyncWrite + Unpin> Conn<W> {
     async fn send(&mut self, pkt: Outbound) -> Result<(), ()> {
+        match self.try_send(pkt).await {
+            Ok(()) => Ok(()),
+            Err(Some(e)) => {
+                tracing::warn!(client = %self.client, peer = %self.peer, error = %e, "cannot encode a packet for this client; closing");
+                Err(())
+            }
+            Err(None) => Err(()),
+        }
+    }
+
+    /// Like `send`, but an encoding failure (e.g. larger than the MQTT 5 client's maximum packet
+    /// size) is returned as `Err(Some(..))` and leaves the connection usable.
+    async fn try_send(&mut self, pkt: Outbound) -> Result<(), Option<CodecError>> {
         self.buf.clear();
         if let Err(e) = self.enc.encode(pkt, &mut self.buf) {
-            tracing::warn!(client = %self.client, peer = %self.peer, error = %e, "cannot encode a packet for this client; closing");
-            return Err(());
+            return Err(Some(e));
         }
         if self.buf.is_empty() {
             return Ok(());
@@ -61,12 +73,12 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(client = %self.client, error = %e, "write failed");
-                Err(())
+                Err(None)
             }
             Err(_) => {
                 tracing::warn!(client = %self.client, peer = %self.peer, timeout = ?self.write_timeout,
                     "disconnecting client: it does not read (write blocked past write_timeout)");
-                Err(())
+                Err(None)
             }
         }
     }
@@ -378,8 +390,21 @@ async fn deliver<W: AsyncWrite + Unpin>(
     } else {
         p.pkid = 0;
     }
-    shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
-    conn.send(Outbound::Publish(p)).await
+    let pkid = p.pkid;
+    match conn.try_send(Outbound::Publish(p)).await {
+        Ok(()) => {
+            shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(Some(e)) => {
+            // MQTT 5: a message larger than the client's maximum packet size is discarded
+            tracing::debug!(client = %conn.client, error = %e, "message not delivered to this subscriber");
+            shared.metrics.dropped("too_large_for_client");
+            state.outgoing.remove(&pkid);
+            Ok(())
+        }
+        Err(None) => Err(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -402,6 +427,8 @@ where
     let client = info.client_id.clone();
     let v5 = info.version == Version::V5;
     let max_inflight = usize::from(shared.settings.max_inflight);
+    // QoS 1/2 deliveries awaiting the client's acknowledgement (MQTT 5 receive maximum)
+    let max_outgoing = usize::from(info.receive_max.unwrap_or(1024).clamp(1, 1024));
     // resend what the session still owes the client (unacknowledged ones carry DUP)
     for p in replay {
         if deliver(conn, state, shared, p).await.is_err() {
@@ -429,7 +456,7 @@ where
                     None => return End::Shutdown,
                 }
             }
-            Some(p) = rx.recv(), if state.outgoing.len() < 1024 => {
+            Some(p) = rx.recv(), if state.outgoing.len() < max_outgoing => {
                 if deliver(conn, state, shared, p).await.is_err() { return End::Abnormal; }
             }
             _ = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {
@@ -528,6 +555,7 @@ async fn refuse<W: AsyncWrite + Unpin>(
 
 /// Handles one device publish: checks, local delivery, then the edgeHub buffer. Returns the
 /// acknowledgement to send once edgeHub has the message (QoS 1/2).
+#[allow(clippy::too_many_arguments)]
 async fn on_publish<W: AsyncWrite + Unpin>(
     conn: &mut Conn<W>,
     state: &mut Session,
