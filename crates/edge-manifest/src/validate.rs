@@ -97,14 +97,14 @@ impl Manifest {
             }
         }
 
-        // Registry credentials left as `$VAR`.
+        // Registry credentials left as `$VAR` (a password may hold `$` itself, so only a whole-value reference counts).
         for (cred_name, cred) in &self.runtime.registry_credentials {
             for (field, value) in [
                 ("username", &cred.username),
                 ("password", &cred.password),
                 ("address", &cred.address),
             ] {
-                if value.contains('$') {
+                if is_variable_reference(value) {
                     problems.push(ManifestError::UnexpandedVariable {
                         place: format!("registryCredentials.{cred_name}.{field}"),
                         value: value.clone(),
@@ -238,6 +238,20 @@ fn check_image(name: &str, spec: &ModuleSpec, problems: &mut Vec<ManifestError>)
     }
 }
 
+/// True when `value` is exactly `$NAME` or `${NAME}`: a variable the template expansion did not know.
+pub(crate) fn is_variable_reference(value: &str) -> bool {
+    let Some(rest) = value.strip_prefix('$') else {
+        return false;
+    };
+    let name = rest
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .unwrap_or(rest);
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// `${MODULES.x}`, `${MODULES.x.platform}` or `${MODULEDIR<path>..}`: left for genconfig to expand.
 pub(crate) fn is_placeholder(image: &str) -> bool {
     (image.starts_with("${MODULES.") || image.starts_with("${MODULEDIR<")) && image.ends_with('}')
@@ -323,5 +337,10 @@ mod tests {
         assert!(is_placeholder("${MODULES.esp-sim}"));
         assert!(is_placeholder("${MODULES.esp-sim.arm32v7}"));
         assert!(!is_placeholder("$REGISTRY/x:1"));
+        assert!(is_variable_reference("$CONTAINER_REGISTRY_USERNAME"));
+        assert!(is_variable_reference("${CONTAINER_REGISTRY_PASSWORD}"));
+        assert!(!is_variable_reference("p@ss$word"));
+        assert!(!is_variable_reference("$ecret-pass"));
+        assert!(!is_variable_reference("plain"));
     }
 }
