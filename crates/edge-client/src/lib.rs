@@ -1,8 +1,30 @@
-//! edge-client: the module side of Azure IoT Edge.
+//! edge-client: the module side of Azure IoT Edge, on rumqttc + rustls (ring), with hyper over a
+//! unix socket for the workload API.
 //!
 //! Parts:
 //! - [`wire`]: the MQTT wire formats (messages and property bags, topics, SAS tokens, connection
 //!   strings, usernames), pure and shared with the hub side (edge-dev).
+//! - [`identity`]: who the client is ([`Identity`]) and how it gets tokens ([`Credentials`]): the
+//!   `IOTEDGE_*` environment, `EdgeHubConnectionString`, or a device connection string.
+//! - [`workload`]: the workload API client (sign, trust bundle).
+//! - [`tls`]: rustls configuration and explanations of TLS failures.
+//! - [`client`]: [`ModuleClient`] (outputs, inputs, twin, methods, reconnect, token renewal) and its
+//!   [`Events`].
+//! - [`error`]: the error type, [`ClientError`], whose messages say what to check.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
+pub mod error;
+pub mod identity;
+pub mod tls;
 pub mod wire;
+pub mod workload;
+
+pub use client::{
+    ClientOptions, Delivery, Event, Events, InputMessage, MethodRequest, ModuleClient,
+};
+pub use error::ClientError;
+pub use identity::{Credentials, Identity};
+pub use tls::Trust;
+pub use wire::{ConnectionString, Message, WireError};
+pub use workload::WorkloadClient;
