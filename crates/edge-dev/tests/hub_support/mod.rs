@@ -107,6 +107,14 @@ impl TestHub {
         tokio::time::timeout(WAIT, h.closed()).await.expect("hub did not stop");
     }
 
+    /// Lets go of the hub without shutting it down (its shutdown future never resolves): for tests that
+    /// then drop the runtime under it, as close to a crash as one process gets.
+    pub fn abandon(mut self) {
+        if let Some(s) = self.stop.take() {
+            std::mem::forget(s);
+        }
+    }
+
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         client_config(&self.pki, false)
     }
