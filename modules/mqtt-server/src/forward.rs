@@ -65,6 +65,8 @@ pub struct PipelineLimits {
     pub bytes: usize,
     pub concurrency: usize,
     pub retry: Duration,
+    /// Longest wait for one send's acknowledgement before it counts as failed and is retried.
+    pub attempt_timeout: Duration,
 }
 
 impl Pipeline {
@@ -162,7 +164,7 @@ async fn worker(
     while open || !inflight.is_empty() {
         tokio::select! {
             job = rx.recv(), if open && inflight.len() < limits.concurrency => match job {
-                Some(job) => inflight.push(process(job, forwarder.clone(), metrics.clone(), limits.retry, down.clone())),
+                Some(job) => inflight.push(process(job, forwarder.clone(), metrics.clone(), limits.retry, limits.attempt_timeout, down.clone())),
                 None => open = false,
             },
             Some(()) = inflight.next(), if !inflight.is_empty() => {
@@ -180,12 +182,23 @@ async fn process(
     forwarder: Arc<dyn Forwarder>,
     metrics: Arc<Metrics>,
     retry: Duration,
+    attempt_timeout: Duration,
     down: Arc<AtomicBool>,
 ) {
     let mut delay = retry;
     let size = job.msg.size();
     loop {
-        match forwarder.forward(job.output.clone(), job.msg.clone()).await {
+        let attempt = tokio::time::timeout(
+            attempt_timeout,
+            forwarder.forward(job.output.clone(), job.msg.clone()),
+        );
+        let result = match attempt.await {
+            Ok(r) => r,
+            Err(_) => Err(ForwardError(format!(
+                "no acknowledgement within {attempt_timeout:?}"
+            ))),
+        };
+        match result {
             Ok(()) => {
                 metrics.messages_forwarded.fetch_add(1, Ordering::Relaxed);
                 metrics

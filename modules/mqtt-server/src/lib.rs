@@ -277,6 +277,7 @@ impl Server {
                 bytes: s.buffer_bytes,
                 concurrency: s.forward_concurrency,
                 retry: Duration::from_millis(s.forward_retry_ms.max(1)),
+                attempt_timeout: Duration::from_secs(s.forward_timeout_secs.max(1)),
             },
             self.forwarder,
             shared.metrics.clone(),

@@ -65,6 +65,9 @@ pub struct Settings {
     /// First retry delay after edgeHub refused or failed a send, milliseconds (doubles up to
     /// 30 s). Default 500. Env `MQTT_FORWARD_RETRY_MS`.
     pub forward_retry_ms: u64,
+    /// Seconds to wait for edgeHub's acknowledgement of one send before retrying it (a retry
+    /// may duplicate; at-least-once). Default 60. Env `MQTT_FORWARD_TIMEOUT`.
+    pub forward_timeout_secs: u64,
     /// Seconds a new connection has to send CONNECT. Default 10. Env `MQTT_CONNECT_TIMEOUT`.
     pub connect_timeout_secs: u64,
     /// Seconds a write to a client may block (a client that never reads) before it is
@@ -104,6 +107,7 @@ impl Default for Settings {
             buffer_bytes: 16 * 1024 * 1024,
             forward_concurrency: 16,
             forward_retry_ms: 500,
+            forward_timeout_secs: 60,
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
             session_queue: 1000,
@@ -132,6 +136,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_BUFFER_BYTES",
     "MQTT_FORWARD_CONCURRENCY",
     "MQTT_FORWARD_RETRY_MS",
+    "MQTT_FORWARD_TIMEOUT",
     "MQTT_CONNECT_TIMEOUT",
     "MQTT_WRITE_TIMEOUT",
     "MQTT_SESSION_QUEUE",
@@ -210,6 +215,7 @@ impl Settings {
                 "MQTT_BUFFER_BYTES" => self.buffer_bytes = parse(var, &v)?,
                 "MQTT_FORWARD_CONCURRENCY" => self.forward_concurrency = parse(var, &v)?,
                 "MQTT_FORWARD_RETRY_MS" => self.forward_retry_ms = parse(var, &v)?,
+                "MQTT_FORWARD_TIMEOUT" => self.forward_timeout_secs = parse(var, &v)?,
                 "MQTT_CONNECT_TIMEOUT" => self.connect_timeout_secs = parse(var, &v)?,
                 "MQTT_WRITE_TIMEOUT" => self.write_timeout_secs = parse(var, &v)?,
                 "MQTT_SESSION_QUEUE" => self.session_queue = parse(var, &v)?,
@@ -465,6 +471,7 @@ mod tests {
             ("MQTT_BUFFER_BYTES", "5000"),
             ("MQTT_FORWARD_CONCURRENCY", "2"),
             ("MQTT_FORWARD_RETRY_MS", "10"),
+            ("MQTT_FORWARD_TIMEOUT", "9"),
             ("MQTT_CONNECT_TIMEOUT", "4"),
             ("MQTT_WRITE_TIMEOUT", "6"),
             ("MQTT_SESSION_QUEUE", "12"),
@@ -504,6 +511,7 @@ mod tests {
             buffer_bytes: 5000,
             forward_concurrency: 2,
             forward_retry_ms: 10,
+            forward_timeout_secs: 9,
             connect_timeout_secs: 4,
             write_timeout_secs: 6,
             session_queue: 12,

@@ -392,3 +392,29 @@ async fn subscriber_that_never_reads_is_disconnected_and_others_flow() {
     drop(lazy);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_edgehub_never_acknowledges_is_retried() {
+    let rec = Arc::new(Recorder::default());
+    rec.hold.store(true, Ordering::SeqCst);
+    let settings = mqtt_server::Settings {
+        forward_timeout_secs: 1,
+        ..test_settings()
+    };
+    let h = Harness::start_with(settings, rec.clone(), None).await;
+    let mut c = Client::connect(&h, "dev-retry", 0, true).await;
+    c.publish("t", QoS::AtLeastOnce, 1, "lost ack", false).await;
+    let mut tries = 0;
+    while rec.calls.load(Ordering::SeqCst) < 2 && tries < 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tries += 1;
+    }
+    assert!(
+        rec.calls.load(Ordering::SeqCst) >= 2,
+        "the unacknowledged send was attempted again"
+    );
+    rec.release();
+    assert!(matches!(c.recv(T).await, Some(Packet::PubAck(_))));
+    assert!(rec.bodies().contains(&"lost ack".to_string()));
+    h.stop().await;
+}
