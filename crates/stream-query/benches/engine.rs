@@ -1,5 +1,7 @@
 //! Events per second through the engine: the seed's query, and a 1,000-device GROUP BY.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, Duration, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::{json, Value};

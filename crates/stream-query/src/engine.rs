@@ -205,6 +205,8 @@ struct WinOut {
 }
 
 const MIN_T: Micros = i64::MIN / 4;
+/// The watermark of a flushed stream: 10000-01-01, after every valid event time.
+const END_OF_TIME: Micros = 253_402_300_800_000_000;
 
 impl Engine {
     pub fn new(query: Query, policy: EventPolicy) -> Engine {
@@ -309,9 +311,9 @@ impl Engine {
         for si in 0..self.query.stmts.len() {
             if self.query.stmts[si].source == Source::Input {
                 for tl in self.state.stmts[si].timelines.values_mut() {
-                    tl.watermark = i64::MAX;
+                    tl.watermark = END_OF_TIME;
                 }
-                self.settle(si, i64::MAX, &mut out);
+                self.settle(si, END_OF_TIME, &mut out);
             }
         }
         out
@@ -642,7 +644,9 @@ fn project<'e>(items: &'e [OutItem], c: &Ctx) -> Result<Map<String, Value>, (&'e
 }
 
 /// Closed window -> output row (None when HAVING rejects it). Errors are reported as warnings.
-fn finish(s: &Stmt, w: WinOut) -> Result<Option<(Micros, Map<String, Value>)>, String> {
+type TimedRow = (Micros, Map<String, Value>);
+
+fn finish(s: &Stmt, w: WinOut) -> Result<Option<TimedRow>, String> {
     let ctx = Ctx {
         row: &w.rep,
         time: w.end,

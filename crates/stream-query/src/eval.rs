@@ -755,6 +755,7 @@ fn date_part(part: &str, t: Micros) -> Result<i64, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::parser::parse_expr;

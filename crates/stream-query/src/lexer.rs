@@ -214,6 +214,7 @@ pub(crate) fn lex(text: &str) -> Result<Vec<Token>, QueryError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1133,6 +1133,7 @@ fn is_reserved(w: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

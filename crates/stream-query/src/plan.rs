@@ -552,6 +552,7 @@ fn substitute_aliases(e: Expr, items: &[OutItem]) -> Expr {
 }
 
 /// Outside aggregates, a grouped SELECT may only use group keys (and System.Timestamp()).
+#[allow(clippy::only_used_in_recursion)]
 fn check_grouped(e: &Expr, keys: &[Expr], pos: Pos) -> Result<(), QueryError> {
     if keys.iter().any(|k| k == e) {
         return Ok(());
@@ -620,6 +621,7 @@ fn check_grouped(e: &Expr, keys: &[Expr], pos: Pos) -> Result<(), QueryError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

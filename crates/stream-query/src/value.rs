@@ -154,6 +154,13 @@ pub(crate) fn from_datetime(t: DateTime<Utc>) -> Micros {
 /// `DateTime.ToString()` string (invariant `MM/dd/yyyy HH:mm:ss` or en-US `M/d/yyyy h:mm:ss AM`),
 /// or a number of epoch milliseconds.
 pub(crate) fn parse_time_val(v: &Val) -> Option<Micros> {
+    // .NET's DateTime range (years 1 to 9999) keeps window arithmetic far from overflow
+    const LO: Micros = -62_135_596_800_000_000;
+    const HI: Micros = 253_402_300_799_999_999;
+    parse_time_any(v).filter(|t| (LO..=HI).contains(t))
+}
+
+fn parse_time_any(v: &Val) -> Option<Micros> {
     match v {
         Val::Time(t) => Some(*t),
         Val::Str(s) => parse_time_str(s),
@@ -211,6 +218,7 @@ pub(crate) fn parse_time_str(s: &str) -> Option<Micros> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

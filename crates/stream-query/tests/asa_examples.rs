@@ -1,6 +1,8 @@
 //! The worked examples of the Azure Stream Analytics documentation (DESIGN.md lists them), run
 //! through the engine with the documented rows as expected output.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::time::Duration;

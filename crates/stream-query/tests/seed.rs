@@ -1,5 +1,7 @@
 //! The seed's query, byte for byte, and the first integration shapes.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use stream_query::{Engine, EventPolicy, OutputRow, Query};
