@@ -913,3 +913,106 @@ fn microsoft_schemas_accept_our_template_and_genconfig_output() {
     assert!(!ok, "{text}");
     assert!(text.contains("'runing' is not one of"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// iotedgedev itself as a referee (optional: set EDGE_MANIFEST_IOTEDGEDEV to its executable, e.g. from
+// `python3 -m venv v && v/bin/pip install iotedgedev==3.3.9`)
+
+/// createOptions chunks joined and parsed, so that two deployments compare by meaning.
+fn normalized(mut doc: Value) -> Value {
+    for group in ["systemModules", "modules"] {
+        let Some(modules) =
+            doc["modulesContent"]["$edgeAgent"]["properties.desired"][group].as_object_mut()
+        else {
+            continue;
+        };
+        for module in modules.values_mut() {
+            let settings = module["settings"].as_object_mut().unwrap();
+            let mut keys: Vec<String> = settings
+                .keys()
+                .filter(|k| k.starts_with("createOptions"))
+                .cloned()
+                .collect();
+            keys.sort();
+            let joined: String = keys
+                .iter()
+                .map(|k| settings.remove(k).unwrap().as_str().unwrap().to_owned())
+                .collect();
+            settings.insert(
+                "createOptions".into(),
+                serde_json::from_str(&joined).unwrap(),
+            );
+        }
+    }
+    doc
+}
+
+#[test]
+fn genconfig_matches_iotedgedev_when_it_is_available() {
+    let Some(iotedgedev) = std::env::var_os("EDGE_MANIFEST_IOTEDGEDEV") else {
+        eprintln!("SKIPPED: set EDGE_MANIFEST_IOTEDGEDEV to an iotedgedev 3.3 executable to compare with it");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    // iotedgedev starts telemetry uploaders unless its settings say no; it runs offline then.
+    let home = work.path().join("home");
+    std::fs::create_dir_all(home.join(".iotedgedev")).unwrap();
+    std::fs::write(
+        home.join(".iotedgedev/setting.ini"),
+        "[DEFAULT]\nfirsttime = no\ncollect_telemetry = no\n",
+    )
+    .unwrap();
+    let solution = work.path().join("solution");
+    for folder in ["mqtt-server", "aggregator", "esp-sim"] {
+        std::fs::create_dir_all(solution.join("modules").join(folder)).unwrap();
+        std::fs::copy(
+            repo().join("modules").join(folder).join("module.json"),
+            solution.join("modules").join(folder).join("module.json"),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        repo().join("deployment.template.json"),
+        solution.join("deployment.template.json"),
+    )
+    .unwrap();
+    for platform in ["amd64", "arm32v7"] {
+        // A clean environment: expandvars would rewrite `$upstream` if a variable `upstream` existed.
+        let status = Command::new(&iotedgedev)
+            .args([
+                "solution",
+                "genconfig",
+                "-f",
+                "deployment.template.json",
+                "-P",
+                platform,
+                "--fail-on-validation-error",
+            ])
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", "/usr/bin:/bin")
+            .envs(registry_vars())
+            .current_dir(&solution)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+        let theirs = read_json(
+            &solution
+                .join("config")
+                .join(format!("deployment.{platform}.json")),
+        );
+        let ours_path = genconfig(
+            &repo().join("deployment.template.json"),
+            platform,
+            &work.path().join("ours"),
+            &registry_vars(),
+        )
+        .unwrap();
+        let ours = read_json(&ours_path);
+        assert_eq!(normalized(ours), normalized(theirs), "platform {platform}");
+    }
+}
