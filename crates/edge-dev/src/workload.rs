@@ -116,7 +116,7 @@ fn bad_param(name: &str) -> Response<Full<Bytes>> {
 }
 
 /// Checks `api-version` of the query: present, a `YYYY-MM-DD` date, not older than 2018-06-28.
-fn check_api_version(query: Option<&str>) -> Result<(), Response<Full<Bytes>>> {
+fn check_api_version(query: Option<&str>) -> Result<(), Box<Response<Full<Bytes>>>> {
     let version = query.and_then(|q| {
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -124,10 +124,10 @@ fn check_api_version(query: Option<&str>) -> Result<(), Response<Full<Bytes>>> {
         })
     });
     let Some(v) = version else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "The request is missing required parameter `api-version`",
-        ));
+        )));
     };
     let is_date = v.len() == 10
         && v.bytes().enumerate().all(|(i, b)| {
@@ -139,7 +139,7 @@ fn check_api_version(query: Option<&str>) -> Result<(), Response<Full<Bytes>>> {
         });
     // ISO dates compare correctly as strings.
     if !is_date || v.as_str() < MIN_API_VERSION {
-        return Err(bad_param("api-version"));
+        return Err(Box::new(bad_param("api-version")));
     }
     Ok(())
 }
@@ -151,7 +151,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["trust-bundle"]) => {
             if let Err(r) = check_api_version(query.as_deref()) {
-                return r;
+                return *r;
             }
             json(
                 StatusCode::OK,
@@ -160,7 +160,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         (Method::POST, ["modules", module, "genid", genid, "sign"]) => {
             if let Err(r) = check_api_version(query.as_deref()) {
-                return r;
+                return *r;
             }
             let module = percent_decode(module);
             let genid = percent_decode(genid);
