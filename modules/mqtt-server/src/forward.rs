@@ -21,10 +21,34 @@ use crate::metrics::Metrics;
 /// A boxed, sendable future (what [`Forwarder::forward`] returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why a message could not be handed to edgeHub (it will be retried).
+/// Why a message could not be handed to edgeHub.
 #[derive(Debug, thiserror::Error)]
-#[error("edgeHub did not take the message: {0}")]
-pub struct ForwardError(pub String);
+#[error("edgeHub did not take the message: {reason}")]
+pub struct ForwardError {
+    /// What went wrong.
+    pub reason: String,
+    /// True when sending the same message again cannot succeed (e.g. edgeHub refuses its size):
+    /// it is then dropped, logged and counted instead of blocking the buffer forever.
+    pub permanent: bool,
+}
+
+impl ForwardError {
+    /// A failure worth retrying (edgeHub unreachable, connection broke).
+    pub fn transient(reason: impl Into<String>) -> Self {
+        ForwardError {
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure no retry can fix.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        ForwardError {
+            reason: reason.into(),
+            permanent: true,
+        }
+    }
+}
 
 /// Where messages go: edgeHub through `edge_client` in production, a recorder in tests.
 pub trait Forwarder: Send + Sync + 'static {
@@ -188,13 +212,10 @@ async fn process(
     let mut delay = retry;
     let size = job.msg.size();
     loop {
-        let attempt = tokio::time::timeout(
-            attempt_timeout,
-            forwarder.forward(job.output.clone(), job.msg.clone()),
-        );
-        let result = match attempt.await {
+        let attempt = forwarder.forward(job.output.clone(), job.msg.clone());
+        let result = match tokio::time::timeout(attempt_timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(ForwardError(format!(
+            Err(_) => Err(ForwardError::transient(format!(
                 "no acknowledgement within {attempt_timeout:?}"
             ))),
         };
@@ -208,6 +229,16 @@ async fn process(
                 if down.swap(false, Ordering::Relaxed) {
                     tracing::info!("edgeHub accepts messages again");
                 }
+                break;
+            }
+            Err(e) if e.permanent => {
+                // acknowledging the device is right here: it would resend a message that can
+                // never be taken, forever
+                tracing::error!(error = %e, message_id = %job.msg.message_id, output = %job.output,
+                    topic = job.msg.properties.get("mqtt-topic").map(String::as_str).unwrap_or(""),
+                    client = job.msg.properties.get("mqtt-client-id").map(String::as_str).unwrap_or(""),
+                    "edgeHub refused the message for good; dropping it");
+                metrics.dropped("refused_by_edgehub");
                 break;
             }
             Err(e) => {

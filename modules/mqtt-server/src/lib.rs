@@ -277,7 +277,11 @@ impl Server {
                 bytes: s.buffer_bytes,
                 concurrency: s.forward_concurrency,
                 retry: Duration::from_millis(s.forward_retry_ms.max(1)),
-                attempt_timeout: Duration::from_secs(s.forward_timeout_secs.max(1)),
+                attempt_timeout: match s.forward_timeout_secs {
+                    // no limit: the client resends unacknowledged messages itself after reconnecting
+                    0 => Duration::from_secs(100 * 365 * 24 * 3600),
+                    n => Duration::from_secs(n),
+                },
             },
             self.forwarder,
             shared.metrics.clone(),

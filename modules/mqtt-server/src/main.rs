@@ -1,1 +1,169 @@
-fn main() {}
+//! `mqtt-server`: MqttServerModule's binary. Parses the command line, loads settings (defaults,
+//! `--config` file, `MQTT_*` environment), sets up logging, connects to edgeHub and runs the
+//! server until SIGTERM (docker stop) or SIGINT.
+
+mod edgehub;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use mqtt_server::{Forwarder, Listeners, Server, Settings};
+use tokio::net::TcpListener;
+
+/// Where forwarded messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Sink {
+    /// edgeHub, as an IoT Edge module (identity from IOTEDGE_* or EdgeHubConnectionString).
+    Edgehub,
+    /// One JSON line per message on stdout (a local run without edgeHub; acknowledges at once).
+    Stdout,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mqtt-server",
+    version,
+    about = "MqttServerModule: MQTT server that forwards device publishes to edgeHub"
+)]
+struct Cli {
+    /// JSON settings file (fields as in the README's settings table; unknown fields refused).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where messages go.
+    #[arg(long, value_enum, default_value = "edgehub")]
+    sink: Sink,
+    /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).context("invalid log filter")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut settings = match &cli.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    settings.apply_env(|k| std::env::var(k).ok())?;
+    settings.validate()?;
+
+    let mqtt = TcpListener::bind((settings.bind_address.as_str(), settings.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{}; is the port free?",
+                settings.bind_address, settings.port
+            )
+        })?;
+    let tls = match settings.tls_port {
+        Some(port) => {
+            let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+                anyhow::bail!("MQTT_TLS_PORT needs MQTT_TLS_CERT and MQTT_TLS_KEY");
+            };
+            let acceptor = mqtt_server::tls_acceptor(cert, key)?;
+            let l = TcpListener::bind((settings.bind_address.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on TLS port {port}"))?;
+            Some((l, acceptor))
+        }
+        None => None,
+    };
+    // metrics are an aid, not a reason to stop forwarding readings
+    let metrics = if settings.metrics_port == 0 {
+        None
+    } else {
+        match TcpListener::bind((settings.bind_address.as_str(), settings.metrics_port)).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(port = settings.metrics_port, error = %e, "metrics endpoint disabled: cannot bind its port");
+                None
+            }
+        }
+    };
+    tracing::info!(
+        addr = %mqtt.local_addr()?, tls = ?tls.as_ref().map(|(l, _)| l.local_addr().ok()),
+        metrics = ?metrics.as_ref().map(|l| l.local_addr().ok()), output = %settings.output, sink = ?cli.sink,
+        "MqttServerModule starting"
+    );
+
+    let (forwarder, twin): (Arc<dyn Forwarder>, Option<edgehub::Twin>) = match cli.sink {
+        Sink::Stdout => (Arc::new(StdoutSink), None),
+        Sink::Edgehub => {
+            let (f, twin) = edgehub::connect().await?;
+            (f, Some(twin))
+        }
+    };
+    let server = Server::new(settings, forwarder)?;
+    if let Some(twin) = twin {
+        tokio::spawn(twin.run(server.handle()));
+    }
+    server
+        .run(Listeners { mqtt, tls, metrics }, shutdown_signal())
+        .await?;
+    tracing::info!("MqttServerModule stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Writes each message as one JSON line on stdout.
+struct StdoutSink;
+
+impl Forwarder for StdoutSink {
+    fn forward(
+        &self,
+        output: String,
+        m: mqtt_server::EdgeMessage,
+    ) -> mqtt_server::BoxFuture<'_, Result<(), mqtt_server::ForwardError>> {
+        Box::pin(async move {
+            let line = serde_json::json!({
+                "output": output,
+                "body": String::from_utf8_lossy(&m.body),
+                "messageId": m.message_id,
+                "correlationId": m.correlation_id,
+                "contentType": m.content_type,
+                "contentEncoding": m.content_encoding,
+                "creationTime": m.creation_time,
+                "properties": m.properties,
+            });
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")
+                .and_then(|()| out.flush())
+                .map_err(|e| {
+                    mqtt_server::ForwardError::transient(format!("cannot write to stdout: {e}"))
+                })
+        })
+    }
+}

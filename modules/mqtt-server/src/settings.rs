@@ -66,7 +66,9 @@ pub struct Settings {
     /// 30 s). Default 500. Env `MQTT_FORWARD_RETRY_MS`.
     pub forward_retry_ms: u64,
     /// Seconds to wait for edgeHub's acknowledgement of one send before retrying it (a retry
-    /// may duplicate; at-least-once). Default 60. Env `MQTT_FORWARD_TIMEOUT`.
+    /// may duplicate; at-least-once). 0 (default): wait as long as it takes, because
+    /// `edge_client` itself keeps and resends unacknowledged messages across reconnects.
+    /// Env `MQTT_FORWARD_TIMEOUT`.
     pub forward_timeout_secs: u64,
     /// Seconds a new connection has to send CONNECT. Default 10. Env `MQTT_CONNECT_TIMEOUT`.
     pub connect_timeout_secs: u64,
@@ -107,7 +109,7 @@ impl Default for Settings {
             buffer_bytes: 16 * 1024 * 1024,
             forward_concurrency: 16,
             forward_retry_ms: 500,
-            forward_timeout_secs: 60,
+            forward_timeout_secs: 0,
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
             session_queue: 1000,

@@ -418,3 +418,32 @@ async fn a_send_edgehub_never_acknowledges_is_retried() {
     assert!(rec.bodies().contains(&"lost ack".to_string()));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_edgehub_refuses_for_good_is_dropped_loudly_not_retried_forever() {
+    let rec = Arc::new(Recorder::default());
+    rec.refuse.store(true, Ordering::SeqCst);
+    let h = Harness::start_with(test_settings(), rec.clone(), None).await;
+    let mut c = Client::connect(&h, "dev-poison", 0, true).await;
+    c.publish("poison", QoS::AtLeastOnce, 1, "never fits", false)
+        .await;
+    assert!(
+        matches!(c.recv(T).await, Some(Packet::PubAck(_))),
+        "device is released"
+    );
+    wait_log(&["refused the message for good", "dev-poison"], T).await;
+    rec.refuse.store(false, Ordering::SeqCst);
+    c.publish("fine", QoS::AtLeastOnce, 2, "fits", false).await;
+    assert!(matches!(c.recv(T).await, Some(Packet::PubAck(_))));
+    assert_eq!(rec.bodies(), vec!["fits".to_string()]);
+    assert_eq!(
+        rec.calls.load(Ordering::SeqCst),
+        2,
+        "the refused one was tried once"
+    );
+    assert!(h
+        .metrics_text()
+        .await
+        .contains("mqtt_dropped_total{reason=\"refused_by_edgehub\"} 1"));
+    h.stop().await;
+}

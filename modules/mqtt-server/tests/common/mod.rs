@@ -20,6 +20,8 @@ pub struct Recorder {
     pub messages: Mutex<Vec<(String, EdgeMessage)>>,
     pub fail: AtomicBool,
     pub hold: AtomicBool,
+    /// Refuse for good (as edgeHub does for a message over its size limit).
+    pub refuse: AtomicBool,
     pub calls: AtomicUsize,
     released: Notify,
     changed: Notify,
@@ -81,8 +83,13 @@ impl Forwarder for Recorder {
                 }
                 released.await;
             }
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(ForwardError::permanent(
+                    "test: message too large for edgeHub",
+                ));
+            }
             if self.fail.load(Ordering::SeqCst) {
-                return Err(ForwardError("test: edgeHub unreachable".into()));
+                return Err(ForwardError::transient("test: edgeHub unreachable"));
             }
             if let Ok(mut m) = self.messages.lock() {
                 m.push((output, message));

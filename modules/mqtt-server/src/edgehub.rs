@@ -1,0 +1,128 @@
+//! The edgeHub side of the binary: a [`Forwarder`] over `edge_client`, and the module twin loop
+//! (desired properties -> live settings -> reported properties).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use edge_client::{ClientError, ClientOptions, Event, Identity, ModuleClient};
+use mqtt_server::{BoxFuture, EdgeMessage, ForwardError, Forwarder, ServerHandle};
+
+/// Sends messages to edgeHub outputs; `send_output` resolves on edgeHub's PUBACK.
+pub struct EdgeHubForwarder {
+    client: Arc<ModuleClient>,
+}
+
+impl Forwarder for EdgeHubForwarder {
+    fn forward(&self, output: String, m: EdgeMessage) -> BoxFuture<'_, Result<(), ForwardError>> {
+        Box::pin(async move {
+            let mut msg = edge_client::wire::Message::new(m.body);
+            msg.message_id = Some(m.message_id);
+            msg.correlation_id = m.correlation_id;
+            msg.content_type = m.content_type;
+            msg.content_encoding = m.content_encoding;
+            msg.creation_time = Some(m.creation_time);
+            msg.properties = m.properties;
+            self.client
+                .send_output(&output, msg)
+                .await
+                .map_err(|e| match e {
+                    // no retry can make these succeed
+                    ClientError::TooLarge { .. } | ClientError::Usage(_) | ClientError::Wire(_) => {
+                        ForwardError::permanent(e.to_string())
+                    }
+                    _ => ForwardError::transient(e.to_string()),
+                })
+        })
+    }
+}
+
+/// The twin loop, started once the server exists.
+pub struct Twin {
+    client: Arc<ModuleClient>,
+    events: edge_client::Events,
+}
+
+/// Connects to edgeHub with the module identity from the environment.
+pub async fn connect() -> anyhow::Result<(Arc<dyn Forwarder>, Twin)> {
+    let identity = Identity::from_environment().await.context(
+        "no IoT Edge module identity: run under IoT Edge (IOTEDGE_* variables) or set EdgeHubConnectionString, or use --sink stdout",
+    )?;
+    let (client, events) = ModuleClient::connect(identity, ClientOptions::default())
+        .await
+        .context("cannot connect to edgeHub")?;
+    let client = Arc::new(client);
+    Ok((
+        Arc::new(EdgeHubForwarder {
+            client: client.clone(),
+        }),
+        Twin { client, events },
+    ))
+}
+
+impl Twin {
+    /// Applies the twin's desired properties to the running server and reports back what is in
+    /// force, until the client's event stream ends.
+    pub async fn run(mut self, server: ServerHandle) {
+        while let Some(event) = self.events.recv().await {
+            let desired = match event {
+                Event::Twin(twin) => twin.get("desired").cloned(),
+                Event::DesiredPatch(patch) => Some(patch),
+                Event::Connected => {
+                    tracing::info!("connected to edgeHub");
+                    server
+                        .metrics()
+                        .edgehub_connected
+                        .store(1, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+                Event::Disconnected(reason) => {
+                    tracing::warn!(reason = %reason, "disconnected from edgeHub; messages wait in the buffer");
+                    server
+                        .metrics()
+                        .edgehub_connected
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+                Event::Method(call) => {
+                    // this module has no direct methods; answer so the caller does not wait
+                    let name = call.name.clone();
+                    call.respond(
+                        404,
+                        serde_json::json!({"error": format!("unknown method {name:?}")}),
+                    );
+                    None
+                }
+                _ => None,
+            };
+            let Some(desired) = desired else { continue };
+            let report = match server.apply_desired(&desired) {
+                Ok((routing, warnings)) => {
+                    for w in &warnings {
+                        tracing::warn!(warning = %w, "module twin");
+                    }
+                    tracing::info!(output = %routing.output, mappings = routing.topic_outputs.len(),
+                        enrich_device_id = routing.enrich_device_id, max_payload = routing.max_payload,
+                        "settings from the module twin applied");
+                    let mut r = routing.reported();
+                    r["error"] = serde_json::Value::Null;
+                    r["warnings"] = serde_json::json!(warnings);
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "module twin desired properties refused; settings unchanged");
+                    let mut r = server.routing().reported();
+                    r["error"] = serde_json::Value::String(e.to_string());
+                    r
+                }
+            };
+            if let Err(e) = self
+                .client
+                .update_reported(serde_json::json!({ "mqttServer": report }))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot report settings to the module twin");
+            }
+        }
+        tracing::warn!("edgeHub event stream ended; twin updates stop");
+    }
+}
