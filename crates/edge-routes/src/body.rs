@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(
-            parse_path("a.b[2].c").unwrap(),
+            parse_path("a.b[2].c").expect("valid path"),
             vec![
                 PathSegment::Field("a".into()),
                 PathSegment::Field("b".into()),

@@ -370,7 +370,7 @@ fn math(v: &Val, f: impl Fn(f64) -> f64) -> Val {
     }
 }
 
-fn strings<'v>(vals: &'v [Val]) -> Option<(&'v str, &'v str)> {
+fn strings(vals: &[Val]) -> Option<(&str, &str)> {
     match vals {
         [Val::Str(a), Val::Str(b)] => Some((a.as_str(), b.as_str())),
         _ => None,

@@ -92,7 +92,7 @@ impl Source {
     pub fn matches(&self, source: &MessageSource<'_>) -> bool {
         let path = match source {
             MessageSource::Device => "/messages/".to_string(),
-            MessageSource::Module { module, output } if output.is_empty() => {
+            MessageSource::Module { module, output: "" } => {
                 format!("/messages/modules/{module}/")
             }
             MessageSource::Module { module, output } => {
