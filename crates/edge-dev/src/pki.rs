@@ -36,7 +36,11 @@ pub enum PkiError {
     #[error("cannot access {path}: {source}; check that the data directory is writable by this user")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid key or certificate ({detail}); delete the PKI directory {dir} to create a new CA (modules must then fetch the new CA)")]
-    Corrupt { path: PathBuf, dir: PathBuf, detail: String },
+    Corrupt {
+        path: PathBuf,
+        dir: PathBuf,
+        detail: String,
+    },
     #[error("cannot create a certificate for host name {name:?}: {detail}; use a DNS name or an IP address")]
     BadName { name: String, detail: String },
     #[error("certificate generation failed: {0}")]
@@ -99,7 +103,9 @@ impl DevPki {
             (key, cert_pem)
         } else {
             let key = KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
-            let cert = ca_params(true)?.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
+            let cert = ca_params(true)?
+                .self_signed(&key)
+                .map_err(|e| PkiError::Generate(e.to_string()))?;
             let cert_pem = cert.pem();
             write_private(&ca_key_path, &key.serialize_pem())?;
             std::fs::write(&ca_path, &cert_pem).map_err(io(&ca_path))?;
@@ -152,7 +158,10 @@ impl DevPki {
                         .clone()
                         .try_into()
                         .map(SanType::DnsName)
-                        .map_err(|e: rcgen::Error| PkiError::BadName { name: n.clone(), detail: e.to_string() }),
+                        .map_err(|e: rcgen::Error| PkiError::BadName {
+                            name: n.clone(),
+                            detail: e.to_string(),
+                        }),
                 })
                 .collect::<Result<_, _>>()?;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -170,7 +179,11 @@ impl DevPki {
             let meta = ServerMeta {
                 names: names.clone(),
                 // set_validity() truncates to the day: record that day, so the renewal check is conservative.
-                not_after_unix: not_after.date_naive().and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp()).unwrap_or(0),
+                not_after_unix: not_after
+                    .date_naive()
+                    .and_hms_opt(0, 0, 0)
+                    .map(|d| d.and_utc().timestamp())
+                    .unwrap_or(0),
                 ca_check,
             };
             let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| PkiError::Generate(e.to_string()))?;
@@ -211,7 +224,11 @@ fn ca_params(fresh_validity: bool) -> Result<CertificateParams, PkiError> {
     ];
     if fresh_validity {
         let now = Utc::now();
-        set_validity(&mut params, now - Duration::days(1), now + Duration::days(CA_VALID_DAYS));
+        set_validity(
+            &mut params,
+            now - Duration::days(1),
+            now + Duration::days(CA_VALID_DAYS),
+        );
     }
     Ok(params)
 }
@@ -226,11 +243,17 @@ fn set_validity(params: &mut CertificateParams, from: chrono::DateTime<Utc>, to:
 /// SHA-256 of the CA PEM, hex: a server certificate signed by another CA is reissued.
 fn checksum(s: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     #[cfg(unix)]
     {
         use std::io::Write;
@@ -275,6 +298,7 @@ fn build_server_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Ar
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -284,10 +308,16 @@ mod tests {
         let a = DevPki::load_or_create(dir.path(), &["edge-dev.local"]).unwrap();
         let b = DevPki::load_or_create(dir.path(), &["edge-dev.local"]).unwrap();
         assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
-        assert_eq!(a.server_cert_pem, b.server_cert_pem, "same names: server certificate reused");
+        assert_eq!(
+            a.server_cert_pem, b.server_cert_pem,
+            "same names: server certificate reused"
+        );
         let c = DevPki::load_or_create(dir.path(), &["other.example"]).unwrap();
         assert_eq!(a.ca_cert_pem, c.ca_cert_pem, "the CA survives a change of names");
-        assert_ne!(a.server_cert_pem, c.server_cert_pem, "new names: server certificate reissued");
+        assert_ne!(
+            a.server_cert_pem, c.server_cert_pem,
+            "new names: server certificate reissued"
+        );
         assert_eq!(c.ca_path, dir.path().join("ca.pem"));
     }
 

@@ -37,7 +37,12 @@ fn acknowledged_messages_survive_a_hub_that_dies_without_shutdown() {
             for i in 0..20 {
                 let out = if i % 2 == 0 { "up" } else { "out1" };
                 a.client
-                    .publish(events_topic("A", &format!("%24.on={out}&i={i}")), QoS::AtLeastOnce, false, format!("{i}"))
+                    .publish(
+                        events_topic("A", &format!("%24.on={out}&i={i}")),
+                        QoS::AtLeastOnce,
+                        false,
+                        format!("{i}"),
+                    )
                     .await
                     .unwrap();
             }
@@ -89,7 +94,10 @@ async fn subscriptions_of_clean_session_0_survive_a_hub_restart() {
     b.stop().await;
     // A message for B while B is away.
     let mut a = connect(&hub, "A").await;
-    a.client.publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "while-away").await.unwrap();
+    a.client
+        .publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "while-away")
+        .await
+        .unwrap();
     a.puback().await.unwrap();
     a.stop().await;
     hub.stop().await;
@@ -101,12 +109,18 @@ async fn subscriptions_of_clean_session_0_survive_a_hub_restart() {
     let p = b.next_publish().await.unwrap();
     assert_eq!(&p.payload[..], b"while-away");
     let mut a = connect(&hub, "A").await;
-    a.client.publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "after").await.unwrap();
+    a.client
+        .publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
     a.puback().await.unwrap();
     let p = b.next_publish().await.unwrap();
     assert_eq!(&p.payload[..], b"after");
     // The twin subscription came back too.
-    b.client.publish("$iothub/twin/GET/?$rid=7", QoS::AtLeastOnce, false, " ").await.unwrap();
+    b.client
+        .publish("$iothub/twin/GET/?$rid=7", QoS::AtLeastOnce, false, " ")
+        .await
+        .unwrap();
     let p = b.next_publish().await.unwrap();
     assert!(p.topic.starts_with("$iothub/twin/res/200/?$rid=7"), "{}", p.topic);
     b.stop().await;
@@ -130,7 +144,10 @@ async fn clean_session_1_discards_the_session() {
     let mut b = TestClient::spawn(module_options(&hub, "B", Some(hub.client_config())));
     assert_eq!(b.connected().await, Ok(false));
     let mut a = connect(&hub, "A").await;
-    a.client.publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "queued").await.unwrap();
+    a.client
+        .publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "queued")
+        .await
+        .unwrap();
     a.puback().await.unwrap();
     assert_eq!(hub.handle.stats().modules["B"].queue_depth, 1);
     b.subscribe(&inputs_filter("B")).await;
@@ -150,7 +167,15 @@ async fn unacknowledged_deliveries_are_resent_with_dup_and_at_most_n_are_in_flig
     .await;
     let mut a = connect(&hub, "A").await;
     for i in 0..4 {
-        a.client.publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+        a.client
+            .publish(
+                events_topic("A", "%24.on=out1"),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .unwrap();
         a.puback().await.unwrap();
     }
     let mut o = module_options(&hub, "B", Some(hub.client_config()));
@@ -163,7 +188,9 @@ async fn unacknowledged_deliveries_are_resent_with_dup_and_at_most_n_are_in_flig
     assert_eq!((&p0.payload[..], &p1.payload[..]), (&b"0"[..], &b"1"[..]));
     assert!(!p0.dup && !p1.dup);
     // The limit is 2: nothing more until one is acknowledged.
-    assert!(tokio::time::timeout(Duration::from_millis(300), b.next_publish()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), b.next_publish())
+        .await
+        .is_err());
     b.client.ack(&p0).await.unwrap();
     let p2 = b.next_publish().await.unwrap();
     assert_eq!(&p2.payload[..], b"2");
@@ -207,7 +234,12 @@ fn kill_9_child() {
         tokio::spawn(async move {
             for i in 0..100_000u32 {
                 if client
-                    .publish(events_topic("A", &format!("%24.on=up&i={i}")), QoS::AtLeastOnce, false, format!("{i}"))
+                    .publish(
+                        events_topic("A", &format!("%24.on=up&i={i}")),
+                        QoS::AtLeastOnce,
+                        false,
+                        format!("{i}"),
+                    )
                     .await
                     .is_err()
                 {
@@ -232,7 +264,13 @@ fn acknowledged_messages_survive_kill_9() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_9_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "kill_9_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("EDGE_DEV_HUB_CHILD_DIR", dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -251,7 +289,10 @@ fn acknowledged_messages_survive_kill_9() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(seen >= 300, "the child acknowledged only {seen} messages before it ended");
+    assert!(
+        seen >= 300,
+        "the child acknowledged only {seen} messages before it ended"
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

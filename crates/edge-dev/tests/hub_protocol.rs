@@ -31,7 +31,11 @@ async fn modules_authenticate_with_sas_tokens() {
     let hub = TestHub::start(dir.path(), &[], BTreeMap::new()).await;
 
     // Good credentials, TLS 1.2 only with the Python SDK's suites, to the name "localhost".
-    let mut ok = TestClient::spawn(module_options(&hub, "A", Some(hub_support::client_config(&hub.pki, true))));
+    let mut ok = TestClient::spawn(module_options(
+        &hub,
+        "A",
+        Some(hub_support::client_config(&hub.pki, true)),
+    ));
     assert_eq!(ok.connected().await, Ok(false), "first connection: no session present");
     ok.stop().await;
 
@@ -47,7 +51,10 @@ async fn modules_authenticate_with_sas_tokens() {
 
     // Expired token.
     let mut o = module_options(&hub, "A", Some(hub.client_config()));
-    o.set_credentials(format!("{HUB}/{DEVICE}/A/?api-version=2018-06-30"), token("A", &key_b64("A"), now() - 10));
+    o.set_credentials(
+        format!("{HUB}/{DEVICE}/A/?api-version=2018-06-30"),
+        token("A", &key_b64("A"), now() - 10),
+    );
     let mut c = TestClient::spawn(o);
     let e = c.connected().await.unwrap_err();
     assert!(e.contains("BadUserNamePassword"), "{e}");
@@ -65,7 +72,10 @@ async fn modules_authenticate_with_sas_tokens() {
     let e = TestClient::spawn(o).connected().await.unwrap_err();
     assert!(e.contains("NotAuthorized"), "{e}");
     let mut o = module_options(&hub, "Z", Some(hub.client_config()));
-    o.set_credentials(format!("{HUB}/{DEVICE}/Z/?api-version=2018-06-30"), token("Z", &key_b64("Z"), now() + 60));
+    o.set_credentials(
+        format!("{HUB}/{DEVICE}/Z/?api-version=2018-06-30"),
+        token("Z", &key_b64("Z"), now() + 60),
+    );
     let e = TestClient::spawn(o).connected().await.unwrap_err();
     assert!(e.contains("NotAuthorized"), "{e}");
 
@@ -78,7 +88,11 @@ async fn modules_authenticate_with_sas_tokens() {
     // A TLS client that does not trust the dev CA does not get in.
     let other = tempfile::tempdir().unwrap();
     let other_pki = edge_dev::pki::DevPki::load_or_create(other.path(), &[]).unwrap();
-    let mut c = TestClient::spawn(module_options(&hub, "A", Some(hub_support::client_config(&other_pki, false))));
+    let mut c = TestClient::spawn(module_options(
+        &hub,
+        "A",
+        Some(hub_support::client_config(&other_pki, false)),
+    ));
     assert!(c.connected().await.is_err());
 
     // The hub still serves after all that.
@@ -100,7 +114,10 @@ async fn output_routed_to_another_modules_input_carries_cdid_cmid_and_properties
     let body = br#"{"temp":38,"timeCreated":"2026-11-24T08:00:00Z"}"#.to_vec();
     a.client
         .publish(
-            events_topic("A", "%24.on=out1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&k=v%2Fw"),
+            events_topic(
+                "A",
+                "%24.on=out1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&k=v%2Fw",
+            ),
             QoS::AtLeastOnce,
             false,
             body.clone(),
@@ -135,7 +152,12 @@ async fn output_routed_to_another_modules_input_carries_cdid_cmid_and_properties
 
     // An output no route takes is acknowledged and counted as unrouted.
     a.client
-        .publish(events_topic("A", "%24.on=nowhere"), QoS::AtLeastOnce, false, b"x".to_vec())
+        .publish(
+            events_topic("A", "%24.on=nowhere"),
+            QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+        )
         .await
         .unwrap();
     a.puback().await.unwrap();
@@ -152,7 +174,12 @@ async fn upstream_queue_gets_routed_messages() {
     let mut a = connect(&hub, "A").await;
     for i in 0..3 {
         a.client
-            .publish(events_topic("A", &format!("%24.on=up&n={i}")), QoS::AtLeastOnce, false, format!("m{i}"))
+            .publish(
+                events_topic("A", &format!("%24.on=up&n={i}")),
+                QoS::AtLeastOnce,
+                false,
+                format!("m{i}"),
+            )
             .await
             .unwrap();
         a.puback().await.unwrap();
@@ -173,7 +200,9 @@ async fn upstream_queue_gets_routed_messages() {
     }
     assert_eq!(q.depth(), 0);
     // Nothing more: next() waits.
-    assert!(tokio::time::timeout(Duration::from_millis(200), q.next()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(200), q.next())
+        .await
+        .is_err());
     a.stop().await;
     hub.stop().await;
 }
@@ -199,7 +228,12 @@ async fn route_priority_orders_the_upstream_queue_and_ttl_drops_old_messages() {
     let mut a = connect(&hub, "A").await;
     for out in ["brief", "slow", "fast", "slow", "fast"] {
         a.client
-            .publish(events_topic("A", &format!("%24.on={out}")), QoS::AtLeastOnce, false, out)
+            .publish(
+                events_topic("A", &format!("%24.on={out}")),
+                QoS::AtLeastOnce,
+                false,
+                out,
+            )
             .await
             .unwrap();
         a.puback().await.unwrap();
@@ -256,7 +290,12 @@ async fn modules_may_use_only_their_own_topics() {
     );
     // Publishing as another module: the hub closes the connection and queues nothing.
     a.client
-        .publish(events_topic("B", "%24.on=out1"), QoS::AtLeastOnce, false, b"spoof".to_vec())
+        .publish(
+            events_topic("B", "%24.on=out1"),
+            QoS::AtLeastOnce,
+            false,
+            b"spoof".to_vec(),
+        )
         .await
         .unwrap();
     let e = a.disconnected().await;
@@ -264,7 +303,10 @@ async fn modules_may_use_only_their_own_topics() {
     assert_eq!(hub.handle.stats().modules["B"].queue_depth, 0);
     // A topic that is not part of the protocol at all.
     let mut a = connect(&hub, "A").await;
-    a.client.publish("some/topic", QoS::AtLeastOnce, false, b"x".to_vec()).await.unwrap();
+    a.client
+        .publish("some/topic", QoS::AtLeastOnce, false, b"x".to_vec())
+        .await
+        .unwrap();
     a.disconnected().await;
     hub.stop().await;
 }
@@ -272,7 +314,13 @@ async fn modules_may_use_only_their_own_topics() {
 /// A raw MQTT connection over the plain port (for what rumqttc would not send).
 async fn raw(hub: &TestHub, module: &str, keep_alive: u16) -> Framed<TcpStream, Codec> {
     let tcp = TcpStream::connect(hub.plain_addr).await.unwrap();
-    let mut f = Framed::new(tcp, Codec { max_incoming_size: 1 << 20, max_outgoing_size: 1 << 20 });
+    let mut f = Framed::new(
+        tcp,
+        Codec {
+            max_incoming_size: 1 << 20,
+            max_outgoing_size: 1 << 20,
+        },
+    );
     let mut c = Connect::new(format!("{DEVICE}/{module}"));
     c.keep_alive = keep_alive;
     c.clean_session = true;
@@ -292,7 +340,10 @@ async fn raw(hub: &TestHub, module: &str, keep_alive: u16) -> Framed<TcpStream, 
 async fn until_closed(f: &mut Framed<TcpStream, Codec>) -> Vec<RawPacket> {
     let mut seen = Vec::new();
     loop {
-        match tokio::time::timeout(WAIT, f.next()).await.expect("the hub should close the connection") {
+        match tokio::time::timeout(WAIT, f.next())
+            .await
+            .expect("the hub should close the connection")
+        {
             Some(Ok(p)) => seen.push(p),
             Some(Err(_)) | None => return seen,
         }
@@ -313,7 +364,11 @@ async fn oversize_messages_close_the_connection_without_puback() {
 
     // Just under the packet limit but over the message limit once properties count: also refused.
     let mut f = raw(&hub, "A", 0).await;
-    let mut p = RawPublish::new(events_topic("A", "%24.on=up&pad=yyyyyyyy"), QoS::AtLeastOnce, vec![b'x'; 262_140]);
+    let mut p = RawPublish::new(
+        events_topic("A", "%24.on=up&pad=yyyyyyyy"),
+        QoS::AtLeastOnce,
+        vec![b'x'; 262_140],
+    );
     p.pkid = 1;
     f.send(RawPacket::Publish(p)).await.unwrap();
     let seen = until_closed(&mut f).await;
@@ -342,15 +397,23 @@ async fn garbage_bytes_qos2_and_silence_close_the_connection_and_the_hub_keeps_s
     // Garbage instead of CONNECT, on both ports.
     for addr in [hub.plain_addr, hub.tls_addr] {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"\xff\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tcp.write_all(b"\xff\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert!(n == 0 || addr == hub.tls_addr, "plain port: closed without a reply");
     }
 
     // Garbage after a good CONNECT.
     let mut f = raw(&hub, "A", 0).await;
-    f.get_mut().write_all(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).await.unwrap();
+    f.get_mut()
+        .write_all(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3])
+        .await
+        .unwrap();
     until_closed(&mut f).await;
 
     // QoS 2 is not edgeHub's.
@@ -367,7 +430,9 @@ async fn garbage_bytes_qos2_and_silence_close_the_connection_and_the_hub_keeps_s
 
     // A second CONNECT on one connection is a protocol violation.
     let mut f = raw(&hub, "A", 0).await;
-    f.send(RawPacket::Connect(Connect::new(format!("{DEVICE}/A")))).await.unwrap();
+    f.send(RawPacket::Connect(Connect::new(format!("{DEVICE}/A"))))
+        .await
+        .unwrap();
     until_closed(&mut f).await;
 
     // Still serving.

@@ -67,11 +67,19 @@ async fn twin_get_reported_patch_and_desired_push() {
     let p = a.next_publish().await.unwrap();
     assert_eq!(p.topic, "$iothub/twin/res/204/?$rid=3&$version=3");
     let doc = twin_get(&mut a, "4").await;
-    assert_eq!(doc["reported"], json!({"status": "running", "n": {"x": 1}, "$version": 3}));
+    assert_eq!(
+        doc["reported"],
+        json!({"status": "running", "n": {"x": 1}, "$version": 3})
+    );
 
     // Not JSON: 400, nothing changes.
     a.client
-        .publish("$iothub/twin/PATCH/properties/reported/?$rid=5", QoS::AtLeastOnce, false, "{not json")
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=5",
+            QoS::AtLeastOnce,
+            false,
+            "{not json",
+        )
         .await
         .unwrap();
     let p = a.next_publish().await.unwrap();
@@ -79,7 +87,11 @@ async fn twin_get_reported_patch_and_desired_push() {
     assert_eq!(twin_get(&mut a, "6").await["reported"]["$version"], 3);
 
     // Desired patch from the hub's API: pushed with "$version" in the body.
-    let v = hub.handle.update_desired("A", json!({"threshold": 38.5})).await.unwrap();
+    let v = hub
+        .handle
+        .update_desired("A", json!({"threshold": 38.5}))
+        .await
+        .unwrap();
     assert_eq!(v, 2);
     let p = a.next_publish().await.unwrap();
     assert_eq!(p.topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
@@ -103,7 +115,10 @@ async fn twin_get_reported_patch_and_desired_push() {
     let hub = TestHub::start(dir.path(), &[], manifest()).await;
     let mut a = connect(&hub, "A").await;
     let doc = twin_get(&mut a, "8").await;
-    assert_eq!(doc["reported"], json!({"status": "running", "n": {"x": 1}, "$version": 3}));
+    assert_eq!(
+        doc["reported"],
+        json!({"status": "running", "n": {"x": 1}, "$version": 3})
+    );
     assert_eq!(doc["desired"]["query"], manifest()["A"]["query"]);
     assert!(doc["desired"].get("threshold").is_none());
     assert_eq!(doc["desired"]["$version"], 3);
@@ -123,11 +138,15 @@ async fn direct_methods_are_invoked_answered_and_time_out() {
     let hub = TestHub::start(dir.path(), &[], BTreeMap::new()).await;
     // Not connected / unknown.
     assert!(matches!(
-        hub.handle.invoke_method("B", "reset", json!({}), Duration::from_secs(1)).await,
+        hub.handle
+            .invoke_method("B", "reset", json!({}), Duration::from_secs(1))
+            .await,
         Err(HubError::NotConnected { .. })
     ));
     assert!(matches!(
-        hub.handle.invoke_method("Z", "reset", json!({}), Duration::from_secs(1)).await,
+        hub.handle
+            .invoke_method("Z", "reset", json!({}), Duration::from_secs(1))
+            .await,
         Err(HubError::UnknownModule(_))
     ));
     let mut b = connect(&hub, "B").await;
@@ -137,7 +156,10 @@ async fn direct_methods_are_invoked_answered_and_time_out() {
     let p = b.next_publish().await.unwrap();
     let (name, rid) = edge_client::wire::topics::parse_method_request(&p.topic).unwrap();
     assert_eq!(name, "reset");
-    assert_eq!(serde_json::from_slice::<Value>(&p.payload).unwrap(), json!({"hard": true}));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p.payload).unwrap(),
+        json!({"hard": true})
+    );
     b.client
         .publish(
             format!("$iothub/methods/res/200/?$rid={rid}"),
@@ -160,7 +182,12 @@ async fn direct_methods_are_invoked_answered_and_time_out() {
     let p = b.next_publish().await.unwrap();
     let (_, rid) = edge_client::wire::topics::parse_method_request(&p.topic).unwrap();
     b.client
-        .publish(format!("$iothub/methods/res/500/?$rid={rid}"), QoS::AtLeastOnce, false, "")
+        .publish(
+            format!("$iothub/methods/res/500/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            "",
+        )
         .await
         .unwrap();
     b.puback().await.unwrap();

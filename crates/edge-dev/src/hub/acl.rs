@@ -61,6 +61,7 @@ pub fn may_subscribe(filter: &str, device: &str, module: &str) -> Result<(), Str
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -84,7 +84,10 @@ where
     if connect.protocol != Protocol::V4 {
         tracing::warn!(%peer, client_id = %connect.client_id, "refused: MQTT 5 is not supported; connect with MQTT 3.1.1 as edgeHub requires");
         let _ = framed
-            .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)))
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::RefusedProtocolVersion,
+                false,
+            )))
             .await;
         return;
     }
@@ -378,7 +381,9 @@ impl Conn {
             rumqttc::mqttbytes::Error::Io(io) => {
                 tracing::debug!(module = %self.module, error = %io, "connection error")
             }
-            other => tracing::warn!(module = %self.module, error = %other, "closing the connection: malformed MQTT packet"),
+            other => {
+                tracing::warn!(module = %self.module, error = %other, "closing the connection: malformed MQTT packet")
+            }
         }
     }
 
@@ -527,7 +532,9 @@ impl Conn {
                     Some(w) => {
                         let _ = w.send((status, p.payload));
                     }
-                    None => tracing::info!(module = %self.module, rid = %rid, "a method response for no pending call (it timed out?)"),
+                    None => {
+                        tracing::info!(module = %self.module, rid = %rid, "a method response for no pending call (it timed out?)")
+                    }
                 }
                 self.pending.push_back(ready(Vec::new(), puback));
                 Flow::Continue
@@ -761,7 +768,9 @@ impl Conn {
         let entries = self
             .inner
             .store
-            .scan(&endpoint, free + 64, |k| !in_flight.contains(&k.seq) && !deleting.contains(&k.seq))
+            .scan(&endpoint, free + 64, |k| {
+                !in_flight.contains(&k.seq) && !deleting.contains(&k.seq)
+            })
             .map_err(|e| e.to_string())?;
         let now = now_ms();
         for (key, rec) in entries {

@@ -102,10 +102,16 @@ pub enum HubError {
     Config(String),
     #[error("module {0:?} is not a module of this deployment; check the name against the manifest")]
     UnknownModule(String),
-    #[error("module {module:?} is not connected (or has not subscribed to {what}); start it, or wait until it connects")]
+    #[error(
+        "module {module:?} is not connected (or has not subscribed to {what}); start it, or wait until it connects"
+    )]
     NotConnected { module: String, what: String },
     #[error("module {module:?} did not answer method {method:?} within {timeout:?}; is its method handler running?")]
-    MethodTimeout { module: String, method: String, timeout: Duration },
+    MethodTimeout {
+        module: String,
+        method: String,
+        timeout: Duration,
+    },
     #[error("{0}")]
     BadPatch(String),
     #[error("no message with sequence number {0} was handed out by this queue (already acknowledged?)")]
@@ -340,7 +346,10 @@ impl Hub {
         let mut twin_ops = Vec::new();
         let names: HashSet<&String> = keys.keys().chain(desired_twins.keys()).collect();
         for name in names {
-            let desired = desired_twins.get(name).cloned().unwrap_or(Value::Object(Default::default()));
+            let desired = desired_twins
+                .get(name)
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
             let changed = match twins.get_mut(name) {
                 Some(t) => t.set_desired_from_manifest(&desired),
                 None => {

@@ -66,11 +66,24 @@ pub struct QueueKey {
 /// One change to the store.
 #[derive(Debug)]
 pub enum Op {
-    Enqueue { key: QueueKey, record: Vec<u8> },
-    Delete { key: QueueKey },
-    PutSession { client_id: String, subscriptions: Vec<(String, u8)> },
-    DeleteSession { client_id: String },
-    PutTwin { module: String, twin: Vec<u8> },
+    Enqueue {
+        key: QueueKey,
+        record: Vec<u8>,
+    },
+    Delete {
+        key: QueueKey,
+    },
+    PutSession {
+        client_id: String,
+        subscriptions: Vec<(String, u8)>,
+    },
+    DeleteSession {
+        client_id: String,
+    },
+    PutTwin {
+        module: String,
+        twin: Vec<u8>,
+    },
 }
 
 struct Job {
@@ -301,15 +314,20 @@ fn apply_refs(db: &Database, ops: &[&Op]) -> Result<(), StoreError> {
                     q.remove((key.endpoint.as_str(), key.priority, key.seq))
                         .map_err(|e| err("delete")(&e))?;
                 }
-                Op::PutSession { client_id, subscriptions } => {
+                Op::PutSession {
+                    client_id,
+                    subscriptions,
+                } => {
                     let v = serde_json::to_vec(subscriptions).map_err(|e| err("session")(&e))?;
-                    s.insert(client_id.as_str(), v.as_slice()).map_err(|e| err("session")(&e))?;
+                    s.insert(client_id.as_str(), v.as_slice())
+                        .map_err(|e| err("session")(&e))?;
                 }
                 Op::DeleteSession { client_id } => {
                     s.remove(client_id.as_str()).map_err(|e| err("session")(&e))?;
                 }
                 Op::PutTwin { module, twin } => {
-                    t.insert(module.as_str(), twin.as_slice()).map_err(|e| err("twin")(&e))?;
+                    t.insert(module.as_str(), twin.as_slice())
+                        .map_err(|e| err("twin")(&e))?;
                 }
             }
         }
@@ -422,7 +440,9 @@ pub fn decode_record(b: &[u8]) -> Result<Record, StoreError> {
     let mut r = Reader { b };
     let v = r.u8()?;
     if v != RECORD_VERSION {
-        return Err(StoreError(format!("queue record version {v} is unknown to this edge-dev")));
+        return Err(StoreError(format!(
+            "queue record version {v} is unknown to this edge-dev"
+        )));
     }
     let enqueued_ms = r.i64()?;
     let expiry_ms = r.i64()?;
@@ -464,6 +484,7 @@ pub fn decode_record(b: &[u8]) -> Result<Record, StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -501,14 +522,21 @@ mod tests {
             let mut ops = Vec::new();
             for (prio, seq) in [(5u8, s.next_seq()), (0, s.next_seq()), (5, s.next_seq())] {
                 ops.push(Op::Enqueue {
-                    key: QueueKey { endpoint: UPSTREAM.into(), priority: prio, seq },
+                    key: QueueKey {
+                        endpoint: UPSTREAM.into(),
+                        priority: prio,
+                        seq,
+                    },
                     record: encode_record(&record()),
                 });
             }
             s.write(ops).await.unwrap();
-            s.write(vec![Op::PutSession { client_id: "d/m".into(), subscriptions: vec![("a/#".into(), 1)] }])
-                .await
-                .unwrap();
+            s.write(vec![Op::PutSession {
+                client_id: "d/m".into(),
+                subscriptions: vec![("a/#".into(), 1)],
+            }])
+            .await
+            .unwrap();
         }
         // The writer thread may still hold the file for a moment: open() waits for it.
         let s = Store::open(&path).unwrap();

@@ -109,6 +109,7 @@ pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -120,12 +121,11 @@ mod tests {
         assert_eq!(t.document()["desired"], json!({"query": "SELECT 1", "$version": 1}));
         let v = t.patch_reported(&json!({"a": 1, "n": {"x": 1, "y": 2}})).unwrap();
         assert_eq!(v, 2);
-        let v = t.patch_reported(&json!({"a": null, "n": {"y": null, "z": 3}, "$version": 99})).unwrap();
+        let v = t
+            .patch_reported(&json!({"a": null, "n": {"y": null, "z": 3}, "$version": 99}))
+            .unwrap();
         assert_eq!(v, 3);
-        assert_eq!(
-            t.document()["reported"],
-            json!({"n": {"x": 1, "z": 3}, "$version": 3})
-        );
+        assert_eq!(t.document()["reported"], json!({"n": {"x": 1, "z": 3}, "$version": 3}));
         assert!(t.patch_reported(&json!([1])).is_err());
         assert_eq!(t.reported_version, 3, "a refused patch does not bump the version");
     }

@@ -268,10 +268,7 @@ impl TestClient {
     }
 
     pub async fn subscribe(&mut self, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client
-            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        self.client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
         self.suback().await.unwrap()
     }
 
