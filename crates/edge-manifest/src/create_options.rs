@@ -3,9 +3,9 @@
 //! most 512 characters; edgeAgent joins the chunks in order).
 //!
 //! The conversion is iotedgedev's `convert_create_options`: `json.dumps(obj, separators=(',', ':'))`
-//! (compact, non-ASCII escaped as `\uXXXX`) cut into pieces of 512 characters, at most 8 pieces.
-//! One difference: object keys come out in name order (serde_json's map), where Python keeps the
-//! template's order; Docker reads both the same.
+//! (compact, non-ASCII escaped as `\uXXXX`) cut into pieces of 512 characters, at most 8 pieces, keys in
+//! the document's order. (A [`crate::Manifest`] built with `from_value` no longer knows that order: its
+//! objects come out in key-name order; Docker reads both the same.)
 
 use serde_json::{Map, Value};
 

@@ -28,30 +28,38 @@ impl Manifest {
             if agent_key == "properties.desired" {
                 for group in ["systemModules", "modules"] {
                     if let Some(modules) = value.get_mut(group).and_then(Value::as_object_mut) {
-                        for module in modules.values_mut() {
-                            convert_module(module);
+                        for (name, module) in modules.iter_mut() {
+                            let ordered = self
+                                .ordered_create_options
+                                .get(&(group.to_owned(), name.clone()));
+                            convert_module(module, ordered);
                         }
                     }
                 }
             } else if agent_key.starts_with("properties.desired.modules.")
                 || agent_key.starts_with("properties.desired.systemModules.")
             {
-                convert_module(value);
+                convert_module(value, None);
             }
         }
         doc
     }
 }
 
-fn convert_module(module: &mut Value) {
+/// `ordered`: the createOptions object minified in the document's key order, when known.
+fn convert_module(module: &mut Value, ordered: Option<&String>) {
     let Some(settings) = module.get_mut("settings").and_then(Value::as_object_mut) else {
         return;
     };
     if !settings.contains_key("createOptions") {
         return;
     }
-    let Some(text) = create_options::text_of(settings) else {
-        return;
+    let text = match (settings.get("createOptions"), ordered) {
+        (Some(Value::Object(_)), Some(text)) => text.clone(),
+        _ => match create_options::text_of(settings) {
+            Some(text) => text,
+            None => return,
+        },
     };
     let old: Vec<String> = settings
         .keys()

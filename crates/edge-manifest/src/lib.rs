@@ -22,6 +22,7 @@ mod deploy;
 pub mod dotenv;
 pub mod error;
 pub mod model;
+mod ordered;
 pub mod template;
 mod validate;
 

@@ -159,6 +159,8 @@ pub struct Manifest {
     pub(crate) store_and_forward_ttl: Option<u32>,
     pub(crate) twins: BTreeMap<String, Value>,
     pub(crate) layered: bool,
+    /// createOptions objects minified in the document's key order (when parsed from text), by (group, module).
+    pub(crate) ordered_create_options: BTreeMap<(String, String), String>,
 }
 
 const AGENT: &str = "$edgeAgent";
@@ -173,7 +175,9 @@ impl Manifest {
             what: "the deployment manifest".into(),
             source,
         })?;
-        Manifest::from_value(raw)
+        let mut m = Manifest::from_value(raw)?;
+        m.ordered_create_options = crate::ordered::object_create_options(text);
+        Ok(m)
     }
 
     /// Reads and parses a manifest file (see [`Manifest::from_json_str`]).
@@ -186,7 +190,9 @@ impl Manifest {
             what: path.display().to_string(),
             source,
         })?;
-        Manifest::from_value(raw)
+        let mut m = Manifest::from_value(raw)?;
+        m.ordered_create_options = crate::ordered::object_create_options(&text);
+        Ok(m)
     }
 
     /// Parses a manifest already read as JSON.
@@ -243,6 +249,7 @@ impl Manifest {
             store_and_forward_ttl: None,
             twins: BTreeMap::new(),
             layered: false,
+            ordered_create_options: BTreeMap::new(),
             raw: Value::Null,
         };
 

@@ -14,9 +14,11 @@
 //!    `${MODULEDIR<path>.<platform>}` do the same for a module folder given relative to the template.
 //!    The folder name is case-sensitive. Unlike iotedgedev, which leaves a placeholder it cannot expand in
 //!    the output, [`expand_template`] fails and says which folder or platform is missing.
-//! 3. genconfig then converts createOptions to strings ([`Manifest::to_deployment_json`]), removes
-//!    `$schema-template` and writes `<out_dir>/deployment.<platform>.json`. Unlike iotedgedev, it refuses
-//!    to write a manifest that [`Manifest::validate`] finds errors in (warnings do not stop it).
+//! 3. genconfig then converts createOptions to strings (minified, cut in 512-character pieces), removes
+//!    `$schema-template` and writes `<out_dir>/deployment.<platform>.json`, keeping the template's key
+//!    order and Python's JSON formatting, so the file is byte for byte what iotedgedev writes. Unlike
+//!    iotedgedev, it refuses to write a manifest that [`Manifest::validate`] finds errors in (warnings
+//!    do not stop it).
 //!
 //! In `module.json`, Dockerfile paths in `image.tag.platforms` and `image.contextPath` (default `.`) are
 //! relative to the module's folder; `image.buildOptions` are extra `docker build` arguments.
@@ -29,6 +31,7 @@ use serde_json::Value;
 
 use crate::error::ManifestError;
 use crate::model::Manifest;
+use crate::ordered::Node;
 
 /// What a template is expanded with.
 #[derive(Debug, Clone)]
@@ -283,27 +286,28 @@ fn module_folders(modules_dir: &Path) -> Vec<String> {
 }
 
 /// The `modulesContent.$edgeAgent.properties.desired.modules` object of a document, if any.
-fn user_modules_mut(doc: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+fn user_modules(doc: &Value) -> Option<&serde_json::Map<String, Value>> {
     let content = if doc.get("modulesContent").is_some() {
         "modulesContent"
     } else {
         "moduleContent"
     };
-    doc.get_mut(content)?
-        .get_mut("$edgeAgent")?
-        .get_mut("properties.desired")?
-        .get_mut("modules")?
-        .as_object_mut()
+    doc.get(content)?
+        .get("$edgeAgent")?
+        .get("properties.desired")?
+        .get("modules")?
+        .as_object()
 }
 
 /// Expands a `deployment.template.json` text: variables, then image placeholders (see the module
-/// documentation). Returns the expanded template as pretty JSON text (createOptions still objects).
+/// documentation). Returns the expanded template as JSON text in the template's key order, written as
+/// Python's `json.dump(indent=2)` writes it (createOptions still objects).
 pub fn expand_template(
     template_text: &str,
     ctx: &TemplateContext,
 ) -> Result<String, ManifestError> {
     let expanded = expand_vars(template_text, &ctx.vars);
-    let mut doc: Value = serde_json::from_str(&expanded).map_err(|source| ManifestError::Json {
+    let doc: Value = serde_json::from_str(&expanded).map_err(|source| ManifestError::Json {
         what:
             "the template after `$VAR` expansion (a variable's value with `\"` or `\\` breaks it)"
                 .into(),
@@ -327,8 +331,8 @@ pub fn expand_template(
         );
     }
 
-    let Some(modules) = user_modules_mut(&mut doc) else {
-        return pretty(&doc);
+    let Some(modules) = user_modules(&doc) else {
+        return Ok(ordered_text(&expanded)?.to_pretty());
     };
     // `${MODULEDIR<path>...}` placeholders name their folder themselves.
     for spec in modules.values() {
@@ -350,26 +354,48 @@ pub fn expand_template(
             }
         }
     }
-    for (name, spec) in modules.iter_mut() {
-        let Some(image_value) = spec.get_mut("settings").and_then(|s| s.get_mut("image")) else {
-            continue;
-        };
-        let Some(image) = image_value.as_str() else {
+    let mut replacements = Vec::new();
+    for (name, spec) in modules.iter() {
+        let Some(image) = spec
+            .get("settings")
+            .and_then(|s| s.get("image"))
+            .and_then(Value::as_str)
+        else {
             continue;
         };
         if let Some(tag) = map.get(image) {
-            *image_value = Value::String(tag.clone());
+            replacements.push((name.clone(), tag.clone()));
         } else if image.starts_with("${MODULES.") || image.starts_with("${MODULEDIR<") {
             return Err(placeholder_error(name, image, ctx));
         }
     }
-    pretty(&doc)
+    // The output keeps the template's key order (as iotedgedev's does), so edit the ordered tree.
+    let mut node = ordered_text(&expanded)?;
+    let content = if node.get("modulesContent").is_some() {
+        "modulesContent"
+    } else {
+        "moduleContent"
+    };
+    for (name, tag) in replacements {
+        let path = [
+            content,
+            "$edgeAgent",
+            "properties.desired",
+            "modules",
+            name.as_str(),
+            "settings",
+        ];
+        if let Some(settings) = node.path_mut(&path) {
+            settings.set("image", Node::Str(tag));
+        }
+    }
+    Ok(node.to_pretty())
 }
 
-fn pretty(doc: &Value) -> Result<String, ManifestError> {
-    serde_json::to_string_pretty(doc).map_err(|source| ManifestError::Json {
-        what: "the expanded template".into(),
-        source,
+fn ordered_text(text: &str) -> Result<Node, ManifestError> {
+    Node::parse(text).map_err(|problem| ManifestError::Structure {
+        path: "the expanded template".into(),
+        problem: format!("not readable in order ({problem})"),
     })
 }
 
@@ -514,9 +540,12 @@ pub fn genconfig(
         source,
     })?;
     let out = out_dir.join(name);
-    let mut text = pretty(&manifest.to_deployment_json())?;
-    text.push('\n');
-    std::fs::write(&out, text).map_err(|source| ManifestError::Write {
+    // iotedgedev's output: the template's order, `$schema-template` gone, createOptions as chunked strings,
+    // `json.dump(indent=2)` without a final newline.
+    let mut node = ordered_text(&expanded)?;
+    node.remove("$schema-template");
+    crate::ordered::convert_create_options(&mut node);
+    std::fs::write(&out, node.to_pretty()).map_err(|source| ManifestError::Write {
         path: out.clone(),
         source,
     })?;

@@ -947,8 +947,79 @@ fn normalized(mut doc: Value) -> Value {
     doc
 }
 
+/// Runs `iotedgedev solution genconfig` and ours on a solution folder; both outputs must be the same bytes.
+fn compare_with_iotedgedev(
+    iotedgedev: &std::ffi::OsStr,
+    solution: &Path,
+    home: &Path,
+    platform: &str,
+    env: &BTreeMap<String, String>,
+) {
+    // A clean environment: expandvars would rewrite `$upstream` if a variable `upstream` existed.
+    let run = Command::new(iotedgedev)
+        .args([
+            "solution",
+            "genconfig",
+            "-f",
+            "deployment.template.json",
+            "-P",
+            platform,
+            "--fail-on-validation-error",
+        ])
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env)
+        .current_dir(solution)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let theirs_path = solution
+        .join("config")
+        .join(format!("deployment.{platform}.json"));
+    let ours_path = genconfig(
+        &solution.join("deployment.template.json"),
+        platform,
+        &solution.join("ours"),
+        env,
+    )
+    .unwrap();
+    assert_eq!(
+        normalized(read_json(&ours_path)),
+        normalized(read_json(&theirs_path)),
+        "{} {platform}",
+        solution.display()
+    );
+    // Same key order, same formatting: the very same bytes.
+    assert_eq!(
+        std::fs::read_to_string(&ours_path).unwrap(),
+        std::fs::read_to_string(&theirs_path).unwrap(),
+        "{} {platform}",
+        solution.display()
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_name() == "module.json"
+            || entry.file_name() == "deployment.template.json"
+        {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 #[test]
-fn genconfig_matches_iotedgedev_when_it_is_available() {
+fn genconfig_output_is_byte_for_byte_iotedgedevs_when_it_is_available() {
     let Some(iotedgedev) = std::env::var_os("EDGE_MANIFEST_IOTEDGEDEV") else {
         eprintln!("SKIPPED: set EDGE_MANIFEST_IOTEDGEDEV to an iotedgedev 3.3 executable to compare with it");
         return;
@@ -962,57 +1033,42 @@ fn genconfig_matches_iotedgedev_when_it_is_available() {
         "[DEFAULT]\nfirsttime = no\ncollect_telemetry = no\n",
     )
     .unwrap();
-    let solution = work.path().join("solution");
-    for folder in ["mqtt-server", "aggregator", "esp-sim"] {
-        std::fs::create_dir_all(solution.join("modules").join(folder)).unwrap();
-        std::fs::copy(
-            repo().join("modules").join(folder).join("module.json"),
-            solution.join("modules").join(folder).join("module.json"),
-        )
-        .unwrap();
-    }
+
+    // Our solution.
+    let ours = work.path().join("ours");
+    copy_tree(&repo().join("modules"), &ours.join("modules"));
     std::fs::copy(
         repo().join("deployment.template.json"),
-        solution.join("deployment.template.json"),
+        ours.join("deployment.template.json"),
     )
     .unwrap();
     for platform in ["amd64", "arm32v7"] {
-        // A clean environment: expandvars would rewrite `$upstream` if a variable `upstream` existed.
-        let status = Command::new(&iotedgedev)
-            .args([
-                "solution",
-                "genconfig",
-                "-f",
-                "deployment.template.json",
-                "-P",
-                platform,
-                "--fail-on-validation-error",
-            ])
-            .env_clear()
-            .env("HOME", &home)
-            .env("PATH", "/usr/bin:/bin")
-            .envs(registry_vars())
-            .current_dir(&solution)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stdout)
-        );
-        let theirs = read_json(
-            &solution
-                .join("config")
-                .join(format!("deployment.{platform}.json")),
-        );
-        let ours_path = genconfig(
-            &repo().join("deployment.template.json"),
-            platform,
-            &work.path().join("ours"),
-            &registry_vars(),
-        )
-        .unwrap();
-        let ours = read_json(&ours_path);
-        assert_eq!(normalized(ours), normalized(theirs), "platform {platform}");
+        compare_with_iotedgedev(&iotedgedev, &ours, &home, platform, &registry_vars());
     }
+
+    // createOptions long enough for several chunks, with non-ASCII text.
+    let long = work.path().join("long");
+    copy_tree(&ours, &long);
+    let mut doc = template_json();
+    let env: Vec<String> = (0..80)
+        .map(|i| format!("SETTING_{i:03}=valeur numéro {i}"))
+        .collect();
+    desired(&mut doc)["modules"]["AggregatorModule"]["settings"]["createOptions"] =
+        json!({"Env": env, "Labels": {"z": "1", "a": "2"}});
+    std::fs::write(
+        long.join("deployment.template.json"),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+    compare_with_iotedgedev(&iotedgedev, &long, &home, "arm64v8", &registry_vars());
+
+    // iotedgedev's own test solution: `${MODULEDIR<..>}`, schema 1.0, a version with capitals.
+    let theirs = work.path().join("theirs");
+    copy_tree(&fixtures().join("iotedgedev-solution"), &theirs);
+    let env = vars(&[
+        ("CONTAINER_REGISTRY_SERVER", "LocalHost:5000"),
+        ("USERNAME", "u"),
+        ("PASSWORD", "p"),
+    ]);
+    compare_with_iotedgedev(&iotedgedev, &theirs, &home, "amd64", &env);
 }
