@@ -54,14 +54,22 @@ async fn edge_client_modules_talk_through_the_hub() {
     assert_eq!(t["desired"]["$version"], 1);
 
     // Routed by a $body condition: 36 stays, 38 goes to B.
-    a.send_output("output1", Message::json(&json!({"temp": 36}))).await.unwrap();
-    a.send_output("output1", Message::json(&json!({"temp": 38})).with_property("unit", "C"))
+    a.send_output("output1", Message::json(&json!({"temp": 36})))
         .await
         .unwrap();
+    a.send_output(
+        "output1",
+        Message::json(&json!({"temp": 38})).with_property("unit", "C"),
+    )
+    .await
+    .unwrap();
     let e = next_event(&mut b_events, "an input message", |e| matches!(e, Event::Input(_))).await;
     let Event::Input(m) = e else { unreachable!() };
     assert_eq!(m.input, "temperature");
-    assert_eq!(serde_json::from_slice::<Value>(&m.message.body).unwrap(), json!({"temp": 38}));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.message.body).unwrap(),
+        json!({"temp": 38})
+    );
     assert_eq!(m.message.connection_module_id.as_deref(), Some("A"));
     assert_eq!(m.message.connection_device_id.as_deref(), Some(DEVICE));
     assert_eq!(m.message.properties.get("unit").map(String::as_str), Some("C"));
@@ -72,8 +80,14 @@ async fn edge_client_modules_talk_through_the_hub() {
     let v = b.update_reported(json!({"running": true})).await.unwrap();
     assert_eq!(v, 2);
     assert_eq!(hub.handle.twin("B").unwrap()["reported"]["running"], true);
-    hub.handle.update_desired("B", json!({"query": "SELECT 2"})).await.unwrap();
-    let e = next_event(&mut b_events, "a desired patch", |e| matches!(e, Event::DesiredPatch(_))).await;
+    hub.handle
+        .update_desired("B", json!({"query": "SELECT 2"}))
+        .await
+        .unwrap();
+    let e = next_event(&mut b_events, "a desired patch", |e| {
+        matches!(e, Event::DesiredPatch(_))
+    })
+    .await;
     let Event::DesiredPatch(p) = e else { unreachable!() };
     assert_eq!(p["query"], "SELECT 2");
     assert_eq!(p["$version"], 2);

@@ -548,9 +548,10 @@ impl Conn {
         let inner = &self.inner;
         let mut msg = Message::new(payload);
         wire::decode_property_bag(bag, &mut msg).map_err(|e| format!("bad property bag: {e}"))?;
+        // The size the module sent, before the hub adds $.cdid and $.cmid.
+        let size = msg.size();
         msg.connection_device_id = Some(self.device.clone());
         msg.connection_module_id = Some(self.module.clone());
-        let size = msg.size();
         if size > inner.config.max_message_size {
             return Err(format!(
                 "a message of {size} bytes (body and properties) exceeds the hub's maximum of {} bytes; send smaller messages",

@@ -549,14 +549,20 @@ impl HubHandle {
             topic,
             payload: Bytes::from(payload.to_string()),
         };
-        if tx.send(out).await.is_err() {
+        let call = async {
+            if tx.send(out).await.is_err() {
+                return Err(HubError::NotConnected {
+                    module: module.to_string(),
+                    what: "$iothub/methods/POST/#".into(),
+                });
+            }
+            reply_rx.await.map_err(|_| HubError::Stopped)
+        };
+        let result = tokio::time::timeout(timeout, call).await;
+        if !matches!(result, Ok(Ok(_))) {
             let _ = inner.methods.lock().map(|mut m| m.remove(&rid));
-            return Err(HubError::NotConnected {
-                module: module.to_string(),
-                what: "$iothub/methods/POST/#".into(),
-            });
         }
-        match tokio::time::timeout(timeout, reply_rx).await {
+        match result {
             Ok(Ok((status, body))) => {
                 let value = if body.iter().all(|b| b.is_ascii_whitespace()) {
                     Value::Null
@@ -566,15 +572,12 @@ impl HubHandle {
                 };
                 Ok((status, value))
             }
-            Ok(Err(_)) => Err(HubError::Stopped),
-            Err(_) => {
-                let _ = inner.methods.lock().map(|mut m| m.remove(&rid));
-                Err(HubError::MethodTimeout {
-                    module: module.to_string(),
-                    method: method.to_string(),
-                    timeout,
-                })
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(HubError::MethodTimeout {
+                module: module.to_string(),
+                method: method.to_string(),
+                timeout,
+            }),
         }
     }
 
