@@ -63,11 +63,13 @@ impl Twin {
     /// Applies the twin's desired properties to the running server and reports back what is in
     /// force, until the client's event stream ends.
     pub async fn run(mut self, server: ServerHandle) {
+        let mut connected = true;
         while let Some(event) = self.events.recv().await {
             let desired = match event {
                 Event::Twin(twin) => twin.get("desired").cloned(),
                 Event::DesiredPatch(patch) => Some(patch),
                 Event::Connected => {
+                    connected = true;
                     tracing::info!("connected to edgeHub");
                     server
                         .metrics()
@@ -76,7 +78,11 @@ impl Twin {
                     None
                 }
                 Event::Disconnected(reason) => {
-                    tracing::warn!(reason = %reason, "disconnected from edgeHub; messages wait in the buffer");
+                    // edge_client logs every failed attempt; say it here once per outage
+                    if connected {
+                        tracing::warn!(reason = %reason, "disconnected from edgeHub; messages wait in the buffer");
+                    }
+                    connected = false;
                     server
                         .metrics()
                         .edgehub_connected

@@ -1,0 +1,303 @@
+//! End to end through a real hub: the `mqtt-server` binary, connected with a module identity over
+//! TLS to edge-dev's hub (which speaks edgeHub's protocol and keeps a durable store), devices
+//! publishing with paho-mqtt and mosquitto_pub, and the hub's `$upstream` queue read back.
+//! The hub is stopped for 30 s while a device keeps publishing QoS 1.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use edge_dev::hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity};
+use edge_dev::pki::DevPki;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const HUB: &str = "edge-dev.local";
+const DEVICE: &str = "dev1";
+const MODULE: &str = "MqttServerModule";
+const KEY: [u8; 32] = [42; 32];
+
+struct RunningHub {
+    handle: HubHandle,
+    stop: oneshot::Sender<()>,
+}
+
+async fn start_hub(dir: &Path, tls_addr: SocketAddr, desired: serde_json::Value) -> RunningHub {
+    let pki = DevPki::load_or_create(&dir.join("pki"), &[HUB]).expect("pki");
+    let config = HubConfig {
+        iothub_hostname: HUB.into(),
+        device_id: DEVICE.into(),
+        data_dir: dir.join("data"),
+        ..HubConfig::default()
+    };
+    let routes = vec![edge_routes::Route::parse(
+        "toCloud",
+        &format!("FROM /messages/modules/{MODULE}/outputs/output1 INTO $upstream"),
+    )
+    .expect("route")];
+    let table = edge_routes::RouteTable::new(routes).expect("routes");
+    // the same port across restarts (the module reconnects to where the hub was)
+    let mut tls = None;
+    for _ in 0..100 {
+        match TcpListener::bind(tls_addr).await {
+            Ok(l) => {
+                tls = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let tls = tls.expect("hub port free again");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut twins = BTreeMap::new();
+    twins.insert(MODULE.to_string(), desired);
+    let handle = Hub::start(
+        config,
+        vec![ModuleIdentity {
+            module_id: MODULE.into(),
+            primary_key: KEY.to_vec(),
+        }],
+        table,
+        twins,
+        HubListeners {
+            tls: Some((tls, pki.server_config())),
+            plain: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    )
+    .await
+    .expect("hub starts");
+    RunningHub { handle, stop }
+}
+
+impl RunningHub {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.handle.closed()).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+struct Module(Child);
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto_pub(port: u16, id: &str, topic: &str, body: &str) -> bool {
+    Command::new("timeout")
+        .args([
+            "60",
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-i",
+            id,
+            "-t",
+            topic,
+            "-m",
+            body,
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Takes `n` messages from `$upstream` (acknowledging each), bounded by `within`.
+async fn take_upstream(
+    hub: &HubHandle,
+    n: usize,
+    within: Duration,
+) -> Vec<edge_client::wire::Message> {
+    let q = hub.upstream();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, q.next()).await {
+            Ok(m) => {
+                let _ = q.ack(m.seq);
+                out.push(m.message);
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// One paho device publishing `count` QoS 1 messages, one every `gap` seconds; prints "ok" once all
+/// were acknowledged.
+const DEVICE_SCRIPT: &str = r#"
+import sys, json, time, paho.mqtt.client as mqtt
+port, count, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+c = mqtt.Client(client_id="esp-outage", protocol=mqtt.MQTTv311)
+c.max_inflight_messages_set(100)
+c.connect("127.0.0.1", port, keepalive=60)
+c.loop_start()
+infos = []
+for i in range(count):
+    infos.append(c.publish("MyTopic", json.dumps({"temp": 37.0, "seq": i}), qos=1))
+    time.sleep(gap)
+for info in infos:
+    info.wait_for_publish(timeout=120)
+    assert info.is_published(), "not acknowledged"
+c.disconnect(); c.loop_stop()
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_the_hub_with_a_30_second_outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub_port = free_port();
+    let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_port).into();
+    let hub = start_hub(
+        dir.path(),
+        hub_addr,
+        serde_json::json!({"enrichDeviceId": true}),
+    )
+    .await;
+    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_cert_pem).expect("write ca");
+
+    let mqtt_port = free_port();
+    let key = base64::engine::general_purpose::STANDARD.encode(KEY);
+    let module = Module(
+        Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
+            .env("EdgeHubConnectionString", format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={key}"))
+            .env("EdgeModuleCACertificateFile", &ca)
+            .env("IOTEDGE_GATEWAYPORT", hub_port.to_string())
+            .env("MQTT_BIND_ADDRESS", "127.0.0.1")
+            .env("MQTT_PORT", mqtt_port.to_string())
+            .env("MQTT_METRICS_PORT", "0")
+            .env("RUST_LOG", "mqtt_server=info,edge_client=info")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("module starts"),
+    );
+
+    // 1. a reading goes through: body, properties, JSON content type, enrichment from the twin
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        let port = mqtt_port;
+        let ok = tokio::task::spawn_blocking(move || {
+            mosquitto_pub(
+                port,
+                "esp-1",
+                "MyTopic",
+                r#"{"temp":38,"timecreated":"t0"}"#,
+            )
+        })
+        .await
+        .expect("join");
+        if ok {
+            got = take_upstream(&hub.handle, 1, Duration::from_secs(30)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(got.len(), 1, "a reading reached $upstream");
+    let m = &got[0];
+    let v: serde_json::Value = serde_json::from_slice(&m.body).expect("json body");
+    assert_eq!(v["temp"], 38);
+    assert_eq!(
+        v["deviceId"], "esp-1",
+        "enrichDeviceId from the module twin"
+    );
+    assert_eq!(m.properties["mqtt-topic"], "MyTopic");
+    assert_eq!(m.properties["mqtt-client-id"], "esp-1");
+    assert_eq!(m.properties["mqtt-qos"], "1");
+    assert_eq!(m.content_type.as_deref(), Some("application/json"));
+    assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
+    assert!(m.message_id.is_some() && m.creation_time.is_some());
+    // the module reported the settings in force
+    let mut reported = serde_json::Value::Null;
+    for _ in 0..100 {
+        reported = hub
+            .handle
+            .twin(MODULE)
+            .map(|t| t["reported"]["mqttServer"].clone())
+            .unwrap_or_default();
+        if !reported.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reported["enrichDeviceId"], true, "{reported}");
+    assert_eq!(reported["output"], "output1");
+
+    // 2. the hub goes away for 30 s while a device keeps publishing QoS 1
+    hub.stop().await;
+    let outage_started = Instant::now();
+    let count = 40;
+    let device = tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new("timeout")
+                .args([
+                    "180",
+                    "python3",
+                    "-c",
+                    DEVICE_SCRIPT,
+                    &mqtt_port.to_string(),
+                    &count.to_string(),
+                    "0.5",
+                ])
+                .output()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage_started.elapsed())).await;
+    let hub = start_hub(
+        dir.path(),
+        hub_addr,
+        serde_json::json!({"enrichDeviceId": true}),
+    )
+    .await;
+    let got = take_upstream(&hub.handle, count, Duration::from_secs(120)).await;
+    let out = device
+        .await
+        .expect("join")
+        .expect("join")
+        .expect("python runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "device: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seqs: Vec<u64> = got
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.body).expect("json")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..count as u64).collect::<Vec<_>>(),
+        "every message after the outage, each once"
+    );
+    // nothing more is on its way
+    let extra = take_upstream(&hub.handle, 1, Duration::from_secs(2)).await;
+    assert!(extra.is_empty(), "no duplicates: {extra:?}");
+    drop(module);
+    hub.stop().await;
+}
