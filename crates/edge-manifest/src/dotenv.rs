@@ -3,11 +3,14 @@
 //! - `KEY=value`, optionally `export KEY=value`; blank lines and lines starting with `#` are skipped;
 //!   a line with a key and no `=` sets nothing.
 //! - unquoted values are trimmed and end at ` #` (an inline comment);
-//! - `'single quoted'` values are literal (only `\'` and `\\` are escapes);
-//! - `"double quoted"` values understand `\n \r \t \" \\` and may span lines;
-//! - `${NAME}` and `${NAME:-default}` in unquoted and double-quoted values are replaced by the process
-//!   environment's value, else by a value set earlier in the file, else by the default or nothing
-//!   (python-dotenv's interpolation with `override=False`). `$NAME` without braces is kept as it is.
+//! - `'single quoted'` values: only `\'` and `\\` are escapes;
+//! - `"double quoted"` values understand `\n \r \t \" \' \\ \a \b \f \v`; both quoted forms may span lines;
+//! - `${NAME}` and `${NAME:-default}` in every value (python-dotenv 1.x interpolates quoted values too)
+//!   are replaced by the process environment's value, else by a value set earlier in the file, else by
+//!   the default or nothing (python-dotenv's `load_dotenv`, `override=False`). `$NAME` without braces is
+//!   kept as it is.
+//!
+//! One difference: python-dotenv skips a line it cannot parse with a warning; this fails and names the line.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,7 +65,7 @@ pub fn parse_dotenv(
             }
         }
         // Key.
-        let key: String = if i < chars.len() && (chars[i] == '\'' || chars[i] == '"') {
+        let key: String = if i < chars.len() && chars[i] == '\'' {
             let q = chars[i];
             let mut k = String::new();
             i += 1;
@@ -101,10 +104,15 @@ pub fn parse_dotenv(
             continue;
         }
         i += 1; // '='
+        let after_equals = i;
         while i < chars.len() && (chars[i] == ' ' || chars[i] == '\t') {
             i += 1;
         }
-        let value = if i < chars.len() && chars[i] == '\'' {
+        // `KEY= # comment`: with a space before it, a `#` starts a comment, not the value.
+        let comment_only = i > after_equals && chars.get(i) == Some(&'#');
+        let value = if comment_only {
+            String::new()
+        } else if i < chars.len() && chars[i] == '\'' {
             i += 1;
             let mut v = String::new();
             loop {
@@ -127,7 +135,7 @@ pub fn parse_dotenv(
                     }
                 }
             }
-            v
+            interpolate(&v, &vars, &env)
         } else if i < chars.len() && chars[i] == '"' {
             i += 1;
             let mut v = String::new();
@@ -142,6 +150,10 @@ pub fn parse_dotenv(
                             Some('"') => v.push('"'),
                             Some('\\') => v.push('\\'),
                             Some('\'') => v.push('\''),
+                            Some('a') => v.push('\u{7}'),
+                            Some('b') => v.push('\u{8}'),
+                            Some('f') => v.push('\u{c}'),
+                            Some('v') => v.push('\u{b}'),
                             Some(other) => {
                                 v.push('\\');
                                 v.push(*other);
@@ -212,12 +224,20 @@ fn interpolate(
         let Some(len) = rest[start + 2..].find('}') else {
             break;
         };
-        out.push_str(&rest[..start]);
         let inner = &rest[start + 2..start + 2 + len];
-        let (name, default) = match inner.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
+        // `${name}` or `${name:-default}`; a name never holds `:`.
+        let (name, default) = match inner.split_once(':') {
             None => (inner, None),
+            Some((n, d)) => match d.strip_prefix('-') {
+                Some(d) => (n, Some(d)),
+                None => {
+                    out.push_str(&rest[..start + 2]);
+                    rest = &rest[start + 2..];
+                    continue;
+                }
+            },
         };
+        out.push_str(&rest[..start]);
         let found = env(name).or_else(|| earlier.get(name).cloned());
         out.push_str(&found.unwrap_or_else(|| default.unwrap_or("").to_owned()));
         rest = &rest[start + 2 + len + 1..];
@@ -243,7 +263,7 @@ mod tests {
         );
         assert_eq!(v["A"], "1");
         assert_eq!(v["B"], "two words");
-        assert_eq!(v["C"], "lit ${A} ' x");
+        assert_eq!(v["C"], "lit 1 ' x");
         assert_eq!(v["D"], "x\ny 1");
         assert_eq!(v["E"], "val");
         assert_eq!(v["F"], "a#b");

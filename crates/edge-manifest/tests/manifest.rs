@@ -1072,3 +1072,44 @@ fn genconfig_output_is_byte_for_byte_iotedgedevs_when_it_is_available() {
     ]);
     compare_with_iotedgedev(&iotedgedev, &theirs, &home, "amd64", &env);
 }
+
+// ---------------------------------------------------------------------------------------------
+// python-dotenv as a referee for `.env` reading (optional: EDGE_MANIFEST_DOTENV_PYTHON names a python
+// that has python-dotenv, e.g. the venv iotedgedev is installed in)
+
+#[test]
+fn dotenv_reads_what_python_dotenv_reads_when_it_is_available() {
+    let Some(python) = std::env::var_os("EDGE_MANIFEST_DOTENV_PYTHON") else {
+        eprintln!("SKIPPED: set EDGE_MANIFEST_DOTENV_PYTHON to a python with python-dotenv to compare with it");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".env");
+    std::fs::write(
+        &path,
+        "# comment\n\nA=1\nexport B = two words \nC='lit ${A} \\' x'\nD=\"x\\ny ${A} \\t\\q\"\nE=val # comment\nF=a#b\n\
+         G=${FROM_ENV}-${A}-${NOPE:-dflt}-$A-${A:x}\nH=\nI=\"multi\nline\"\n'K'=quoted key\nL= # only a comment\n\
+         M=${FROM_ENV:-unused}\nN=\"é ${B}\"\nO=a  b   c\nJ=last",
+    )
+    .unwrap();
+    let script = "import json, os, sys\nfrom dotenv import load_dotenv\nbefore = dict(os.environ)\nload_dotenv(sys.argv[1])\n\
+                  print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))";
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&path)
+        .env_clear()
+        .env("FROM_ENV", "env")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = edge_manifest::dotenv::parse_dotenv(&std::fs::read_to_string(&path).unwrap(), |n| {
+        (n == "FROM_ENV").then(|| "env".to_string())
+    })
+    .unwrap();
+    assert_eq!(ours, theirs);
+}
