@@ -1113,3 +1113,71 @@ fn dotenv_reads_what_python_dotenv_reads_when_it_is_available() {
     .unwrap();
     assert_eq!(ours, theirs);
 }
+
+// ---------------------------------------------------------------------------------------------
+// `$VAR` expansion against Python's own os.path.expandvars (skipped without python3)
+
+#[test]
+fn expand_vars_matches_python_expandvars_on_random_text() {
+    let alphabet: Vec<char> = "$${}}AB_a1.-é \"\\\n/".chars().collect();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut corpus: Vec<String> = (0..400)
+        .map(|_| {
+            let len = (next() % 24) as usize;
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
+        })
+        .collect();
+    corpus.extend(
+        [
+            "FROM /messages/modules/A/* INTO $upstream",
+            "$schema-template ${MODULES.esp-sim} ${MODULES.esp-sim.arm32v7} $body.temp",
+            "$A$B ${A}${B} ${ $A } $$A $1 ${} $",
+        ]
+        .map(String::from),
+    );
+    let env = vars(&[
+        ("A", "x"),
+        ("B", "${A}"),
+        ("AB", "ab"),
+        ("a1", "$"),
+        ("A_", "{}"),
+        ("upstream", "UP"),
+    ]);
+    let script = "import json, os, sys\nprint(json.dumps([os.path.expandvars(s) for s in json.load(sys.stdin)]))";
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .env_clear()
+        .envs(&env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("SKIPPED: python3 is not available");
+        return;
+    };
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&corpus).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let theirs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    for (input, expected) in corpus.iter().zip(&theirs) {
+        assert_eq!(
+            &edge_manifest::expand_vars(input, &env),
+            expected,
+            "input {input:?}"
+        );
+    }
+}
