@@ -1,0 +1,64 @@
+//! Throughput of durable QoS 1 publishes (group commit). Ignored by default; measure with
+//! `cargo test -p edge-dev --release --test hub_throughput -- --ignored --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod hub_support;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hub_support::*;
+use rumqttc::QoS;
+
+async fn run(clients: usize, per_client: usize, size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = [("toCloud", "FROM /messages/* INTO $upstream")];
+    let hub = TestHub::start(dir.path(), &routes, BTreeMap::new()).await;
+    let modules = ["A", "B", "C"];
+    // Client ids are per module: more clients than modules would take each other over.
+    assert!(clients <= modules.len());
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for i in 0..clients {
+        let module = modules[i % modules.len()];
+        let mut o = module_options(&hub, module, None);
+        o.set_inflight(100);
+        o.set_clean_session(true);
+        let mut c = TestClient::spawn(o);
+        c.connected().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let client = c.client.clone();
+            let topic = format!("devices/{DEVICE}/modules/{module}/messages/events/%24.on=o");
+            tokio::spawn(async move {
+                for _ in 0..per_client {
+                    client
+                        .publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; size])
+                        .await
+                        .unwrap();
+                }
+            });
+            for _ in 0..per_client {
+                c.puback().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let n = clients * per_client;
+    assert_eq!(hub.handle.stats().upstream_depth, n as u64);
+    println!(
+        "{clients} client(s) x {per_client} QoS 1 messages of {size} B, durable: {:.2} s, {:.0} msg/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn durable_publish_throughput() {
+    run(1, 5000, 1024).await;
+    run(3, 3000, 1024).await;
+}
