@@ -143,7 +143,13 @@ impl Manifest {
             if self.layered {
                 continue;
             }
-            if let Some(module) = source_module(&spec.text) {
+            let source_module = match &route.source {
+                edge_routes::Source::Module { module }
+                | edge_routes::Source::ModuleOutputs { module }
+                | edge_routes::Source::ModuleOutput { module, .. } => Some(module.clone()),
+                _ => None,
+            };
+            if let Some(module) = source_module {
                 if !self.modules.contains_key(&module) {
                     problems.push(ManifestError::RouteUnknownModule {
                         route: spec.name.clone(),
@@ -269,63 +275,10 @@ pub(crate) fn image_means_latest(image: &str) -> bool {
     }
 }
 
-/// The module a route reads from: `{m}` of `FROM /messages/modules/{m}...`; None for other sources.
-pub(crate) fn source_module(text: &str) -> Option<String> {
-    let lower = text.to_ascii_lowercase();
-    let bytes = lower.as_bytes();
-    let mut at = 0;
-    while let Some(i) = lower[at..].find("from") {
-        let start = at + i;
-        let end = start + 4;
-        let before_ok = start == 0 || bytes[start - 1].is_ascii_whitespace();
-        let after_ok = end < bytes.len() && bytes[end].is_ascii_whitespace();
-        if before_ok && after_ok {
-            let rest = text[end..].trim_start();
-            let source: &str = rest.split_whitespace().next().unwrap_or("");
-            let module = source
-                .strip_prefix("/messages/modules/")?
-                .split('/')
-                .next()
-                .unwrap_or("");
-            if module.is_empty() || module == "*" {
-                return None;
-            }
-            return Some(module.to_owned());
-        }
-        at = end;
-    }
-    None
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn source_module_is_found() {
-        assert_eq!(
-            source_module("FROM /messages/modules/MqttServerModule/outputs/output1 INTO $upstream"),
-            Some("MqttServerModule".into())
-        );
-        assert_eq!(
-            source_module("select * from /messages/modules/A/* where a = 1 into $upstream"),
-            Some("A".into())
-        );
-        assert_eq!(
-            source_module("FROM /messages/modules/A INTO $upstream"),
-            Some("A".into())
-        );
-        assert_eq!(source_module("FROM /messages/* INTO $upstream"), None);
-        assert_eq!(
-            source_module("FROM /messages/modules/* INTO $upstream"),
-            None
-        );
-        assert_eq!(
-            source_module("FROM /twinChangeNotifications INTO $upstream"),
-            None
-        );
-    }
 
     #[test]
     fn latest_images_are_spotted() {

@@ -456,7 +456,13 @@ fn route_naming_a_missing_module_is_reported() {
     doc["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["toTypo"] = json!(
         "FROM /messages/* INTO BrokeredEndpoint(\"/modules/aggregatormodule/inputs/temperature\")"
     );
+    doc["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["selectForm"] =
+        json!("SELECT * FROM /messages/modules/Other /* no such module */ WHERE $connectionModuleId = 'x' INTO $upstream");
+    doc["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["allModules"] =
+        json!("FROM /messages/modules/* INTO $upstream");
     let msgs = problems_of(doc);
+    assert_has(&msgs, &["route `selectForm`", "reads from module `Other`"]);
+    assert!(!msgs.iter().any(|m| m.contains("allModules")), "{msgs:?}");
     assert_has(
         &msgs,
         &[
