@@ -162,8 +162,11 @@ enum Seen {
 /// A plain MQTT client that plays the hub: answers twin GETs with a fixed twin and reported patches
 /// with `$version` 5, and reports every other publish it receives.
 async fn fake_hub(port: u16) -> (AsyncClient, mpsc::UnboundedReceiver<Seen>) {
-    let mut o = MqttOptions::new(format!("hub-{}", uuid::Uuid::new_v4()), "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
+    // A persistent session: it keeps its subscriptions (and gets what was queued for it) when the
+    // broker restarts, whichever of it and the module reconnects first.
+    let mut o = MqttOptions::new("fake-hub", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false);
     let (client, mut el) = AsyncClient::new(o, 100);
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -400,7 +403,7 @@ async fn reconnects_resends_queued_messages_and_redelivers_unacked_inputs() {
     let Some(mut broker) = Broker::start() else {
         return;
     };
-    let (hub, seen) = fake_hub(broker.plain_port).await;
+    let (hub, mut seen) = fake_hub(broker.plain_port).await;
     let opts = ClientOptions {
         queue_capacity: 2,
         ..fast_options()
@@ -444,28 +447,36 @@ async fn reconnects_resends_queued_messages_and_redelivers_unacked_inputs() {
     }
 
     broker.run();
-    let (hub2, mut seen2) = fake_hub(broker.plain_port).await;
-    drop((hub, seen));
     next_matching(&mut events, |e| matches!(e, Event::Connected).then_some(())).await;
-    timeout(WAIT, d1.acked()).await.unwrap().unwrap();
-    timeout(WAIT, d2.acked()).await.unwrap().unwrap();
-    let (t1, p1) = next_seen(&mut seen2, "devices/").await;
-    let (_, p2) = next_seen(&mut seen2, "devices/").await;
-    assert_eq!(t1, "devices/dev1/modules/M/messages/events/%24.on=out");
-    assert_eq!((p1.as_slice(), p2.as_slice()), (&b"q1"[..], &b"q2"[..]));
-
-    // ... comes again on the resumed session; this time it is acknowledged.
-    let again = next_matching(&mut events, |e| match e {
-        Event::Input(i) => Some(i),
-        _ => None,
+    // The full twin is read again after the reconnect, and the unacknowledged input comes again on
+    // the resumed session (in either order); this time it is acknowledged.
+    let (mut twin, mut again) = (None, None);
+    timeout(WAIT, async {
+        while twin.is_none() || again.is_none() {
+            match events.recv().await.expect("events ended") {
+                Event::Twin(v) => twin = Some(v),
+                Event::Input(i) => again = Some(i),
+                _ => {}
+            }
+        }
     })
-    .await;
+    .await
+    .expect("no twin or no redelivered input after the reconnect");
+    assert_eq!(twin.unwrap()["desired"]["$version"], 3);
+    let again = again.unwrap();
     assert_eq!(&again.message.body[..], b"first");
     assert_eq!(again.input, "in1");
     again.ack();
 
+    timeout(WAIT, d1.acked()).await.unwrap().unwrap();
+    timeout(WAIT, d2.acked()).await.unwrap().unwrap();
+    let (t1, p1) = next_seen(&mut seen, "devices/").await;
+    let (_, p2) = next_seen(&mut seen, "devices/").await;
+    assert_eq!(t1, "devices/dev1/modules/M/messages/events/%24.on=out");
+    assert_eq!((p1.as_slice(), p2.as_slice()), (&b"q1"[..], &b"q2"[..]));
+
     // Inputs keep flowing after the reconnect (subscriptions are in place).
-    hub2.publish(
+    hub.publish(
         "devices/dev1/modules/M/inputs/in2/",
         QoS::AtLeastOnce,
         false,
@@ -533,4 +544,85 @@ async fn clear_errors_for_untrusted_ca_wrong_name_and_no_broker() {
         e.contains("cannot reach the hub at localhost:") && e.contains("is edge-dev"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn renews_the_token_by_reconnecting_and_keeps_sending() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let (_hub, mut seen) = fake_hub(broker.plain_port).await;
+    let opts = ClientOptions {
+        token_ttl_secs: 2,
+        token_renew_percent: 50,
+        ..fast_options()
+    };
+    let (client, mut events) = ModuleClient::connect(broker.identity(KEY), opts)
+        .await
+        .unwrap();
+    next_matching(&mut events, |e| matches!(e, Event::Connected).then_some(())).await;
+    let reason = next_matching(&mut events, |e| match e {
+        Event::Disconnected(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "renewing the SAS token");
+    next_matching(&mut events, |e| matches!(e, Event::Connected).then_some(())).await;
+    timeout(WAIT, client.send_output("out", Message::new("renewed")))
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, p) = next_seen(&mut seen, "devices/").await;
+    assert_eq!(p, b"renewed");
+    timeout(WAIT, client.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn device_identity_sends_telemetry_on_device_topics() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let (hub, _) = fake_hub(broker.plain_port).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // A second observer for the device topic.
+    let mut o = MqttOptions::new("observer", "127.0.0.1", broker.plain_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (obs, mut el) = AsyncClient::new(o, 10);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send(None);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(Some((p.topic.clone(), p.payload.to_vec())));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    obs.subscribe("devices/dev1/messages/events/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(timeout(WAIT, rx.recv()).await.unwrap().unwrap(), None);
+
+    let mut id = broker.identity(KEY);
+    id.module_id = None;
+    let (client, _events) = ModuleClient::connect(id, fast_options()).await.unwrap();
+    let e = client
+        .send_output("out", Message::new("x"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("device"), "{e}");
+    let msg = Message::new("t").with_property("a b", "c&d");
+    timeout(WAIT, client.send_event(msg))
+        .await
+        .unwrap()
+        .unwrap();
+    let (topic, payload) = timeout(WAIT, rx.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(topic, "devices/dev1/messages/events/a%20b=c%26d");
+    assert_eq!(payload, b"t");
+    timeout(WAIT, client.shutdown()).await.unwrap();
+    drop(hub);
 }
