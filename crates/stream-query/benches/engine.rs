@@ -9,6 +9,8 @@ use stream_query::{Engine, EventPolicy, Query};
 
 const SEED: &str = "SELECT Avg(\"temp\") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,60)";
 const FLEET: &str = "SELECT deviceId, AVG(temp) AS avgTemp, MAX(temp) AS maxTemp, COUNT(*) AS n INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY deviceId, TumblingWindow(minute, 1)";
+const FLEET_OVER: &str = "SELECT deviceId, AVG(temp) AS avgTemp INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated OVER deviceId GROUP BY deviceId, TumblingWindow(minute, 1)";
+const FEVER_SLIDING: &str = "SELECT deviceId, AVG(temp) AS avgTemp INTO FeverAlert FROM temperature TIMESTAMP BY timeCreated GROUP BY deviceId, SlidingWindow(minute, 1) HAVING AVG(temp) >= 38.0";
 const EVENTS: usize = 10_000;
 
 fn events(devices: usize) -> Vec<(Value, DateTime<Utc>)> {
@@ -51,6 +53,8 @@ fn run(c: &mut Criterion, name: &str, query: &str, devices: usize) {
 fn benches(c: &mut Criterion) {
     run(c, "seed_query", SEED, 1);
     run(c, "group_by_1000_devices", FLEET, 1000);
+    run(c, "over_1000_devices", FLEET_OVER, 1000);
+    run(c, "sliding_1000_devices", FEVER_SLIDING, 1000);
 }
 
 criterion_group!(engine, benches);

@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What to do with an event outside the tolerances.
@@ -136,7 +137,6 @@ struct Group {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 struct Slide {
     events: VecDeque<(Micros, Vec<AggIn>, Map<String, Value>)>,
-    points: BTreeSet<Micros>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,11 @@ struct Timeline {
     /// Tumbling/hopping windows by window start, then group key.
     fixed: BTreeMap<Micros, BTreeMap<String, Group>>,
     sliding: BTreeMap<String, Slide>,
+    /// Sliding windows: the times at which a group's content changes, with those groups.
+    slide_points: BTreeMap<Micros, BTreeSet<String>>,
     sessions: BTreeMap<String, Session>,
+    /// This timeline's entry in its statement's `due` index.
+    due: Option<Micros>,
 }
 
 impl Timeline {
@@ -167,7 +171,33 @@ impl Timeline {
             pending: Vec::new(),
             fixed: BTreeMap::new(),
             sliding: BTreeMap::new(),
+            slide_points: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            due: None,
+        }
+    }
+
+    /// The watermark value this timeline has work at: something is due once its watermark is
+    /// above the returned time.
+    fn due_at(&self, s: &Stmt) -> Option<Micros> {
+        let pending = self
+            .pending
+            .first()
+            .map(|p| if s.window.is_none() { p.t - 1 } else { p.t });
+        let window = match s.window {
+            None => None,
+            Some(Window::Hopping { size, .. }) => self.fixed.keys().next().map(|st| st + size),
+            Some(Window::Snapshot) => self.fixed.keys().next().copied(),
+            Some(Window::Sliding { .. }) => self.slide_points.keys().next().copied(),
+            Some(Window::Session { timeout, .. }) => self
+                .sessions
+                .values()
+                .map(|se| se.last.saturating_add(timeout).min(se.end_max))
+                .min(),
+        };
+        match (pending, window) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -177,6 +207,12 @@ struct StmtState {
     timelines: BTreeMap<String, Timeline>,
     /// For statements that read a step: the step's watermark.
     upstream_watermark: Option<Micros>,
+    /// (time, timeline key): the timeline has work once its watermark is above that time. With
+    /// `OVER deviceId` there is a timeline per device, and this index keeps an event's cost
+    /// independent of the number of devices.
+    due: BTreeSet<(Micros, String)>,
+    /// Timelines that received events since they were last stepped.
+    dirty: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,7 +326,7 @@ impl Engine {
             self.apply_input(si, p);
         }
         let mut out = Vec::new();
-        self.settle_roots(&mut out);
+        self.settle_roots(None, &mut out);
         Ok(out)
     }
 
@@ -300,7 +336,7 @@ impl Engine {
         let n = from_datetime(now);
         self.state.max_arrival = Some(self.state.max_arrival.map_or(n, |m| m.max(n)));
         let mut out = Vec::new();
-        self.settle_roots(&mut out);
+        self.settle_roots(None, &mut out);
         out
     }
 
@@ -308,14 +344,7 @@ impl Engine {
     /// over afterwards: later events would all be behind the watermark.
     pub fn flush(&mut self) -> Vec<OutputRow> {
         let mut out = Vec::new();
-        for si in 0..self.query.stmts.len() {
-            if self.query.stmts[si].source == Source::Input {
-                for tl in self.state.stmts[si].timelines.values_mut() {
-                    tl.watermark = END_OF_TIME;
-                }
-                self.settle(si, END_OF_TIME, &mut out);
-            }
-        }
+        self.settle_roots(Some(END_OF_TIME), &mut out);
         out
     }
 
@@ -496,7 +525,9 @@ impl Engine {
     fn apply_input(&mut self, si: usize, plan: (String, Micros, Option<Pending>)) {
         let (sub, t, pending) = plan;
         let floor = self.floor(si, self.state.max_arrival);
-        let tl = self.state.stmts[si]
+        let st = &mut self.state.stmts[si];
+        st.dirty.insert(sub.clone());
+        let tl = st
             .timelines
             .entry(sub)
             .or_insert_with(|| Timeline::new(floor));
@@ -508,49 +539,74 @@ impl Engine {
         }
     }
 
-    fn settle_roots(&mut self, out: &mut Vec<OutputRow>) {
-        let ooo = micros(self.policy.out_of_order_tolerance);
+    fn settle_roots(&mut self, floor: Option<Micros>, out: &mut Vec<OutputRow>) {
         for si in 0..self.query.stmts.len() {
             if self.query.stmts[si].source != Source::Input {
                 continue;
             }
-            let floor = self.floor(si, self.state.max_arrival);
-            let has_ts = self.query.stmts[si].timestamp_by.is_some();
-            for tl in self.state.stmts[si].timelines.values_mut() {
-                let by_events = match tl.max_event {
-                    Some(m) if has_ts => m.saturating_sub(ooo),
-                    Some(m) => m,
-                    None => MIN_T,
-                };
-                tl.watermark = tl.watermark.max(floor).max(by_events);
-            }
-            self.settle(si, floor, out);
+            let f = floor.unwrap_or_else(|| self.floor(si, self.state.max_arrival));
+            self.settle(si, f, out);
         }
     }
 
-    /// Release and close what the watermarks allow in statement `si`, deliver the rows, then
-    /// move the statements that read it.
+    /// Release and close what the watermarks allow in statement `si` (whose timelines are all at
+    /// least at `floor`), deliver the rows, then move the statements that read it.
     fn settle(&mut self, si: usize, floor: Micros, out: &mut Vec<OutputRow>) {
-        let stmt = self.query.stmts[si].clone();
+        let stmts = Arc::clone(&self.query.stmts);
+        let stmt = &stmts[si];
+        let ooo = micros(self.policy.out_of_order_tolerance);
         let mut rows: Vec<(Micros, Map<String, Value>)> = Vec::new();
         let mut warnings = Vec::new();
-        let mut stmt_wm = i64::MAX;
-        let mut any = false;
-        for tl in self.state.stmts[si].timelines.values_mut() {
-            any = true;
-            stmt_wm = stmt_wm.min(tl.watermark);
-            let wins = step_timeline(tl, &stmt, &mut rows);
+        let StmtState {
+            timelines,
+            due,
+            dirty,
+            ..
+        } = &mut self.state.stmts[si];
+        let mut keys = std::mem::take(dirty);
+        for (_, k) in due.range(..(floor, String::new())) {
+            keys.insert(k.clone());
+        }
+        for k in keys {
+            let tl = match timelines.get_mut(&k) {
+                Some(tl) => tl,
+                None => continue,
+            };
+            let own = match (
+                stmt.source == Source::Input,
+                stmt.timestamp_by.is_some(),
+                tl.max_event,
+            ) {
+                (true, true, Some(m)) => m.saturating_sub(ooo),
+                (true, false, Some(m)) => m,
+                _ => MIN_T,
+            };
+            tl.watermark = tl.watermark.max(floor).max(own);
+            if let Some(d) = tl.due.take() {
+                due.remove(&(d, k.clone()));
+            }
+            let wins = step_timeline(tl, stmt, &mut rows);
             for w in wins {
-                match finish(&stmt, w) {
+                match finish(stmt, w) {
                     Ok(Some(r)) => rows.push(r),
                     Ok(None) => {}
                     Err(m) => warnings.push(m),
                 }
             }
+            tl.due = tl.due_at(stmt);
+            if let Some(d) = tl.due {
+                due.insert((d, k));
+            }
         }
-        if !any {
-            stmt_wm = floor;
-        }
+        let stmt_wm = if stmt.consumers.is_empty() {
+            floor
+        } else {
+            timelines
+                .values()
+                .map(|tl| tl.watermark.max(floor))
+                .min()
+                .unwrap_or(floor)
+        };
         self.warnings.extend(warnings);
         rows.sort_by_key(|r| r.0);
         match &stmt.sink {
@@ -575,11 +631,6 @@ impl Engine {
             let st = &mut self.state.stmts[c];
             let wm = st.upstream_watermark.map_or(stmt_wm, |w| w.max(stmt_wm));
             st.upstream_watermark = Some(wm);
-            let tl = st
-                .timelines
-                .entry(String::new())
-                .or_insert_with(|| Timeline::new(wm));
-            tl.watermark = tl.watermark.max(wm);
             self.settle(c, wm, out);
         }
     }
@@ -592,7 +643,9 @@ impl Engine {
             Ok(Some(mut p)) => {
                 self.state.seq += 1;
                 p.seq = self.state.seq;
-                let tl = self.state.stmts[ci]
+                let st = &mut self.state.stmts[ci];
+                st.dirty.insert(String::new());
+                let tl = st
                     .timelines
                     .entry(String::new())
                     .or_insert_with(|| Timeline::new(wm));
@@ -789,16 +842,31 @@ fn step_timeline(
         }
         Window::Sliding { size } => {
             for p in released {
-                let sl = tl.sliding.entry(p.key.clone()).or_default();
-                sl.points.insert(p.t);
-                sl.points.insert(p.t.saturating_add(size));
-                sl.events.push_back((p.t, p.ins, p.row));
+                // content changes when an event enters (t) and when it leaves (t + size)
+                tl.slide_points
+                    .entry(p.t)
+                    .or_default()
+                    .insert(p.key.clone());
+                tl.slide_points
+                    .entry(p.t.saturating_add(size))
+                    .or_default()
+                    .insert(p.key.clone());
+                tl.sliding
+                    .entry(p.key.clone())
+                    .or_default()
+                    .events
+                    .push_back((p.t, p.ins, p.row));
             }
-            let mut empty = Vec::new();
-            for (key, sl) in tl.sliding.iter_mut() {
-                let due: Vec<Micros> = sl.points.range(..wm).copied().collect();
-                for point in due {
-                    sl.points.remove(&point);
+            while let Some((&point, _)) = tl.slide_points.iter().next() {
+                if point >= wm {
+                    break;
+                }
+                let keys = tl.slide_points.remove(&point).unwrap_or_default();
+                for key in keys {
+                    let sl = match tl.sliding.get_mut(&key) {
+                        Some(sl) => sl,
+                        None => continue,
+                    };
                     let mut g: Option<Group> = None;
                     for (t, ins, row) in sl.events.iter() {
                         if *t > point.saturating_sub(size) && *t <= point {
@@ -822,13 +890,10 @@ fn step_timeline(
                     {
                         sl.events.pop_front();
                     }
+                    if sl.events.is_empty() {
+                        tl.sliding.remove(&key);
+                    }
                 }
-                if sl.events.is_empty() && sl.points.is_empty() {
-                    empty.push(key.clone());
-                }
-            }
-            for k in empty {
-                tl.sliding.remove(&k);
             }
         }
         Window::Session {

@@ -11,6 +11,7 @@ use crate::ast::*;
 use crate::error::QueryError;
 use crate::eval::show;
 use crate::parser::{parse, AGGREGATES};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AggFunc {
@@ -82,7 +83,8 @@ pub(crate) struct Stmt {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     pub(crate) text: String,
-    pub(crate) stmts: Vec<Stmt>,
+    /// Shared so the engine can hold a statement while it mutates its own state.
+    pub(crate) stmts: Arc<Vec<Stmt>>,
 }
 
 impl Query {
@@ -95,7 +97,7 @@ impl Query {
     /// The input names the query reads (FROM names that are not WITH steps), in order of first use.
     pub fn inputs(&self) -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
-        for s in &self.stmts {
+        for s in self.stmts.iter() {
             if s.source == Source::Input && !v.iter().any(|x| x.eq_ignore_ascii_case(&s.from)) {
                 v.push(s.from.clone());
             }
@@ -106,7 +108,7 @@ impl Query {
     /// The output names the query writes (INTO names), in order of first use.
     pub fn outputs(&self) -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
-        for s in &self.stmts {
+        for s in self.stmts.iter() {
             if let Sink::Output(o) = &s.sink {
                 if !v.contains(o) {
                     v.push(o.clone());
@@ -176,7 +178,7 @@ fn plan(text: &str, ast: Ast) -> Result<Query, QueryError> {
     let _ = n_steps;
     Ok(Query {
         text: text.to_string(),
-        stmts,
+        stmts: Arc::new(stmts),
     })
 }
 
