@@ -295,6 +295,15 @@ impl ModuleClient {
         }
     }
 
+    /// [`Identity::from_environment`] (the `IOTEDGE_*` variables, or `EdgeHubConnectionString` +
+    /// `EdgeModuleCACertificateFile`) and then [`ModuleClient::connect`]: what a module's `main` calls.
+    pub async fn from_environment(
+        options: ClientOptions,
+    ) -> Result<(ModuleClient, Events), ClientError> {
+        let identity = Identity::from_environment().await?;
+        ModuleClient::connect(identity, options).await
+    }
+
     fn module(&self) -> Result<&str, ClientError> {
         self.inner.module_id.as_deref().ok_or_else(|| {
             ClientError::Usage(

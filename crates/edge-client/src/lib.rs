@@ -11,6 +11,33 @@
 //! - [`client`]: [`ModuleClient`] (outputs, inputs, twin, methods, reconnect, token renewal) and its
 //!   [`Events`].
 //! - [`error`]: the error type, [`ClientError`], whose messages say what to check.
+//!
+//! A module's main loop:
+//!
+//! ```no_run
+//! use edge_client::{ClientOptions, Event, Message, ModuleClient};
+//!
+//! # async fn run() -> Result<(), edge_client::ClientError> {
+//! let (client, mut events) = ModuleClient::from_environment(ClientOptions::default()).await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::Input(input) => {
+//!             // Forward, then acknowledge: the hub keeps the message until `ack`.
+//!             client.send_output("output1", Message::new(input.message.body.clone())).await?;
+//!             input.ack();
+//!         }
+//!         Event::Twin(twin) => println!("desired: {}", twin["desired"]),
+//!         Event::DesiredPatch(patch) => {
+//!             client.update_reported(serde_json::json!({ "applied": patch["$version"] })).await?;
+//!         }
+//!         Event::Method(call) => call.respond(200, serde_json::json!({ "ok": true })),
+//!         Event::Connected | Event::Disconnected(_) => {}
+//!     }
+//! }
+//! client.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod client;
