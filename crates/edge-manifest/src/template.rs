@@ -38,34 +38,34 @@ use crate::ordered::Node;
 pub struct TemplateContext {
     /// Platform of `${MODULES.<folder>}`: a key of `image.tag.platforms` (`amd64`, `arm32v7`, `arm64v8`).
     pub platform: String,
-    /// The folder holding `<folder>/module.json` for `${MODULES.<folder>}`.
+    /// The folder holding `<folder>/module.json` for `${MODULES.<folder>}`; its parent is taken as the
+    /// template's folder, the base of `${MODULEDIR<path>}` paths ([`genconfig`] uses the real one).
     pub modules_dir: PathBuf,
-    /// The template's folder, base of `${MODULEDIR<path>}` paths; [`TemplateContext::new`] takes the
-    /// parent of `modules_dir`.
-    pub template_dir: PathBuf,
     /// Variables for `$NAME` / `${NAME}` (`.env` and the environment, see [`merge_env`]); `CONTAINER_TAG`
     /// among them adds `-<tag>` to every image tag, as in iotedgedev.
     pub vars: BTreeMap<String, String>,
 }
 
 impl TemplateContext {
-    /// A context whose template folder is the parent of `modules_dir`.
+    /// A context (the same as writing the struct).
     pub fn new(
         platform: impl Into<String>,
         modules_dir: impl Into<PathBuf>,
         vars: BTreeMap<String, String>,
     ) -> TemplateContext {
-        let modules_dir = modules_dir.into();
-        let template_dir = modules_dir
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
         TemplateContext {
             platform: platform.into(),
-            modules_dir,
-            template_dir,
+            modules_dir: modules_dir.into(),
             vars,
         }
+    }
+
+    fn default_template_dir(&self) -> PathBuf {
+        self.modules_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 }
 
@@ -306,6 +306,14 @@ pub fn expand_template(
     template_text: &str,
     ctx: &TemplateContext,
 ) -> Result<String, ManifestError> {
+    expand_template_in(template_text, ctx, &ctx.default_template_dir())
+}
+
+fn expand_template_in(
+    template_text: &str,
+    ctx: &TemplateContext,
+    template_dir: &Path,
+) -> Result<String, ManifestError> {
     let expanded = expand_vars(template_text, &ctx.vars);
     let doc: Value = serde_json::from_str(&expanded).map_err(|source| ManifestError::Json {
         what:
@@ -343,7 +351,7 @@ pub fn expand_template(
             .unwrap_or("");
         if let Some(rest) = image.strip_prefix("${MODULEDIR<") {
             if let Some((dir, _)) = rest.split_once('>') {
-                let module = ModuleJson::load(&ctx.template_dir.join(dir), &ctx.vars)?;
+                let module = ModuleJson::load(&template_dir.join(dir), &ctx.vars)?;
                 add_placeholders(
                     &mut map,
                     &format!("MODULEDIR<{dir}>"),
@@ -366,7 +374,7 @@ pub fn expand_template(
         if let Some(tag) = map.get(image) {
             replacements.push((name.clone(), tag.clone()));
         } else if image.starts_with("${MODULES.") || image.starts_with("${MODULEDIR<") {
-            return Err(placeholder_error(name, image, ctx));
+            return Err(placeholder_error(name, image, ctx, template_dir));
         }
     }
     // The output keeps the template's key order (as iotedgedev's does), so edit the ordered tree.
@@ -399,7 +407,12 @@ fn ordered_text(text: &str) -> Result<Node, ManifestError> {
     })
 }
 
-fn placeholder_error(module: &str, image: &str, ctx: &TemplateContext) -> ManifestError {
+fn placeholder_error(
+    module: &str,
+    image: &str,
+    ctx: &TemplateContext,
+    template_dir: &Path,
+) -> ManifestError {
     let inner = image
         .trim_start_matches("${")
         .trim_end_matches('}')
@@ -407,7 +420,7 @@ fn placeholder_error(module: &str, image: &str, ctx: &TemplateContext) -> Manife
     let (dir, platform) = if let Some(rest) = inner.strip_prefix("MODULEDIR<") {
         let (path, after) = rest.split_once('>').unwrap_or((rest, ""));
         let platform = after.strip_prefix('.').unwrap_or(&ctx.platform).to_owned();
-        (ctx.template_dir.join(path), platform)
+        (template_dir.join(path), platform)
     } else {
         let rest = inner.strip_prefix("MODULES.").unwrap_or(&inner);
         if ctx.modules_dir.join(rest).join("module.json").is_file() {
@@ -520,10 +533,9 @@ pub fn genconfig(
     let ctx = TemplateContext {
         platform: platform.to_owned(),
         modules_dir,
-        template_dir,
         vars: env.clone(),
     };
-    let expanded = expand_template(&text, &ctx)?;
+    let expanded = expand_template_in(&text, &ctx, &template_dir)?;
     let manifest = Manifest::from_json_str(&expanded)?;
     if let Err(problems) = manifest.validate() {
         let errors: Vec<ManifestError> = problems.into_iter().filter(|p| !p.is_warning()).collect();
