@@ -579,7 +579,10 @@ impl Driver {
                 Exit::Stop => break,
                 Exit::Renew => continue,
                 Exit::Lost(reason) => {
-                    let _ = self.events.send(Event::Disconnected(reason));
+                    // Before the first connection, `connect` itself reports the failure.
+                    if first.is_none() {
+                        let _ = self.events.send(Event::Disconnected(reason));
+                    }
                     let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0);
                     let delay = backoff_delay(
                         attempt,
@@ -1184,11 +1187,14 @@ fn io_error(io: &std::io::Error, host: String, port: u16, connecting: bool) -> C
                 "the hub closed the connection before CONNACK ({io}); it may have rejected this client, see the hub's log"
             ),
         },
-        _ if connecting && io.to_string().contains("resolve") => ClientError::Unreachable {
-            host,
-            port,
-            reason: io.to_string(),
-        },
+        // Name resolution failures have no stable ErrorKind.
+        _ if connecting && (io.to_string().contains("resolve") || io.to_string().contains("lookup")) => {
+            ClientError::Unreachable {
+                host,
+                port,
+                reason: format!("cannot resolve the host name ({io})"),
+            }
+        }
         _ => ClientError::Connection {
             host,
             port,

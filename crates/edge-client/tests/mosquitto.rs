@@ -533,6 +533,12 @@ async fn clear_errors_for_untrusted_ca_wrong_name_and_no_broker() {
         .to_string();
     assert!(e.contains("not valid for the name \"127.0.0.1\""), "{e}");
 
+    // A host name that does not resolve.
+    let mut id = broker.identity(KEY);
+    id.gateway_host = Some("no-such-host.invalid".to_string());
+    let e = ModuleClient::connect(id, opts.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("cannot reach the hub at no-such-host.invalid:"), "{e}");
+
     // Nothing listening: retried for first_connect_timeout_secs, then the reason.
     let mut id = broker.identity(KEY);
     id.port = free_port();
