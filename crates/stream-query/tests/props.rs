@@ -68,3 +68,111 @@ proptest! {
         }
     }
 }
+
+fn base() -> DateTime<Utc> {
+    "2026-11-24T08:00:00Z".parse().unwrap()
+}
+
+/// Sorted event times in whole seconds after `base()`, each with a device number.
+fn sorted(mut v: Vec<(i64, usize)>) -> Vec<(i64, usize)> {
+    v.sort();
+    v
+}
+
+proptest! {
+    #[test]
+    fn sliding_matches_brute_force(
+        evs in proptest::collection::vec((0i64..300, 0usize..3), 1..60).prop_map(sorted),
+        size in 1i64..40,
+    ) {
+        let q = format!("SELECT dev, COUNT(*) AS n INTO o FROM events TIMESTAMP BY t GROUP BY dev, SlidingWindow(second, {size})");
+        let mut e = Engine::new(Query::parse(&q).unwrap(), EventPolicy::default());
+        let mut rows = Vec::new();
+        for (s, dev) in &evs {
+            let t = base() + chrono::Duration::seconds(*s);
+            rows.extend(e.record("events", &json!({"dev": dev, "t": t.to_rfc3339()}), t).unwrap());
+        }
+        rows.extend(e.flush());
+        let got: Vec<(i64, i64, i64)> = rows
+            .iter()
+            .map(|r| ((r.timestamp - base()).num_seconds(), r.row["dev"].as_i64().unwrap(), r.row["n"].as_i64().unwrap()))
+            .collect();
+        // brute force: content changes at every t and t + size; output where content is non-empty
+        let mut want = Vec::new();
+        let mut points: Vec<(i64, usize)> = evs.iter().flat_map(|(t, d)| [(*t, *d), (*t + size, *d)]).collect();
+        points.sort_by_key(|(t, d)| (*t, *d));
+        points.dedup();
+        for (p, d) in points {
+            let n = evs.iter().filter(|(t, dev)| *dev == d && *t > p - size && *t <= p).count() as i64;
+            if n > 0 {
+                want.push((p, d as i64, n));
+            }
+        }
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn hopping_matches_brute_force(
+        evs in proptest::collection::vec((0i64..300, 0usize..1), 1..60).prop_map(sorted),
+        hop in 1i64..20,
+        mult in 1i64..4,
+    ) {
+        let size = hop * mult;
+        let q = format!("SELECT SUM(v) AS s INTO o FROM events TIMESTAMP BY t GROUP BY HoppingWindow(second, {size}, {hop})");
+        let mut e = Engine::new(Query::parse(&q).unwrap(), EventPolicy::default());
+        let mut rows = Vec::new();
+        for (s, _) in &evs {
+            let t = base() + chrono::Duration::seconds(*s);
+            rows.extend(e.record("events", &json!({"v": s, "t": t.to_rfc3339()}), t).unwrap());
+        }
+        rows.extend(e.flush());
+        let got: Vec<(i64, i64)> = rows.iter().map(|r| ((r.timestamp - base()).num_seconds(), r.row["s"].as_i64().unwrap())).collect();
+        let mut want = Vec::new();
+        let last = evs.iter().map(|e| e.0).max().unwrap_or(0) + size + hop;
+        // windows align to the epoch, not to base()
+        let mut end = -base().timestamp().rem_euclid(hop);
+        while end <= last {
+            let s: Vec<i64> = evs.iter().map(|e| e.0).filter(|t| *t > end - size && *t <= end).collect();
+            if !s.is_empty() {
+                want.push((end, s.iter().sum()));
+            }
+            end += hop;
+        }
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn checkpoint_anywhere_gives_the_same_rows(
+        evs in proptest::collection::vec((0i64..400_000, 0i64..9_000, 0usize..4), 1..80),
+        split in 0usize..80,
+        window in 0usize..4,
+    ) {
+        let w = ["TumblingWindow(second, 30)", "HoppingWindow(second, 30, 10)", "SlidingWindow(second, 20)", "SessionWindow(second, 15, 60)"][window];
+        let q = format!("SELECT dev, COUNT(*) AS n, AVG(v) AS a INTO o FROM events TIMESTAMP BY t OVER dev GROUP BY dev, {w}");
+        let policy = EventPolicy { out_of_order_tolerance: std::time::Duration::from_secs(3), ..EventPolicy::default() };
+        let items: Vec<(serde_json::Value, DateTime<Utc>)> = evs
+            .iter()
+            .scan(base(), |last, (ms, delay, dev)| {
+                let t = base() + chrono::Duration::milliseconds(*ms);
+                let arrival = (t + chrono::Duration::milliseconds(*delay)).max(*last);
+                *last = arrival;
+                Some((json!({"dev": dev, "v": ms % 100, "t": t.to_rfc3339()}), arrival))
+            })
+            .collect();
+        let run = |split: usize| {
+            let mut e = Engine::new(Query::parse(&q).unwrap(), policy);
+            let mut rows = Vec::new();
+            for (i, (ev, a)) in items.iter().enumerate() {
+                if i == split {
+                    let cp = serde_json::to_string(&e.checkpoint()).unwrap();
+                    let cp: serde_json::Value = serde_json::from_str(&cp).unwrap();
+                    e = Engine::restore(Query::parse(&q).unwrap(), policy, &cp).unwrap();
+                }
+                rows.extend(e.record("events", ev, *a).unwrap());
+            }
+            rows.extend(e.flush());
+            rows
+        };
+        prop_assert_eq!(run(usize::MAX), run(split));
+    }
+}
