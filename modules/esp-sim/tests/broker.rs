@@ -347,3 +347,84 @@ async fn survives_a_broker_restart_and_resends() {
     }
     assert!(logged.iter().all(|r| r.acked == Some(true)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_storms_lose_nothing() {
+    if !have_mosquitto() {
+        return;
+    }
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sent.jsonl");
+    let faults = Faults {
+        storm_every_s: Some(0.4),
+        storm_fraction: 0.5,
+        ..Settings::default().faults
+    };
+    let s = Settings {
+        sent_log: Some(log.clone()),
+        faults,
+        reconnect_min_ms: 20,
+        ..fleet(broker.port, 20, 60, 20)
+    };
+    let summary = esp_sim::run(s, never()).await.unwrap();
+    assert!(summary.forced_drops >= 1, "{summary:?}");
+    assert_eq!(summary.acked, 1200, "{summary:?}");
+    assert!(summary.connects >= 20 + summary.forced_drops, "{summary:?}");
+    let logged = read_log(&log);
+    assert_eq!(logged.len(), 1200);
+    assert!(logged.iter().all(|r| r.acked == Some(true)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_change_live() {
+    if !have_mosquitto() {
+        return;
+    }
+    let broker = Broker::start();
+    let mut sub = Subscriber::start(broker.port, "fleet/#");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sent.jsonl");
+    let s = Settings {
+        sent_log: Some(log.clone()),
+        ..fleet(broker.port, 2, 150, 20)
+    };
+    let (tx, rx) = tokio::sync::watch::channel(s.clone());
+    let run = tokio::spawn(esp_sim::run_live(rx, never()));
+    // After the first messages arrive, switch every message to malformed and the topic to live/..
+    let seen = tokio::task::spawn_blocking(move || {
+        let n = sub.collect(10, Duration::from_secs(10)).len();
+        (n, sub)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.0, 10);
+    let changed = s
+        .merged(
+            &serde_json::json!({"faults": {"malformed_json": 1.0}, "topic": "fleet/live/{device}"}),
+        )
+        .unwrap();
+    assert!(!s.needs_restart(&changed));
+    tx.send(changed).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.acked, 300);
+    let logged = read_log(&log);
+    for d in ["00000", "00001"] {
+        let mut mine: Vec<_> = logged.iter().filter(|r| r.client_id.ends_with(d)).collect();
+        mine.sort_by_key(|r| r.seq);
+        assert_eq!(mine.len(), 150);
+        // One switch point per device: clean before, malformed on the new topic after.
+        let k = mine.iter().position(|r| r.fault.is_some()).unwrap();
+        assert!(k >= 1, "the change applied before any message was seen");
+        assert!(mine[..k]
+            .iter()
+            .all(|r| r.fault.is_none() && !r.topic.contains("/live/")));
+        assert!(mine[k..]
+            .iter()
+            .all(|r| r.fault == Some(esp_sim::Fault::MalformedJson) && r.topic.contains("/live/")));
+    }
+}
