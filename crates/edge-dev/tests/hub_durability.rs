@@ -311,3 +311,35 @@ fn acknowledged_messages_survive_kill_9() {
         hub.stop().await;
     });
 }
+
+#[tokio::test]
+async fn expired_messages_are_swept_from_queues_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = vec![edge_routes::Route::parse(
+        "toC",
+        r#"FROM /messages/modules/A/outputs/c INTO BrokeredEndpoint("/modules/C/inputs/in")"#,
+    )
+    .unwrap()
+    .with_options(None, Some(1))
+    .unwrap()];
+    let hub = TestHub::start_with(dir.path(), routes, BTreeMap::new(), |c| c.sweep_interval_secs = 1).await;
+    let mut a = connect(&hub, "A").await;
+    a.client
+        .publish(events_topic("A", "%24.on=c"), QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    a.puback().await.unwrap();
+    assert_eq!(hub.handle.stats().modules["C"].queue_depth, 1);
+    let h = hub.handle.clone();
+    eventually("C's expired message is swept", || {
+        let s = h.stats();
+        s.modules["C"].queue_depth == 0 && s.expired == 1
+    })
+    .await;
+    a.stop().await;
+    hub.stop().await;
+    // Gone from disk too.
+    let hub = TestHub::start(dir.path(), &[], BTreeMap::new()).await;
+    assert_eq!(hub.handle.stats().modules["C"].queue_depth, 0);
+    hub.stop().await;
+}

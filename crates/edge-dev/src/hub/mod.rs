@@ -60,6 +60,9 @@ pub struct HubConfig {
     pub max_inflight_per_client: usize,
     /// Seconds a new connection has to complete TLS and send CONNECT. Default 10.
     pub connect_timeout_secs: u64,
+    /// Seconds between sweeps that drop expired messages from every queue (also the queues of
+    /// modules that are not connected). Default 60.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for HubConfig {
@@ -72,6 +75,7 @@ impl Default for HubConfig {
             store_and_forward_ttl_secs: 7200,
             max_inflight_per_client: 16,
             connect_timeout_secs: 10,
+            sweep_interval_secs: 60,
         }
     }
 }
@@ -299,6 +303,13 @@ impl Hub {
             .await
             .map_err(|e| HubError::Store(e.to_string()))??;
 
+        for route in routes.routes() {
+            if let edge_routes::Sink::ModuleInput { module, .. } = &route.sink {
+                if !modules.iter().any(|m| &m.module_id == module) {
+                    tracing::warn!(route = %route.name, module = %module, "route delivers to a module that is not in this deployment; its messages wait in the store until their time to live passes");
+                }
+            }
+        }
         let keys: HashMap<String, String> = modules
             .iter()
             .map(|m| {
@@ -421,9 +432,14 @@ async fn serve(
     let (close_tx, close_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
+    // Expired messages are dropped when a queue is read, and by this sweep from every queue (also those
+    // of modules that never connect, which no reader would meet).
+    let mut sweep_timer = tokio::time::interval(Duration::from_secs(inner.config.sweep_interval_secs.max(1)));
+    sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = sweep_timer.tick() => sweep(&inner).await,
             r = accept_on(&tls_listener) => match r {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
@@ -472,13 +488,64 @@ async fn serve(
     if let Ok(mut m) = inner.methods.lock() {
         m.clear();
     }
-    // Flush: a write after everything else commits after it.
-    if let Err(e) = inner.store.write(Vec::new()).await {
+    // Flush and close the store, so the data directory can be opened again at once.
+    if let Err(e) = inner.store.close().await {
         tracing::error!(error = %e, "final store flush failed");
     }
     drop(inner);
     let _ = stopped.send(true);
     tracing::info!("hub stopped");
+}
+
+/// Deletes expired queue entries that nobody holds (not in flight to a module, not handed out by the
+/// upstream queue), then recounts the queue depths from the store.
+async fn sweep(inner: &Arc<Inner>) {
+    let mut busy: HashSet<u64> = HashSet::new();
+    for rt in inner.modules.values() {
+        if let Ok(s) = rt.sent.lock() {
+            busy.extend(s.iter().copied());
+        }
+        if let Ok(d) = rt.deleting.lock() {
+            busy.extend(d.iter().copied());
+        }
+    }
+    if let Ok(h) = inner.upstream_handed.lock() {
+        busy.extend(h.keys().copied());
+    }
+    let expired = match inner.store.expired(now_ms(), 100_000) {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::error!(error = %e, "sweeping expired messages failed");
+            return;
+        }
+    };
+    let keys: Vec<QueueKey> = expired.into_iter().filter(|k| !busy.contains(&k.seq)).collect();
+    if !keys.is_empty() {
+        let mut per_endpoint: BTreeMap<&str, u64> = BTreeMap::new();
+        for k in &keys {
+            *per_endpoint.entry(k.endpoint.as_str()).or_insert(0) += 1;
+        }
+        for (endpoint, n) in &per_endpoint {
+            tracing::warn!(queue = %endpoint, messages = n, "dropping queued messages whose time to live passed (raise timeToLiveSecs if the receiver is often away this long)");
+        }
+        let n = keys.len() as u64;
+        let ops = keys.iter().cloned().map(|key| store::Op::Delete { key }).collect();
+        match inner.store.write(ops).await {
+            Ok(()) => {
+                inner.expired.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "could not delete expired messages"),
+        }
+    }
+    // Recount: the in-memory counters are corrected for any race with deliveries.
+    match inner.store.depths() {
+        Ok(d) => {
+            if let Ok(mut depths) = inner.depths.lock() {
+                *depths = d.into_iter().collect();
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "counting queued messages failed"),
+    }
 }
 
 impl HubHandle {
@@ -615,7 +682,7 @@ impl HubHandle {
     }
 
     /// Resolves when the hub has stopped after its shutdown future resolved (connections closed, store
-    /// flushed).
+    /// flushed and closed: the data directory may be opened by a new hub at once).
     pub async fn closed(self) {
         let mut stopped = self.stopped.clone();
         drop(self);
@@ -638,7 +705,8 @@ fn now_ms() -> i64 {
 impl UpstreamQueue {
     /// The next message not yet handed out, waiting for one if the queue is empty. A message stays in
     /// the store until [`UpstreamQueue::ack`]; after a restart unacknowledged messages come again.
-    /// Messages past their time to live are dropped with a log line.
+    /// Messages past their time to live are dropped with a log line. Once the hub has stopped (its
+    /// store is closed) this never returns: consumers select on their own shutdown signal.
     pub async fn next(&self) -> StoredMessage {
         let inner = &self.inner;
         loop {
@@ -693,6 +761,10 @@ impl UpstreamQueue {
                     let _ = tokio::time::timeout(Duration::from_secs(60), notified).await;
                 }
                 Err(e) => {
+                    if inner.store.is_closed() {
+                        tracing::info!("the hub has stopped: the $upstream queue has nothing more to give");
+                        std::future::pending::<()>().await;
+                    }
                     tracing::error!(error = %e, "reading the $upstream queue failed; retrying in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -734,5 +806,24 @@ impl UpstreamQueue {
             .lock()
             .map(|d| d.get(UPSTREAM).copied().unwrap_or(0))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: HubConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, HubConfig::default());
+        assert_eq!(c.max_message_size, 262_144);
+        assert_eq!(c.store_and_forward_ttl_secs, 7200);
+        assert_eq!(c.max_inflight_per_client, 16);
+        let c: HubConfig = serde_json::from_str(r#"{"device_id": "pi", "max_inflight_per_client": 4}"#).unwrap();
+        assert_eq!((c.device_id.as_str(), c.max_inflight_per_client), ("pi", 4));
+        let e = serde_json::from_str::<HubConfig>(r#"{"max_inflight": 4}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }

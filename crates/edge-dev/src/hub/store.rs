@@ -88,13 +88,16 @@ pub enum Op {
 
 struct Job {
     ops: Vec<Op>,
+    /// The last job: the writer commits it and ends, releasing the database file.
+    close: bool,
     reply: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// Handle to the store; cheap to clone. The writer thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// `None` once closed.
+    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
     writer: std::sync::mpsc::Sender<Job>,
     next_seq: Arc<AtomicU64>,
 }
@@ -141,10 +144,46 @@ impl Store {
             .spawn(move || writer_loop(&wdb, rx))
             .map_err(|e| err("start the store writer thread")(&e))?;
         Ok(Store {
-            db,
+            db: Arc::new(std::sync::RwLock::new(Some(db))),
             writer: tx,
             next_seq: Arc::new(AtomicU64::new(max_seq + 1)),
         })
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        match self.db.read() {
+            Ok(g) => g
+                .clone()
+                .ok_or_else(|| StoreError("the hub has stopped; its store is closed".into())),
+            Err(_) => Err(StoreError("the hub store's lock is poisoned".into())),
+        }
+    }
+
+    /// Commits what is pending and closes the database file (for every handle): later reads and writes
+    /// fail, and the file can be opened again (a restart in the same process).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(Job {
+            ops: Vec::new(),
+            reply: Some(tx),
+            close: true,
+        });
+        let flushed = if sent.is_ok() {
+            rx.await
+                .map_err(|_| StoreError("the store writer has stopped".into()))
+                .and_then(|r| r)
+        } else {
+            Ok(())
+        };
+        if let Ok(mut g) = self.db.write() {
+            *g = None;
+        }
+        flushed
+    }
+
+    /// Whether [`Store::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.db.read().map(|g| g.is_none()).unwrap_or(true)
     }
 
     /// A new sequence number (unique across all queues, increasing).
@@ -157,7 +196,11 @@ impl Store {
     /// other callers' ops.
     pub fn submit(&self, ops: Vec<Op>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let sent = self.writer.send(Job { ops, reply: Some(tx) });
+        let sent = self.writer.send(Job {
+            ops,
+            reply: Some(tx),
+            close: false,
+        });
         async move {
             if sent.is_err() {
                 return Err(StoreError("the store writer has stopped".into()));
@@ -174,14 +217,23 @@ impl Store {
 
     /// Queues `ops` without waiting for the commit (used for deletes whose loss only causes a resend).
     pub fn write_later(&self, ops: Vec<Op>) {
-        if self.writer.send(Job { ops, reply: None }).is_err() {
+        if self
+            .writer
+            .send(Job {
+                ops,
+                reply: None,
+                close: false,
+            })
+            .is_err()
+        {
             tracing::warn!("the hub store writer has stopped; a queue change was not saved");
         }
     }
 
     /// Applies `ops` in one durable transaction from the calling thread (blocking; for sync callers).
     pub fn write_blocking(&self, ops: &[Op]) -> Result<(), StoreError> {
-        apply(&self.db, ops)
+        let db = self.db()?;
+        apply(&db, ops)
     }
 
     /// Up to `limit` entries of `endpoint` in delivery order for which `want` is true.
@@ -191,7 +243,7 @@ impl Store {
         limit: usize,
         mut want: impl FnMut(&QueueKey) -> bool,
     ) -> Result<Vec<(QueueKey, Record)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
         let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
         let mut out = Vec::new();
         let range = q
@@ -224,7 +276,7 @@ impl Store {
 
     /// Number of entries per endpoint.
     pub fn depths(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
         let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
         let mut out = BTreeMap::new();
         for item in q.iter().map_err(|e| err("scan queues")(&e))? {
@@ -234,9 +286,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Keys of entries whose time to live passed at `now_ms` (reads only the record headers), at most
+    /// `limit`.
+    pub fn expired(&self, now_ms: i64, limit: usize) -> Result<Vec<QueueKey>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
+        let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+        let mut out = Vec::new();
+        for item in q.iter().map_err(|e| err("scan queues")(&e))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| err("scan queues")(&e))?;
+            // A record that cannot be read is dropped by the reader that meets it, with a log line.
+            if let Some(expiry) = record_expiry(v.value()) {
+                if expiry <= now_ms {
+                    let (endpoint, priority, seq) = k.value();
+                    out.push(QueueKey {
+                        endpoint: endpoint.to_string(),
+                        priority,
+                        seq,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// All stored sessions: client id -> subscriptions (filter, QoS).
     pub fn sessions(&self) -> Result<HashMap<String, Vec<(String, u8)>>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
         let t = txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
         let mut out = HashMap::new();
         for item in t.iter().map_err(|e| err("scan sessions")(&e))? {
@@ -253,7 +331,7 @@ impl Store {
 
     /// All stored twins.
     pub fn twins(&self) -> Result<HashMap<String, TwinState>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("read")(&e))?;
+        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
         let t = txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
         let mut out = HashMap::new();
         for item in t.iter().map_err(|e| err("scan twins")(&e))? {
@@ -270,12 +348,18 @@ impl Store {
 }
 
 fn writer_loop(db: &Database, rx: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+    let mut closing = false;
+    while !closing {
+        let Ok(first) = rx.recv() else { break };
+        closing = first.close;
         let mut jobs = vec![first];
-        // Group commit: take whatever else is already waiting.
-        while jobs.len() < 4096 {
+        // Group commit: take whatever else is already waiting (up to a close).
+        while jobs.len() < 4096 && !closing {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => {
+                    closing = j.close;
+                    jobs.push(j);
+                }
                 Err(_) => break,
             }
         }
@@ -435,6 +519,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The expiry (ms since the epoch) from a record's header, without decoding the rest.
+pub fn record_expiry(b: &[u8]) -> Option<i64> {
+    let mut r = Reader { b };
+    if r.u8().ok()? != RECORD_VERSION {
+        return None;
+    }
+    r.i64().ok()?;
+    r.i64().ok()
+}
+
 /// Deserializes a record.
 pub fn decode_record(b: &[u8]) -> Result<Record, StoreError> {
     let mut r = Reader { b };
@@ -508,6 +602,8 @@ mod tests {
         let r = record();
         let b = encode_record(&r);
         assert_eq!(decode_record(&b).unwrap(), r);
+        assert_eq!(record_expiry(&b), Some(r.expiry_ms));
+        assert_eq!(record_expiry(&[1, 2]), None);
         assert!(decode_record(&b[..b.len() - 1]).is_err());
         assert!(decode_record(&[9, 1, 2]).is_err());
         assert!(decode_record(&[]).is_err());
