@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::message::EdgeMessage;
 use crate::metrics::Metrics;
+use crate::spool::Spool;
 
 /// A boxed, sendable future (what [`Forwarder::forward`] returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -69,6 +70,8 @@ struct Job {
     output: String,
     msg: EdgeMessage,
     done: oneshot::Sender<()>,
+    /// Key in the durable spool, to delete once edgeHub has the message.
+    spool_key: Option<u64>,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -80,6 +83,7 @@ pub struct Pipeline {
     tx: mpsc::UnboundedSender<Job>,
     metrics: Arc<Metrics>,
     full: Arc<AtomicBool>,
+    spool: Option<Arc<Spool>>,
 }
 
 /// Tuning of [`Pipeline::start`].
@@ -100,6 +104,7 @@ impl Pipeline {
         limits: PipelineLimits,
         forwarder: Arc<dyn Forwarder>,
         metrics: Arc<Metrics>,
+        spool: Option<Arc<Spool>>,
     ) -> (Pipeline, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let p = Pipeline {
@@ -108,19 +113,54 @@ impl Pipeline {
             tx,
             metrics: metrics.clone(),
             full: Arc::new(AtomicBool::new(false)),
+            spool: spool.clone(),
         };
-        let worker = tokio::spawn(worker(rx, forwarder, metrics, limits, p.full.clone()));
+        let worker = tokio::spawn(worker(
+            rx,
+            forwarder,
+            metrics,
+            limits,
+            p.full.clone(),
+            spool,
+        ));
         (p, worker)
     }
 
-    /// Queues a message, waiting while the buffer is full. The receiver resolves once edgeHub
-    /// acknowledged the message (it errs only if the worker is gone).
-    pub async fn submit(
+    /// Queues messages a previous run left in the spool (they go before nothing else: call this
+    /// before accepting clients). Waits for room like any submit, so run it in its own task.
+    pub async fn recover(&self, left: Vec<(u64, String, EdgeMessage)>) {
+        if !left.is_empty() {
+            tracing::info!(
+                messages = left.len(),
+                "forwarding messages left in the spool by the previous run"
+            );
+        }
+        for (key, output, msg) in left {
+            let Ok(permits) = self.reserve(&msg, "spool").await else {
+                return;
+            };
+            let (done, _) = oneshot::channel();
+            if self
+                .tx
+                .send(Job {
+                    output,
+                    msg,
+                    done,
+                    spool_key: Some(key),
+                    _permits: permits,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    async fn reserve(
         &self,
-        output: String,
-        msg: EdgeMessage,
+        msg: &EdgeMessage,
         client: &str,
-    ) -> Result<oneshot::Receiver<()>, Closed> {
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Closed> {
         let size = u32::try_from(msg.size()).map_err(|_| Closed)?;
         let m = match self.msgs.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -148,16 +188,43 @@ impl Pipeline {
         self.metrics
             .buffer_bytes
             .fetch_add(i64::from(size), Ordering::Relaxed);
+        Ok((m, b))
+    }
+
+    /// Queues a message, waiting while the buffer is full. The receiver resolves once the
+    /// message is safe: edgeHub acknowledged it, or (with a spool) it is committed to disk.
+    pub async fn submit(
+        &self,
+        output: String,
+        msg: EdgeMessage,
+        client: &str,
+    ) -> Result<oneshot::Receiver<()>, Closed> {
+        let permits = self.reserve(&msg, client).await?;
+        let mut spool_key = None;
+        if let Some(spool) = &self.spool {
+            // on a spool error (logged by the spool) the message is acknowledged after edgeHub
+            if let Ok(k) = spool.put(crate::spool::encode(&output, &msg)).await {
+                spool_key = Some(k);
+            }
+        }
         let (done, rx) = oneshot::channel();
+        let safe = if spool_key.is_some() {
+            let (now, rx_now) = oneshot::channel();
+            let _ = now.send(());
+            rx_now
+        } else {
+            rx
+        };
         self.tx
             .send(Job {
                 output,
                 msg,
                 done,
-                _permits: (m, b),
+                spool_key,
+                _permits: permits,
             })
             .map_err(|_| Closed)?;
-        Ok(rx)
+        Ok(safe)
     }
 
     fn note_full(&self, client: &str) {
@@ -181,6 +248,7 @@ async fn worker(
     metrics: Arc<Metrics>,
     limits: PipelineLimits,
     full: Arc<AtomicBool>,
+    spool: Option<Arc<Spool>>,
 ) {
     let down = Arc::new(AtomicBool::new(false));
     let mut inflight = FuturesUnordered::new();
@@ -188,7 +256,7 @@ async fn worker(
     while open || !inflight.is_empty() {
         tokio::select! {
             job = rx.recv(), if open && inflight.len() < limits.concurrency => match job {
-                Some(job) => inflight.push(process(job, forwarder.clone(), metrics.clone(), limits.retry, limits.attempt_timeout, down.clone())),
+                Some(job) => inflight.push(process(job, forwarder.clone(), metrics.clone(), limits.retry, limits.attempt_timeout, down.clone(), spool.clone())),
                 None => open = false,
             },
             Some(()) = inflight.next(), if !inflight.is_empty() => {
@@ -208,6 +276,7 @@ async fn process(
     retry: Duration,
     attempt_timeout: Duration,
     down: Arc<AtomicBool>,
+    spool: Option<Arc<Spool>>,
 ) {
     let mut delay = retry;
     let size = job.msg.size();
@@ -253,6 +322,9 @@ async fn process(
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
+    }
+    if let (Some(key), Some(spool)) = (job.spool_key, &spool) {
+        spool.delete(key);
     }
     metrics.buffer_messages.fetch_sub(1, Ordering::Relaxed);
     metrics

@@ -12,6 +12,7 @@
 //! - [`message`]: device publish -> [`EdgeMessage`] (properties, `$.ct`/`$.ce`, id, time).
 //! - [`forward`]: the [`Forwarder`] trait (edgeHub in production, a recorder in tests) and the
 //!   bounded forwarding buffer with back-pressure and retries.
+//! - [`spool`]: the optional durable spool (redb) behind the buffer.
 //! - [`broker`]: sessions, subscriptions, retained messages for device subscribers.
 //! - `connection`: one client connection's state machine.
 //! - [`metrics`]: Prometheus counters, served on `:9600/metrics`.
@@ -43,15 +44,18 @@
 //! the publishes arrived (MQTT 3.1.1 section 4.6).
 //!
 //! ## Delivery guarantees
-//! - QoS 1/2 from a device: PUBACK/PUBREC only after edgeHub acknowledged; a crash of this module
+//! - QoS 1/2 from a device: PUBACK/PUBREC only after edgeHub acknowledged (or, with a spool,
+//!   the message is committed to disk); a crash of this module
 //!   loses nothing acknowledged (the device still holds what was not). A device resend after a
 //!   crash or reconnect may give edgeHub a duplicate (at-least-once); a QoS 2 resend on the same
 //!   session is recognised by packet id and not forwarded twice.
 //! - While edgeHub is unreachable, messages wait in a bounded in-memory buffer
 //!   (`buffer_messages`, `buffer_bytes`) and are retried; past the bound, device sockets are not
 //!   read (TCP back-pressure), logged once per episode and counted in `mqtt_backpressure_total`.
-//!   Nothing is dropped silently. The buffer is not spilled to disk: it holds only messages not
-//!   yet acknowledged to devices, so a crash loses none that were acknowledged.
+//!   Nothing is dropped silently. Without a spool the buffer is memory only and holds only
+//!   messages not yet acknowledged to devices, so a crash loses none that were acknowledged.
+//! - With `spool_path` ([`spool`]), the buffer is also on disk (redb, group commit): devices are
+//!   acknowledged once their message is committed, and a crash's leftovers go at the next start.
 //! - Sessions, subscriptions and retained messages live in memory; they survive reconnects, not
 //!   a restart of the module.
 
@@ -62,6 +66,7 @@ pub mod forward;
 pub mod message;
 pub mod metrics;
 pub mod settings;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -228,6 +233,7 @@ impl ServerHandle {
 pub struct Server {
     shared: Arc<Shared>,
     forwarder: Arc<dyn Forwarder>,
+    spool: Option<(Arc<spool::Spool>, Vec<(u64, String, EdgeMessage)>)>,
 }
 
 impl Server {
@@ -244,6 +250,13 @@ impl Server {
             }
             None => None,
         };
+        let spool = match &settings.spool_path {
+            Some(path) => {
+                let (s, left) = spool::Spool::open(path)?;
+                Some((Arc::new(s), left))
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
             routing: RwLock::new(Arc::new(settings.routing())),
@@ -252,7 +265,11 @@ impl Server {
             auth,
             settings,
         });
-        Ok(Server { shared, forwarder })
+        Ok(Server {
+            shared,
+            forwarder,
+            spool,
+        })
     }
 
     /// A handle for twin updates and metrics.
@@ -285,7 +302,12 @@ impl Server {
             },
             self.forwarder,
             shared.metrics.clone(),
+            self.spool.as_ref().map(|(s, _)| s.clone()),
         );
+        let recovery = self.spool.map(|(_, left)| {
+            let p = pipeline.clone();
+            tokio::spawn(async move { p.recover(left).await })
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let slots = Arc::new(Semaphore::new(s.max_connections));
@@ -359,12 +381,27 @@ impl Server {
         if drained.is_err() {
             tasks.abort_all();
         }
-        match tokio::time::timeout(grace, worker).await {
+        if let Some(r) = recovery {
+            r.abort();
+            let _ = r.await;
+        }
+        let mut worker = worker;
+        match tokio::time::timeout(grace, &mut worker).await {
             Ok(_) => tracing::info!("forwarding buffer drained"),
-            Err(_) => tracing::warn!(
-                left = shared.metrics.buffer_messages.load(std::sync::atomic::Ordering::Relaxed),
-                "shutdown grace over with messages still unsent; they were not acknowledged to devices, which will resend them"
-            ),
+            Err(_) => {
+                let left = shared
+                    .metrics
+                    .buffer_messages
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if shared.settings.spool_path.is_some() {
+                    tracing::warn!(left, "shutdown grace over with messages still unsent; they stay in the spool and go at the next start");
+                } else {
+                    tracing::warn!(left, "shutdown grace over with messages still unsent; they were not acknowledged to devices, which will resend them");
+                }
+                // stop the retries (and let go of the spool) now
+                worker.abort();
+                let _ = worker.await;
+            }
         }
         Ok(())
     }

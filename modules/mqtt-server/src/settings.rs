@@ -85,6 +85,10 @@ pub struct Settings {
     /// File of `username:password` lines (or `username:sha256:<hex>`); when set, every client must
     /// log in. Default none. Env `MQTT_AUTH_FILE`.
     pub auth_file: Option<PathBuf>,
+    /// File of the durable spool (redb). When set, a device's QoS 1/2 publish is acknowledged
+    /// once committed there (not only after edgeHub acknowledged it), and what a crash left is
+    /// forwarded at the next start. Default none (memory only). Env `MQTT_SPOOL_PATH`.
+    pub spool_path: Option<PathBuf>,
     /// Seconds to wait on shutdown for messages in flight to edgeHub. Default 5.
     /// Env `MQTT_SHUTDOWN_GRACE`.
     pub shutdown_grace_secs: u64,
@@ -115,6 +119,7 @@ impl Default for Settings {
             session_queue: 1000,
             session_expiry_secs: 86_400,
             auth_file: None,
+            spool_path: None,
             shutdown_grace_secs: 5,
         }
     }
@@ -144,6 +149,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_SESSION_QUEUE",
     "MQTT_SESSION_EXPIRY",
     "MQTT_AUTH_FILE",
+    "MQTT_SPOOL_PATH",
     "MQTT_SHUTDOWN_GRACE",
 ];
 
@@ -223,6 +229,7 @@ impl Settings {
                 "MQTT_SESSION_QUEUE" => self.session_queue = parse(var, &v)?,
                 "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
                 "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
+                "MQTT_SPOOL_PATH" => self.spool_path = Some(PathBuf::from(v)),
                 "MQTT_SHUTDOWN_GRACE" => self.shutdown_grace_secs = parse(var, &v)?,
                 _ => {}
             }
@@ -479,6 +486,7 @@ mod tests {
             ("MQTT_SESSION_QUEUE", "12"),
             ("MQTT_SESSION_EXPIRY", "60"),
             ("MQTT_AUTH_FILE", "/auth"),
+            ("MQTT_SPOOL_PATH", "/data/spool.redb"),
             ("MQTT_SHUTDOWN_GRACE", "1"),
         ]
         .into_iter()
@@ -519,6 +527,7 @@ mod tests {
             session_queue: 12,
             session_expiry_secs: 60,
             auth_file: Some("/auth".into()),
+            spool_path: Some("/data/spool.redb".into()),
             shutdown_grace_secs: 1,
         };
         assert_eq!(s, expected);

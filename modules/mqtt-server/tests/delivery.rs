@@ -447,3 +447,44 @@ async fn a_message_edgehub_refuses_for_good_is_dropped_loudly_not_retried_foreve
         .contains("mqtt_dropped_total{reason=\"refused_by_edgehub\"} 1"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_spool_acknowledged_messages_survive_a_restart_while_edgehub_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = mqtt_server::Settings {
+        spool_path: Some(dir.path().join("spool.redb")),
+        ..test_settings()
+    };
+    // first life: edgeHub is down; the device is acknowledged once each message is on disk
+    let down = Arc::new(Recorder::default());
+    down.fail.store(true, Ordering::SeqCst);
+    let h = Harness::start_with(settings.clone(), down.clone(), None).await;
+    let mut c = Client::connect(&h, "dev-spool", 0, true).await;
+    for i in 1..=5u16 {
+        c.publish("t", QoS::AtLeastOnce, i, &format!("s{i}"), false)
+            .await;
+    }
+    for i in 1..=5u16 {
+        match c.recv(T).await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.pkid, i),
+            other => panic!("expected PUBACK {i}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        down.count(),
+        0,
+        "acknowledged from the spool, not by edgeHub"
+    );
+    drop(c);
+    h.stop().await;
+    // second life on the same spool: edgeHub is back, the five go out
+    let up = Arc::new(Recorder::default());
+    let h = Harness::start_with(settings, up.clone(), None).await;
+    up.wait_for(5, T).await;
+    let mut bodies = up.bodies();
+    bodies.sort();
+    assert_eq!(bodies, (1..=5).map(|i| format!("s{i}")).collect::<Vec<_>>());
+    let rec = up.clone();
+    h.stop().await;
+    assert_eq!(rec.count(), 5, "each once");
+}

@@ -89,6 +89,26 @@ fn free_port() -> u16 {
 
 struct Module(Child);
 
+fn start_module(dir: &Path, hub_port: u16, mqtt_port: u16, extra_env: &[(&str, String)]) -> Module {
+    let key = base64::engine::general_purpose::STANDARD.encode(KEY);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-server"));
+    cmd.env(
+        "EdgeHubConnectionString",
+        format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={key}"),
+    )
+    .env("EdgeModuleCACertificateFile", dir.join("ca.pem"))
+    .env("IOTEDGE_GATEWAYPORT", hub_port.to_string())
+    .env("MQTT_BIND_ADDRESS", "127.0.0.1")
+    .env("MQTT_PORT", mqtt_port.to_string())
+    .env("MQTT_METRICS_PORT", "0")
+    .env("RUST_LOG", "mqtt_server=info,edge_client=info")
+    .stdout(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Module(cmd.spawn().expect("module starts"))
+}
+
 impl Drop for Module {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -177,20 +197,7 @@ async fn through_the_hub_with_a_30_second_outage() {
     std::fs::write(&ca, &pki.ca_cert_pem).expect("write ca");
 
     let mqtt_port = free_port();
-    let key = base64::engine::general_purpose::STANDARD.encode(KEY);
-    let module = Module(
-        Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
-            .env("EdgeHubConnectionString", format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={key}"))
-            .env("EdgeModuleCACertificateFile", &ca)
-            .env("IOTEDGE_GATEWAYPORT", hub_port.to_string())
-            .env("MQTT_BIND_ADDRESS", "127.0.0.1")
-            .env("MQTT_PORT", mqtt_port.to_string())
-            .env("MQTT_METRICS_PORT", "0")
-            .env("RUST_LOG", "mqtt_server=info,edge_client=info")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("module starts"),
-    );
+    let module = start_module(dir.path(), hub_port, mqtt_port, &[]);
 
     // 1. a reading goes through: body, properties, JSON content type, enrichment from the twin
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -298,6 +305,80 @@ async fn through_the_hub_with_a_30_second_outage() {
     // nothing more is on its way
     let extra = take_upstream(&hub.handle, 1, Duration::from_secs(2)).await;
     assert!(extra.is_empty(), "no duplicates: {extra:?}");
+    drop(module);
+    hub.stop().await;
+}
+
+/// Publishes with mosquitto_pub until the server takes it (it may still be starting).
+async fn publish_when_up(port: u16, id: &str, body: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let (id, body) = (id.to_string(), body.to_string());
+        if tokio::task::spawn_blocking(move || mosquitto_pub(port, &id, "MyTopic", &body))
+            .await
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub_port = free_port();
+    let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_port).into();
+    let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
+    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+    let mqtt_port = free_port();
+    let spool = [(
+        "MQTT_SPOOL_PATH",
+        dir.path().join("spool.redb").display().to_string(),
+    )];
+    let mut module = start_module(dir.path(), hub_port, mqtt_port, &spool);
+    assert!(publish_when_up(mqtt_port, "esp-k", r#"{"seq":0}"#).await);
+    assert_eq!(
+        take_upstream(&hub.handle, 1, Duration::from_secs(30))
+            .await
+            .len(),
+        1
+    );
+
+    // the hub goes away; readings are acknowledged from the spool
+    hub.stop().await;
+    for i in 1..=5 {
+        assert!(
+            publish_when_up(mqtt_port, "esp-k", &format!(r#"{{"seq":{i}}}"#)).await,
+            "acknowledged while the hub is down"
+        );
+    }
+    // the module dies without any chance to clean up
+    let _ = module.0.kill();
+    let _ = module.0.wait();
+
+    // hub and module come back: the acknowledged readings go upstream
+    let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
+    let module = start_module(dir.path(), hub_port, mqtt_port, &spool);
+    let got = take_upstream(&hub.handle, 5, Duration::from_secs(60)).await;
+    let mut seqs: Vec<u64> = got
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.body).expect("json")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert!(
+        take_upstream(&hub.handle, 1, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "no duplicates"
+    );
     drop(module);
     hub.stop().await;
 }
