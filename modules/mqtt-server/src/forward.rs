@@ -128,7 +128,7 @@ impl Pipeline {
 
     /// Queues messages a previous run left in the spool (they go before nothing else: call this
     /// before accepting clients). Waits for room like any submit, so run it in its own task.
-    pub async fn recover(&self, left: Vec<(u64, String, EdgeMessage)>) {
+    pub async fn recover(&self, left: Vec<crate::spool::Leftover>) {
         if !left.is_empty() {
             tracing::info!(
                 messages = left.len(),

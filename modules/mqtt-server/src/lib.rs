@@ -233,7 +233,7 @@ impl ServerHandle {
 pub struct Server {
     shared: Arc<Shared>,
     forwarder: Arc<dyn Forwarder>,
-    spool: Option<(Arc<spool::Spool>, Vec<(u64, String, EdgeMessage)>)>,
+    spool: Option<(Arc<spool::Spool>, Vec<spool::Leftover>)>,
 }
 
 impl Server {

@@ -67,6 +67,9 @@ pub fn decode(record: &[u8]) -> Option<(String, EdgeMessage)> {
     ))
 }
 
+/// A message a previous run left: `(key, output, message)`.
+pub type Leftover = (u64, String, EdgeMessage);
+
 enum Cmd {
     Put(Vec<u8>, oneshot::Sender<Result<u64, String>>),
     Delete(u64),
@@ -97,7 +100,7 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> Error {
 impl Spool {
     /// Opens (or creates) the spool and returns it with the messages a previous run left, in
     /// arrival order: `(key, output, message)`.
-    pub fn open(path: &Path) -> Result<(Spool, Vec<(u64, String, EdgeMessage)>), Error> {
+    pub fn open(path: &Path) -> Result<(Spool, Vec<Leftover>), Error> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
