@@ -2,8 +2,8 @@
 //!
 //! Beyond what Microsoft's JSON schemas check (structure and enums), this checks what they cannot: that
 //! createOptions is JSON and fits in 8 twin values, that every route parses and names modules that exist,
-//! module names that clash once case is ignored, twins of modules that do not exist, `:latest` images,
-//! and variables the template expansion left as `$NAME`.
+//! module names that clash once case is ignored, twins of modules that do not exist and `:latest` images.
+//! [`Manifest::unexpanded_variables`] lists variables the template expansion left as `$NAME`.
 
 use std::collections::BTreeMap;
 
@@ -97,22 +97,6 @@ impl Manifest {
             }
         }
 
-        // Registry credentials left as `$VAR` (a password may hold `$` itself, so only a whole-value reference counts).
-        for (cred_name, cred) in &self.runtime.registry_credentials {
-            for (field, value) in [
-                ("username", &cred.username),
-                ("password", &cred.password),
-                ("address", &cred.address),
-            ] {
-                if is_variable_reference(value) {
-                    problems.push(ManifestError::UnexpandedVariable {
-                        place: format!("registryCredentials.{cred_name}.{field}"),
-                        value: value.clone(),
-                    });
-                }
-            }
-        }
-
         // Routes.
         let hub_schema_1_0 = self.hub_schema_version.as_deref() == Some("1.0");
         for spec in &self.route_specs {
@@ -178,6 +162,39 @@ impl Manifest {
         }
     }
 
+    /// Values a template expansion left as `$NAME` because the variable was not set: registry credentials
+    /// that are exactly `$NAME`/`${NAME}` and images holding `$`. All are warnings
+    /// ([`ManifestError::UnexpandedVariable`]). They matter for a deployment to a device (the image cannot
+    /// be pulled), not for running modules locally, so [`Manifest::validate`] leaves them out; genconfig
+    /// users print them.
+    pub fn unexpanded_variables(&self) -> Vec<ManifestError> {
+        let mut out = Vec::new();
+        // A password may hold `$` itself, so only a whole-value reference counts.
+        for (cred_name, cred) in &self.runtime.registry_credentials {
+            for (field, value) in [
+                ("username", &cred.username),
+                ("password", &cred.password),
+                ("address", &cred.address),
+            ] {
+                if is_variable_reference(value) {
+                    out.push(ManifestError::UnexpandedVariable {
+                        place: format!("registryCredentials.{cred_name}.{field}"),
+                        value: value.clone(),
+                    });
+                }
+            }
+        }
+        for (name, spec) in self.system_modules.iter().chain(&self.modules) {
+            if spec.image.contains('$') && !is_placeholder(spec.image.trim()) {
+                out.push(ManifestError::UnexpandedVariable {
+                    place: format!("the image of module `{name}`"),
+                    value: spec.image.clone(),
+                });
+            }
+        }
+        out
+    }
+
     /// ` (did you mean `X`?)` when a module's name matches without case.
     fn did_you_mean(&self, name: &str) -> String {
         let lower = name.to_lowercase();
@@ -230,11 +247,7 @@ fn check_image(name: &str, spec: &ModuleSpec, problems: &mut Vec<ManifestError>)
         return;
     }
     if image.contains('$') {
-        problems.push(ManifestError::UnexpandedVariable {
-            place: format!("the image of module `{name}`"),
-            value: image.to_owned(),
-        });
-        return;
+        return; // see `unexpanded_variables`
     }
     if image_means_latest(image) {
         problems.push(ManifestError::LatestTag {
