@@ -269,6 +269,26 @@ impl Engine {
         &self.policy
     }
 
+    /// The earliest wall-clock time at which [`Engine::advance`] has work if no event arrives
+    /// before it (a buffered event to apply, a window to close; rows may or may not come out), or
+    /// `None` when nothing is open. A module can sleep until then instead of ticking.
+    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+        let late = micros(self.policy.late_arrival_tolerance);
+        self.query
+            .stmts
+            .iter()
+            .zip(self.state.stmts.iter())
+            .filter(|(s, _)| s.source == Source::Input)
+            .filter_map(|(s, st)| {
+                let due = st.due.iter().next()?.0;
+                // the floor is arrival - late (with TIMESTAMP BY) and must pass `due`
+                let lag = if s.timestamp_by.is_some() { late } else { 0 };
+                Some(due.saturating_add(lag).saturating_add(1))
+            })
+            .min()
+            .map(to_datetime)
+    }
+
     /// Problems met while computing rows that no single input event is to blame for (for
     /// example a CAST in SELECT that fails on an aggregate, or a bad row from a WITH step);
     /// such rows are skipped. Taking them clears the list.
@@ -951,4 +971,71 @@ fn step_timeline(
     }
     outs.sort_by(|a, b| (a.end, &a.key).cmp(&(b.end, &b.key)));
     outs
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_max_duration_check_points() {
+        // checks at multiples of the maximum duration; a session runs at least that long
+        assert_eq!(session_end_max(0, 10), 10);
+        assert_eq!(session_end_max(1, 10), 20);
+        assert_eq!(session_end_max(9, 10), 20);
+        assert_eq!(session_end_max(10, 10), 20);
+        assert_eq!(session_end_max(-5, 10), 10);
+    }
+
+    #[test]
+    fn reorder_buffer_keeps_time_then_arrival_order() {
+        let p = |t, seq| Pending {
+            t,
+            seq,
+            key: String::new(),
+            row: Map::new(),
+            ins: Vec::new(),
+        };
+        let mut v = Vec::new();
+        for (t, seq) in [(5, 1), (3, 2), (5, 3), (1, 4), (3, 5)] {
+            insert_sorted(&mut v, p(t, seq));
+        }
+        let got: Vec<(i64, u64)> = v.iter().map(|x| (x.t, x.seq)).collect();
+        assert_eq!(got, vec![(1, 4), (3, 2), (3, 5), (5, 1), (5, 3)]);
+    }
+
+    #[test]
+    fn next_deadline_tracks_the_open_window() {
+        let q = Query::parse(
+            "SELECT COUNT(*) AS n INTO o FROM i TIMESTAMP BY t GROUP BY TumblingWindow(second, 60)",
+        )
+        .unwrap();
+        let mut e = Engine::new(q, EventPolicy::default());
+        assert_eq!(e.next_deadline(), None);
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        e.record(
+            "i",
+            &serde_json::json!({"t": "2026-11-24T08:00:10Z"}),
+            at("2026-11-24T08:00:10Z"),
+        )
+        .unwrap();
+        // first the buffered event is applied once arrival - 5 s is past its time ...
+        let d = e.next_deadline().unwrap();
+        assert_eq!(d, at("2026-11-24T08:00:15.000001Z"));
+        assert!(e.advance(d).is_empty());
+        // ... then the window (08:00, 08:01] closes once arrival - 5 s is past 08:01:00
+        let d = e.next_deadline().unwrap();
+        assert_eq!(d, at("2026-11-24T08:01:05.000001Z"));
+        assert!(e.advance(at("2026-11-24T08:01:05Z")).is_empty());
+        assert_eq!(e.advance(d).len(), 1);
+        assert_eq!(e.next_deadline(), None);
+    }
+
+    #[test]
+    fn engine_is_send() {
+        fn is_send<T: Send + 'static>() {}
+        is_send::<Engine>();
+        is_send::<Query>();
+    }
 }
