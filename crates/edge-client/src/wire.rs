@@ -249,7 +249,7 @@ pub fn decode_property_bag(bag: &str, into: &mut Message) -> Result<(), WireErro
 /// Topic names of the IoT Hub / edgeHub MQTT protocol (device and module ids are not encoded, as the
 /// SDKs do not encode them either).
 pub mod topics {
-    use super::{unquote, WireError};
+    use super::{quote, unquote, WireError};
 
     /// Twin responses; subscribe before the first GET / reported PATCH.
     pub const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
@@ -293,26 +293,34 @@ pub mod topics {
         Some((input.to_string(), bag.to_string()))
     }
 
+    // Request ids are percent-encoded in topics, as the Python SDK does (uuids need no encoding).
+
     /// `$iothub/twin/GET/?$rid={rid}`
     pub fn twin_get(rid: &str) -> String {
-        format!("$iothub/twin/GET/?$rid={rid}")
+        format!("$iothub/twin/GET/?$rid={}", quote(rid))
     }
 
     /// `$iothub/twin/PATCH/properties/reported/?$rid={rid}`
     pub fn twin_reported(rid: &str) -> String {
-        format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+        format!(
+            "$iothub/twin/PATCH/properties/reported/?$rid={}",
+            quote(rid)
+        )
     }
 
     /// `$iothub/methods/res/{status}/?$rid={rid}`
     pub fn method_response(status: u16, rid: &str) -> String {
-        format!("$iothub/methods/res/{status}/?$rid={rid}")
+        format!("$iothub/methods/res/{status}/?$rid={}", quote(rid))
     }
 
     /// `$iothub/twin/res/{status}/?$rid={rid}[&$version=N]`
     pub fn twin_response(status: u16, rid: &str, version: Option<u64>) -> String {
         match version {
-            Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
-            None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
+            Some(v) => format!(
+                "$iothub/twin/res/{status}/?$rid={}&$version={v}",
+                quote(rid)
+            ),
+            None => format!("$iothub/twin/res/{status}/?$rid={}", quote(rid)),
         }
     }
 
@@ -323,7 +331,7 @@ pub mod topics {
 
     /// `$iothub/methods/POST/{name}/?$rid={rid}`
     pub fn method_request(name: &str, rid: &str) -> String {
-        format!("$iothub/methods/POST/{name}/?$rid={rid}")
+        format!("$iothub/methods/POST/{name}/?$rid={}", quote(rid))
     }
 
     /// The percent-decoded value of query parameter `key` (e.g. `$rid`, `$version`) after the `?`.
@@ -800,6 +808,49 @@ mod tests {
     }
 
     #[test]
+    fn bag_is_byte_exact_with_python_sdk_on_special_characters() {
+        // Expected output produced by azure-iot-device 2.14's encode_message_properties_in_topic.
+        let mut m = Message::new("x")
+            .with_property("zeta", "a&b=c")
+            .with_property("Alpha", "é ü")
+            .with_property("$x", "#1")
+            .with_property("a~b", "-_.~")
+            .with_property("k", "");
+        m.message_id = Some("id 1/2".into());
+        m.content_encoding = Some("utf-8".into());
+        m.content_type = Some("application/json".into());
+        m.output_name = Some("out put".into());
+        m.correlation_id = Some("c+d".into());
+        m.user_id = Some("u%".into());
+        assert_eq!(
+            module_events("dev1", "PyMod", &encode_property_bag(&m)),
+            "devices/dev1/modules/PyMod/messages/events/%24.on=out%20put&%24.mid=id%201%2F2&%24.cid=c%2Bd\
+             &%24.uid=u%25&%24.ct=application%2Fjson&%24.ce=utf-8&%24x=%231&Alpha=%C3%A9%20%C3%BC&a~b=-_.~&k=&zeta=a%26b%3Dc"
+        );
+        assert_eq!(
+            device_events(
+                "dev1",
+                &encode_property_bag(&Message::new("x").with_property("k", "v"))
+            ),
+            "devices/dev1/messages/events/k=v"
+        );
+        // The SDK decodes this input bag to k="a+b+c", flag, $.on=o (custom), ct, mid "m 1".
+        let mut d = Message::default();
+        decode_property_bag(
+            "k=a%2Bb+c&%24.ct=application%2Fjson&%24.on=o&flag&%24.mid=m%201",
+            &mut d,
+        )
+        .unwrap();
+        assert_eq!(d.properties.get("k").map(String::as_str), Some("a+b+c"));
+        assert_eq!(d.content_type.as_deref(), Some("application/json"));
+        assert_eq!(d.message_id.as_deref(), Some("m 1"));
+        assert_eq!(
+            method_response(200, "a b"),
+            "$iothub/methods/res/200/?$rid=a%20b"
+        );
+    }
+
+    #[test]
     fn bag_order_and_encoding() {
         let mut m = Message::new("")
             .with_property("z z", "a/b")
@@ -1016,6 +1067,22 @@ mod tests {
             sas::sign("not base64!", "x"),
             Err(WireError::BadKey { .. })
         ));
+    }
+
+    #[test]
+    fn sas_token_is_byte_exact_with_python_sdk() {
+        // Produced by azure-iot-device 2.14's RenewableSasToken with this key and expiry.
+        let uri = sas::resource_uri("myhub.azure-devices.net", "dev1", Some("PyMod"));
+        assert_eq!(
+            sas::generate(
+                &uri,
+                "c2VjcmV0a2V5c2VjcmV0a2V5c2VjcmV0a2V5MTI=",
+                1_700_000_000
+            )
+            .unwrap(),
+            "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev1%2Fmodules%2FPyMod\
+             &sig=RNdZd6PPBPXgagbLHvtkhX6oUSzaefKSjfKsE0NshI4%3D&se=1700000000"
+        );
     }
 
     #[test]
