@@ -7,7 +7,7 @@
 //! - `plan` ([`Query`]): `WITH` steps, several `SELECT .. INTO` statements, inputs and outputs,
 //!   output column names, aggregates pulled out of SELECT/HAVING, checks (a grouped SELECT may
 //!   only use group keys outside aggregates, aggregates need a window, ...).
-//! - `eval`: arithmetic, comparisons, AND/OR/NOT (three-valued), CASE, IS [NOT] NULL, LIKE,
+//! - `eval`: arithmetic, comparisons, AND/OR/NOT (three-valued), CASE, `IS [NOT] NULL`, LIKE,
 //!   BETWEEN, IN, CAST/TRY_CAST (bigint, float, nvarchar(max), datetime, bit, record, array),
 //!   math (ABS CEILING FLOOR ROUND POWER SQRT SQUARE EXP LOG SIGN), string (LEN LOWER UPPER
 //!   SUBSTRING CONCAT CHARINDEX REPLACE LTRIM RTRIM TRIM), date (DATEADD DATEDIFF DATEPART DAY

@@ -434,15 +434,18 @@ impl Parser {
     /// One window argument: a unit, a number, or `Duration|Hop|Offset|Timeout|MaxDuration(unit, n)`.
     fn window_arg(&mut self) -> Result<WArg, QueryError> {
         let pos = self.pos();
+        // a negative number is only meaningful as an offset; sizes are checked by the caller
+        let negative =
+            matches!(self.peek(), Tok::Sym("-")) && matches!(self.peek_at(1), Tok::Num(_));
+        if negative {
+            self.next();
+        }
         match self.peek().clone() {
             Tok::Num(n) => {
                 self.next();
                 match n.parse::<i64>() {
-                    Ok(v) if v >= 0 => Ok(WArg::Num(v, pos)),
-                    _ => self.err_at(
-                        pos,
-                        format!("window size {n} must be a whole number of at least 0"),
-                    ),
+                    Ok(v) => Ok(WArg::Num(if negative { -v } else { v }, pos)),
+                    _ => self.err_at(pos, format!("window size {n} must be a whole number")),
                 }
             }
             Tok::Word(w) => {
@@ -468,7 +471,7 @@ impl Parser {
                         }
                     };
                     self.expect_sym(")", &format!("to close {w}(unit, size)"))?;
-                    let v = n.checked_mul(u).filter(|v| *v <= MAX_WINDOW);
+                    let v = n.checked_mul(u).filter(|v| v.abs() <= MAX_WINDOW);
                     match v {
                         Some(v) => Ok(WArg::Named(up, v, pos)),
                         None => self.err_at(pos, "a window may be at most 7 days"),
@@ -529,7 +532,7 @@ impl Parser {
                     unit = Some(u);
                 }
                 WArg::Num(n, p) => match unit {
-                    Some(u) => match n.checked_mul(u).filter(|v| *v <= MAX_WINDOW) {
+                    Some(u) => match n.checked_mul(u).filter(|v| v.abs() <= MAX_WINDOW) {
                         Some(v) => vals.push((String::new(), v, p)),
                         None => return self.err_at(p, "a window may be at most 7 days"),
                     },
@@ -590,7 +593,7 @@ impl Parser {
                 } else {
                     0
                 };
-                if offset >= size {
+                if offset.abs() >= size {
                     return self.err_at(
                         pos,
                         format!("the offset of {name} must be smaller than its size"),
@@ -622,7 +625,7 @@ impl Parser {
                 } else {
                     0
                 };
-                if offset >= hop {
+                if offset.abs() >= hop {
                     return self.err_at(
                         pos,
                         format!("the offset of {name} must be smaller than its hop"),

@@ -382,3 +382,67 @@ HAVING
         vec![&json!({"Make": "Make2", "Time": ts("00:00:10"), "Count": 3})]
     );
 }
+
+#[test]
+fn negative_offset_moves_the_boundary() {
+    // tumbling-window doc: TumblingWindow(Duration(hour, 1), Offset(millisecond, -1)) puts an
+    // event at exactly 12:00 into the window that starts there and one at 1:00 into the next
+    let evs = events(vec![
+        on_time(json!({"TollId": 1}), "12:00:00"),
+        on_time(json!({"TollId": 1}), "13:00:00"),
+    ]);
+    let q = "SELECT System.Timestamp() AS WindowEnd, TollId, COUNT(*)
+             FROM Input TIMESTAMP BY Time
+             GROUP BY TollId, TumblingWindow(Duration(hour, 1), Offset(millisecond, -1))";
+    let rows = run(q, EventPolicy::default(), &refs(&evs));
+    let got: Vec<Value> = rows.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"WindowEnd": "2023-01-01T12:59:59.9990000Z", "TollId": 1, "count": 1}),
+            json!({"WindowEnd": "2023-01-01T13:59:59.9990000Z", "TollId": 1, "count": 1}),
+        ]
+    );
+    assert_eq!(
+        rows[0].0, "output",
+        "no INTO: the output is called 'output'"
+    );
+}
+
+#[test]
+fn iot_edge_tutorial_reset_alert() {
+    // the ASA-on-IoT-Edge tutorial's query: a constant column, HAVING on a nested field
+    let q = "SELECT 'reset' AS command
+INTO
+    alert
+FROM
+    temperature TIMESTAMP BY timeCreated
+GROUP BY TumblingWindow(second,15)
+HAVING Avg(machine.temperature) > 25";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let mut out = Vec::new();
+    for (s, temp) in [(1, 20.0), (5, 22.0), (16, 30.0), (20, 26.0)] {
+        let t = format!("2023-01-01T00:00:{s:02}Z");
+        let ev = json!({"machine": {"temperature": temp, "pressure": 1.0}, "timeCreated": t});
+        out.extend(e.record("temperature", &ev, at(&t)).unwrap());
+    }
+    out.extend(e.flush());
+    let got: Vec<(String, Value, String)> = out
+        .iter()
+        .map(|r| {
+            (
+                r.output.clone(),
+                Value::Object(r.row.clone()),
+                format_timestamp(r.timestamp),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            "alert".to_string(),
+            json!({"command": "reset"}),
+            ts("00:00:30")
+        )]
+    );
+}
