@@ -58,6 +58,17 @@ impl TestHub {
         desired: BTreeMap<String, Value>,
         tweak: impl FnOnce(&mut HubConfig),
     ) -> TestHub {
+        Self::start_at(dir, routes, desired, tweak, (0, 0)).await
+    }
+
+    /// As [`TestHub::start_with`] on these (TLS, plain) ports (0: any free port).
+    pub async fn start_at(
+        dir: &Path,
+        routes: Vec<edge_routes::Route>,
+        desired: BTreeMap<String, Value>,
+        tweak: impl FnOnce(&mut HubConfig),
+        ports: (u16, u16),
+    ) -> TestHub {
         let pki = DevPki::load_or_create(&dir.join("pki"), &[HUB]).unwrap();
         let mut config = HubConfig {
             iothub_hostname: HUB.into(),
@@ -74,8 +85,8 @@ impl TestHub {
             })
             .collect();
         let table = edge_routes::RouteTable::new(routes).unwrap();
-        let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = TcpListener::bind(("127.0.0.1", ports.0)).await.unwrap();
+        let plain = TcpListener::bind(("127.0.0.1", ports.1)).await.unwrap();
         let tls_addr = tls.local_addr().unwrap();
         let plain_addr = plain.local_addr().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
