@@ -131,7 +131,10 @@ fn write_value(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => match (n.is_f64(), n.as_f64()) {
+            (true, Some(f)) => out.push_str(&python_float_repr(f)),
+            _ => out.push_str(&n.to_string()),
+        },
         Value::String(s) => write_string(s, out),
         Value::Array(items) => {
             out.push('[');
@@ -156,6 +159,51 @@ fn write_value(value: &Value, out: &mut String) {
             out.push('}');
         }
     }
+}
+
+/// A float as Python's `repr` (and so `json.dumps`) writes it: the shortest digits that read back the
+/// same, fixed notation with at least one decimal when the exponent is from -4 to 15, else `1e+16` style.
+pub(crate) fn python_float_repr(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits, e.g. `-1.9678474362323402e10`.
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let body = if (-4..16).contains(&exp) {
+        let point = exp + 1; // digits before the decimal point
+        if point <= 0 {
+            format!("0.{}{digits}", "0".repeat((-point) as usize))
+        } else if point as usize >= digits.len() {
+            format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
+        } else {
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
+        }
+    } else {
+        let m = if digits.len() == 1 {
+            digits.clone()
+        } else {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        };
+        format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    };
+    format!("{sign}{body}")
 }
 
 fn write_string(s: &str, out: &mut String) {
@@ -195,6 +243,30 @@ mod tests {
             to_compact_ascii(&v),
             r#"{"a":[1,2.5,null,true],"b":"\u00e9\ud83d\ude00\n\"\u007f"}"#
         );
+    }
+
+    #[test]
+    fn floats_are_written_as_python_repr() {
+        // python3 -c 'for x in [...]: print(repr(x))'
+        let cases = [
+            (-19678474362.323402, "-19678474362.323402"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1.5e-5, "1.5e-05"),
+            (0.0001, "0.0001"),
+            (123456789012345680.0, "1.2345678901234568e+17"),
+            (2.5, "2.5"),
+            (100.0, "100.0"),
+            (-0.0, "-0.0"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (1e22, "1e+22"),
+            (12345.678, "12345.678"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(python_float_repr(x), want, "{x:?}");
+        }
     }
 
     #[test]

@@ -1203,3 +1203,58 @@ fn expand_vars_matches_python_expandvars_on_random_text() {
         );
     }
 }
+
+#[test]
+fn create_options_strings_are_what_python_json_dumps_writes() {
+    // Numbers and text where serde_json and Python write differently: big integers, exponents, `-0`,
+    // non-ASCII and control characters, a repeated key.
+    let options = r#"{"b": [1e16, 1.5e-5, -0, 12345678901234567890123, 0.30000000000000004, 2.50, -19678474362.323402],
+                      "ä": "ß😀\u0001\/", "a": {"z": 1, "y": 2, "z": 3}}"#;
+    let text = template_text().replacen(
+        "\"createOptions\": {}\n            }\n          },\n          \"MqttServerModule\"",
+        &format!("\"createOptions\": {options}\n            }}\n          }},\n          \"MqttServerModule\""),
+        1,
+    );
+    assert_ne!(
+        text,
+        template_text(),
+        "the AggregatorModule createOptions were not found"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("deployment.template.json");
+    std::fs::write(&template, &text).unwrap();
+    let mut env = registry_vars();
+    env.insert(
+        "MODULES_PATH".into(),
+        repo().join("modules").display().to_string(),
+    );
+    let path = genconfig(&template, "amd64", dir.path(), &env).unwrap();
+    let doc = read_json(&path);
+    let ours = doc["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+        ["AggregatorModule"]["settings"]["createOptions"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let script = "import json, sys\nprint(json.dumps(json.loads(sys.stdin.read()), separators=(',', ':')), end='')";
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("SKIPPED: python3 is not available");
+        return;
+    };
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(options.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(ours, String::from_utf8(out.stdout).unwrap());
+}
