@@ -8,9 +8,11 @@
 //! else `column{N}` (N = 1-based position in the select list).
 
 use crate::ast::*;
+use crate::error::EventError;
 use crate::error::QueryError;
-use crate::eval::show;
+use crate::eval::{eval, show, Ctx};
 use crate::parser::{parse, AGGREGATES};
+use crate::value::{parse_time_val, to_datetime};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +123,59 @@ impl Query {
     /// The query text as given.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The event time `TIMESTAMP BY` gives `event` of `input` (the first statement reading
+    /// `input` that has one), without any event-ordering adjustment; `Ok(None)` when no statement
+    /// reading `input` has `TIMESTAMP BY` (the arrival time is then the event time). A replay
+    /// tool uses this to derive arrival times for recorded events.
+    pub fn event_time(
+        &self,
+        input: &str,
+        event: &serde_json::Value,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, EventError> {
+        let readers: Vec<&Stmt> = self
+            .stmts
+            .iter()
+            .filter(|s| s.source == Source::Input && s.from.eq_ignore_ascii_case(input))
+            .collect();
+        if readers.is_empty() {
+            return Err(EventError::UnknownInput {
+                input: input.to_string(),
+                known: self.inputs().join(", "),
+            });
+        }
+        let obj = match event {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(EventError::NotAnObject),
+        };
+        let (s, e) = match readers
+            .iter()
+            .find_map(|s| s.timestamp_by.as_ref().map(|e| (*s, e)))
+        {
+            Some(x) => x,
+            None => return Ok(None),
+        };
+        let ctx = Ctx {
+            row: obj,
+            time: 0,
+            aggs: &[],
+            quals: &s.quals,
+        };
+        let v = eval(e, &ctx).map_err(|m| EventError::WrongType {
+            expression: show(e),
+            message: m,
+        })?;
+        if v.is_null() {
+            return Err(EventError::MissingTimestamp { field: show(e) });
+        }
+        match parse_time_val(&v) {
+            Some(t) => Ok(Some(to_datetime(t))),
+            None => Err(EventError::BadTimestamp {
+                field: show(e),
+                value: v.to_json().to_string(),
+            }),
+        }
     }
 }
 
@@ -643,6 +698,28 @@ mod tests {
         assert_eq!(q.outputs(), vec!["a", "b"]);
         assert_eq!(q.stmts[0].consumers, vec![1, 2]);
         assert!(matches!(&q.stmts[1].items[1], OutItem::Col(n, _) if n == "count"));
+    }
+
+    #[test]
+    fn event_time_for_replay() {
+        let q =
+            Query::parse("SELECT * INTO o FROM i TIMESTAMP BY t; SELECT * INTO p FROM j").unwrap();
+        let t = q
+            .event_time("I", &serde_json::json!({"T": "11/24/2026 8:05:29 AM"}))
+            .unwrap();
+        assert_eq!(
+            t.map(|t| t.to_rfc3339()),
+            Some("2026-11-24T08:05:29+00:00".to_string())
+        );
+        assert_eq!(q.event_time("j", &serde_json::json!({})), Ok(None));
+        assert!(matches!(
+            q.event_time("i", &serde_json::json!({})),
+            Err(EventError::MissingTimestamp { .. })
+        ));
+        assert!(matches!(
+            q.event_time("k", &serde_json::json!({})),
+            Err(EventError::UnknownInput { .. })
+        ));
     }
 
     #[test]
