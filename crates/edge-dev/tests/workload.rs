@@ -1,6 +1,12 @@
-//! Black-box test of the workload API pair: edge-dev's server (`edge_dev::workload::serve`) and
+//! Black-box test of the workload API pair: edge-dev's server (`workload_server::serve`) and
 //! edge-client's `WorkloadClient` / `Identity::from_env_lookup`, over a real unix socket.
 #![allow(clippy::unwrap_used)]
+
+// The server module is compiled in directly, so this test does not depend on how lib.rs exports it
+// (it is `edge_dev::workload`).
+#[path = "../src/workload.rs"]
+#[allow(dead_code)]
+mod workload_server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,11 +43,11 @@ impl Harness {
             .unwrap()
             .cert
             .pem();
-        let keys: edge_dev::workload::KeyLookup = Arc::new(|module: &str, genid: &str| {
+        let keys: workload_server::KeyLookup = Arc::new(|module: &str, genid: &str| {
             (module == "AggregatorModule" && genid == "gen1").then(|| KEY.to_vec())
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(edge_dev::workload::serve(
+        let task = tokio::spawn(workload_server::serve(
             listener,
             keys,
             pem.clone(),
