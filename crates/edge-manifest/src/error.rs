@@ -81,7 +81,7 @@ pub enum ManifestError {
     #[error("module name `{module}` may only hold letters, digits, `_` and `-`; rename it")]
     BadModuleName { module: String },
 
-    #[error("modules `{first}` and `{second}` differ only in case; IoT Edge container names do not, so rename one")]
+    #[error("modules `{first}` and `{second}` differ only in case, so routes, twins and people easily pick the wrong one (and case-insensitive tools see one module); rename one")]
     DuplicateModuleName { first: String, second: String },
 
     #[error("modulesContent has a twin for `{module}`, but $edgeAgent has no module of that name{hint}; fix the name (it is case-sensitive)")]
