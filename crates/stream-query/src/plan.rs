@@ -186,12 +186,15 @@ fn err<T>(p: Pos, msg: impl Into<String>) -> Result<T, QueryError> {
 fn plan(text: &str, ast: Ast) -> Result<Query, QueryError> {
     let mut stmts: Vec<Stmt> = Vec::new();
     let mut step_names: Vec<String> = Vec::new();
-    let n_steps = ast.steps.len();
     let all: Vec<(Option<(String, Pos)>, Select)> = ast
         .steps
         .into_iter()
         .map(|s| (Some((s.name, s.pos)), s.select))
         .chain(ast.selects.into_iter().map(|s| (None, s)))
+        .collect();
+    let all_steps: Vec<String> = all
+        .iter()
+        .filter_map(|(s, _)| s.as_ref().map(|s| s.0.clone()))
         .collect();
     for (idx, (step, sel)) in all.into_iter().enumerate() {
         if let Some((name, pos)) = &step {
@@ -207,7 +210,18 @@ fn plan(text: &str, ast: Ast) -> Result<Query, QueryError> {
             .position(|n| n.eq_ignore_ascii_case(&sel.from))
         {
             Some(i) => Source::Step(i),
-            None => Source::Input,
+            None => {
+                if all_steps.iter().any(|n| n.eq_ignore_ascii_case(&sel.from)) {
+                    return err(
+                        sel.from_pos,
+                        format!(
+                            "step '{}' is read before it is defined; a WITH step can only read inputs and earlier steps",
+                            sel.from
+                        ),
+                    );
+                }
+                Source::Input
+            }
         };
         if let Source::Step(_) = source {
             if sel.timestamp_by.is_some() {
@@ -230,7 +244,6 @@ fn plan(text: &str, ast: Ast) -> Result<Query, QueryError> {
             step_names.push(name);
         }
     }
-    let _ = n_steps;
     Ok(Query {
         text: text.to_string(),
         stmts: Arc::new(stmts),
