@@ -13,8 +13,8 @@ use crate::workload::WorkloadClient;
 /// The MQTT-over-TLS port of edgeHub and IoT Hub.
 pub const DEFAULT_PORT: u16 = 8883;
 
-/// How the client gets its SAS tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the client gets its SAS tokens. `Debug` does not show keys or tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     /// A shared access key (base64) the client signs with itself.
     SharedAccessKey(String),
@@ -26,6 +26,25 @@ pub enum Credentials {
     },
     /// A ready-made token (`SharedAccessSignature=` in a connection string); it cannot be renewed.
     SasToken(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::SharedAccessKey(_) => f.write_str("SharedAccessKey(<redacted>)"),
+            Credentials::Workload {
+                client,
+                module_id,
+                generation_id,
+            } => f
+                .debug_struct("Workload")
+                .field("client", client)
+                .field("module_id", module_id)
+                .field("generation_id", generation_id)
+                .finish(),
+            Credentials::SasToken(_) => f.write_str("SasToken(<redacted>)"),
+        }
+    }
 }
 
 /// A module or device identity with everything needed to connect.
@@ -334,6 +353,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("IOTEDGE_GATEWAYPORT"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let id = Identity::from_connection_string(
+            "HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0a2V5",
+            None,
+        )
+        .unwrap();
+        let cs =
+            ConnectionString::parse("HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0a2V5").unwrap();
+        for text in [format!("{id:?}"), format!("{cs:?}")] {
+            assert!(
+                !text.contains("c2VjcmV0a2V5") && text.contains("redacted"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -636,8 +636,8 @@ pub mod sas {
     }
 }
 
-/// A parsed IoT Hub connection string.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A parsed IoT Hub connection string. `Debug` does not show the key or signature.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct ConnectionString {
     /// `HostName`: the IoT Hub host name.
     pub host_name: String,
@@ -655,6 +655,25 @@ pub struct ConnectionString {
     pub shared_access_signature: Option<String>,
     /// `x509=true`
     pub x509: bool,
+}
+
+impl std::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ConnectionString")
+            .field("host_name", &self.host_name)
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field("shared_access_key", &redact(&self.shared_access_key))
+            .field("gateway_host_name", &self.gateway_host_name)
+            .field("shared_access_key_name", &self.shared_access_key_name)
+            .field(
+                "shared_access_signature",
+                &redact(&self.shared_access_signature),
+            )
+            .field("x509", &self.x509)
+            .finish()
+    }
 }
 
 impl ConnectionString {
