@@ -464,3 +464,25 @@ async fn a_second_connect_with_the_same_client_id_takes_over() {
     eventually("A shows disconnected", || !h.stats().modules["A"].connected).await;
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_from_a_client_that_vanishes_at_once_is_still_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(dir.path(), &[TO_B], BTreeMap::new()).await;
+    let mut b = connect(&hub, "B").await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/#")).await;
+    // QoS 0 publish, then the socket is gone before anything else happens.
+    let mut f = raw(&hub, "A", 0).await;
+    f.send(RawPacket::Publish(RawPublish::new(
+        events_topic("A", "%24.on=out1"),
+        QoS::AtMostOnce,
+        b"fire and forget".to_vec(),
+    )))
+    .await
+    .unwrap();
+    drop(f);
+    let p = b.next_publish().await.unwrap();
+    assert_eq!(&p.payload[..], b"fire and forget");
+    b.stop().await;
+    hub.stop().await;
+}

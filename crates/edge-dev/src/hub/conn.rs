@@ -616,29 +616,41 @@ impl Conn {
         }
         let commit = inner.store.submit(ops);
         let inner = inner.clone();
-        Ok(Box::pin(async move {
-            match commit.await {
-                Ok(()) => {
-                    for ep in &endpoints {
-                        inner.add_depth(ep, 1);
-                        if ep == UPSTREAM {
-                            inner.upstream_notify.notify_waiters();
-                        } else if let Some(m) = ep.strip_prefix("module/") {
-                            if let Some(rt) = inner.modules.get(m) {
-                                rt.notify.notify_one();
-                            }
+        // The bookkeeping after the commit runs in its own task, so it happens even if this connection
+        // closes before its PUBACK goes out.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = commit.await;
+            if result.is_ok() {
+                for ep in &endpoints {
+                    inner.add_depth(ep, 1);
+                    if ep == UPSTREAM {
+                        inner.upstream_notify.notify_waiters();
+                    } else if let Some(m) = ep.strip_prefix("module/") {
+                        if let Some(rt) = inner.modules.get(m) {
+                            rt.notify.notify_one();
                         }
                     }
-                    Action {
-                        publishes: Vec::new(),
-                        puback,
-                        fail: None,
-                    }
                 }
-                Err(e) => Action {
+            }
+            let _ = done_tx.send(result);
+        });
+        Ok(Box::pin(async move {
+            match done_rx.await {
+                Ok(Ok(())) => Action {
+                    publishes: Vec::new(),
+                    puback,
+                    fail: None,
+                },
+                Ok(Err(e)) => Action {
                     publishes: Vec::new(),
                     puback: None,
                     fail: Some(format!("could not store the message durably: {e}")),
+                },
+                Err(_) => Action {
+                    publishes: Vec::new(),
+                    puback: None,
+                    fail: Some("the store task ended before the commit".into()),
                 },
             }
         }))
