@@ -103,6 +103,17 @@ fn micros(d: Duration) -> Micros {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
 }
 
+/// What the engine holds (see [`Engine::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct EngineStats {
+    /// Open (window, group) pairs: tumbling/hopping/snapshot groups, sliding groups, sessions.
+    pub open_groups: usize,
+    /// Events waiting in reorder buffers for the watermark.
+    pub buffered_events: usize,
+    /// The lowest watermark over the statements that read inputs (None before any event).
+    pub watermark: Option<DateTime<Utc>>,
+}
+
 /// One output row: `output` is the statement's INTO name, `timestamp` its `System.Timestamp()`
 /// (the window end for aggregates). In `row`, times are strings like `2026-11-24T08:01:00.0000000Z`.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,6 +298,40 @@ impl Engine {
             })
             .min()
             .map(to_datetime)
+    }
+
+    /// Counters for a dashboard or reported properties.
+    pub fn stats(&self) -> EngineStats {
+        let mut st = EngineStats::default();
+        let mut wm: Option<Micros> = None;
+        for (s, state) in self.query.stmts.iter().zip(self.state.stmts.iter()) {
+            let floor = match s.source {
+                Source::Input => self.floor_now(s),
+                Source::Step(_) => state.upstream_watermark.unwrap_or(MIN_T),
+            };
+            for tl in state.timelines.values() {
+                st.buffered_events += tl.pending.len();
+                st.open_groups += tl.fixed.values().map(|g| g.len()).sum::<usize>()
+                    + tl.sliding.len()
+                    + tl.sessions.len();
+                if s.source == Source::Input {
+                    let w = tl.watermark.max(floor);
+                    wm = Some(wm.map_or(w, |x| x.min(w)));
+                }
+            }
+        }
+        st.watermark = wm.filter(|w| *w > MIN_T).map(to_datetime);
+        st
+    }
+
+    fn floor_now(&self, s: &Stmt) -> Micros {
+        match self.state.max_arrival {
+            None => MIN_T,
+            Some(a) if s.timestamp_by.is_some() => {
+                a.saturating_sub(micros(self.policy.late_arrival_tolerance))
+            }
+            Some(a) => a,
+        }
     }
 
     /// Problems met while computing rows that no single input event is to blame for (for
@@ -1030,6 +1075,27 @@ mod tests {
         assert!(e.advance(at("2026-11-24T08:01:05Z")).is_empty());
         assert_eq!(e.advance(d).len(), 1);
         assert_eq!(e.next_deadline(), None);
+    }
+
+    #[test]
+    fn stats_count_what_is_open() {
+        let q = Query::parse(
+            "SELECT k, COUNT(*) AS n INTO o FROM i TIMESTAMP BY t GROUP BY k, TumblingWindow(second, 60)",
+        )
+        .unwrap();
+        let mut e = Engine::new(q, EventPolicy::default());
+        assert_eq!(e.stats(), EngineStats::default());
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        for (k, t) in [("a", "08:00:10"), ("b", "08:00:20"), ("a", "08:00:30")] {
+            let ts = format!("2026-11-24T{t}Z");
+            e.record("i", &serde_json::json!({"k": k, "t": ts}), at(&ts))
+                .unwrap();
+        }
+        let st = e.stats();
+        assert_eq!((st.open_groups, st.buffered_events), (2, 1));
+        assert_eq!(st.watermark, Some(at("2026-11-24T08:00:30Z")));
+        e.flush();
+        assert_eq!(e.stats().open_groups, 0);
     }
 
     #[test]

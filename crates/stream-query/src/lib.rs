@@ -68,7 +68,7 @@ mod parser;
 mod plan;
 mod value;
 
-pub use engine::{Engine, EventPolicy, OrderingAction, OutputRow};
+pub use engine::{Engine, EngineStats, EventPolicy, OrderingAction, OutputRow};
 pub use error::{EventError, QueryError, RestoreError};
 pub use plan::Query;
 
