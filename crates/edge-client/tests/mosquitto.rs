@@ -389,7 +389,30 @@ async fn outputs_inputs_twin_and_methods() {
         Err(ClientError::TooLarge { .. })
     ));
 
-    timeout(WAIT, client.shutdown()).await.unwrap();
+    // shutdown delivers what is queued before it disconnects.
+    let deliveries: Vec<_> = (0..20)
+        .map(|i| {
+            client
+                .try_send_output("bulk", Message::new(format!("b{i}")))
+                .unwrap()
+        })
+        .collect();
+    timeout(WAIT, client.clone().shutdown()).await.unwrap();
+    for d in deliveries {
+        timeout(WAIT, d.acked()).await.unwrap().unwrap();
+    }
+    for i in 0..20 {
+        let (_, p) = next_seen(
+            &mut seen,
+            "devices/dev1/modules/M/messages/events/%24.on=bulk",
+        )
+        .await;
+        assert_eq!(p, format!("b{i}").into_bytes());
+    }
+    assert!(matches!(
+        client.send_output("o", Message::new("late")).await,
+        Err(ClientError::Closed)
+    ));
     // After shutdown the events end.
     assert!(
         timeout(WAIT, async { while events.recv().await.is_some() {} })
@@ -446,6 +469,14 @@ async fn reconnects_resends_queued_messages_and_redelivers_unacked_inputs() {
         other => panic!("expected QueueFull, got {other:?}"),
     }
 
+    // send_output waits for room (back-pressure); it cannot finish while the broker is down.
+    let waiting = {
+        let c = client.clone();
+        tokio::spawn(async move { c.send_output("out", Message::new("q3")).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+
     broker.run();
     next_matching(&mut events, |e| matches!(e, Event::Connected).then_some(())).await;
     // The full twin is read again after the reconnect, and the unacknowledged input comes again on
@@ -470,10 +501,15 @@ async fn reconnects_resends_queued_messages_and_redelivers_unacked_inputs() {
 
     timeout(WAIT, d1.acked()).await.unwrap().unwrap();
     timeout(WAIT, d2.acked()).await.unwrap().unwrap();
+    timeout(WAIT, waiting).await.unwrap().unwrap().unwrap();
     let (t1, p1) = next_seen(&mut seen, "devices/").await;
     let (_, p2) = next_seen(&mut seen, "devices/").await;
+    let (_, p3) = next_seen(&mut seen, "devices/").await;
     assert_eq!(t1, "devices/dev1/modules/M/messages/events/%24.on=out");
-    assert_eq!((p1.as_slice(), p2.as_slice()), (&b"q1"[..], &b"q2"[..]));
+    assert_eq!(
+        (p1.as_slice(), p2.as_slice(), p3.as_slice()),
+        (&b"q1"[..], &b"q2"[..], &b"q3"[..])
+    );
 
     // Inputs keep flowing after the reconnect (subscriptions are in place).
     hub.publish(
@@ -536,8 +572,14 @@ async fn clear_errors_for_untrusted_ca_wrong_name_and_no_broker() {
     // A host name that does not resolve.
     let mut id = broker.identity(KEY);
     id.gateway_host = Some("no-such-host.invalid".to_string());
-    let e = ModuleClient::connect(id, opts.clone()).await.unwrap_err().to_string();
-    assert!(e.contains("cannot reach the hub at no-such-host.invalid:"), "{e}");
+    let e = ModuleClient::connect(id, opts.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot reach the hub at no-such-host.invalid:"),
+        "{e}"
+    );
 
     // Nothing listening: retried for first_connect_timeout_secs, then the reason.
     let mut id = broker.identity(KEY);
