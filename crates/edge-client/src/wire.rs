@@ -393,17 +393,20 @@ pub mod topics {
                 });
             }
             if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
-                let status = rest
-                    .split('/')
-                    .next()
-                    .and_then(|s| s.parse::<u16>().ok())
-                    .ok_or_else(|| bad(topic, "method response without a numeric status"))?;
-                if !rest[status.to_string().len()..].starts_with("/?") {
-                    return Err(bad(
+                let shape = || {
+                    bad(
                         topic,
-                        "expected `$iothub/methods/res/{status}/?$rid={rid}`",
-                    ));
+                        "expected `$iothub/methods/res/{status}/?$rid={rid}` with a numeric status",
+                    )
+                };
+                let (status, tail) = rest.split_once('/').ok_or_else(shape)?;
+                if status.is_empty()
+                    || !status.bytes().all(|b| b.is_ascii_digit())
+                    || !tail.starts_with('?')
+                {
+                    return Err(shape());
                 }
+                let status = status.parse::<u16>().map_err(|_| shape())?;
                 return Ok(ClientPublish::MethodResponse {
                     status,
                     rid: rid_of(topic)?,
@@ -1222,6 +1225,22 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
+            #[test]
+            fn parsers_never_panic(s in "\\PC{0,60}", t in "[$a-z0-9/?=&%.#+]{0,40}") {
+                for input in [&s, &t] {
+                    let mut m = Message::default();
+                    let _ = decode_property_bag(input, &mut m);
+                    let _ = topics::parse_client_publish(input, "d", Some("m"));
+                    let _ = topics::parse_client_publish(&format!("$iothub/methods/res/{input}"), "d", None);
+                    let _ = topics::parse_module_input(input, "d", "m");
+                    let _ = topics::parse_twin_response(&format!("$iothub/twin/res/{input}"));
+                    let _ = topics::parse_method_request(&format!("$iothub/methods/POST/{input}"));
+                    let _ = parse_username(input);
+                    let _ = sas::SasToken::parse(&format!("SharedAccessSignature {input}"));
+                    let _ = ConnectionString::parse(input);
+                }
+            }
+
             #[test]
             fn any_properties_roundtrip(props in proptest::collection::btree_map("\\PC{1,8}", "\\PC{0,8}", 0..6),
                                         mid in proptest::option::of("\\PC{1,8}")) {
