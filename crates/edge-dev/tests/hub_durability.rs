@@ -343,3 +343,48 @@ async fn expired_messages_are_swept_from_queues_nobody_reads() {
     assert_eq!(hub.handle.stats().modules["C"].queue_depth, 0);
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn messages_for_an_input_without_subscription_wait_without_blocking_other_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = [
+        (
+            "one",
+            r#"FROM /messages/modules/A/outputs/one INTO BrokeredEndpoint("/modules/B/inputs/in1")"#,
+        ),
+        (
+            "two",
+            r#"FROM /messages/modules/A/outputs/two INTO BrokeredEndpoint("/modules/B/inputs/in2")"#,
+        ),
+    ];
+    let hub = TestHub::start_with(dir.path(), parse_routes(&routes), BTreeMap::new(), |c| {
+        c.max_inflight_per_client = 1;
+    })
+    .await;
+    let mut a = connect(&hub, "A").await;
+    for i in 0..100 {
+        a.client
+            .publish(events_topic("A", "%24.on=one"), QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    a.client
+        .publish(events_topic("A", "%24.on=two"), QoS::AtLeastOnce, false, "two")
+        .await
+        .unwrap();
+    for _ in 0..101 {
+        a.puback().await.unwrap();
+    }
+    let mut b = connect(&hub, "B").await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/in2/#")).await;
+    let p = b.next_publish().await.unwrap();
+    assert_eq!(&p.payload[..], b"two");
+    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/in1/#")).await;
+    for i in 0..100 {
+        let p = b.next_publish().await.unwrap();
+        assert_eq!(p.payload, format!("{i}").as_bytes());
+    }
+    a.stop().await;
+    b.stop().await;
+    hub.stop().await;
+}

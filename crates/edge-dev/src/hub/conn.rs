@@ -778,13 +778,25 @@ impl Conn {
         let endpoint = store::module_endpoint(&self.module);
         let in_flight: HashSet<u64> = self.inflight.values().map(|k| k.seq).collect();
         let deleting: HashSet<u64> = self.rt.deleting.lock().map(|d| d.clone()).unwrap_or_default();
-        let entries = self
-            .inner
-            .store
-            .scan(&endpoint, free + 64, |k| {
-                !in_flight.contains(&k.seq) && !deleting.contains(&k.seq)
-            })
-            .map_err(|e| e.to_string())?;
+        // Only entries for inputs the module subscribed to (judged on the topic without its property
+        // bag; the exact topic is checked below): others stay queued without blocking these.
+        let entries = {
+            let (device, module, subs) = (&self.device, &self.module, &self.subscriptions);
+            let subscribed_input = |raw: &[u8]| match store::record_input(raw) {
+                Some(input) => {
+                    let topic = topics::module_input(device, module, input, "");
+                    subs.iter().any(|(f, _)| acl::filter_matches(f, &topic))
+                }
+                // Unreadable: let the decoder report and drop it.
+                None => true,
+            };
+            self.inner
+                .store
+                .scan(&endpoint, free, |k, raw| {
+                    !in_flight.contains(&k.seq) && !deleting.contains(&k.seq) && subscribed_input(raw)
+                })
+                .map_err(|e| e.to_string())?
+        };
         let now = now_ms();
         for (key, rec) in entries {
             if free == 0 {

@@ -718,7 +718,7 @@ impl UpstreamQueue {
                 .lock()
                 .map(|h| h.keys().copied().collect())
                 .unwrap_or_default();
-            match inner.store.scan(UPSTREAM, 64, |k| !handed.contains(&k.seq)) {
+            match inner.store.scan(UPSTREAM, 64, |k, _| !handed.contains(&k.seq)) {
                 Ok(entries) => {
                     let now = now_ms();
                     let mut expired = Vec::new();

@@ -236,12 +236,13 @@ impl Store {
         apply(&db, ops)
     }
 
-    /// Up to `limit` entries of `endpoint` in delivery order for which `want` is true.
+    /// Up to `limit` entries of `endpoint` in delivery order for which `want(key, raw record)` is true
+    /// (only those are decoded).
     pub fn scan(
         &self,
         endpoint: &str,
         limit: usize,
-        mut want: impl FnMut(&QueueKey) -> bool,
+        mut want: impl FnMut(&QueueKey, &[u8]) -> bool,
     ) -> Result<Vec<(QueueKey, Record)>, StoreError> {
         let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
         let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
@@ -260,7 +261,7 @@ impl Store {
                 priority,
                 seq,
             };
-            if !want(&key) {
+            if !want(&key, v.value()) {
                 continue;
             }
             match decode_record(v.value()) {
@@ -529,6 +530,19 @@ pub fn record_expiry(b: &[u8]) -> Option<i64> {
     r.i64().ok()
 }
 
+/// The target input from a record's header, without decoding the rest.
+pub fn record_input(b: &[u8]) -> Option<&str> {
+    let mut r = Reader { b };
+    if r.u8().ok()? != RECORD_VERSION {
+        return None;
+    }
+    r.i64().ok()?;
+    r.i64().ok()?;
+    r.bytes().ok()?;
+    r.bytes().ok()?;
+    std::str::from_utf8(r.bytes().ok()?).ok()
+}
+
 /// Deserializes a record.
 pub fn decode_record(b: &[u8]) -> Result<Record, StoreError> {
     let mut r = Reader { b };
@@ -604,6 +618,8 @@ mod tests {
         assert_eq!(decode_record(&b).unwrap(), r);
         assert_eq!(record_expiry(&b), Some(r.expiry_ms));
         assert_eq!(record_expiry(&[1, 2]), None);
+        assert_eq!(record_input(&b), Some("in1"));
+        assert_eq!(record_input(&b[..20]), None);
         assert!(decode_record(&b[..b.len() - 1]).is_err());
         assert!(decode_record(&[9, 1, 2]).is_err());
         assert!(decode_record(&[]).is_err());
@@ -637,7 +653,7 @@ mod tests {
         // The writer thread may still hold the file for a moment: open() waits for it.
         let s = Store::open(&path).unwrap();
         let got: Vec<(u8, u64)> = s
-            .scan(UPSTREAM, 10, |_| true)
+            .scan(UPSTREAM, 10, |_, _| true)
             .unwrap()
             .into_iter()
             .map(|(k, _)| (k.priority, k.seq))
