@@ -24,7 +24,7 @@ use crate::agg::{prepare, Acc, AggIn};
 use crate::ast::{Expr, Window};
 use crate::error::{EventError, RestoreError};
 use crate::eval::{eval, show, truth, Ctx};
-use crate::plan::{OutItem, Query, Sink, Source, Stmt};
+use crate::plan::{OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
 use crate::value::{format_time, from_datetime, parse_time_val, to_datetime, Micros, Val};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -462,6 +462,19 @@ impl Engine {
         max_arrival: Option<Micros>,
     ) -> Result<Result<(String, Micros, Option<Pending>), String>, EventError> {
         let s = &self.query.stmts[si];
+        let with_arrival;
+        let obj = if s.arrival_fields {
+            let mut m = obj.clone();
+            for f in ARRIVAL_FIELDS {
+                if crate::eval::lookup(&m, f).is_none() {
+                    m.insert(f.to_string(), Value::String(format_time(arrival)));
+                }
+            }
+            with_arrival = m;
+            &with_arrival
+        } else {
+            obj
+        };
         let ctx0 = Ctx {
             row: obj,
             time: arrival,

@@ -39,7 +39,9 @@
 //! - Event time: ISO 8601 / RFC 3339 with or without zone and fraction (no zone = UTC),
 //!   .NET `DateTime.ToString()` for the invariant (`11/24/2026 08:05:29`) and en-US
 //!   (`11/24/2026 8:05:29 AM`) cultures (read as UTC), or a number of epoch milliseconds; years
-//!   1 to 9999. Without `TIMESTAMP BY` the event time is the arrival time.
+//!   1 to 9999. Without `TIMESTAMP BY` the event time is the arrival time. `EventProcessedUtcTime`
+//!   and `EventEnqueuedUtcTime`, which ASA adds to every input event, are the arrival time when
+//!   the event lacks them (only added for statements that name them).
 //! - A window is emitted when the watermark is past its end, so an event exactly at the end
 //!   still counts; the full late-arrival policy applies on the edge too (ASA on IoT Edge lacks it).
 //! - Not supported: JOIN, UNION, reference data, user-defined functions, SELECT DISTINCT/TOP,

@@ -873,13 +873,14 @@ impl Parser {
                 if w.eq_ignore_ascii_case("System")
                     && matches!(self.peek_at(1), Tok::Sym("."))
                     && matches!(self.peek_at(2), Tok::Word(t) if t.eq_ignore_ascii_case("Timestamp"))
-                    && matches!(self.peek_at(3), Tok::Sym("("))
                 {
+                    // System.Timestamp() (or the older property form System.Timestamp)
                     self.next();
                     self.next();
                     self.next();
-                    self.next();
-                    self.expect_sym(")", "in System.Timestamp()")?;
+                    if self.eat_sym("(") {
+                        self.expect_sym(")", "in System.Timestamp()")?;
+                    }
                     return Ok(Expr::Timestamp);
                 }
                 if is_reserved(&w) {
@@ -1231,6 +1232,7 @@ mod tests {
         let e = parse_expr("TopOne() OVER (ORDER BY t DESC)").unwrap();
         assert!(matches!(e, Expr::Call { ref order, .. } if order.len() == 1 && order[0].desc));
         assert!(parse_expr("DATEADD(minute, -5, System.Timestamp())").is_ok());
+        assert_eq!(parse_expr("System.TimeStamp"), Ok(Expr::Timestamp));
         assert!(parse_expr("a.b.\"c d\"").is_ok());
         assert!(parse_expr("CAST(x AS nvarchar(max))").is_ok());
         assert!(parse_expr("AVG(a, b)").is_err());

@@ -15,6 +15,9 @@ use crate::parser::{parse, AGGREGATES};
 use crate::value::{parse_time_val, to_datetime};
 use std::sync::Arc;
 
+/// Fields ASA adds to every input event; both are the arrival time here.
+pub(crate) const ARRIVAL_FIELDS: [&str; 2] = ["EventProcessedUtcTime", "EventEnqueuedUtcTime"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AggFunc {
     Avg,
@@ -79,6 +82,9 @@ pub(crate) struct Stmt {
     pub having: Option<Expr>,
     /// Indices of statements that read this one.
     pub consumers: Vec<usize>,
+    /// The statement reads `EventProcessedUtcTime` or `EventEnqueuedUtcTime`, which ASA adds to
+    /// every input event; the engine fills in the arrival time when the event lacks them.
+    pub arrival_fields: bool,
 }
 
 /// A parsed and planned query, ready for [`crate::Engine::new`].
@@ -568,6 +574,40 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         }
         None => None,
     };
+    let mut arrival_fields = false;
+    {
+        let mut check = |e: &Expr| {
+            let _ = visit(e, &mut |x| {
+                if let Expr::Field(p, _) = x {
+                    arrival_fields |= p
+                        .iter()
+                        .take(2)
+                        .any(|seg| ARRIVAL_FIELDS.iter().any(|a| a.eq_ignore_ascii_case(seg)));
+                }
+                Ok(())
+            });
+        };
+        for it in &items {
+            if let OutItem::Col(_, e) = it {
+                check(e);
+            }
+        }
+        for e in sel
+            .timestamp_by
+            .iter()
+            .chain(sel.over.iter())
+            .chain(sel.filter.iter())
+            .chain(sel.group.iter())
+            .chain(having.iter())
+        {
+            check(e);
+        }
+        for a in &aggs {
+            for e in a.arg.iter().chain(a.order.iter().map(|o| &o.expr)) {
+                check(e);
+            }
+        }
+    }
     Ok(Stmt {
         sink,
         from: sel.from,
@@ -582,6 +622,7 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         aggs,
         having,
         consumers: Vec::new(),
+        arrival_fields,
     })
 }
 

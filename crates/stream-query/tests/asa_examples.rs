@@ -446,3 +446,38 @@ HAVING Avg(machine.temperature) > 25";
         )]
     );
 }
+
+#[test]
+fn learn_module_tumbling_by_processing_time() {
+    // Microsoft Learn "Understand window functions": TIMESTAMP BY EventProcessedUtcTime (ASA adds
+    // it to every event; here it is the arrival time) and the old System.TimeStamp property form
+    let q = "SELECT DateAdd(minute,-1,System.TimeStamp) AS WindowStart,
+       System.TimeStamp() AS WindowEnd,
+       MAX(Reading) AS MaxReading
+INTO
+    [output]
+FROM
+    [input] TIMESTAMP BY EventProcessedUtcTime
+GROUP BY TumblingWindow(minute, 1)";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let mut out = Vec::new();
+    for (t, r) in [("00:00:10", 3), ("00:00:50", 7), ("00:01:10", 5)] {
+        out.extend(
+            e.record(
+                "input",
+                &json!({"Reading": r}),
+                at(&format!("2023-01-01T{t}Z")),
+            )
+            .unwrap(),
+        );
+    }
+    out.extend(e.flush());
+    let got: Vec<Value> = out.into_iter().map(|r| Value::Object(r.row)).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"WindowStart": ts("00:00:00"), "WindowEnd": ts("00:01:00"), "MaxReading": 7}),
+            json!({"WindowStart": ts("00:01:00"), "WindowEnd": ts("00:02:00"), "MaxReading": 5}),
+        ]
+    );
+}
