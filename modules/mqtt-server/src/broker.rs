@@ -277,7 +277,11 @@ impl Broker {
             }
         }
         for f in send_retained {
+            let now = Instant::now();
             for (topic, p) in &core.retained {
+                if p.props.expires_at.is_some_and(|at| at <= now) {
+                    continue;
+                }
                 if matches(topic, &f.filter) {
                     let mut p = p.clone();
                     p.qos = min_qos(p.qos, f.qos);
@@ -384,6 +388,14 @@ impl Broker {
             _ => true,
         });
         before - core.sessions.len()
+    }
+
+    /// True when a connection holds `client_id`'s session now.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.link.is_some())
     }
 
     /// Number of sessions held (connected or not).

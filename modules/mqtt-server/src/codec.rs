@@ -77,6 +77,8 @@ pub struct PubProps {
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<(String, String)>,
     pub topic_alias: Option<u16>,
+    /// When the message expires (from `message_expiry_secs` at receipt); not on the wire.
+    pub expires_at: Option<std::time::Instant>,
 }
 
 /// An application message in either direction.

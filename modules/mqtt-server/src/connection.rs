@@ -337,6 +337,11 @@ fn publish_will_message(
     tokio::spawn(async move {
         if delay_secs > 0 {
             tokio::time::sleep(Duration::from_secs(u64::from(delay_secs.min(3600)))).await;
+            // MQTT 5: a client back within the will delay cancels its will
+            if shared.broker.is_connected(&client) {
+                tracing::info!(client = %client, "client reconnected within its will delay; will not published");
+                return;
+            }
         }
         tracing::info!(client = %client, topic = %p.topic, "publishing the client's will message");
         shared.broker.publish(&client, &p);
@@ -380,6 +385,16 @@ async fn deliver<W: AsyncWrite + Unpin>(
     shared: &Shared,
     mut p: Pub,
 ) -> Result<(), ()> {
+    // MQTT 5 message expiry: drop what expired while queued, send the remaining lifetime
+    if let Some(at) = p.props.expires_at {
+        let now = std::time::Instant::now();
+        if at <= now {
+            shared.metrics.dropped("expired");
+            return Ok(());
+        }
+        let left = at.duration_since(now).as_secs_f64().ceil();
+        p.props.message_expiry_secs = Some(left.clamp(1.0, f64::from(u32::MAX)) as u32);
+    }
     if p.qos != QoS::AtMostOnce {
         let Some(id) = state.alloc_pkid() else {
             shared.metrics.dropped("no_packet_id");
@@ -590,6 +605,11 @@ async fn on_publish<W: AsyncWrite + Unpin>(
         let pkid = p.pkid;
         return Ok(Some(Box::pin(async move { Some(Outbound::PubRec(pkid)) })));
     }
+    let mut p = p;
+    p.props.expires_at = p
+        .props
+        .message_expiry_secs
+        .map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s)));
     shared.metrics.messages_in[p.qos as usize].fetch_add(1, Ordering::Relaxed);
     shared
         .metrics

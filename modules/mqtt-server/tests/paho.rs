@@ -164,3 +164,49 @@ async fn paho_v5_will_reaches_subscriber_and_edgehub() {
     assert_eq!(got[0].1.properties["mqtt-client-id"], "esp-will");
     h.stop().await;
 }
+
+/// MQTT 5 message expiry on retained messages: the expired one is not delivered, the live one
+/// carries its remaining lifetime.
+const EXPIRY: &str = r#"
+import sys, time, paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+port = int(sys.argv[1])
+p = mqtt.Client(client_id="pub-exp", protocol=mqtt.MQTTv5)
+p.connect("127.0.0.1", port); p.loop_start()
+for topic, secs in (("exp/short", 1), ("exp/long", 600)):
+    props = Properties(PacketTypes.PUBLISH); props.MessageExpiryInterval = secs
+    p.publish(topic, topic, qos=1, retain=True, properties=props).wait_for_publish(timeout=10)
+p.disconnect(); p.loop_stop()
+time.sleep(2.5)
+got = []
+def on_message(c, u, m):
+    got.append((m.topic, getattr(m.properties, "MessageExpiryInterval", None)))
+s = mqtt.Client(client_id="sub-exp", protocol=mqtt.MQTTv5)
+s.on_message = on_message
+s.connect("127.0.0.1", port); s.loop_start()
+s.subscribe("exp/#", qos=1)
+time.sleep(1.5)
+s.disconnect(); s.loop_stop()
+print(got)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paho_v5_message_expiry_on_retained_messages() {
+    let h = Harness::start(test_settings()).await;
+    let (ok, out, err) = python(EXPIRY, &[h.port.to_string()], 60).await;
+    assert!(ok, "{out} {err}");
+    assert!(
+        !out.contains("exp/short"),
+        "expired retained message delivered: {out}"
+    );
+    let line = out.trim();
+    assert!(line.starts_with("[('exp/long', "), "{out}");
+    let secs: u32 = line
+        .trim_start_matches("[('exp/long', ")
+        .trim_end_matches(")]")
+        .parse()
+        .expect("remaining lifetime");
+    assert!(secs > 0 && secs <= 600, "{out}");
+    h.stop().await;
+}
