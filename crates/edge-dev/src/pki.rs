@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use chrono::{Datelike, Duration, Utc};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +33,13 @@ const SERVER_RENEW_DAYS: i64 = 30;
 /// Errors of the development PKI.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("cannot access {path}: {source}; check that the data directory is writable by this user")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot access {path}: {source}; check that the data directory is writable by this user"
+    )]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid key or certificate ({detail}); delete the PKI directory {dir} to create a new CA (modules must then fetch the new CA)")]
     Corrupt {
         path: PathBuf,
@@ -95,7 +100,8 @@ impl DevPki {
         // The CA: kept across runs.
         let (ca_key, ca_cert_pem) = if ca_path.exists() && ca_key_path.exists() {
             let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
-            let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&ca_key_path, e.to_string()))?;
+            let key =
+                KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&ca_key_path, e.to_string()))?;
             let cert_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
             if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
                 return Err(corrupt(&ca_path, "no PEM certificate in it".into()));
@@ -136,61 +142,65 @@ impl DevPki {
             }
             None => false,
         };
-        let (server_cert_pem, server_key_pem) = if reusable {
-            (
-                std::fs::read_to_string(&server_path).map_err(io(&server_path))?,
-                std::fs::read_to_string(&server_key_path).map_err(io(&server_key_path))?,
-            )
-        } else {
-            let ca_cert = ca_params(false)?
-                .self_signed(&ca_key)
-                .map_err(|e| PkiError::Generate(e.to_string()))?;
-            let key = KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
-            let mut params = CertificateParams::default();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, "edgeHub");
-            params.distinguished_name = dn;
-            params.subject_alt_names = names
-                .iter()
-                .map(|n| match n.parse::<std::net::IpAddr>() {
-                    Ok(ip) => Ok(SanType::IpAddress(ip)),
-                    Err(_) => n
-                        .clone()
-                        .try_into()
-                        .map(SanType::DnsName)
-                        .map_err(|e: rcgen::Error| PkiError::BadName {
-                            name: n.clone(),
-                            detail: e.to_string(),
-                        }),
-                })
-                .collect::<Result<_, _>>()?;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            params.use_authority_key_identifier_extension = true;
-            let not_after = now + Duration::days(SERVER_VALID_DAYS);
-            set_validity(&mut params, now - Duration::days(1), not_after);
-            let cert = params
-                .signed_by(&key, &ca_cert, &ca_key)
-                .map_err(|e| PkiError::Generate(e.to_string()))?;
-            let cert_pem = cert.pem();
-            let key_pem = key.serialize_pem();
-            write_private(&server_key_path, &key_pem)?;
-            std::fs::write(&server_path, &cert_pem).map_err(io(&server_path))?;
-            let meta = ServerMeta {
-                names: names.clone(),
-                // set_validity() truncates to the day: record that day, so the renewal check is conservative.
-                not_after_unix: not_after
-                    .date_naive()
-                    .and_hms_opt(0, 0, 0)
-                    .map(|d| d.and_utc().timestamp())
-                    .unwrap_or(0),
-                ca_check,
+        let (server_cert_pem, server_key_pem) =
+            if reusable {
+                (
+                    std::fs::read_to_string(&server_path).map_err(io(&server_path))?,
+                    std::fs::read_to_string(&server_key_path).map_err(io(&server_key_path))?,
+                )
+            } else {
+                let ca_cert = ca_params(false)?
+                    .self_signed(&ca_key)
+                    .map_err(|e| PkiError::Generate(e.to_string()))?;
+                let key = KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
+                let mut params = CertificateParams::default();
+                let mut dn = DistinguishedName::new();
+                dn.push(DnType::CommonName, "edgeHub");
+                params.distinguished_name = dn;
+                params.subject_alt_names =
+                    names
+                        .iter()
+                        .map(|n| match n.parse::<std::net::IpAddr>() {
+                            Ok(ip) => Ok(SanType::IpAddress(ip)),
+                            Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(
+                                |e: rcgen::Error| PkiError::BadName {
+                                    name: n.clone(),
+                                    detail: e.to_string(),
+                                },
+                            ),
+                        })
+                        .collect::<Result<_, _>>()?;
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                params.use_authority_key_identifier_extension = true;
+                let not_after = now + Duration::days(SERVER_VALID_DAYS);
+                set_validity(&mut params, now - Duration::days(1), not_after);
+                let cert = params
+                    .signed_by(&key, &ca_cert, &ca_key)
+                    .map_err(|e| PkiError::Generate(e.to_string()))?;
+                let cert_pem = cert.pem();
+                let key_pem = key.serialize_pem();
+                write_private(&server_key_path, &key_pem)?;
+                std::fs::write(&server_path, &cert_pem).map_err(io(&server_path))?;
+                let meta = ServerMeta {
+                    names: names.clone(),
+                    // set_validity() truncates to the day: record that day, so the renewal check is conservative.
+                    not_after_unix: not_after
+                        .date_naive()
+                        .and_hms_opt(0, 0, 0)
+                        .map(|d| d.and_utc().timestamp())
+                        .unwrap_or(0),
+                    ca_check,
+                };
+                let meta_json = serde_json::to_vec_pretty(&meta)
+                    .map_err(|e| PkiError::Generate(e.to_string()))?;
+                std::fs::write(&meta_path, meta_json).map_err(io(&meta_path))?;
+                tracing::info!(names = ?names, "issued the hub's TLS server certificate");
+                (cert_pem, key_pem)
             };
-            let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| PkiError::Generate(e.to_string()))?;
-            std::fs::write(&meta_path, meta_json).map_err(io(&meta_path))?;
-            tracing::info!(names = ?names, "issued the hub's TLS server certificate");
-            (cert_pem, key_pem)
-        };
 
         let server_config = build_server_config(&server_cert_pem, &server_key_pem, &ca_cert_pem)
             .map_err(|detail| corrupt(&server_path, detail))?;
@@ -234,7 +244,11 @@ fn ca_params(fresh_validity: bool) -> Result<CertificateParams, PkiError> {
 }
 
 /// Sets the validity to whole days from `from` to `to` (rcgen takes `time` dates; we use chrono).
-fn set_validity(params: &mut CertificateParams, from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) {
+fn set_validity(
+    params: &mut CertificateParams,
+    from: chrono::DateTime<Utc>,
+    to: chrono::DateTime<Utc>,
+) {
     // Month and day are always in range, so the casts cannot truncate.
     params.not_before = rcgen::date_time_ymd(from.year(), from.month() as u8, from.day() as u8);
     params.not_after = rcgen::date_time_ymd(to.year(), to.month() as u8, to.day() as u8);
@@ -274,7 +288,11 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     }
 }
 
-fn build_server_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+fn build_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut chain = Vec::new();
     for pem in [cert_pem, ca_pem] {
         for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
@@ -313,7 +331,10 @@ mod tests {
             "same names: server certificate reused"
         );
         let c = DevPki::load_or_create(dir.path(), &["other.example"]).unwrap();
-        assert_eq!(a.ca_cert_pem, c.ca_cert_pem, "the CA survives a change of names");
+        assert_eq!(
+            a.ca_cert_pem, c.ca_cert_pem,
+            "the CA survives a change of names"
+        );
         assert_ne!(
             a.server_cert_pem, c.server_cert_pem,
             "new names: server certificate reissued"
@@ -327,6 +348,9 @@ mod tests {
         DevPki::load_or_create(dir.path(), &[]).unwrap();
         std::fs::write(dir.path().join("ca.key.pem"), "garbage").unwrap();
         let err = DevPki::load_or_create(dir.path(), &[]).unwrap_err();
-        assert!(err.to_string().contains("delete the PKI directory"), "{err}");
+        assert!(
+            err.to_string().contains("delete the PKI directory"),
+            "{err}"
+        );
     }
 }

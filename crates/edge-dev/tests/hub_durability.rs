@@ -14,7 +14,10 @@ const TO_B: (&str, &str) = (
     "toB",
     r#"FROM /messages/modules/A/outputs/out1 INTO BrokeredEndpoint("/modules/B/inputs/in1")"#,
 );
-const TO_CLOUD: (&str, &str) = ("toCloud", "FROM /messages/modules/A/outputs/up INTO $upstream");
+const TO_CLOUD: (&str, &str) = (
+    "toCloud",
+    "FROM /messages/modules/A/outputs/up INTO $upstream",
+);
 
 fn events_topic(module: &str, bag: &str) -> String {
     format!("devices/{DEVICE}/modules/{module}/messages/events/{bag}")
@@ -69,14 +72,23 @@ fn acknowledged_messages_survive_a_hub_that_dies_without_shutdown() {
             got.push(m.message.properties["i"].parse::<u32>().unwrap());
             q.ack(m.seq).unwrap();
         }
-        assert_eq!(got, (0..20).step_by(2).collect::<Vec<_>>(), "in publish order");
+        assert_eq!(
+            got,
+            (0..20).step_by(2).collect::<Vec<_>>(),
+            "in publish order"
+        );
         // B (never connected before) subscribes and gets its 10 in order.
         let mut b = connect(&hub, "B").await;
         b.subscribe(&inputs_filter("B")).await;
         let mut got = Vec::new();
         for _ in 0..10 {
             let p = b.next_publish().await.unwrap();
-            got.push(String::from_utf8(p.payload.to_vec()).unwrap().parse::<u32>().unwrap());
+            got.push(
+                String::from_utf8(p.payload.to_vec())
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
         }
         assert_eq!(got, (1..20).step_by(2).collect::<Vec<_>>());
         b.stop().await;
@@ -95,7 +107,12 @@ async fn subscriptions_of_clean_session_0_survive_a_hub_restart() {
     // A message for B while B is away.
     let mut a = connect(&hub, "A").await;
     a.client
-        .publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "while-away")
+        .publish(
+            events_topic("A", "%24.on=out1"),
+            QoS::AtLeastOnce,
+            false,
+            "while-away",
+        )
         .await
         .unwrap();
     a.puback().await.unwrap();
@@ -105,12 +122,21 @@ async fn subscriptions_of_clean_session_0_survive_a_hub_restart() {
     let hub = TestHub::start(dir.path(), &[TO_B], BTreeMap::new()).await;
     // B comes back like the Python SDK: clean session 0, and no SUBSCRIBE.
     let mut b = TestClient::spawn(module_options(&hub, "B", Some(hub.client_config())));
-    assert_eq!(b.connected().await, Ok(true), "session present after the restart");
+    assert_eq!(
+        b.connected().await,
+        Ok(true),
+        "session present after the restart"
+    );
     let p = b.next_publish().await.unwrap();
     assert_eq!(&p.payload[..], b"while-away");
     let mut a = connect(&hub, "A").await;
     a.client
-        .publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "after")
+        .publish(
+            events_topic("A", "%24.on=out1"),
+            QoS::AtLeastOnce,
+            false,
+            "after",
+        )
         .await
         .unwrap();
     a.puback().await.unwrap();
@@ -122,7 +148,11 @@ async fn subscriptions_of_clean_session_0_survive_a_hub_restart() {
         .await
         .unwrap();
     let p = b.next_publish().await.unwrap();
-    assert!(p.topic.starts_with("$iothub/twin/res/200/?$rid=7"), "{}", p.topic);
+    assert!(
+        p.topic.starts_with("$iothub/twin/res/200/?$rid=7"),
+        "{}",
+        p.topic
+    );
     b.stop().await;
     a.stop().await;
     hub.stop().await;
@@ -145,7 +175,12 @@ async fn clean_session_1_discards_the_session() {
     assert_eq!(b.connected().await, Ok(false));
     let mut a = connect(&hub, "A").await;
     a.client
-        .publish(events_topic("A", "%24.on=out1"), QoS::AtLeastOnce, false, "queued")
+        .publish(
+            events_topic("A", "%24.on=out1"),
+            QoS::AtLeastOnce,
+            false,
+            "queued",
+        )
         .await
         .unwrap();
     a.puback().await.unwrap();
@@ -188,9 +223,11 @@ async fn unacknowledged_deliveries_are_resent_with_dup_and_at_most_n_are_in_flig
     assert_eq!((&p0.payload[..], &p1.payload[..]), (&b"0"[..], &b"1"[..]));
     assert!(!p0.dup && !p1.dup);
     // The limit is 2: nothing more until one is acknowledged.
-    assert!(tokio::time::timeout(Duration::from_millis(300), b.next_publish())
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.next_publish())
+            .await
+            .is_err()
+    );
     b.client.ack(&p0).await.unwrap();
     let p2 = b.next_publish().await.unwrap();
     assert_eq!(&p2.payload[..], b"2");
@@ -211,7 +248,10 @@ async fn unacknowledged_deliveries_are_resent_with_dup_and_at_most_n_are_in_flig
     assert!(!r3.dup);
     b.client.ack(&r3).await.unwrap();
     let h = hub.handle.clone();
-    eventually("B's queue drains", || h.stats().modules["B"].queue_depth == 0).await;
+    eventually("B's queue drains", || {
+        h.stats().modules["B"].queue_depth == 0
+    })
+    .await;
     assert_eq!(hub.handle.stats().modules["B"].messages_out, 4);
     a.stop().await;
     b.stop().await;
@@ -298,7 +338,10 @@ fn acknowledged_messages_survive_kill_9() {
     rt.block_on(async {
         let hub = TestHub::start(dir.path(), &[TO_CLOUD], BTreeMap::new()).await;
         let depth = hub.handle.stats().upstream_depth;
-        assert!(depth >= u64::from(seen), "{depth} stored < {seen} acknowledged");
+        assert!(
+            depth >= u64::from(seen),
+            "{depth} stored < {seen} acknowledged"
+        );
         let q = hub.handle.upstream();
         let mut got = Vec::new();
         for _ in 0..depth {
@@ -322,7 +365,10 @@ async fn expired_messages_are_swept_from_queues_nobody_reads() {
     .unwrap()
     .with_options(None, Some(1))
     .unwrap()];
-    let hub = TestHub::start_with(dir.path(), routes, BTreeMap::new(), |c| c.sweep_interval_secs = 1).await;
+    let hub = TestHub::start_with(dir.path(), routes, BTreeMap::new(), |c| {
+        c.sweep_interval_secs = 1
+    })
+    .await;
     let mut a = connect(&hub, "A").await;
     a.client
         .publish(events_topic("A", "%24.on=c"), QoS::AtLeastOnce, false, "x")
@@ -364,22 +410,34 @@ async fn messages_for_an_input_without_subscription_wait_without_blocking_other_
     let mut a = connect(&hub, "A").await;
     for i in 0..100 {
         a.client
-            .publish(events_topic("A", "%24.on=one"), QoS::AtLeastOnce, false, format!("{i}"))
+            .publish(
+                events_topic("A", "%24.on=one"),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
             .await
             .unwrap();
     }
     a.client
-        .publish(events_topic("A", "%24.on=two"), QoS::AtLeastOnce, false, "two")
+        .publish(
+            events_topic("A", "%24.on=two"),
+            QoS::AtLeastOnce,
+            false,
+            "two",
+        )
         .await
         .unwrap();
     for _ in 0..101 {
         a.puback().await.unwrap();
     }
     let mut b = connect(&hub, "B").await;
-    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/in2/#")).await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/in2/#"))
+        .await;
     let p = b.next_publish().await.unwrap();
     assert_eq!(&p.payload[..], b"two");
-    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/in1/#")).await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/in1/#"))
+        .await;
     for i in 0..100 {
         let p = b.next_publish().await.unwrap();
         assert_eq!(p.payload, format!("{i}").as_bytes());

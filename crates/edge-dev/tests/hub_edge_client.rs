@@ -18,10 +18,16 @@ async fn module_client(hub: &TestHub, module: &str) -> (ModuleClient, Events) {
     );
     let mut id = Identity::from_connection_string(&cs, Some(&hub.pki.ca_path)).unwrap();
     id.port = hub.tls_addr.port();
-    ModuleClient::connect(id, ClientOptions::default()).await.unwrap()
+    ModuleClient::connect(id, ClientOptions::default())
+        .await
+        .unwrap()
 }
 
-async fn next_event(events: &mut Events, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
+async fn next_event(
+    events: &mut Events,
+    what: &str,
+    mut want: impl FnMut(&Event) -> bool,
+) -> Event {
     loop {
         let e = tokio::time::timeout(WAIT, events.recv())
             .await
@@ -46,7 +52,9 @@ async fn edge_client_modules_talk_through_the_hub() {
 
     let (b, mut b_events) = module_client(&hub, "B").await;
     let twin = next_event(&mut b_events, "B's twin", |e| matches!(e, Event::Twin(_))).await;
-    let Event::Twin(twin) = twin else { unreachable!() };
+    let Event::Twin(twin) = twin else {
+        unreachable!()
+    };
     assert_eq!(twin["desired"]["query"], "SELECT 1");
 
     let (a, _a_events) = module_client(&hub, "A").await;
@@ -63,7 +71,10 @@ async fn edge_client_modules_talk_through_the_hub() {
     )
     .await
     .unwrap();
-    let e = next_event(&mut b_events, "an input message", |e| matches!(e, Event::Input(_))).await;
+    let e = next_event(&mut b_events, "an input message", |e| {
+        matches!(e, Event::Input(_))
+    })
+    .await;
     let Event::Input(m) = e else { unreachable!() };
     assert_eq!(m.input, "temperature");
     assert_eq!(
@@ -72,7 +83,10 @@ async fn edge_client_modules_talk_through_the_hub() {
     );
     assert_eq!(m.message.connection_module_id.as_deref(), Some("A"));
     assert_eq!(m.message.connection_device_id.as_deref(), Some(DEVICE));
-    assert_eq!(m.message.properties.get("unit").map(String::as_str), Some("C"));
+    assert_eq!(
+        m.message.properties.get("unit").map(String::as_str),
+        Some("C")
+    );
     m.ack();
     assert_eq!(hub.handle.stats().unrouted, 1);
 
@@ -88,15 +102,23 @@ async fn edge_client_modules_talk_through_the_hub() {
         matches!(e, Event::DesiredPatch(_))
     })
     .await;
-    let Event::DesiredPatch(p) = e else { unreachable!() };
+    let Event::DesiredPatch(p) = e else {
+        unreachable!()
+    };
     assert_eq!(p["query"], "SELECT 2");
     assert_eq!(p["$version"], 2);
 
     // A direct method answered by the module.
     let h = hub.handle.clone();
-    let call = tokio::spawn(async move { h.invoke_method("B", "ping", json!({"n": 1}), WAIT).await });
-    let e = next_event(&mut b_events, "a method call", |e| matches!(e, Event::Method(_))).await;
-    let Event::Method(req) = e else { unreachable!() };
+    let call =
+        tokio::spawn(async move { h.invoke_method("B", "ping", json!({"n": 1}), WAIT).await });
+    let e = next_event(&mut b_events, "a method call", |e| {
+        matches!(e, Event::Method(_))
+    })
+    .await;
+    let Event::Method(req) = e else {
+        unreachable!()
+    };
     assert_eq!(req.name, "ping");
     assert_eq!(req.payload, json!({"n": 1}));
     req.respond(200, json!({"pong": 1}));

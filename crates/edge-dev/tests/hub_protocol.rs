@@ -19,7 +19,10 @@ const TO_B: (&str, &str) = (
     "toB",
     r#"FROM /messages/modules/A/outputs/out1 INTO BrokeredEndpoint("/modules/B/inputs/in1")"#,
 );
-const TO_CLOUD: (&str, &str) = ("toCloud", "FROM /messages/modules/A/outputs/up INTO $upstream");
+const TO_CLOUD: (&str, &str) = (
+    "toCloud",
+    "FROM /messages/modules/A/outputs/up INTO $upstream",
+);
 
 fn events_topic(module: &str, bag: &str) -> String {
     format!("devices/{DEVICE}/modules/{module}/messages/events/{bag}")
@@ -36,7 +39,11 @@ async fn modules_authenticate_with_sas_tokens() {
         "A",
         Some(hub_support::client_config(&hub.pki, true)),
     ));
-    assert_eq!(ok.connected().await, Ok(false), "first connection: no session present");
+    assert_eq!(
+        ok.connected().await,
+        Ok(false),
+        "first connection: no session present"
+    );
     ok.stop().await;
 
     // Token signed with another key.
@@ -64,7 +71,10 @@ async fn modules_authenticate_with_sas_tokens() {
     o.set_client_id(format!("{DEVICE}/B"));
     let mut c = TestClient::spawn(o);
     let e = c.connected().await.unwrap_err();
-    assert!(e.contains("BadUserNamePassword") || e.contains("NotAuthorized"), "{e}");
+    assert!(
+        e.contains("BadUserNamePassword") || e.contains("NotAuthorized"),
+        "{e}"
+    );
 
     // Client id without module, and a module the deployment does not have.
     let mut o = module_options(&hub, "A", Some(hub.client_config()));
@@ -80,7 +90,8 @@ async fn modules_authenticate_with_sas_tokens() {
     assert!(e.contains("NotAuthorized"), "{e}");
 
     // No credentials at all.
-    let mut o = rumqttc::MqttOptions::new(format!("{DEVICE}/A"), "127.0.0.1", hub.plain_addr.port());
+    let mut o =
+        rumqttc::MqttOptions::new(format!("{DEVICE}/A"), "127.0.0.1", hub.plain_addr.port());
     o.set_keep_alive(Duration::from_secs(30));
     let e = TestClient::spawn(o).connected().await.unwrap_err();
     assert!(e.contains("BadUserNamePassword"), "{e}");
@@ -107,7 +118,8 @@ async fn output_routed_to_another_modules_input_carries_cdid_cmid_and_properties
     let hub = TestHub::start(dir.path(), &[TO_B, TO_CLOUD], BTreeMap::new()).await;
     let mut b = connect(&hub, "B").await;
     assert_eq!(
-        b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/#")).await,
+        b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/#"))
+            .await,
         vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
     let mut a = connect(&hub, "A").await;
@@ -134,7 +146,10 @@ async fn output_routed_to_another_modules_input_carries_cdid_cmid_and_properties
     assert_eq!(props.get("$.cdid").map(String::as_str), Some(DEVICE));
     assert_eq!(props.get("$.cmid").map(String::as_str), Some("A"));
     assert_eq!(props.get("$.mid").map(String::as_str), Some("m1"));
-    assert_eq!(props.get("$.ct").map(String::as_str), Some("application/json"));
+    assert_eq!(
+        props.get("$.ct").map(String::as_str),
+        Some("application/json")
+    );
     assert_eq!(props.get("k").map(String::as_str), Some("v/w"));
     assert_eq!(&p.payload[..], &body[..]);
 
@@ -196,7 +211,10 @@ async fn upstream_queue_gets_routed_messages() {
         assert_eq!(m.message.connection_device_id.as_deref(), Some(DEVICE));
         assert_eq!(&m.message.body[..], format!("m{i}").as_bytes());
         q.ack(m.seq).unwrap();
-        assert!(q.ack(m.seq).is_err(), "a second ack of the same message is an error");
+        assert!(
+            q.ack(m.seq).is_err(),
+            "a second ack of the same message is an error"
+        );
     }
     assert_eq!(q.depth(), 0);
     // Nothing more: next() waits.
@@ -211,18 +229,27 @@ async fn upstream_queue_gets_routed_messages() {
 async fn route_priority_orders_the_upstream_queue_and_ttl_drops_old_messages() {
     let dir = tempfile::tempdir().unwrap();
     let routes = vec![
-        edge_routes::Route::parse("slow", "FROM /messages/modules/A/outputs/slow INTO $upstream")
-            .unwrap()
-            .with_options(Some(5), None)
-            .unwrap(),
-        edge_routes::Route::parse("fast", "FROM /messages/modules/A/outputs/fast INTO $upstream")
-            .unwrap()
-            .with_options(Some(0), None)
-            .unwrap(),
-        edge_routes::Route::parse("brief", "FROM /messages/modules/A/outputs/brief INTO $upstream")
-            .unwrap()
-            .with_options(Some(0), Some(1))
-            .unwrap(),
+        edge_routes::Route::parse(
+            "slow",
+            "FROM /messages/modules/A/outputs/slow INTO $upstream",
+        )
+        .unwrap()
+        .with_options(Some(5), None)
+        .unwrap(),
+        edge_routes::Route::parse(
+            "fast",
+            "FROM /messages/modules/A/outputs/fast INTO $upstream",
+        )
+        .unwrap()
+        .with_options(Some(0), None)
+        .unwrap(),
+        edge_routes::Route::parse(
+            "brief",
+            "FROM /messages/modules/A/outputs/brief INTO $upstream",
+        )
+        .unwrap()
+        .with_options(Some(0), Some(1))
+        .unwrap(),
     ];
     let hub = TestHub::start_with(dir.path(), routes, BTreeMap::new(), |_| {}).await;
     let mut a = connect(&hub, "A").await;
@@ -270,10 +297,19 @@ async fn modules_may_use_only_their_own_topics() {
     // Another module's inputs, a wildcard over all modules, everything: refused; own and $iothub: granted.
     a.client
         .subscribe_many([
-            rumqttc::SubscribeFilter::new(format!("devices/{DEVICE}/modules/B/#"), QoS::AtLeastOnce),
-            rumqttc::SubscribeFilter::new(format!("devices/{DEVICE}/modules/+/inputs/#"), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                format!("devices/{DEVICE}/modules/B/#"),
+                QoS::AtLeastOnce,
+            ),
+            rumqttc::SubscribeFilter::new(
+                format!("devices/{DEVICE}/modules/+/inputs/#"),
+                QoS::AtLeastOnce,
+            ),
             rumqttc::SubscribeFilter::new("#".to_string(), QoS::AtLeastOnce),
-            rumqttc::SubscribeFilter::new(format!("devices/{DEVICE}/modules/A/#"), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                format!("devices/{DEVICE}/modules/A/#"),
+                QoS::AtLeastOnce,
+            ),
             rumqttc::SubscribeFilter::new("$iothub/twin/res/#".to_string(), QoS::AtMostOnce),
         ])
         .await
@@ -355,11 +391,18 @@ async fn oversize_messages_close_the_connection_without_puback() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), &[TO_CLOUD], BTreeMap::new()).await;
     let mut f = raw(&hub, "A", 0).await;
-    let mut p = RawPublish::new(events_topic("A", "%24.on=up"), QoS::AtLeastOnce, vec![b'x'; 300_000]);
+    let mut p = RawPublish::new(
+        events_topic("A", "%24.on=up"),
+        QoS::AtLeastOnce,
+        vec![b'x'; 300_000],
+    );
     p.pkid = 1;
     f.send(RawPacket::Publish(p)).await.unwrap();
     let seen = until_closed(&mut f).await;
-    assert!(!seen.iter().any(|p| matches!(p, RawPacket::PubAck(_))), "{seen:?}");
+    assert!(
+        !seen.iter().any(|p| matches!(p, RawPacket::PubAck(_))),
+        "{seen:?}"
+    );
     assert_eq!(hub.handle.stats().upstream_depth, 0);
 
     // Just under the packet limit but over the message limit once properties count: also refused.
@@ -372,7 +415,10 @@ async fn oversize_messages_close_the_connection_without_puback() {
     p.pkid = 1;
     f.send(RawPacket::Publish(p)).await.unwrap();
     let seen = until_closed(&mut f).await;
-    assert!(!seen.iter().any(|p| matches!(p, RawPacket::PubAck(_))), "{seen:?}");
+    assert!(
+        !seen.iter().any(|p| matches!(p, RawPacket::PubAck(_))),
+        "{seen:?}"
+    );
 
     // A message of exactly the limit is fine.
     let mut f = raw(&hub, "A", 0).await;
@@ -405,7 +451,10 @@ async fn garbage_bytes_qos2_and_silence_close_the_connection_and_the_hub_keeps_s
             .await
             .unwrap()
             .unwrap_or(0);
-        assert!(n == 0 || addr == hub.tls_addr, "plain port: closed without a reply");
+        assert!(
+            n == 0 || addr == hub.tls_addr,
+            "plain port: closed without a reply"
+        );
     }
 
     // Garbage after a good CONNECT.
@@ -418,7 +467,11 @@ async fn garbage_bytes_qos2_and_silence_close_the_connection_and_the_hub_keeps_s
 
     // QoS 2 is not edgeHub's.
     let mut f = raw(&hub, "A", 0).await;
-    let mut p = RawPublish::new(events_topic("A", "%24.on=up"), QoS::ExactlyOnce, b"x".to_vec());
+    let mut p = RawPublish::new(
+        events_topic("A", "%24.on=up"),
+        QoS::ExactlyOnce,
+        b"x".to_vec(),
+    );
     p.pkid = 3;
     f.send(RawPacket::Publish(p)).await.unwrap();
     let seen = until_closed(&mut f).await;
@@ -470,7 +523,8 @@ async fn a_message_from_a_client_that_vanishes_at_once_is_still_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), &[TO_B], BTreeMap::new()).await;
     let mut b = connect(&hub, "B").await;
-    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/#")).await;
+    b.subscribe(&format!("devices/{DEVICE}/modules/B/inputs/#"))
+        .await;
     // QoS 0 publish, then the socket is gone before anything else happens.
     let mut f = raw(&hub, "A", 0).await;
     f.send(RawPacket::Publish(RawPublish::new(

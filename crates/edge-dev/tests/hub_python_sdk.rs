@@ -53,7 +53,10 @@ async fn microsofts_python_module_client_works_with_the_hub() {
     }
     let dir = tempfile::tempdir().unwrap();
     let routes = [
-        ("pyUp", "FROM /messages/modules/A/outputs/out1 INTO $upstream"),
+        (
+            "pyUp",
+            "FROM /messages/modules/A/outputs/out1 INTO $upstream",
+        ),
         (
             "toPy",
             r#"FROM /messages/modules/B/outputs/toA INTO BrokeredEndpoint("/modules/A/inputs/in1")"#,
@@ -67,7 +70,8 @@ async fn microsofts_python_module_client_works_with_the_hub() {
         "HostName={HUB};DeviceId={DEVICE};ModuleId=A;SharedAccessKey={};GatewayHostName=localhost",
         key_b64("A")
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hub_support/python_module.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hub_support/python_module.py");
     let mut child = Command::new("python3")
         .arg(script)
         .env("HUB_PORT", hub.tls_addr.port().to_string())
@@ -107,7 +111,10 @@ async fn microsofts_python_module_client_works_with_the_hub() {
     );
     assert_eq!(m.message.message_id.as_deref(), Some("py-1"));
     assert_eq!(m.message.content_type.as_deref(), Some("application/json"));
-    assert_eq!(m.message.properties.get("k").map(String::as_str), Some("v/w"));
+    assert_eq!(
+        m.message.properties.get("k").map(String::as_str),
+        Some("v/w")
+    );
     q.ack(m.seq).unwrap();
 
     // An input routed to it from module B.
@@ -131,16 +138,28 @@ async fn microsofts_python_module_client_works_with_the_hub() {
     // Direct method (retried until the SDK's method subscription is in place), then a desired patch.
     let mut answer = None;
     for _ in 0..100 {
-        match hub.handle.invoke_method("A", "hello", json!({"n": 1}), WAIT).await {
-            Err(HubError::NotConnected { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+        match hub
+            .handle
+            .invoke_method("A", "hello", json!({"n": 1}), WAIT)
+            .await
+        {
+            Err(HubError::NotConnected { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             other => {
                 answer = Some(other.unwrap());
                 break;
             }
         }
     }
-    assert_eq!(answer, Some((200, json!({"echo": {"n": 1}, "name": "hello"}))));
-    hub.handle.update_desired("A", json!({"threshold": 6})).await.unwrap();
+    assert_eq!(
+        answer,
+        Some((200, json!({"echo": {"n": 1}, "name": "hello"})))
+    );
+    hub.handle
+        .update_desired("A", json!({"threshold": 6}))
+        .await
+        .unwrap();
     let patch: Value = serde_json::from_str(&line(&mut rx, "PATCH").await).unwrap();
     assert_eq!(patch, json!({"threshold": 6, "$version": 2}));
 
@@ -153,7 +172,10 @@ async fn microsofts_python_module_client_works_with_the_hub() {
     desired.insert("A".to_string(), json!({"threshold": 5}));
     let hub = TestHub::start_at(dir.path(), parse_routes(&routes), desired, |_| {}, ports).await;
     let h = hub.handle.clone();
-    eventually("the Python module reconnects", || h.stats().modules["A"].connected).await;
+    eventually("the Python module reconnects", || {
+        h.stats().modules["A"].connected
+    })
+    .await;
     drop(h);
     let mut b = connect(&hub, "B").await;
     b.client
@@ -168,7 +190,11 @@ async fn microsofts_python_module_client_works_with_the_hub() {
     b.puback().await.unwrap();
     let input = line(&mut rx, "INPUT").await;
     assert!(input.starts_with("in1 after restart "), "{input}");
-    let answer = hub.handle.invoke_method("A", "again", json!(2), WAIT).await.unwrap();
+    let answer = hub
+        .handle
+        .invoke_method("A", "again", json!(2), WAIT)
+        .await
+        .unwrap();
     assert_eq!(answer, (200, json!({"echo": 2, "name": "again"})));
 
     let mut stdin = child.stdin.take().unwrap();

@@ -22,7 +22,12 @@ fn manifest() -> BTreeMap<String, Value> {
 
 async fn twin_get(c: &mut TestClient, rid: &str) -> Value {
     c.client
-        .publish(format!("$iothub/twin/GET/?$rid={rid}"), QoS::AtLeastOnce, false, " ")
+        .publish(
+            format!("$iothub/twin/GET/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            " ",
+        )
         .await
         .unwrap();
     let p = c.next_publish().await.unwrap();
@@ -126,7 +131,10 @@ async fn twin_get_reported_patch_and_desired_push() {
     let mut b = connect(&hub, "B").await;
     b.subscribe("$iothub/twin/res/#").await;
     let doc = twin_get(&mut b, "1").await;
-    assert_eq!(doc, json!({"desired": {"$version": 1}, "reported": {"$version": 1}}));
+    assert_eq!(
+        doc,
+        json!({"desired": {"$version": 1}, "reported": {"$version": 1}})
+    );
     a.stop().await;
     b.stop().await;
     hub.stop().await;
@@ -152,7 +160,10 @@ async fn direct_methods_are_invoked_answered_and_time_out() {
     let mut b = connect(&hub, "B").await;
     b.subscribe("$iothub/methods/POST/#").await;
     let h = hub.handle.clone();
-    let call = tokio::spawn(async move { h.invoke_method("B", "reset", json!({"hard": true}), WAIT).await });
+    let call = tokio::spawn(async move {
+        h.invoke_method("B", "reset", json!({"hard": true}), WAIT)
+            .await
+    });
     let p = b.next_publish().await.unwrap();
     let (name, rid) = edge_client::wire::topics::parse_method_request(&p.topic).unwrap();
     assert_eq!(name, "reset");

@@ -49,7 +49,8 @@ pub fn may_subscribe(filter: &str, device: &str, module: &str) -> Result<(), Str
         return Err(format!("{filter:?} is not a valid MQTT topic filter"));
     }
     let own = format!("devices/{device}/modules/{module}/");
-    if filter.starts_with(&own) || filter == format!("devices/{device}/modules/{module}/#").as_str() {
+    if filter.starts_with(&own) || filter == format!("devices/{device}/modules/{module}/#").as_str()
+    {
         return Ok(());
     }
     if filter.starts_with("$iothub/") {
@@ -76,7 +77,10 @@ mod tests {
         assert!(filter_matches("#", "a/b"));
         assert!(!filter_matches("#", "$iothub/twin/res/200"));
         assert!(!filter_matches("+/twin/#", "$iothub/twin/res/200"));
-        assert!(filter_matches("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1"));
+        assert!(filter_matches(
+            "$iothub/twin/res/#",
+            "$iothub/twin/res/200/?$rid=1"
+        ));
         assert!(filter_matches(
             "devices/d/modules/m/#",
             "devices/d/modules/m/inputs/in1/k=v"

@@ -15,8 +15,8 @@ use edge_client::wire::{self, topics, Message};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4::{
-    Codec, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode,
-    UnsubAck, Unsubscribe,
+    Codec, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
 use serde_json::Value;
@@ -52,8 +52,12 @@ fn ready(publishes: Vec<Outbound>, puback: Option<u16>) -> Pending {
 }
 
 /// Serves one connection until it ends.
-pub(super) async fn run<S>(inner: Arc<Inner>, stream: S, peer: SocketAddr, close: watch::Receiver<bool>)
-where
+pub(super) async fn run<S>(
+    inner: Arc<Inner>,
+    stream: S,
+    peer: SocketAddr,
+    close: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let codec = Codec {
@@ -95,11 +99,15 @@ where
         Ok(m) => m,
         Err((code, reason)) => {
             let hint = match connect.client_id.split_once('/') {
-                Some((_, m)) if !m.is_empty() => format!("`edge-dev module-cred {m}` prints working credentials"),
+                Some((_, m)) if !m.is_empty() => {
+                    format!("`edge-dev module-cred {m}` prints working credentials")
+                }
                 _ => "`edge-dev module-cred <module>` prints working credentials".to_string(),
             };
             tracing::warn!(%peer, client_id = %connect.client_id, code = ?code, "refused connection: {reason}; {hint}");
-            let _ = framed.send(Packet::ConnAck(ConnAck::new(code, false))).await;
+            let _ = framed
+                .send(Packet::ConnAck(ConnAck::new(code, false)))
+                .await;
             return;
         }
     };
@@ -148,7 +156,9 @@ fn authenticate(inner: &Inner, connect: &Connect) -> Result<String, (ConnectRetu
         )));
     }
     if module.is_empty() || module.contains('/') {
-        return Err(not_authorized(format!("client id {cid:?} does not name one module")));
+        return Err(not_authorized(format!(
+            "client id {cid:?} does not name one module"
+        )));
     }
     let key = inner.keys.get(module).ok_or_else(|| {
         not_authorized(format!(
@@ -165,7 +175,8 @@ fn authenticate(inner: &Inner, connect: &Connect) -> Result<String, (ConnectRetu
             login.username
         )));
     }
-    let token = wire::sas::SasToken::parse(&login.password).map_err(|e| bad_login(e.to_string()))?;
+    let token =
+        wire::sas::SasToken::parse(&login.password).map_err(|e| bad_login(e.to_string()))?;
     let resource = wire::sas::resource_uri(&inner.config.iothub_hostname, device, Some(module));
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
     token
@@ -202,7 +213,13 @@ enum Flow {
 }
 
 impl Conn {
-    fn new(inner: Arc<Inner>, rt: Arc<ModuleRt>, module: String, connect: Connect, peer: SocketAddr) -> Conn {
+    fn new(
+        inner: Arc<Inner>,
+        rt: Arc<ModuleRt>,
+        module: String,
+        connect: Connect,
+        peer: SocketAddr,
+    ) -> Conn {
         let client_id = connect.client_id.clone();
         let device = inner.config.device_id.clone();
         let (tx, rx) = mpsc::channel(256);
@@ -277,7 +294,10 @@ impl Conn {
             .map(|c| c.id == self.id)
             .unwrap_or(false);
         if mine {
-            let persistent = sessions.get(&self.client_id).map(|s| s.persistent).unwrap_or(false);
+            let persistent = sessions
+                .get(&self.client_id)
+                .map(|s| s.persistent)
+                .unwrap_or(false);
             if persistent {
                 if let Some(s) = sessions.get_mut(&self.client_id) {
                     s.conn = None;
@@ -442,7 +462,11 @@ impl Conn {
             }
         }
         if let Some(pkid) = action.puback {
-            if framed.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
+            if framed
+                .send(Packet::PubAck(PubAck::new(pkid)))
+                .await
+                .is_err()
+            {
                 return Flow::Close;
             }
         }
@@ -498,22 +522,25 @@ impl Conn {
             }
         };
         match kind {
-            topics::ClientPublish::Events { bag } => match self.on_events(p.payload, &bag, puback) {
-                Ok(pending) => {
-                    self.pending.push_back(pending);
-                    Flow::Continue
+            topics::ClientPublish::Events { bag } => {
+                match self.on_events(p.payload, &bag, puback) {
+                    Ok(pending) => {
+                        self.pending.push_back(pending);
+                        Flow::Continue
+                    }
+                    Err(reason) => {
+                        tracing::warn!(module = %self.module, "closing the connection: {reason}");
+                        Flow::Close
+                    }
                 }
-                Err(reason) => {
-                    tracing::warn!(module = %self.module, "closing the connection: {reason}");
-                    Flow::Close
-                }
-            },
+            }
             topics::ClientPublish::TwinGet { rid } => {
                 let doc = match self.inner.twins.lock() {
                     Ok(t) => t.get(&self.module).map(super::twin::TwinState::document),
                     Err(_) => None,
                 };
-                let doc = doc.unwrap_or_else(|| super::twin::TwinState::new(&Value::Null).document());
+                let doc =
+                    doc.unwrap_or_else(|| super::twin::TwinState::new(&Value::Null).document());
                 let out = Outbound {
                     topic: topics::twin_response(200, &rid, None),
                     payload: Bytes::from(doc.to_string()),
@@ -527,7 +554,12 @@ impl Conn {
                 Flow::Continue
             }
             topics::ClientPublish::MethodResponse { status, rid } => {
-                let waiter = self.inner.methods.lock().ok().and_then(|mut m| m.remove(&rid));
+                let waiter = self
+                    .inner
+                    .methods
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.remove(&rid));
                 match waiter {
                     Some(w) => {
                         let _ = w.send((status, p.payload));
@@ -544,7 +576,12 @@ impl Conn {
 
     /// A message to an output: route it, queue it durably in every matched endpoint in one
     /// transaction, and acknowledge once committed. `Err` closes the connection.
-    fn on_events(&mut self, payload: Bytes, bag: &str, puback: Option<u16>) -> Result<Pending, String> {
+    fn on_events(
+        &mut self,
+        payload: Bytes,
+        bag: &str,
+        puback: Option<u16>,
+    ) -> Result<Pending, String> {
         let inner = &self.inner;
         let mut msg = Message::new(payload);
         wire::decode_property_bag(bag, &mut msg).map_err(|e| format!("bad property bag: {e}"))?;
@@ -571,13 +608,16 @@ impl Conn {
             body: &msg.body,
         };
         // One entry per (endpoint, input), at the highest priority (lowest number) of the routes to it.
-        let mut targets: std::collections::BTreeMap<(String, String), (u8, Option<u32>)> = Default::default();
+        let mut targets: std::collections::BTreeMap<(String, String), (u8, Option<u32>)> =
+            Default::default();
         for route in inner.routes.evaluate(&rm) {
             let (endpoint, input, module) = match &route.sink {
                 edge_routes::Sink::Upstream => (UPSTREAM.to_string(), String::new(), None),
-                edge_routes::Sink::ModuleInput { module, input } => {
-                    (store::module_endpoint(module), input.clone(), Some(module.clone()))
-                }
+                edge_routes::Sink::ModuleInput { module, input } => (
+                    store::module_endpoint(module),
+                    input.clone(),
+                    Some(module.clone()),
+                ),
             };
             let _ = module;
             let e = targets
@@ -671,7 +711,10 @@ impl Conn {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(module = %self.module, "refused a reported-properties patch that is not JSON: {e}");
-                return error(400, format!("the reported-properties patch is not JSON: {e}"));
+                return error(
+                    400,
+                    format!("the reported-properties patch is not JSON: {e}"),
+                );
             }
         };
         let submitted = {
@@ -777,7 +820,12 @@ impl Conn {
         }
         let endpoint = store::module_endpoint(&self.module);
         let in_flight: HashSet<u64> = self.inflight.values().map(|k| k.seq).collect();
-        let deleting: HashSet<u64> = self.rt.deleting.lock().map(|d| d.clone()).unwrap_or_default();
+        let deleting: HashSet<u64> = self
+            .rt
+            .deleting
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
         // Only entries for inputs the module subscribed to (judged on the topic without its property
         // bag; the exact topic is checked below): others stay queued without blocking these.
         let entries = {
@@ -793,7 +841,9 @@ impl Conn {
             self.inner
                 .store
                 .scan(&endpoint, free, |k, raw| {
-                    !in_flight.contains(&k.seq) && !deleting.contains(&k.seq) && subscribed_input(raw)
+                    !in_flight.contains(&k.seq)
+                        && !deleting.contains(&k.seq)
+                        && subscribed_input(raw)
                 })
                 .map_err(|e| e.to_string())?
         };
@@ -821,7 +871,10 @@ impl Conn {
             };
             let mut p = Publish::from_bytes(topic, QoS::AtMostOnce, rec.message.body.clone());
             if qos == 0 {
-                framed.send(Packet::Publish(p)).await.map_err(|e| e.to_string())?;
+                framed
+                    .send(Packet::Publish(p))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.rt.messages_out.fetch_add(1, Ordering::Relaxed);
                 self.remove_from_queue(key);
             } else {
@@ -830,7 +883,10 @@ impl Conn {
                 p.pkid = pkid;
                 p.dup = dup;
                 self.inflight.insert(pkid, key);
-                framed.send(Packet::Publish(p)).await.map_err(|e| e.to_string())?;
+                framed
+                    .send(Packet::Publish(p))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 free -= 1;
             }
         }
@@ -868,7 +924,10 @@ impl Conn {
             self.save_subscriptions().await;
             self.scan_needed = true;
         }
-        match framed.send(Packet::SubAck(SubAck::new(s.pkid, codes))).await {
+        match framed
+            .send(Packet::SubAck(SubAck::new(s.pkid, codes)))
+            .await
+        {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }

@@ -101,10 +101,15 @@ pub enum HubError {
     #[error("hub store: {0}")]
     Store(String),
     #[error("cannot create the data directory {path}: {source}; check the --data-dir setting and permissions")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid hub settings: {0}")]
     Config(String),
-    #[error("module {0:?} is not a module of this deployment; check the name against the manifest")]
+    #[error(
+        "module {0:?} is not a module of this deployment; check the name against the manifest"
+    )]
     UnknownModule(String),
     #[error(
         "module {module:?} is not connected (or has not subscribed to {what}); start it, or wait until it connects"
@@ -118,7 +123,9 @@ pub enum HubError {
     },
     #[error("{0}")]
     BadPatch(String),
-    #[error("no message with sequence number {0} was handed out by this queue (already acknowledged?)")]
+    #[error(
+        "no message with sequence number {0} was handed out by this queue (already acknowledged?)"
+    )]
     UnknownSeq(u64),
     #[error("the hub has stopped")]
     Stopped,
@@ -256,7 +263,10 @@ impl Inner {
         let sessions = self.sessions.lock().ok()?;
         let s = sessions.get(&self.client_id(module))?;
         let conn = s.conn.as_ref()?;
-        if s.subscriptions.iter().any(|(f, _)| acl::filter_matches(f, topic)) {
+        if s.subscriptions
+            .iter()
+            .any(|(f, _)| acl::filter_matches(f, topic))
+        {
             Some(conn.tx.clone())
         } else {
             None
@@ -289,10 +299,14 @@ impl Hub {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<HubHandle, HubError> {
         if config.max_inflight_per_client == 0 {
-            return Err(HubError::Config("max_inflight_per_client must be at least 1".into()));
+            return Err(HubError::Config(
+                "max_inflight_per_client must be at least 1".into(),
+            ));
         }
         if config.max_message_size == 0 {
-            return Err(HubError::Config("max_message_size must be at least 1".into()));
+            return Err(HubError::Config(
+                "max_message_size must be at least 1".into(),
+            ));
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::DataDir {
             path: config.data_dir.clone(),
@@ -382,7 +396,10 @@ impl Hub {
         }
         let depths: HashMap<String, u64> = store.depths()?.into_iter().collect();
         if let Some(n) = depths.get(UPSTREAM) {
-            tracing::info!(messages = n, "the $upstream queue holds messages from a previous run");
+            tracing::info!(
+                messages = n,
+                "the $upstream queue holds messages from a previous run"
+            );
         }
 
         let inner = Arc::new(Inner {
@@ -410,7 +427,9 @@ impl Hub {
     }
 }
 
-async fn accept_on(l: &Option<TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+async fn accept_on(
+    l: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
@@ -434,7 +453,8 @@ async fn serve(
     tokio::pin!(shutdown);
     // Expired messages are dropped when a queue is read, and by this sweep from every queue (also those
     // of modules that never connect, which no reader would meet).
-    let mut sweep_timer = tokio::time::interval(Duration::from_secs(inner.config.sweep_interval_secs.max(1)));
+    let mut sweep_timer =
+        tokio::time::interval(Duration::from_secs(inner.config.sweep_interval_secs.max(1)));
     sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -476,10 +496,16 @@ async fn serve(
     }
     drop(tls_listener);
     drop(plain_listener);
-    tracing::info!(connections = conns.len(), "hub stopping: closing connections");
+    tracing::info!(
+        connections = conns.len(),
+        "hub stopping: closing connections"
+    );
     let _ = close_tx.send(true);
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close within 5 s; aborting them");
         conns.abort_all();
         while conns.join_next().await.is_some() {}
@@ -519,7 +545,10 @@ async fn sweep(inner: &Arc<Inner>) {
             return;
         }
     };
-    let keys: Vec<QueueKey> = expired.into_iter().filter(|k| !busy.contains(&k.seq)).collect();
+    let keys: Vec<QueueKey> = expired
+        .into_iter()
+        .filter(|k| !busy.contains(&k.seq))
+        .collect();
     if !keys.is_empty() {
         let mut per_endpoint: BTreeMap<&str, u64> = BTreeMap::new();
         for k in &keys {
@@ -529,7 +558,11 @@ async fn sweep(inner: &Arc<Inner>) {
             tracing::warn!(queue = %endpoint, messages = n, "dropping queued messages whose time to live passed (raise timeToLiveSecs if the receiver is often away this long)");
         }
         let n = keys.len() as u64;
-        let ops = keys.iter().cloned().map(|key| store::Op::Delete { key }).collect();
+        let ops = keys
+            .iter()
+            .cloned()
+            .map(|key| store::Op::Delete { key })
+            .collect();
         match inner.store.write(ops).await {
             Ok(()) => {
                 inner.expired.fetch_add(n, Ordering::Relaxed);
@@ -602,10 +635,12 @@ impl HubHandle {
         }
         let rid = format!("{:x}", inner.next_id.fetch_add(1, Ordering::Relaxed));
         let topic = edge_client::wire::topics::method_request(method, &rid);
-        let tx = inner.sender_for(module, &topic).ok_or_else(|| HubError::NotConnected {
-            module: module.to_string(),
-            what: "$iothub/methods/POST/#".into(),
-        })?;
+        let tx = inner
+            .sender_for(module, &topic)
+            .ok_or_else(|| HubError::NotConnected {
+                module: module.to_string(),
+                what: "$iothub/methods/POST/#".into(),
+            })?;
         let (reply_tx, reply_rx) = oneshot::channel();
         inner
             .methods
@@ -634,8 +669,9 @@ impl HubHandle {
                 let value = if body.iter().all(|b| b.is_ascii_whitespace()) {
                     Value::Null
                 } else {
-                    serde_json::from_slice(&body)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+                    serde_json::from_slice(&body).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&body).into_owned())
+                    })
                 };
                 Ok((status, value))
             }
@@ -662,7 +698,10 @@ impl HubHandle {
                         connected: rt.connected.load(Ordering::Relaxed),
                         messages_in: rt.messages_in.load(Ordering::Relaxed),
                         messages_out: rt.messages_out.load(Ordering::Relaxed),
-                        queue_depth: depths.get(&store::module_endpoint(name)).copied().unwrap_or(0),
+                        queue_depth: depths
+                            .get(&store::module_endpoint(name))
+                            .copied()
+                            .unwrap_or(0),
                     },
                 )
             })
@@ -718,7 +757,10 @@ impl UpstreamQueue {
                 .lock()
                 .map(|h| h.keys().copied().collect())
                 .unwrap_or_default();
-            match inner.store.scan(UPSTREAM, 64, |k, _| !handed.contains(&k.seq)) {
+            match inner
+                .store
+                .scan(UPSTREAM, 64, |k, _| !handed.contains(&k.seq))
+            {
                 Ok(entries) => {
                     let now = now_ms();
                     let mut expired = Vec::new();
@@ -734,7 +776,10 @@ impl UpstreamQueue {
                     }
                     if !expired.is_empty() {
                         let n = expired.len() as u64;
-                        let ops = expired.into_iter().map(|key| store::Op::Delete { key }).collect();
+                        let ops = expired
+                            .into_iter()
+                            .map(|key| store::Op::Delete { key })
+                            .collect();
                         if let Err(e) = inner.store.write(ops).await {
                             tracing::error!(error = %e, "could not delete expired messages");
                         } else {
@@ -762,7 +807,9 @@ impl UpstreamQueue {
                 }
                 Err(e) => {
                     if inner.store.is_closed() {
-                        tracing::info!("the hub has stopped: the $upstream queue has nothing more to give");
+                        tracing::info!(
+                            "the hub has stopped: the $upstream queue has nothing more to give"
+                        );
                         std::future::pending::<()>().await;
                     }
                     tracing::error!(error = %e, "reading the $upstream queue failed; retrying in 1 s");
@@ -821,7 +868,8 @@ mod tests {
         assert_eq!(c.max_message_size, 262_144);
         assert_eq!(c.store_and_forward_ttl_secs, 7200);
         assert_eq!(c.max_inflight_per_client, 16);
-        let c: HubConfig = serde_json::from_str(r#"{"device_id": "pi", "max_inflight_per_client": 4}"#).unwrap();
+        let c: HubConfig =
+            serde_json::from_str(r#"{"device_id": "pi", "max_inflight_per_client": 4}"#).unwrap();
         assert_eq!((c.device_id.as_str(), c.max_inflight_per_client), ("pi", 4));
         let e = serde_json::from_str::<HubConfig>(r#"{"max_inflight": 4}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");

@@ -132,7 +132,8 @@ impl Store {
                 let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
                 max_seq = max_seq.max(k.value().2);
             }
-            txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
+            txn.open_table(SESSIONS)
+                .map_err(|e| err("open sessions")(&e))?;
             txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
         }
         txn.commit().map_err(|e| err("commit")(&e))?;
@@ -194,7 +195,10 @@ impl Store {
     /// Hands `ops` to the writer now (so writes submitted in order commit in order) and returns a
     /// future that resolves once they are committed, in one durable transaction possibly shared with
     /// other callers' ops.
-    pub fn submit(&self, ops: Vec<Op>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn submit(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let sent = self.writer.send(Job {
             ops,
@@ -316,7 +320,9 @@ impl Store {
     /// All stored sessions: client id -> subscriptions (filter, QoS).
     pub fn sessions(&self) -> Result<HashMap<String, Vec<(String, u8)>>, StoreError> {
         let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
-        let t = txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
+        let t = txn
+            .open_table(SESSIONS)
+            .map_err(|e| err("open sessions")(&e))?;
         let mut out = HashMap::new();
         for item in t.iter().map_err(|e| err("scan sessions")(&e))? {
             let (k, v) = item.map_err(|e| err("scan sessions")(&e))?;
@@ -324,7 +330,9 @@ impl Store {
                 Ok(s) => {
                     out.insert(k.value().to_string(), s);
                 }
-                Err(e) => tracing::error!(client = k.value(), error = %e, "ignoring an unreadable stored session"),
+                Err(e) => {
+                    tracing::error!(client = k.value(), error = %e, "ignoring an unreadable stored session")
+                }
             }
         }
         Ok(out)
@@ -341,7 +349,9 @@ impl Store {
                 Ok(s) => {
                     out.insert(k.value().to_string(), s);
                 }
-                Err(e) => tracing::error!(module = k.value(), error = %e, "ignoring an unreadable stored twin"),
+                Err(e) => {
+                    tracing::error!(module = k.value(), error = %e, "ignoring an unreadable stored twin")
+                }
             }
         }
         Ok(out)
@@ -387,13 +397,18 @@ fn apply_refs(db: &Database, ops: &[&Op]) -> Result<(), StoreError> {
     txn.set_durability(Durability::Immediate);
     {
         let mut q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
-        let mut s = txn.open_table(SESSIONS).map_err(|e| err("open sessions")(&e))?;
+        let mut s = txn
+            .open_table(SESSIONS)
+            .map_err(|e| err("open sessions")(&e))?;
         let mut t = txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
         for op in ops {
             match op {
                 Op::Enqueue { key, record } => {
-                    q.insert((key.endpoint.as_str(), key.priority, key.seq), record.as_slice())
-                        .map_err(|e| err("enqueue")(&e))?;
+                    q.insert(
+                        (key.endpoint.as_str(), key.priority, key.seq),
+                        record.as_slice(),
+                    )
+                    .map_err(|e| err("enqueue")(&e))?;
                 }
                 Op::Delete { key } => {
                     q.remove((key.endpoint.as_str(), key.priority, key.seq))
@@ -408,7 +423,8 @@ fn apply_refs(db: &Database, ops: &[&Op]) -> Result<(), StoreError> {
                         .map_err(|e| err("session")(&e))?;
                 }
                 Op::DeleteSession { client_id } => {
-                    s.remove(client_id.as_str()).map_err(|e| err("session")(&e))?;
+                    s.remove(client_id.as_str())
+                        .map_err(|e| err("session")(&e))?;
                 }
                 Op::PutTwin { module, twin } => {
                     t.insert(module.as_str(), twin.as_slice())
@@ -509,7 +525,8 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     fn string(&mut self) -> Result<String, StoreError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| StoreError("queue record holds invalid UTF-8".into()))
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| StoreError("queue record holds invalid UTF-8".into()))
     }
     fn opt(&mut self) -> Result<Option<String>, StoreError> {
         match self.u8()? {

@@ -118,16 +118,27 @@ mod tests {
     fn reported_patch_merges_and_deletes() {
         let mut t = TwinState::new(&json!({"query": "SELECT 1", "$version": 7}));
         assert_eq!(t.desired_version, 1);
-        assert_eq!(t.document()["desired"], json!({"query": "SELECT 1", "$version": 1}));
-        let v = t.patch_reported(&json!({"a": 1, "n": {"x": 1, "y": 2}})).unwrap();
+        assert_eq!(
+            t.document()["desired"],
+            json!({"query": "SELECT 1", "$version": 1})
+        );
+        let v = t
+            .patch_reported(&json!({"a": 1, "n": {"x": 1, "y": 2}}))
+            .unwrap();
         assert_eq!(v, 2);
         let v = t
             .patch_reported(&json!({"a": null, "n": {"y": null, "z": 3}, "$version": 99}))
             .unwrap();
         assert_eq!(v, 3);
-        assert_eq!(t.document()["reported"], json!({"n": {"x": 1, "z": 3}, "$version": 3}));
+        assert_eq!(
+            t.document()["reported"],
+            json!({"n": {"x": 1, "z": 3}, "$version": 3})
+        );
         assert!(t.patch_reported(&json!([1])).is_err());
-        assert_eq!(t.reported_version, 3, "a refused patch does not bump the version");
+        assert_eq!(
+            t.reported_version, 3,
+            "a refused patch does not bump the version"
+        );
     }
 
     #[test]
@@ -136,7 +147,10 @@ mod tests {
         let (v, body) = t.patch_desired(&json!({"b": {"c": 2}})).unwrap();
         assert_eq!(v, 2);
         assert_eq!(body, json!({"b": {"c": 2}, "$version": 2}));
-        assert_eq!(t.document()["desired"], json!({"a": 1, "b": {"c": 2}, "$version": 2}));
+        assert_eq!(
+            t.document()["desired"],
+            json!({"a": 1, "b": {"c": 2}, "$version": 2})
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ pub struct TestHub {
 
 impl TestHub {
     /// Starts a hub with modules A, B, C and these routes `(name, text)`.
-    pub async fn start(dir: &Path, routes: &[(&str, &str)], desired: BTreeMap<String, Value>) -> TestHub {
+    pub async fn start(
+        dir: &Path,
+        routes: &[(&str, &str)],
+        desired: BTreeMap<String, Value>,
+    ) -> TestHub {
         Self::start_with(dir, parse_routes(routes), desired, |_| {}).await
     }
 
@@ -115,7 +119,9 @@ impl TestHub {
         }
         let h = self.handle.clone();
         drop(self);
-        tokio::time::timeout(WAIT, h.closed()).await.expect("hub did not stop");
+        tokio::time::timeout(WAIT, h.closed())
+            .await
+            .expect("hub did not stop");
     }
 
     /// Lets go of the hub without shutting it down (its shutdown future never resolves): for tests that
@@ -184,7 +190,11 @@ pub fn now() -> u64 {
 }
 
 /// MQTT options for module `module` as the Python SDK connects (clean session 0, keep-alive 60).
-pub fn module_options(hub: &TestHub, module: &str, tls: Option<Arc<rustls::ClientConfig>>) -> MqttOptions {
+pub fn module_options(
+    hub: &TestHub,
+    module: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> MqttOptions {
     let (host, port) = match &tls {
         Some(_) => ("localhost", hub.tls_addr.port()),
         None => ("127.0.0.1", hub.plain_addr.port()),
@@ -279,7 +289,10 @@ impl TestClient {
     }
 
     pub async fn subscribe(&mut self, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
         self.suback().await.unwrap()
     }
 
