@@ -27,21 +27,62 @@ pub(crate) enum Acc {
     Distinct(BTreeSet<String>),
     Sum {
         int: Option<i64>,
+        #[serde(with = "any_f64")]
         float: f64,
         n: u64,
     },
     Avg {
+        #[serde(with = "any_f64")]
         sum: f64,
         n: u64,
     },
     Extreme(Option<Val>),
     Moments {
         n: u64,
+        #[serde(with = "any_f64")]
         mean: f64,
+        #[serde(with = "any_f64")]
         m2: f64,
     },
     Top(Option<(Vec<Val>, Val)>),
     Values(Vec<f64>),
+}
+
+/// f64 in checkpoints: sums can overflow to infinity, which JSON numbers cannot carry, so
+/// non-finite values are written as the strings "inf", "-inf" and "nan".
+mod any_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("nan")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum F {
+        N(f64),
+        S(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match F::deserialize(d)? {
+            F::N(f) => Ok(f),
+            F::S(s) => match s.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
+            },
+        }
+    }
 }
 
 fn numeric(f: AggFunc) -> bool {
@@ -94,6 +135,15 @@ pub(crate) fn prepare(specs: &[AggSpec], c: &Ctx) -> Result<Vec<AggIn>, EventErr
         out.push(AggIn { v, order: ord });
     }
     Ok(out)
+}
+
+/// Overflowed results become null: JSON has no infinity.
+fn finite(f: f64) -> Val {
+    if f.is_finite() {
+        Val::Float(f)
+    } else {
+        Val::Null
+    }
 }
 
 fn cmp_order(a: &[Val], b: &[Val], spec: &AggSpec) -> Ordering {
@@ -208,7 +258,7 @@ impl Acc {
                 } else {
                     match int {
                         Some(i) => Val::Int(*i),
-                        None => Val::Float(*float),
+                        None => finite(*float),
                     }
                 }
             }
@@ -216,7 +266,7 @@ impl Acc {
                 if *n == 0 {
                     Val::Null
                 } else {
-                    Val::Float(sum / *n as f64)
+                    finite(sum / *n as f64)
                 }
             }
             Acc::Extreme(v) => v.clone().unwrap_or(Val::Null),
@@ -238,8 +288,8 @@ impl Acc {
                 };
                 let var = var.max(0.0);
                 match spec.func {
-                    AggFunc::Stdev | AggFunc::Stdevp => Val::Float(var.sqrt()),
-                    _ => Val::Float(var),
+                    AggFunc::Stdev | AggFunc::Stdevp => finite(var.sqrt()),
+                    _ => finite(var),
                 }
             }
             Acc::Top(v) => v.as_ref().map(|x| x.1.clone()).unwrap_or(Val::Null),
@@ -256,8 +306,33 @@ impl Acc {
                 let lo = rank.floor() as usize;
                 let hi = rank.ceil() as usize;
                 let (a, b) = (s[lo.min(s.len() - 1)], s[hi.min(s.len() - 1)]);
-                Val::Float(a + (b - a) * (rank - lo as f64))
+                finite(a + (b - a) * (rank - lo as f64))
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflowing_sums_survive_a_checkpoint_and_give_null() {
+        let acc = Acc::Avg {
+            sum: f64::NEG_INFINITY,
+            n: 2,
+        };
+        let text = serde_json::to_string(&acc).unwrap();
+        let back: Acc = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, acc);
+        let spec = AggSpec {
+            func: AggFunc::Avg,
+            arg: None,
+            order: Vec::new(),
+            fraction: 0.0,
+            text: String::new(),
+        };
+        assert_eq!(back.result(&spec), Val::Null);
     }
 }

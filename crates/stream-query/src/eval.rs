@@ -346,7 +346,8 @@ fn arith_f(op: BinOp, x: f64, y: f64) -> EvalResult {
             x % y
         }
     };
-    Ok(Val::Float(r))
+    // overflow gives null rather than an infinity that JSON cannot carry
+    Ok(float_or_null(r))
 }
 
 /// Text form of a value (CAST AS nvarchar(max), CONCAT).
