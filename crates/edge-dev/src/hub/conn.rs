@@ -611,15 +611,12 @@ impl Conn {
         let mut targets: std::collections::BTreeMap<(String, String), (u8, Option<u32>)> =
             Default::default();
         for route in inner.routes.evaluate(&rm) {
-            let (endpoint, input, module) = match &route.sink {
-                edge_routes::Sink::Upstream => (UPSTREAM.to_string(), String::new(), None),
-                edge_routes::Sink::ModuleInput { module, input } => (
-                    store::module_endpoint(module),
-                    input.clone(),
-                    Some(module.clone()),
-                ),
+            let (endpoint, input) = match &route.sink {
+                edge_routes::Sink::Upstream => (UPSTREAM.to_string(), String::new()),
+                edge_routes::Sink::ModuleInput { module, input } => {
+                    (store::module_endpoint(module), input.clone())
+                }
             };
-            let _ = module;
             let e = targets
                 .entry((endpoint, input))
                 .or_insert((route.priority, route.time_to_live_secs));
