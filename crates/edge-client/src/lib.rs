@@ -43,6 +43,7 @@
 pub mod client;
 pub mod error;
 pub mod identity;
+mod signal;
 pub mod tls;
 pub mod wire;
 pub mod workload;
@@ -51,6 +52,7 @@ pub use client::{
     ClientOptions, Delivery, Event, Events, InputMessage, MethodRequest, ModuleClient,
 };
 pub use error::ClientError;
+pub use signal::shutdown_signal;
 pub use identity::{Credentials, Identity};
 pub use tls::Trust;
 pub use wire::{ConnectionString, Message, WireError};

@@ -1,3 +1,40 @@
-//! edge-dev
+//! `edge-dev`: a local Azure IoT Edge runtime for development and tests: the roles of edgeHub,
+//! edgeAgent and IoT Hub on one machine, speaking edgeHub's own module protocol so that what passes here
+//! runs unchanged on a device.
+//!
+//! Parts:
+//! - [`hub`]: the local edgeHub: MQTT 3.1.1 over TLS, SAS authentication, per-module authorization, routes,
+//!   module twins, direct methods, durable per-endpoint queues (store and forward).
+//! - [`pki`]: the development CA and the hub's server certificate (rcgen), kept across runs.
+//! - [`workload`]: the workload API on a unix socket (sign, trust bundle), as iotedged serves it.
+//! - [`identities`]: the device's module keys and generation ids (`identities.json`).
+//! - [`supervisor`]: edgeAgent's part: module processes in startup order, restart policies with back-off.
+//! - [`upstream`]: what plays IoT Hub: the upstream log, the console, optional forwarding to a real hub.
+//! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest.
+
 pub mod hub;
+pub mod identities;
 pub mod pki;
+pub mod supervisor;
+pub mod up;
+pub mod upstream;
+pub mod workload;
+
+use std::path::PathBuf;
+
+/// Errors of the runtime. Each message says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeDevError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Manifest(#[from] edge_manifest::ManifestError),
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("upstream: {0}")]
+    Upstream(String),
+}

@@ -1,0 +1,332 @@
+//! `edge-dev up`: the whole local runtime. It reads the deployment (a `deployment.template.json` is
+//! expanded first, like `iotedgedev genconfig`), validates it, starts the hub (TLS, durable queues, routes,
+//! twins), the workload API, the upstream sink and the supervisor, and on shutdown stops them in the order
+//! that loses nothing: modules first (so they can flush to the hub), then the sink, then the hub.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_manifest::{Manifest, ModuleStatus as DesiredStatus};
+use tokio::sync::watch;
+
+use crate::hub::{Hub, HubConfig, HubListeners, ModuleIdentity};
+use crate::identities::Identities;
+use crate::pki::DevPki;
+use crate::supervisor::{self, Backoff, ModuleProcess, StatusMap};
+use crate::{upstream, workload, EdgeDevError};
+
+/// The edgeHub API version edgeAgent sets in `IOTEDGE_APIVERSION`.
+pub const WORKLOAD_API_VERSION: &str = "2019-01-30";
+
+/// Options of `edge-dev up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The deployment: a template (`${MODULES.x}` placeholders are expanded for `platform`) or a generated
+    /// `config/deployment.<platform>.json`.
+    pub manifest: PathBuf,
+    /// Platform used to expand a template. Default `amd64`.
+    pub platform: String,
+    /// Folder of the module folders (`<folder>/module.json`). Default: `modules` beside the manifest.
+    pub modules_dir: Option<PathBuf>,
+    /// Folder for certificates, keys, the hub's store and the modules' working folders. Default `.edge-dev`.
+    pub data_dir: PathBuf,
+    /// Append every upstream message to this file as a JSON line.
+    pub upstream_log: Option<PathBuf>,
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+    /// Modules that are not started: they are run by hand (see `edge-dev module-cred`).
+    pub external: Vec<String>,
+    /// Where the hub listens for MQTT over TLS. Default 127.0.0.1:8883 (edgeHub's port; the Azure SDKs
+    /// cannot use another).
+    pub hub_listen: SocketAddr,
+    /// Optional plain-TCP MQTT listener for local tools.
+    pub plain_listen: Option<SocketAddr>,
+    /// Folder that holds the module binaries. Default: the folder of the `edge-dev` binary.
+    pub bin_dir: PathBuf,
+    /// Forward upstream messages to a real IoT Hub as this device.
+    pub iothub_connection_string: Option<String>,
+    /// The host name modules use for the hub (`IOTEDGE_GATEWAYHOSTNAME`, SAN of the server certificate).
+    pub gateway_hostname: String,
+    /// Print one line per upstream message on standard output.
+    pub console: bool,
+    /// Play a lost internet connection: messages for `$upstream` are stored (store and forward) but not
+    /// delivered until edge-dev runs again without it.
+    pub offline: bool,
+    /// Restart back-off of the supervisor.
+    pub backoff: Backoff,
+}
+
+/// Loads the deployment at `path`: a template is expanded with `.env` (beside it) and the environment.
+pub fn load_manifest(path: &Path, platform: &str, modules_dir: &Path) -> Result<Manifest, EdgeDevError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EdgeDevError::Io { path: path.to_path_buf(), source: e })?;
+    let is_template = text.contains("$schema-template") || text.contains("${MODULES.");
+    let manifest = if is_template {
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let ctx = template_context(dir, modules_dir, platform)?;
+        let expanded = edge_manifest::expand_template(&text, &ctx)?;
+        Manifest::from_json_str(&expanded)?
+    } else {
+        Manifest::from_json_str(&text)?
+    };
+    if let Err(problems) = manifest.validate() {
+        let (warnings, errors): (Vec<_>, Vec<_>) = problems.iter().partition(|e| e.is_warning());
+        for w in warnings {
+            tracing::warn!("{}: {w}", path.display());
+        }
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+            return Err(EdgeDevError::Config(format!(
+                "the deployment {} is not valid:\n{}",
+                path.display(),
+                list.join("\n")
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// The variables a template is expanded with: `.env` beside it (in `dir`), then the process environment.
+pub fn template_context(dir: &Path, modules_dir: &Path, platform: &str) -> Result<edge_manifest::TemplateContext, EdgeDevError> {
+    let mut vars = BTreeMap::new();
+    let dotenv = dir.join(".env");
+    if dotenv.exists() {
+        vars.extend(edge_manifest::load_dotenv(&dotenv)?);
+    }
+    vars.extend(std::env::vars());
+    Ok(edge_manifest::TemplateContext { platform: platform.to_string(), modules_dir: modules_dir.to_path_buf(), vars })
+}
+
+/// Runs the local edge runtime until `shutdown` resolves (or `duration` passes).
+pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), EdgeDevError> {
+    let modules_dir = opts.modules_dir.clone().unwrap_or_else(|| default_modules_dir(&opts.manifest));
+    let manifest = load_manifest(&opts.manifest, &opts.platform, &modules_dir)?;
+    let data_dir = absolute(&opts.data_dir)?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| EdgeDevError::Io { path: data_dir.clone(), source: e })?;
+
+    for name in &opts.external {
+        if !manifest.modules().any(|(m, _)| m == name) {
+            return Err(EdgeDevError::Config(format!(
+                "--external {name}: the deployment has no module {name}; add it to modulesContent.$edgeAgent so routes and its twin exist"
+            )));
+        }
+    }
+
+    let names: Vec<String> = manifest.modules().map(|(n, _)| n.to_string()).collect();
+    let ids = Identities::load_or_create(&data_dir, names.iter().map(String::as_str))?;
+    let pki = DevPki::load_or_create(&data_dir.join("certs"), &[opts.gateway_hostname.as_str(), "localhost", "edgeHub"])?;
+
+    // Hub.
+    let routes = edge_routes::RouteTable::new(manifest.routes()?)
+        .map_err(|e| EdgeDevError::Config(format!("routes: {e}")))?;
+    let mut desired = BTreeMap::new();
+    for n in &names {
+        if let Some(d) = manifest.module_twin_desired(n) {
+            desired.insert(n.clone(), d.clone());
+        }
+    }
+    let mut modules = Vec::new();
+    for (n, c) in &ids.modules {
+        if names.contains(n) {
+            modules.push(ModuleIdentity { module_id: n.clone(), primary_key: c.key_bytes()? });
+        }
+    }
+    let tls = tokio::net::TcpListener::bind(opts.hub_listen).await.map_err(|e| {
+        EdgeDevError::Config(format!(
+            "cannot listen on {} for the hub ({e}); is another edge-dev or edgeHub running? Use --hub-listen to pick another address",
+            opts.hub_listen
+        ))
+    })?;
+    let hub_addr = tls.local_addr().map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
+    let plain = match opts.plain_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            EdgeDevError::Config(format!("cannot listen on {a} for plain MQTT ({e}); use --plain-listen to pick another address"))
+        })?),
+        None => None,
+    };
+    let hub_config = HubConfig {
+        iothub_hostname: ids.iothub_hostname.clone(),
+        device_id: ids.device_id.clone(),
+        data_dir: data_dir.join("hub"),
+        store_and_forward_ttl_secs: manifest.store_and_forward_ttl_secs(),
+        ..HubConfig::default()
+    };
+    let (hub_stop_tx, hub_stop_rx) = watch::channel(false);
+    let hub = Hub::start(
+        hub_config,
+        modules,
+        routes,
+        desired,
+        HubListeners { tls: Some((tls, pki.server_config())), plain },
+        wait_true(hub_stop_rx.clone()),
+    )
+    .await?;
+
+    // Workload API.
+    let socket = data_dir.join("workload.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| EdgeDevError::Io { path: socket.clone(), source: e })?;
+    let key_ids = ids.clone();
+    let keys: workload::KeyLookup = Arc::new(move |module: &str, genid: &str| {
+        let c = key_ids.modules.get(module)?;
+        if c.generation_id != genid {
+            return None;
+        }
+        c.key_bytes().ok()
+    });
+    let workload = tokio::spawn(workload::serve(listener, keys, pki.ca_cert_pem.clone(), wait_true(hub_stop_rx.clone())));
+
+    // Upstream sink.
+    let forward = match &opts.iothub_connection_string {
+        Some(cs) => {
+            let identity = edge_client::Identity::from_connection_string(cs, None)
+                .map_err(|e| EdgeDevError::Config(format!("--iothub-connection-string: {e}")))?;
+            let (client, _events) = edge_client::ModuleClient::connect(identity, edge_client::ClientOptions::default())
+                .await
+                .map_err(|e| EdgeDevError::Upstream(format!("cannot connect to IoT Hub: {e}")))?;
+            Some(client)
+        }
+        None => None,
+    };
+    let sink = upstream::UpstreamSink::new(opts.upstream_log.as_deref(), forward, opts.console)?;
+    let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
+    let sink_task = if opts.offline {
+        tracing::warn!("--offline: upstream messages are kept in the store-and-forward queue and not delivered");
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(upstream::run(hub.upstream(), sink, sink_stop_rx))
+    };
+
+    // Modules.
+    let mut processes = Vec::new();
+    for (name, spec) in manifest.modules() {
+        if opts.external.iter().any(|e| e == name) {
+            tracing::info!(module = name, "external: not started; run it with `edge-dev module-cred {name}`");
+            continue;
+        }
+        if spec.status != DesiredStatus::Running {
+            tracing::info!(module = name, "desired status is not running; not started");
+            continue;
+        }
+        let folder = edge_manifest::module_folder_for_image(&modules_dir, &spec.image).ok_or_else(|| {
+            EdgeDevError::Config(format!(
+                "module {name}: no modules/<folder>/module.json builds the image {:?}, so edge-dev cannot run it as a process; run it yourself with --external {name}",
+                spec.image
+            ))
+        })?;
+        let cred = &ids.modules[name];
+        let mut env = base_env();
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), local_host(v, &names));
+        }
+        env.insert("IOTEDGE_WORKLOADURI".into(), format!("unix://{}", socket.display()));
+        env.insert("IOTEDGE_AUTHSCHEME".into(), "sasToken".into());
+        env.insert("IOTEDGE_MODULEGENERATIONID".into(), cred.generation_id.clone());
+        env.insert("IOTEDGE_IOTHUBHOSTNAME".into(), ids.iothub_hostname.clone());
+        env.insert("IOTEDGE_GATEWAYHOSTNAME".into(), opts.gateway_hostname.clone());
+        env.insert("IOTEDGE_GATEWAYPORT".into(), hub_addr.port().to_string());
+        env.insert("IOTEDGE_DEVICEID".into(), ids.device_id.clone());
+        env.insert("IOTEDGE_MODULEID".into(), name.to_string());
+        env.insert("IOTEDGE_APIVERSION".into(), WORKLOAD_API_VERSION.into());
+        processes.push(ModuleProcess {
+            name: name.to_string(),
+            program: opts.bin_dir.join(&folder),
+            args: Vec::new(),
+            env,
+            working_dir: data_dir.join("modules").join(name),
+            restart_policy: spec.restart_policy,
+            startup_order: spec.startup_order,
+        });
+    }
+
+    println!(
+        "edge-dev: hub on {hub_addr} (MQTT over TLS; CA {}), workload API {}, {} module(s) started{}",
+        pki.ca_path.display(),
+        socket.display(),
+        processes.len(),
+        match &opts.upstream_log {
+            Some(p) => format!(", upstream log {}", p.display()),
+            None => String::new(),
+        }
+    );
+    let status: StatusMap = Arc::default();
+    let (mod_stop_tx, mod_stop_rx) = watch::channel(false);
+    let sup = tokio::spawn(supervisor::supervise(processes, opts.backoff, status.clone(), mod_stop_rx));
+
+    match opts.duration {
+        Some(d) => {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = tokio::time::sleep(d) => tracing::info!("--duration reached"),
+            }
+        }
+        None => shutdown.await,
+    }
+    tracing::info!("stopping: modules first, then the upstream sink, then the hub");
+    let _ = mod_stop_tx.send(true);
+    let _ = sup.await;
+    let _ = sink_stop_tx.send(true);
+    let _ = sink_task.await;
+    let _ = hub_stop_tx.send(true);
+    hub.closed().await;
+    let _ = workload.await;
+    let _ = std::fs::remove_file(&socket);
+    println!("edge-dev: stopped");
+    Ok(())
+}
+
+/// `modules` beside the manifest.
+pub fn default_modules_dir(manifest: &Path) -> PathBuf {
+    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")).join("modules")
+}
+
+/// The environment a module process gets: like a container, nothing of ours but a few basics.
+fn base_env() -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for k in ["PATH", "HOME", "LANG", "TZ", "RUST_LOG", "RUST_BACKTRACE"] {
+        if let Ok(v) = std::env::var(k) {
+            env.insert(k.to_string(), v);
+        }
+    }
+    env
+}
+
+/// On IoT Edge a module reaches another module by its name on the edge network. Local processes have no
+/// such names, so a value that is exactly a module name (or `edgeHub`) becomes 127.0.0.1.
+pub fn local_host(value: &str, modules: &[String]) -> String {
+    if value.eq_ignore_ascii_case("edgeHub") || modules.iter().any(|m| m.eq_ignore_ascii_case(value)) {
+        "127.0.0.1".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, EdgeDevError> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| EdgeDevError::Io { path: p.to_path_buf(), source: e })?;
+    Ok(cwd.join(p))
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_become_loopback_for_local_processes() {
+        let mods = vec!["MqttServerModule".to_string()];
+        assert_eq!(local_host("MqttServerModule", &mods), "127.0.0.1");
+        assert_eq!(local_host("mqttservermodule", &mods), "127.0.0.1");
+        assert_eq!(local_host("edgeHub", &mods), "127.0.0.1");
+        assert_eq!(local_host("1889", &mods), "1889");
+        assert_eq!(local_host("example.org", &mods), "example.org");
+    }
+}

@@ -1,0 +1,129 @@
+//! The upstream sink: what plays IoT Hub on this machine. It takes messages from the hub's durable
+//! `$upstream` queue in order, appends each to the upstream log as one JSON line, prints a one-line summary,
+//! optionally forwards it to a real IoT Hub as the edge device, and only then removes it from the queue. A
+//! crash between the write and the removal repeats that message (at least once), never loses it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::SecondsFormat;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::hub::{StoredMessage, UpstreamQueue};
+use crate::EdgeDevError;
+
+/// One line of the upstream log: `{"enqueuedTime", "module", "output", "properties", "systemProperties",
+/// "body"}`, with `body` as JSON when the body is JSON in UTF-8, else `bodyBase64`.
+pub fn log_line(m: &StoredMessage) -> Value {
+    let mut line = json!({
+        "enqueuedTime": m.enqueued_time.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "module": m.module,
+        "output": m.output,
+        "properties": m.message.properties,
+        "systemProperties": m.message.system_properties(),
+    });
+    let body = std::str::from_utf8(&m.message.body).ok().and_then(|t| serde_json::from_str::<Value>(t).ok());
+    if let Some(obj) = line.as_object_mut() {
+        match body {
+            Some(v) => obj.insert("body".into(), v),
+            None => obj.insert(
+                "bodyBase64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&m.message.body)),
+            ),
+        };
+    }
+    line
+}
+
+/// The console summary of one upstream message.
+pub fn summary(m: &StoredMessage) -> String {
+    let body = match std::str::from_utf8(&m.message.body) {
+        Ok(t) if t.len() <= 200 => t.to_string(),
+        Ok(t) => format!("{}... ({} bytes)", &t[..t.char_indices().nth(200).map(|(i, _)| i).unwrap_or(t.len())], t.len()),
+        Err(_) => format!("<{} bytes, not UTF-8>", m.message.body.len()),
+    };
+    format!("upstream <- {}/{}: {}", m.module, m.output, body)
+}
+
+/// Where upstream messages go.
+pub struct UpstreamSink {
+    log: Option<(PathBuf, std::fs::File)>,
+    forward: Option<edge_client::ModuleClient>,
+    /// Print a summary line on standard output for each message.
+    pub console: bool,
+}
+
+impl UpstreamSink {
+    pub fn new(log: Option<&Path>, forward: Option<edge_client::ModuleClient>, console: bool) -> Result<UpstreamSink, EdgeDevError> {
+        let log = match log {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| EdgeDevError::Io { path: dir.to_path_buf(), source: e })?;
+                    }
+                }
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| EdgeDevError::Io { path: p.to_path_buf(), source: e })?;
+                Some((p.to_path_buf(), f))
+            }
+            None => None,
+        };
+        Ok(UpstreamSink { log, forward, console })
+    }
+
+    async fn deliver(&mut self, m: &StoredMessage) -> Result<(), EdgeDevError> {
+        if let Some(client) = &self.forward {
+            // IoT Hub sets the connection ids itself; the routing fields belong to this edge device.
+            let mut msg = m.message.clone();
+            msg.output_name = None;
+            msg.connection_device_id = None;
+            msg.connection_module_id = None;
+            client.send_event(msg).await.map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
+        }
+        if let Some((path, f)) = &mut self.log {
+            let mut line = serde_json::to_vec(&log_line(m)).map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
+            line.push(b'\n');
+            let io = |e| EdgeDevError::Io { path: path.clone(), source: e };
+            f.write_all(&line).map_err(io)?;
+            f.sync_data().map_err(io)?;
+        }
+        if self.console {
+            println!("{}", summary(m));
+        }
+        Ok(())
+    }
+}
+
+/// Drains `queue` into `sink` until `stop` becomes true. A delivery that fails (IoT Hub unreachable, disk
+/// full) is retried with back-off; the message stays queued meanwhile.
+pub async fn run(queue: UpstreamQueue, mut sink: UpstreamSink, mut stop: watch::Receiver<bool>) {
+    loop {
+        let m = tokio::select! {
+            m = queue.next() => m,
+            _ = crate::supervisor::stopped(&mut stop) => return,
+        };
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match sink.deliver(&m).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = m.seq, "upstream delivery failed; the message stays queued, retrying in {wait:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = crate::supervisor::stopped(&mut stop) => return,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        if let Err(e) = queue.ack(m.seq) {
+            tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue; it will be delivered again");
+        }
+    }
+}
