@@ -1,1 +1,191 @@
-//! aggregator
+//! AggregatorModule: the edge replacement of an Azure Stream Analytics edge job.
+//!
+//! Parts:
+//! - [`settings`]: process settings (environment allow-list) and twin settings (`query`, `eventPolicy`,
+//!   `deadLetterOutput`, live from the module twin's desired properties).
+//! - [`processor`]: the synchronous core around the [`stream_query`] engine: input bodies to events, the
+//!   dead-letter decision, query reloads that keep the previous query on error, checkpoints.
+//! - [`run`]: the thin async shell: one `select!` over edgeHub events, a timer and shutdown. Input messages
+//!   are acknowledged to edgeHub only after a checkpoint holds their effect, so a crash loses nothing that
+//!   edgeHub considers delivered.
+//! - [`replay`]: the same engine over a file of JSON events (`aggregator replay`), ASA's "Test query".
+
+pub mod processor;
+pub mod replay;
+pub mod settings;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use edge_client::wire::Message;
+use edge_client::{Event, Events, InputMessage, ModuleClient};
+use serde_json::Value;
+
+pub use processor::Processor;
+pub use settings::{Settings, TwinSettings};
+
+/// Errors of the module. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    #[error("setting {key}: {message}")]
+    Settings { key: String, message: String },
+    #[error("the query was rejected: {0}. Fix the desired property `query`; the previous query keeps running")]
+    Query(stream_query::QueryError),
+    #[error("cannot write the window checkpoint {path}: {source}. Check that the state folder is writable (AGGREGATOR_STATE_DIR) and the disk is not full")]
+    Checkpoint { path: PathBuf, source: std::io::Error },
+    #[error("edgeHub client: {0}")]
+    Client(#[from] edge_client::ClientError),
+    #[error("replay: {0}")]
+    Replay(String),
+}
+
+/// How many input messages may wait for a checkpoint before one is written early.
+const MAX_PENDING_ACKS: usize = 200;
+
+/// Runs the module until `shutdown` resolves or the edgeHub client ends.
+pub async fn run(
+    settings: Settings,
+    client: ModuleClient,
+    mut events: Events,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AggregatorError> {
+    let mut processor = Processor::new(&settings.state_dir);
+    if let Some(q) = &settings.query {
+        let fallback = TwinSettings { query: Some(q.clone()), ..TwinSettings::default() };
+        if let Err(e) = processor.apply(fallback) {
+            tracing::error!(error = %e, "AGGREGATOR_QUERY is not a valid query; waiting for the twin's `query`");
+        }
+    }
+    let mut desired = Value::Object(Default::default());
+    let mut unknown: Vec<String> = Vec::new();
+    let mut pending: Vec<InputMessage> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            ev = events.recv() => match ev {
+                None => break Ok(()),
+                Some(Event::Input(input)) => {
+                    let outcome = processor.on_input(&input.input, &input.message.body, Utc::now());
+                    if let Err(e) = send_rows(&client, &outcome.rows).await { break Err(e) }
+                    if let Some(dl) = outcome.dead_letter {
+                        let out = processor.dead_letter_output().to_string();
+                        if let Err(e) = client.send_output(&out, Message::json(&dl)).await { break Err(e.into()) }
+                    }
+                    pending.push(input);
+                    if pending.len() >= MAX_PENDING_ACKS {
+                        if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
+                    }
+                }
+                Some(Event::Twin(twin)) => {
+                    desired = twin.get("desired").cloned().unwrap_or(Value::Object(Default::default()));
+                    unknown = apply_desired(&mut processor, &desired);
+                    report(&client, &processor, &unknown).await;
+                }
+                Some(Event::DesiredPatch(patch)) => {
+                    merge_patch(&mut desired, &patch);
+                    unknown = apply_desired(&mut processor, &desired);
+                    report(&client, &processor, &unknown).await;
+                }
+                Some(Event::Method(req)) => {
+                    let body = serde_json::json!({
+                        "state": processor.reported(&unknown),
+                        "eventsIn": processor.events_in, "rowsOut": processor.rows_out, "deadLetters": processor.dead_letters,
+                    });
+                    req.respond(200, body);
+                }
+                Some(_) => {}
+            },
+            _ = tick.tick() => {
+                let rows = processor.on_tick(Utc::now());
+                if let Err(e) = send_rows(&client, &rows).await { break Err(e) }
+                if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
+            }
+        }
+    };
+    // Keep what was processed: the checkpoint first, then the acknowledgements.
+    let committed = commit(&processor, &mut pending).await;
+    client.shutdown().await;
+    result.and(committed)
+}
+
+fn apply_desired(processor: &mut Processor, desired: &Value) -> Vec<String> {
+    match TwinSettings::from_desired(desired) {
+        Ok((settings, unknown)) => {
+            for k in &unknown {
+                tracing::warn!(key = %k, "desired property is not known to AggregatorModule and is ignored");
+            }
+            match processor.apply(settings) {
+                Ok(true) => tracing::info!(status = ?processor.status(), "query (re)loaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "query rejected"),
+            }
+            unknown
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "desired properties rejected; the previous settings stay in force");
+            Vec::new()
+        }
+    }
+}
+
+async fn report(client: &ModuleClient, processor: &Processor, unknown: &[String]) {
+    if let Err(e) = client.update_reported(processor.reported(unknown)).await {
+        tracing::warn!(error = %e, "could not update reported properties; will try again on the next change");
+    }
+}
+
+async fn send_rows(client: &ModuleClient, rows: &[stream_query::OutputRow]) -> Result<(), AggregatorError> {
+    for row in rows {
+        let body = Value::Object(row.row.clone());
+        tracing::info!(output = %row.output, row = %body, "window result");
+        client.send_output(&row.output, processor::row_message(row)).await?;
+    }
+    Ok(())
+}
+
+/// Writes the checkpoint, then acknowledges the inputs whose effect it holds.
+async fn commit(processor: &Processor, pending: &mut Vec<InputMessage>) -> Result<(), AggregatorError> {
+    if pending.is_empty() && !processor.has_query() {
+        return Ok(());
+    }
+    processor.checkpoint()?;
+    for input in pending.drain(..) {
+        input.ack();
+    }
+    Ok(())
+}
+
+/// RFC 7396 JSON merge patch, as the twin's desired patches are applied.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge_patch(&mut t, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
+        assert_eq!(t, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+    }
+}

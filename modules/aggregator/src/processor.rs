@@ -1,0 +1,268 @@
+//! The synchronous core of the module: it owns the query engine, turns input bodies into events, decides
+//! what goes to the dead-letter output, reloads queries, and makes checkpoints. No IO happens here; the
+//! async shell in [`crate::run`] feeds it and sends what it returns.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use stream_query::{Engine, OutputRow, Query};
+
+use crate::settings::TwinSettings;
+use crate::AggregatorError;
+
+/// What one input message produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Rows of windows that this event closed (or, for queries without a window, rows it produced).
+    pub rows: Vec<OutputRow>,
+    /// Set when the message could not be used: the body to send to the dead-letter output.
+    pub dead_letter: Option<Value>,
+}
+
+/// A query that was accepted, with the policy it runs under.
+#[derive(Debug)]
+struct Active {
+    text: String,
+    settings: TwinSettings,
+    engine: Engine,
+}
+
+/// The state written to disk so that a restart or redeploy keeps the open windows.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    query: String,
+    settings: TwinSettings,
+    engine: Value,
+    written: DateTime<Utc>,
+}
+
+/// Error of a query that was rejected, in the form reported in the twin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueryStatus {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+/// The module's core.
+#[derive(Debug)]
+pub struct Processor {
+    active: Option<Active>,
+    dead_letter_output: String,
+    checkpoint_path: PathBuf,
+    last_status: QueryStatus,
+    pub events_in: u64,
+    pub rows_out: u64,
+    pub dead_letters: u64,
+}
+
+impl Processor {
+    /// A processor with no query yet, checkpointing into `state_dir`.
+    pub fn new(state_dir: &Path) -> Processor {
+        Processor {
+            active: None,
+            dead_letter_output: "deadletter".into(),
+            checkpoint_path: state_dir.join("checkpoint.json"),
+            last_status: QueryStatus { status: "waiting for a query", error: None, line: None, column: None },
+            events_in: 0,
+            rows_out: 0,
+            dead_letters: 0,
+        }
+    }
+
+    pub fn has_query(&self) -> bool {
+        self.active.is_some()
+    }
+
+    pub fn dead_letter_output(&self) -> &str {
+        &self.dead_letter_output
+    }
+
+    pub fn status(&self) -> &QueryStatus {
+        &self.last_status
+    }
+
+    /// Applies new settings. A query that does not parse is rejected: the previous query keeps running and
+    /// the error (with line and column) is returned for the reported properties. The same query text and
+    /// policy keeps its windows; a changed one starts with empty windows (ASA restarts a job the same way).
+    /// If a checkpoint for exactly this query exists on disk, the windows are restored from it.
+    pub fn apply(&mut self, settings: TwinSettings) -> Result<bool, AggregatorError> {
+        self.dead_letter_output = settings.dead_letter_output.clone();
+        let Some(text) = settings.query.clone() else {
+            return Ok(false);
+        };
+        if let Some(a) = &self.active {
+            if a.text == text && a.settings.event_policy == settings.event_policy {
+                return Ok(false);
+            }
+        }
+        let policy = settings.event_policy.to_policy()?;
+        let query = match Query::parse(&text) {
+            Ok(q) => q,
+            Err(e) => {
+                self.last_status = QueryStatus {
+                    status: if self.active.is_some() { "rejected; previous query still running" } else { "rejected" },
+                    error: Some(e.to_string()),
+                    line: Some(e.line),
+                    column: Some(e.column),
+                };
+                return Err(AggregatorError::Query(e));
+            }
+        };
+        let restored = self.load_checkpoint(&text, &settings);
+        let engine = match restored {
+            Some(state) => match Engine::restore(query.clone(), policy.clone(), &state) {
+                Ok(engine) => {
+                    tracing::info!(path = %self.checkpoint_path.display(), "restored open windows from the checkpoint");
+                    engine
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.checkpoint_path.display(), error = %e,
+                        "checkpoint does not fit this query; starting with empty windows");
+                    Engine::new(query, policy)
+                }
+            },
+            None => Engine::new(query, policy),
+        };
+        self.active = Some(Active { text, settings, engine });
+        self.last_status = QueryStatus { status: "running", error: None, line: None, column: None };
+        Ok(true)
+    }
+
+    fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<Value> {
+        let bytes = std::fs::read(&self.checkpoint_path).ok()?;
+        match serde_json::from_slice::<Checkpoint>(&bytes) {
+            Ok(cp) if cp.query == text && cp.settings.event_policy == settings.event_policy => Some(cp.engine),
+            Ok(_) => {
+                tracing::info!("checkpoint belongs to another query or policy; not restored");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.checkpoint_path.display(), error = %e,
+                    "checkpoint is unreadable; starting with empty windows (delete the file to silence this)");
+                None
+            }
+        }
+    }
+
+    /// One input message. `input` is the edgeHub input name, which is the query's `FROM` name.
+    pub fn on_input(&mut self, input: &str, body: &[u8], arrival: DateTime<Utc>) -> Outcome {
+        self.events_in += 1;
+        let Some(active) = self.active.as_mut() else {
+            return self.dead(input, body, arrival, "no query is running: set the desired property `query` of AggregatorModule".into());
+        };
+        let value: Value = match std::str::from_utf8(body) {
+            Err(e) => return self.dead(input, body, arrival, format!("body is not UTF-8 ({e}); send JSON in UTF-8")),
+            Ok(text) => match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => return self.dead(input, body, arrival, format!("body is not JSON: {e}")),
+            },
+        };
+        match active.engine.record(input, &value, arrival) {
+            Ok(rows) => {
+                self.rows_out += rows.len() as u64;
+                Outcome { rows, dead_letter: None }
+            }
+            Err(e) => self.dead(input, body, arrival, e.to_string()),
+        }
+    }
+
+    fn dead(&mut self, input: &str, body: &[u8], arrival: DateTime<Utc>, reason: String) -> Outcome {
+        self.dead_letters += 1;
+        tracing::warn!(input, %reason, "input message sent to the dead-letter output `{}`", self.dead_letter_output);
+        let body = match std::str::from_utf8(body) {
+            Ok(text) => match serde_json::from_str::<Value>(text) {
+                Ok(v) => json!({ "body": v }),
+                Err(_) => json!({ "bodyText": text }),
+            },
+            Err(_) => {
+                use base64::Engine as _;
+                json!({ "bodyBase64": base64::engine::general_purpose::STANDARD.encode(body) })
+            }
+        };
+        let mut dl = json!({
+            "reason": reason,
+            "input": input,
+            "arrivalTime": arrival.to_rfc3339_opts(SecondsFormat::Millis, true),
+        });
+        if let (Some(dl), Some(b)) = (dl.as_object_mut(), body.as_object()) {
+            dl.extend(b.clone());
+        }
+        Outcome { rows: Vec::new(), dead_letter: Some(dl) }
+    }
+
+    /// Advances the watermark with the wall clock, closing the windows that are due.
+    pub fn on_tick(&mut self, now: DateTime<Utc>) -> Vec<OutputRow> {
+        match self.active.as_mut() {
+            Some(a) => {
+                let rows = a.engine.advance(now);
+                self.rows_out += rows.len() as u64;
+                rows
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Writes the checkpoint atomically (temporary file, fsync, rename).
+    pub fn checkpoint(&self) -> Result<(), AggregatorError> {
+        let Some(a) = &self.active else { return Ok(()) };
+        let cp = Checkpoint {
+            query: a.text.clone(),
+            settings: a.settings.clone(),
+            engine: a.engine.checkpoint(),
+            written: Utc::now(),
+        };
+        let io = |e: std::io::Error| AggregatorError::Checkpoint { path: self.checkpoint_path.clone(), source: e };
+        if let Some(dir) = self.checkpoint_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = self.checkpoint_path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&cp).map_err(|e| io(std::io::Error::other(e)))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.checkpoint_path).map_err(io)?;
+        Ok(())
+    }
+
+    /// The reported properties that describe this module's state.
+    pub fn reported(&self, unknown_keys: &[String]) -> Value {
+        let outputs = self
+            .active
+            .as_ref()
+            .map(|a| a.engine_outputs())
+            .unwrap_or_default();
+        json!({
+            "query": self.last_status,
+            "runningQuery": self.active.as_ref().map(|a| a.text.clone()),
+            "outputs": outputs,
+            "deadLetterOutput": self.dead_letter_output,
+            "ignoredDesiredProperties": unknown_keys,
+        })
+    }
+}
+
+impl Active {
+    fn engine_outputs(&self) -> Vec<String> {
+        Query::parse(&self.text).map(|q| q.outputs()).unwrap_or_default()
+    }
+}
+
+/// The message sent for one output row: the row's columns as a JSON object (content type
+/// application/json, UTF-8), with the row's `System.Timestamp()` (for a window, its end) as the
+/// application property `timestamp` so that routes and consumers can use it without selecting it.
+pub fn row_message(row: &OutputRow) -> edge_client::wire::Message {
+    let mut m = edge_client::wire::Message::json(&Value::Object(row.row.clone()));
+    m.properties.insert("timestamp".into(), row.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true));
+    m.creation_time = Some(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true));
+    m
+}
