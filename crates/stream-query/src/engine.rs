@@ -289,11 +289,20 @@ impl Engine {
             .stmts
             .iter()
             .zip(self.state.stmts.iter())
-            .filter(|(s, _)| s.source == Source::Input)
             .filter_map(|(s, st)| {
                 let due = st.due.iter().next()?.0;
+                // statements that read a step move with the input-reading statement at the root
+                let mut root = s;
+                let mut hops = 0;
+                while let Source::Step(i) = root.source {
+                    root = self.query.stmts.get(i)?;
+                    hops += 1;
+                    if hops > self.query.stmts.len() {
+                        return None;
+                    }
+                }
                 // the floor is arrival - late (with TIMESTAMP BY) and must pass `due`
-                let lag = if s.timestamp_by.is_some() { late } else { 0 };
+                let lag = if root.timestamp_by.is_some() { late } else { 0 };
                 Some(due.saturating_add(lag).saturating_add(1))
             })
             .min()
@@ -1087,6 +1096,33 @@ mod tests {
         assert_eq!(d, at("2026-11-24T08:01:05.000001Z"));
         assert!(e.advance(at("2026-11-24T08:01:05Z")).is_empty());
         assert_eq!(e.advance(d).len(), 1);
+        assert_eq!(e.next_deadline(), None);
+    }
+
+    #[test]
+    fn next_deadline_sees_windows_behind_a_step() {
+        let q = Query::parse(
+            "WITH s AS (SELECT v FROM i TIMESTAMP BY t)
+             SELECT COUNT(*) AS n INTO o FROM s GROUP BY TumblingWindow(second, 10)",
+        )
+        .unwrap();
+        let mut e = Engine::new(q, EventPolicy::default());
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        e.record(
+            "i",
+            &serde_json::json!({"v": 1, "t": "2026-11-24T08:00:01Z"}),
+            at("2026-11-24T08:00:01Z"),
+        )
+        .unwrap();
+        let mut rows = Vec::new();
+        for _ in 0..5 {
+            match e.next_deadline() {
+                Some(d) => rows.extend(e.advance(d)),
+                None => break,
+            }
+        }
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].timestamp, at("2026-11-24T08:00:10Z"));
         assert_eq!(e.next_deadline(), None);
     }
 
