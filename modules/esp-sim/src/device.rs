@@ -56,10 +56,56 @@ pub(crate) struct Shared {
     pub start_time: Option<DateTime<Utc>>,
 }
 
-type Events = Pin<Box<dyn Stream<Item = Result<Event, ConnectionError>> + Send>>;
+/// What the device loop needs from either protocol version's event loop.
+#[derive(Debug)]
+enum Ev {
+    ConnAck,
+    /// A PUBLISH was written with this packet id (0 for QoS 0).
+    Sent(u16),
+    PubAck(u16),
+    PubComp(u16),
+    /// Our DISCONNECT went out.
+    Closed,
+    Other,
+    /// The connection broke or could not be made; the next poll reconnects (after backoff).
+    Lost(String),
+}
+
+type Events = Pin<Box<dyn Stream<Item = Ev> + Send>>;
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    fn try_publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: String,
+    ) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, qos_of(qos), retain, payload)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_publish(topic, qos5_of(qos), retain, payload)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
 
 struct Conn {
-    client: AsyncClient,
+    client: Client,
     events: Events,
 }
 
@@ -72,50 +118,116 @@ pub fn client_id(prefix: &str, mode: Mode, index: u32) -> String {
 }
 
 fn connect(s: &Settings, id: &str, jitter: ChaCha8Rng) -> Conn {
-    let mut o = MqttOptions::new(id, s.host.clone(), s.port);
-    o.set_keep_alive(Duration::from_secs(s.keep_alive_s.max(1)));
-    o.set_clean_session(true);
-    o.set_inflight(10);
-    let (client, eventloop) = AsyncClient::new(o, 8);
-    Conn {
-        client,
-        events: event_stream(eventloop, s.reconnect_min_ms, s.reconnect_max_ms, jitter),
+    let keep_alive = Duration::from_secs(s.keep_alive_s.max(1));
+    let backoff = Backoff {
+        min_ms: s.reconnect_min_ms,
+        max_ms: s.reconnect_max_ms,
+        next_ms: s.reconnect_min_ms,
+        jitter,
+    };
+    if s.mqtt5 {
+        let mut o = rumqttc::v5::MqttOptions::new(id, s.host.clone(), s.port);
+        o.set_keep_alive(keep_alive);
+        o.set_clean_start(true);
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, 8);
+        Conn {
+            client: Client::V5(client),
+            events: event_stream_v5(eventloop, backoff),
+        }
+    } else {
+        let mut o = MqttOptions::new(id, s.host.clone(), s.port);
+        o.set_keep_alive(keep_alive);
+        o.set_clean_session(true);
+        o.set_inflight(10);
+        let (client, eventloop) = AsyncClient::new(o, 8);
+        Conn {
+            client: Client::V4(client),
+            events: event_stream(eventloop, backoff),
+        }
+    }
+}
+
+/// Exponential reconnect backoff with jitter: a delay in [d/2, d], d doubling up to the maximum,
+/// back to the minimum after a CONNACK.
+struct Backoff {
+    min_ms: u64,
+    max_ms: u64,
+    next_ms: u64,
+    jitter: ChaCha8Rng,
+}
+
+impl Backoff {
+    fn after(&mut self, ev: &Ev) -> Option<Duration> {
+        match ev {
+            Ev::Lost(_) => {
+                let base = self.next_ms;
+                let d = base / 2 + self.jitter.gen_range(0..=base / 2 + 1);
+                self.next_ms = base.saturating_mul(2).min(self.max_ms);
+                Some(Duration::from_millis(d))
+            }
+            Ev::ConnAck => {
+                self.next_ms = self.min_ms;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn map_v4(r: Result<Event, ConnectionError>) -> Ev {
+    match r {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::ConnAck,
+        Ok(Event::Incoming(Packet::PubAck(a))) => Ev::PubAck(a.pkid),
+        Ok(Event::Incoming(Packet::PubComp(a))) => Ev::PubComp(a.pkid),
+        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ev::Sent(pkid),
+        Ok(Event::Outgoing(Outgoing::Disconnect)) => Ev::Closed,
+        Ok(_) => Ev::Other,
+        Err(e) => Ev::Lost(e.to_string()),
+    }
+}
+
+fn map_v5(r: Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>) -> Ev {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::Event as E5;
+    match r {
+        Ok(E5::Incoming(P5::ConnAck(_))) => Ev::ConnAck,
+        Ok(E5::Incoming(P5::PubAck(a))) => Ev::PubAck(a.pkid),
+        Ok(E5::Incoming(P5::PubComp(a))) => Ev::PubComp(a.pkid),
+        Ok(E5::Outgoing(Outgoing::Publish(pkid))) => Ev::Sent(pkid),
+        Ok(E5::Outgoing(Outgoing::Disconnect)) => Ev::Closed,
+        Ok(_) => Ev::Other,
+        Err(e) => Ev::Lost(e.to_string()),
     }
 }
 
 /// The event loop as a stream that owns it, so waiting on it inside `select!` never cancels a
-/// half-done `poll`. After an error it sleeps (exponential backoff with jitter) before polling
-/// again, which reconnects.
-fn event_stream(eventloop: EventLoop, min_ms: u64, max_ms: u64, jitter: ChaCha8Rng) -> Events {
-    struct St {
-        el: EventLoop,
-        sleep: Option<Duration>,
-        next_ms: u64,
-        jitter: ChaCha8Rng,
-    }
-    let st = St {
-        el: eventloop,
-        sleep: None,
-        next_ms: min_ms,
-        jitter,
-    };
-    Box::pin(futures_util::stream::unfold(st, move |mut st| async move {
-        if let Some(d) = st.sleep.take() {
-            tokio::time::sleep(d).await;
-        }
-        let r = st.el.poll().await;
-        match &r {
-            Err(_) => {
-                let base = st.next_ms;
-                let d = base / 2 + st.jitter.gen_range(0..=base / 2 + 1);
-                st.sleep = Some(Duration::from_millis(d));
-                st.next_ms = (base.saturating_mul(2)).min(max_ms);
+/// half-done `poll`. After an error it sleeps (backoff) before polling again, which reconnects.
+fn event_stream(eventloop: EventLoop, backoff: Backoff) -> Events {
+    Box::pin(futures_util::stream::unfold(
+        (eventloop, backoff, None),
+        |(mut el, mut b, sleep)| async move {
+            if let Some(d) = sleep {
+                tokio::time::sleep(d).await;
             }
-            Ok(Event::Incoming(Packet::ConnAck(_))) => st.next_ms = min_ms,
-            _ => {}
-        }
-        Some((r, st))
-    }))
+            let ev = map_v4(el.poll().await);
+            let sleep = b.after(&ev);
+            Some((ev, (el, b, sleep)))
+        },
+    ))
+}
+
+fn event_stream_v5(eventloop: rumqttc::v5::EventLoop, backoff: Backoff) -> Events {
+    Box::pin(futures_util::stream::unfold(
+        (eventloop, backoff, None),
+        |(mut el, mut b, sleep)| async move {
+            if let Some(d) = sleep {
+                tokio::time::sleep(d).await;
+            }
+            let ev = map_v5(el.poll().await);
+            let sleep = b.after(&ev);
+            Some((ev, (el, b, sleep)))
+        },
+    ))
 }
 
 struct Outstanding {
@@ -123,6 +235,15 @@ struct Outstanding {
     qos: QoS,
     first: Instant,
     pkid: Option<u16>,
+}
+
+fn qos5_of(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    match q {
+        0 => Q5::AtMostOnce,
+        1 => Q5::AtLeastOnce,
+        _ => Q5::ExactlyOnce,
+    }
 }
 
 fn qos_of(q: u8) -> QoS {
@@ -185,7 +306,7 @@ pub(crate) async fn run_device(
             ev = conn.events.next() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ev::ConnAck => {
                         connected = true;
                         stats.connects.fetch_add(1, Ordering::Relaxed);
                         if let Some(o) = outstanding.as_mut() {
@@ -193,10 +314,10 @@ pub(crate) async fn run_device(
                             o.rec.attempts += 1;
                             o.pkid = None;
                             stats.resent.fetch_add(1, Ordering::Relaxed);
-                            let _ = conn.client.try_publish(o.rec.topic.clone(), o.qos, o.rec.retain, o.rec.payload.clone());
+                            let _ = conn.client.try_publish(o.rec.topic.clone(), o.rec.qos, o.rec.retain, o.rec.payload.clone());
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    Ev::Sent(pkid) => {
                         if let Some(o) = outstanding.as_mut() {
                             if o.qos == QoS::AtMostOnce {
                                 let o = outstanding.take();
@@ -208,16 +329,16 @@ pub(crate) async fn run_device(
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(a))) => {
-                        finish_if(&shared, &mut outstanding, QoS::AtLeastOnce, a.pkid).await;
+                    Ev::PubAck(pkid) => {
+                        finish_if(&shared, &mut outstanding, QoS::AtLeastOnce, pkid).await;
                         maybe_drop(&mut chaos, &settings, &mut conn, &mut connected, &shared, &id, index);
                     }
-                    Ok(Event::Incoming(Packet::PubComp(a))) => {
-                        finish_if(&shared, &mut outstanding, QoS::ExactlyOnce, a.pkid).await;
+                    Ev::PubComp(pkid) => {
+                        finish_if(&shared, &mut outstanding, QoS::ExactlyOnce, pkid).await;
                         maybe_drop(&mut chaos, &settings, &mut conn, &mut connected, &shared, &id, index);
                     }
-                    Ok(_) => {}
-                    Err(e) => {
+                    Ev::Other | Ev::Closed => {}
+                    Ev::Lost(e) => {
                         if connected {
                             stats.disconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(device = %id, error = %e, "connection lost; reconnecting with backoff");
@@ -290,7 +411,7 @@ pub(crate) async fn run_device(
                 sent += 1;
                 stats.published.fetch_add(1, Ordering::Relaxed);
                 stats.last_publish_us.fetch_max(shared.start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                if let Err(e) = conn.client.try_publish(topic, qos, retain, msg.payload) {
+                if let Err(e) = conn.client.try_publish(topic, qos_n, retain, msg.payload) {
                     // The request channel is closed or full; keep it outstanding so the next
                     // CONNACK sends it again.
                     tracing::debug!(device = %id, error = %e, "publish request not queued");
@@ -309,11 +430,11 @@ pub(crate) async fn run_device(
     }
     // Polite goodbye: DISCONNECT, then let the event loop write it (bounded).
     if connected {
-        let _ = conn.client.try_disconnect();
+        conn.client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while let Some(ev) = conn.events.next().await {
                 match ev {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ev::Closed | Ev::Lost(_) => break,
                     _ => {}
                 }
             }

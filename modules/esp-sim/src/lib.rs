@@ -8,7 +8,8 @@
 //! - [`settings`]: the `Settings` struct (defaults, validation, JSON merge patch for twin updates).
 //! - [`model`]: payloads without IO: the seed's format, the patient temperature model, time
 //!   formats, and payload faults, all from seeded per-device ChaCha streams.
-//! - `device`: one device task (rumqttc client, schedule, reconnect with backoff, resend).
+//! - `device`: one device task (rumqttc client, MQTT 3.1.1 or 5, schedule, reconnect with
+//!   backoff, resend).
 //! - [`stats`]: counters, publish-to-ack latency histogram, and the run's [`Summary`].
 //! - [`run`] / [`run_live`]: start the fleet, write the sent log, stop on shutdown / duration.
 //! - `module` (feature `module`): read settings from the IoT Edge module twin, live.

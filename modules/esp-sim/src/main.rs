@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use esp_sim::{Mode, Settings, TimeFormat};
 
-/// ESPSimModule: simulated ESP8266 temperature sensors over plain MQTT (3.1.1).
+/// ESPSimModule: simulated ESP8266 temperature sensors over plain MQTT (3.1.1, or 5).
 ///
 /// Default: the seed's simulator, `{"temp":<35..41>, "timecreated":"<MM/dd/yyyy HH:mm:ss>"}` to
 /// `MyTopic`, QoS 2, retained, every 2 s, to localhost:1889. Under IoT Edge (IOTEDGE_MODULEID set)
@@ -68,6 +68,9 @@ struct Cli {
     /// Client id prefix (also the fleet's deviceId prefix). [default: esp-sim]
     #[arg(long, env = "ESP_SIM_CLIENT_ID")]
     client_id: Option<String>,
+    /// Speak MQTT 5 instead of 3.1.1.
+    #[arg(long, env = "ESP_SIM_MQTT5")]
+    mqtt5: Option<bool>,
     /// Fever episodes per patient per simulated day. [default: 0.2]
     #[arg(long, env = "ESP_SIM_FEVER_PER_DAY")]
     fever_per_day: Option<f64>,
@@ -130,6 +133,7 @@ fn settings_from(cli: &Cli) -> anyhow::Result<Settings> {
     set!(client_id_prefix, cli.client_id);
     set!(topic, cli.topic);
     set!(fever_per_day, cli.fever_per_day);
+    set!(mqtt5, cli.mqtt5);
     if cli.seed.is_some() {
         s.seed = cli.seed;
     }

@@ -140,6 +140,8 @@ pub struct Settings {
     /// Client ids are `{prefix}` in seed mode and `{prefix}-{index:05}` otherwise; the fleet's
     /// `deviceId` is the client id. Default `esp-sim`.
     pub client_id_prefix: String,
+    /// Speak MQTT 5 instead of 3.1.1 (clean start, no properties). Default false.
+    pub mqtt5: bool,
     /// MQTT keep-alive, seconds. Default 30.
     pub keep_alive_s: u64,
     /// First reconnect delay, milliseconds; doubles up to `reconnect_max_ms`, with jitter. Default 100.
@@ -173,6 +175,7 @@ impl Default for Settings {
             qos: None,
             retain: None,
             client_id_prefix: "esp-sim".into(),
+            mqtt5: false,
             keep_alive_s: 30,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
@@ -335,6 +338,7 @@ impl Settings {
             || self.sent_log != next.sent_log
             || self.client_id_prefix != next.client_id_prefix
             || self.keep_alive_s != next.keep_alive_s
+            || self.mqtt5 != next.mqtt5
             || self.start_time != next.start_time
             || self.duration_s != next.duration_s
             || self.messages_per_device != next.messages_per_device

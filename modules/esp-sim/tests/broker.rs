@@ -428,3 +428,32 @@ async fn settings_change_live() {
             .all(|r| r.fault == Some(esp_sim::Fault::MalformedJson) && r.topic.contains("/live/")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_works_too() {
+    if !have_mosquitto() {
+        return;
+    }
+    let broker = Broker::start();
+    let mut sub = Subscriber::start(broker.port, "fleet/#");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sent.jsonl");
+    for qos in [1u8, 2] {
+        let s = Settings {
+            mqtt5: true,
+            qos: Some(qos),
+            sent_log: Some(log.clone()),
+            ..fleet(broker.port, 3, 5, 20)
+        };
+        let summary = esp_sim::run(s, never()).await.unwrap();
+        assert_eq!(summary.acked, 15, "QoS {qos}: {summary:?}");
+    }
+    let got = sub.collect(30, Duration::from_secs(20)).to_vec();
+    assert_eq!(got.len(), 30);
+    let sent = read_log(&log);
+    let mut a: Vec<_> = sent.iter().map(|r| r.payload.clone()).collect();
+    let mut b: Vec<_> = got[15..].iter().map(|r| r.payload.clone()).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the last run's sent log is what arrived");
+}

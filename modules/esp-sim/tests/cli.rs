@@ -98,6 +98,7 @@ fn defaults_environment_and_flags_layer() {
         ("ESP_SIM_RETAIN", "true"),
         ("ESP_SIM_CLIENT_ID", "pfx"),
         ("ESP_SIM_FEVER_PER_DAY", "1.5"),
+        ("ESP_SIM_MQTT5", "true"),
         ("ESP_SIM_FAULT_MALFORMED", "0.01"),
         ("ESP_SIM_FAULT_MISSING", "0.02"),
         ("ESP_SIM_FAULT_MISTYPED", "0.03"),
@@ -114,7 +115,7 @@ fn defaults_environment_and_flags_layer() {
     let want = serde_json::json!({
         "mode": "fleet", "devices": 7, "interval_ms": 250, "rate": 99.0, "seed": 5, "duration_s": 3.0,
         "messages_per_device": 4, "start_time": "2026-01-02T03:04:05Z", "time_format": "dotnet-en-us",
-        "topic": "t/{device}", "qos": 0, "retain": true, "client_id_prefix": "pfx", "fever_per_day": 1.5,
+        "topic": "t/{device}", "qos": 0, "retain": true, "client_id_prefix": "pfx", "fever_per_day": 1.5, "mqtt5": true,
     });
     for (k, w) in want.as_object().unwrap() {
         assert_eq!(&v[k], w, "{k}");
