@@ -60,75 +60,112 @@ pub async fn connect() -> anyhow::Result<(Arc<dyn Forwarder>, Twin)> {
 }
 
 impl Twin {
+    /// Waits (at most `within`) for the first full twin and applies it, so that the first
+    /// device messages already follow the twin's settings.
+    pub async fn initial(&mut self, server: &ServerHandle, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut connected = true;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    if self.handle(event, server, &mut connected).await {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        ?within,
+                        "no module twin from edgeHub yet; starting with the environment's settings"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// Applies the twin's desired properties to the running server and reports back what is in
     /// force, until the client's event stream ends.
     pub async fn run(mut self, server: ServerHandle) {
         let mut connected = true;
         while let Some(event) = self.events.recv().await {
-            let desired = match event {
-                Event::Twin(twin) => twin.get("desired").cloned(),
-                Event::DesiredPatch(patch) => Some(patch),
-                Event::Connected => {
-                    connected = true;
-                    tracing::info!("connected to edgeHub");
-                    server
-                        .metrics()
-                        .edgehub_connected
-                        .store(1, std::sync::atomic::Ordering::Relaxed);
-                    None
-                }
-                Event::Disconnected(reason) => {
-                    // edge_client logs every failed attempt; say it here once per outage
-                    if connected {
-                        tracing::warn!(reason = %reason, "disconnected from edgeHub; messages wait in the buffer");
-                    }
-                    connected = false;
-                    server
-                        .metrics()
-                        .edgehub_connected
-                        .store(0, std::sync::atomic::Ordering::Relaxed);
-                    None
-                }
-                Event::Method(call) => {
-                    // this module has no direct methods; answer so the caller does not wait
-                    let name = call.name.clone();
-                    call.respond(
-                        404,
-                        serde_json::json!({"error": format!("unknown method {name:?}")}),
-                    );
-                    None
-                }
-                _ => None,
-            };
-            let Some(desired) = desired else { continue };
-            let report = match server.apply_desired(&desired) {
-                Ok((routing, warnings)) => {
-                    for w in &warnings {
-                        tracing::warn!(warning = %w, "module twin");
-                    }
-                    tracing::info!(output = %routing.output, mappings = routing.topic_outputs.len(),
-                        enrich_device_id = routing.enrich_device_id, max_payload = routing.max_payload,
-                        "settings from the module twin applied");
-                    let mut r = routing.reported();
-                    r["error"] = serde_json::Value::Null;
-                    r["warnings"] = serde_json::json!(warnings);
-                    r
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "module twin desired properties refused; settings unchanged");
-                    let mut r = server.routing().reported();
-                    r["error"] = serde_json::Value::String(e.to_string());
-                    r
-                }
-            };
-            if let Err(e) = self
-                .client
-                .update_reported(serde_json::json!({ "mqttServer": report }))
-                .await
-            {
-                tracing::warn!(error = %e, "cannot report settings to the module twin");
-            }
+            self.handle(event, &server, &mut connected).await;
         }
         tracing::warn!("edgeHub event stream ended; twin updates stop");
+    }
+
+    /// Handles one event; returns true when it was a full twin.
+    async fn handle(&mut self, event: Event, server: &ServerHandle, connected: &mut bool) -> bool {
+        let desired = match event {
+            Event::Twin(twin) => Some((twin.get("desired").cloned().unwrap_or_default(), true)),
+            Event::DesiredPatch(patch) => Some((patch, false)),
+            Event::Connected => {
+                *connected = true;
+                tracing::info!("connected to edgeHub");
+                server
+                    .metrics()
+                    .edgehub_connected
+                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            Event::Disconnected(reason) => {
+                // edge_client logs every failed attempt; say it here once per outage
+                if *connected {
+                    tracing::warn!(reason = %reason, "disconnected from edgeHub; messages wait in the buffer");
+                }
+                *connected = false;
+                server
+                    .metrics()
+                    .edgehub_connected
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            Event::Method(call) => {
+                // this module has no direct methods; answer so the caller does not wait
+                let name = call.name.clone();
+                call.respond(
+                    404,
+                    serde_json::json!({"error": format!("unknown method {name:?}")}),
+                );
+                None
+            }
+            _ => None,
+        };
+        let Some((desired, full)) = desired else {
+            return false;
+        };
+        let desired = if desired.is_null() {
+            serde_json::json!({})
+        } else {
+            desired
+        };
+        let report = match server.apply_desired(&desired, full) {
+            Ok((routing, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!(warning = %w, "module twin");
+                }
+                tracing::info!(output = %routing.output, mappings = routing.topic_outputs.len(),
+                    enrich_device_id = routing.enrich_device_id, max_payload = routing.max_payload,
+                    "settings from the module twin applied");
+                let mut r = routing.reported();
+                r["error"] = serde_json::Value::Null;
+                r["warnings"] = serde_json::json!(warnings);
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "module twin desired properties refused; settings unchanged");
+                let mut r = server.routing().reported();
+                r["error"] = serde_json::Value::String(e.to_string());
+                r
+            }
+        };
+        if let Err(e) = self
+            .client
+            .update_reported(serde_json::json!({ "mqttServer": report }))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot report settings to the module twin");
+        }
+        full
     }
 }

@@ -208,14 +208,18 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Applies a desired-properties document from the module twin; returns the routing now in
-    /// force (to report back) and warnings about ignored keys. Invalid documents change nothing.
+    /// Applies the module twin's desired properties: the whole `desired` section when `full`
+    /// (after each connect), else a patch (see [`Routing::apply_desired`]). Returns the routing now
+    /// in force (to report back) and warnings about ignored keys. Invalid documents change nothing.
     pub fn apply_desired(
         &self,
         desired: &serde_json::Value,
+        full: bool,
     ) -> Result<(Routing, Vec<String>), Error> {
+        let base = self.shared.settings.routing();
         let mut next = (*self.shared.routing()).clone();
-        let warnings = next.apply_desired(desired, self.shared.settings.max_payload)?;
+        let warnings =
+            next.apply_desired(desired, &base, full, self.shared.settings.max_payload)?;
         match self.shared.routing.write() {
             Ok(mut r) => *r = Arc::new(next.clone()),
             Err(p) => *p.into_inner() = Arc::new(next.clone()),

@@ -104,7 +104,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let server = Server::new(settings, forwarder)?;
-    if let Some(twin) = twin {
+    if let Some(mut twin) = twin {
+        // devices wait in the listen backlog meanwhile
+        twin.initial(&server.handle(), std::time::Duration::from_secs(10))
+            .await;
         tokio::spawn(twin.run(server.handle()));
     }
     server

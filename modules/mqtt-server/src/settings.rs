@@ -332,14 +332,21 @@ impl Routing {
         &self.output
     }
 
-    /// Applies a desired-properties document (full twin `desired` or a patch). Keys:
-    /// `output` (string), `topicOutputs` (object filter -> output, or null to clear),
-    /// `enrichDeviceId` (bool), `maxPayload` (number, bytes, at most `hard_max`). Keys starting
-    /// with `$` and unknown keys are ignored (a twin carries other modules' conventions too) and
-    /// listed in the returned warnings. On any invalid value nothing changes.
+    /// Applies desired properties from the module twin. Keys: `output` (string),
+    /// `topicOutputs` (object filter -> output), `enrichDeviceId` (bool), `maxPayload` (number,
+    /// bytes, at most `hard_max_payload`).
+    ///
+    /// `full` is the whole `desired` section (sent after every connect): keys it lacks fall back
+    /// to `base` (defaults, file and environment). Otherwise `desired` is a patch with JSON merge
+    /// semantics: a key set to null falls back to `base`, and inside `topicOutputs` a filter set
+    /// to null is removed. Twin mappings are tried most specific first (no wildcard, then `+`,
+    /// then `#`). Keys starting with `$` are ignored; unknown keys are ignored and listed in the
+    /// returned warnings. On any invalid value nothing changes.
     pub fn apply_desired(
         &mut self,
         desired: &serde_json::Value,
+        base: &Routing,
+        full: bool,
         hard_max_payload: usize,
     ) -> Result<Vec<String>, Error> {
         let Some(obj) = desired.as_object() else {
@@ -348,7 +355,7 @@ impl Routing {
                 reason: "desired properties must be a JSON object".into(),
             });
         };
-        let mut next = self.clone();
+        let mut next = if full { base.clone() } else { self.clone() };
         let mut warnings = Vec::new();
         let bad = |name: &str, reason: &str| Error::Setting {
             name: format!("desired.{name}"),
@@ -356,6 +363,7 @@ impl Routing {
         };
         for (k, v) in obj {
             match k.as_str() {
+                "output" if v.is_null() => next.output = base.output.clone(),
                 "output" => {
                     let s = v.as_str().ok_or_else(|| bad(k, "must be a string"))?;
                     if s.is_empty() || s.contains('/') {
@@ -363,45 +371,60 @@ impl Routing {
                     }
                     next.output = s.to_string();
                 }
+                "topicOutputs" if v.is_null() => next.topic_outputs = base.topic_outputs.clone(),
                 "topicOutputs" => {
-                    let mut list = Vec::new();
-                    if !v.is_null() {
-                        let m = v
-                            .as_object()
-                            .ok_or_else(|| bad(k, "must be an object {\"filter\": \"output\"}"))?;
-                        // twin objects are unordered: sort for a stable first-match order
-                        let sorted: BTreeMap<&String, &serde_json::Value> = m.iter().collect();
-                        for (filter, out) in sorted {
-                            if filter.starts_with('$') {
-                                continue;
-                            }
-                            let out = out
-                                .as_str()
-                                .ok_or_else(|| bad(k, "outputs must be strings"))?;
-                            if !rumqttc::mqttbytes::valid_filter(filter) {
-                                return Err(bad(
-                                    k,
-                                    &format!("{filter:?} is not a valid topic filter"),
-                                ));
-                            }
-                            if out.is_empty() || out.contains('/') {
-                                return Err(bad(
-                                    k,
-                                    &format!("output {out:?} must be a name without '/'"),
-                                ));
-                            }
-                            list.push(TopicOutput {
-                                filter: filter.clone(),
-                                output: out.to_string(),
-                            });
+                    let m = v
+                        .as_object()
+                        .ok_or_else(|| bad(k, "must be an object {\"filter\": \"output\"}"))?;
+                    let mut map: BTreeMap<String, String> = if full {
+                        BTreeMap::new()
+                    } else {
+                        next.topic_outputs
+                            .iter()
+                            .map(|t| (t.filter.clone(), t.output.clone()))
+                            .collect()
+                    };
+                    for (filter, out) in m {
+                        if filter.starts_with('$') {
+                            continue;
                         }
+                        if out.is_null() {
+                            map.remove(filter);
+                            continue;
+                        }
+                        let out = out
+                            .as_str()
+                            .ok_or_else(|| bad(k, "outputs must be strings"))?;
+                        if !rumqttc::mqttbytes::valid_filter(filter) {
+                            return Err(bad(k, &format!("{filter:?} is not a valid topic filter")));
+                        }
+                        if out.is_empty() || out.contains('/') {
+                            return Err(bad(
+                                k,
+                                &format!("output {out:?} must be a name without '/'"),
+                            ));
+                        }
+                        map.insert(filter.clone(), out.to_string());
                     }
+                    let mut list: Vec<TopicOutput> = map
+                        .into_iter()
+                        .map(|(filter, output)| TopicOutput { filter, output })
+                        .collect();
+                    list.sort_by_key(|t| {
+                        (
+                            t.filter.contains('#'),
+                            t.filter.matches('+').count(),
+                            t.filter.clone(),
+                        )
+                    });
                     next.topic_outputs = list;
                 }
+                "enrichDeviceId" if v.is_null() => next.enrich_device_id = base.enrich_device_id,
                 "enrichDeviceId" => {
                     next.enrich_device_id =
                         v.as_bool().ok_or_else(|| bad(k, "must be true or false"))?;
                 }
+                "maxPayload" if v.is_null() => next.max_payload = base.max_payload,
                 "maxPayload" => {
                     let n = v
                         .as_u64()
@@ -595,12 +618,15 @@ mod tests {
 
     #[test]
     fn desired_properties_apply_atomically() {
-        let mut r = Settings::default().routing();
+        let base = Settings::default().routing();
+        let mut r = base.clone();
         let w = r
             .apply_desired(
                 &serde_json::json!({"output": "o2", "enrichDeviceId": true,
-                    "topicOutputs": {"patients/+/temperature": "temperature"},
+                    "topicOutputs": {"patients/#": "all", "patients/+/temperature": "temperature"},
                     "maxPayload": 1000, "$version": 3, "foo": 1}),
+                &base,
+                true,
                 262_144,
             )
             .expect("applies");
@@ -608,18 +634,66 @@ mod tests {
         assert_eq!(r.output, "o2");
         assert!(r.enrich_device_id);
         assert_eq!(r.max_payload, 1000);
+        // the more specific filter is tried first whatever the twin's key order
         assert_eq!(r.output_for("patients/x/temperature"), "temperature");
+        assert_eq!(r.output_for("patients/x/pulse"), "all");
         let before = r.clone();
         assert!(r
             .apply_desired(
                 &serde_json::json!({"output": "fine", "maxPayload": 10_000_000}),
+                &base,
+                false,
                 262_144
             )
             .is_err());
         assert_eq!(r, before);
         assert_eq!(r.reported()["output"], "o2");
-        r.apply_desired(&serde_json::json!({"topicOutputs": null}), 262_144)
-            .expect("clears");
-        assert!(r.topic_outputs.is_empty());
+    }
+
+    #[test]
+    fn patches_merge_and_full_twins_replace() {
+        let base = Routing {
+            topic_outputs: parse_topic_outputs("env/#=envout").expect("parses"),
+            ..Settings::default().routing()
+        };
+        let mut r = base.clone();
+        r.apply_desired(
+            &serde_json::json!({"topicOutputs": {"a/#": "x"}, "output": "o2"}),
+            &base,
+            false,
+            262_144,
+        )
+        .expect("patch");
+        assert_eq!(r.output_for("a/b"), "x");
+        assert_eq!(
+            r.output_for("env/1"),
+            "envout",
+            "a patch merges into the mappings"
+        );
+        r.apply_desired(
+            &serde_json::json!({"topicOutputs": {"a/#": null}, "output": null}),
+            &base,
+            false,
+            262_144,
+        )
+        .expect("patch");
+        assert_eq!(r.output_for("a/b"), "output1", "null removes a mapping");
+        assert_eq!(r.output, "output1", "null falls back to the base");
+        r.apply_desired(
+            &serde_json::json!({"topicOutputs": {"b/#": "y"}}),
+            &base,
+            true,
+            262_144,
+        )
+        .expect("full");
+        assert_eq!(
+            r.output_for("env/1"),
+            "output1",
+            "a full twin replaces the mappings"
+        );
+        assert_eq!(r.output_for("b/1"), "y");
+        r.apply_desired(&serde_json::json!({"$version": 5}), &base, true, 262_144)
+            .expect("full");
+        assert_eq!(r, base, "a full twin without keys means the base settings");
     }
 }

@@ -340,7 +340,7 @@ async fn twin_topic_mapping_and_enrichment() {
     let h = Harness::start(test_settings()).await;
     let (routing, warnings) = h
         .handle
-        .apply_desired(&serde_json::json!({"topicOutputs": {"patients/+/temperature": "temperature"}, "enrichDeviceId": true, "$version": 2}))
+        .apply_desired(&serde_json::json!({"topicOutputs": {"patients/+/temperature": "temperature"}, "enrichDeviceId": true, "$version": 2}), true)
         .expect("applies");
     assert!(warnings.is_empty());
     assert!(routing.enrich_device_id);
