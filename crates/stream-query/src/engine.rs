@@ -241,6 +241,7 @@ pub struct Engine {
     policy: EventPolicy,
     state: State,
     warnings: Vec<String>,
+    warnings_lost: u64,
 }
 
 /// A closed window of one group, before SELECT/HAVING.
@@ -252,6 +253,8 @@ struct WinOut {
 }
 
 const MIN_T: Micros = i64::MIN / 4;
+/// Warnings kept between calls of [`Engine::take_warnings`].
+pub(crate) const MAX_WARNINGS: usize = 1000;
 /// The watermark of a flushed stream: 10000-01-01, after every valid event time.
 const END_OF_TIME: Micros = 253_402_300_800_000_000;
 
@@ -269,6 +272,7 @@ impl Engine {
             policy,
             state,
             warnings: Vec::new(),
+            warnings_lost: 0,
         }
     }
 
@@ -347,7 +351,15 @@ impl Engine {
     /// example a CAST in SELECT that fails on an aggregate, or a bad row from a WITH step);
     /// such rows are skipped. Taking them clears the list.
     pub fn take_warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
+        let mut w = std::mem::take(&mut self.warnings);
+        if self.warnings_lost > 0 {
+            w.push(format!(
+                "{} more warnings were not kept (at most {MAX_WARNINGS} wait between calls of take_warnings)",
+                self.warnings_lost
+            ));
+            self.warnings_lost = 0;
+        }
+        w
     }
 
     /// Record one event of input `input` (a FROM name, case-insensitive) that arrived at
@@ -391,8 +403,7 @@ impl Engine {
             });
         }
         for d in dropped {
-            self.warnings
-                .push(format!("an event was dropped by one statement: {d}"));
+            self.warn(format!("an event was dropped by one statement: {d}"));
         }
         // 2. apply
         self.state.max_arrival = max_arrival;
@@ -446,6 +457,7 @@ impl Engine {
             policy,
             state: st,
             warnings: Vec::new(),
+            warnings_lost: 0,
         })
     }
 
@@ -694,7 +706,9 @@ impl Engine {
                 .min()
                 .unwrap_or(floor)
         };
-        self.warnings.extend(warnings);
+        for w in warnings {
+            self.warn(w);
+        }
         rows.sort_by_key(|r| r.0);
         match &stmt.sink {
             Sink::Output(name) => {
@@ -722,6 +736,16 @@ impl Engine {
         }
     }
 
+    /// Keep a warning for [`Engine::take_warnings`]; at most [`MAX_WARNINGS`] wait, so a caller
+    /// that never takes them does not grow the engine without bound.
+    fn warn(&mut self, w: String) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(w);
+        } else {
+            self.warnings_lost += 1;
+        }
+    }
+
     /// A row of a WITH step reaches statement `ci`.
     fn feed(&mut self, ci: usize, row: &Map<String, Value>, t: Micros) {
         let wm = self.state.stmts[ci].upstream_watermark.unwrap_or(MIN_T);
@@ -740,10 +764,13 @@ impl Engine {
                 insert_sorted(&mut tl.pending, p);
             }
             Ok(None) => {}
-            Err(e) => self.warnings.push(format!(
-                "a row of step '{}' was skipped: {e}",
-                self.query.stmts[ci].from
-            )),
+            Err(e) => {
+                let w = format!(
+                    "a row of step '{}' was skipped: {e}",
+                    self.query.stmts[ci].from
+                );
+                self.warn(w);
+            }
         }
     }
 }
@@ -1124,6 +1151,33 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].timestamp, at("2026-11-24T08:00:10Z"));
         assert_eq!(e.next_deadline(), None);
+    }
+
+    #[test]
+    fn warnings_are_kept_up_to_a_limit() {
+        let q = Query::parse(
+            "SELECT COUNT(*) AS n INTO o FROM i TIMESTAMP BY t GROUP BY TumblingWindow(second, 1) HAVING CAST(MIN(s) AS bigint) > 0",
+        )
+        .unwrap();
+        let mut e = Engine::new(q, EventPolicy::default());
+        let base = "2026-11-24T08:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        for i in 0..(MAX_WARNINGS as i64 + 5) {
+            let t = base + chrono::Duration::seconds(i);
+            let rows = e
+                .record("i", &serde_json::json!({"s": "x", "t": t.to_rfc3339()}), t)
+                .unwrap();
+            assert!(rows.is_empty());
+        }
+        e.flush();
+        let w = e.take_warnings();
+        assert_eq!(w.len(), MAX_WARNINGS + 1);
+        assert!(w[0].contains("HAVING"), "{}", w[0]);
+        assert!(
+            w[MAX_WARNINGS].starts_with("5 more warnings"),
+            "{}",
+            w[MAX_WARNINGS]
+        );
+        assert!(e.take_warnings().is_empty());
     }
 
     #[test]
