@@ -11,6 +11,20 @@
 //!
 //! Why not rumqttd: it acknowledges a publish before the application sees it (DESIGN.md), so a crash
 //! would lose acknowledged messages. Here the PUBACK goes out only after the message is committed to disk.
+//! The server is built on rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`) with our own session
+//! logic, so every acknowledgement is ours to time.
+//!
+//! Semantics in short: a module's publish to its events topic is routed, written to every matched
+//! queue in one durable redb transaction (concurrent publishes share a commit), and only then
+//! acknowledged; QoS 2 closes the connection (edgeHub has none). A module's input queue is delivered
+//! while it is connected and subscribed, at most `max_inflight_per_client` unacknowledged, removed on
+//! PUBACK, resent (DUP) after a reconnect. Clean-session-0 subscriptions are stored, because the
+//! Python SDK never subscribes again after a reconnect. Expired messages are dropped when read and by a
+//! periodic sweep.
+//!
+//! Measured here (2 vCPU VM, ext4, release build, 1 KiB QoS 1, rumqttc clients, loopback): durable
+//! publishes 12-29k msg/s from one client and 26-45k msg/s from three (group commit); module -> route
+//! -> module 9-13k msg/s end to end. `tests/hub_throughput.rs` repeats the measurement.
 
 mod acl;
 mod conn;
