@@ -65,6 +65,8 @@ pub struct ConnectInfo {
     pub max_packet_size: Option<u32>,
     /// MQTT 5 receive maximum: unacknowledged QoS 1/2 messages the client accepts.
     pub receive_max: Option<u16>,
+    /// MQTT 5 enhanced authentication method (not supported: such a CONNECT is refused).
+    pub auth_method: Option<String>,
 }
 
 /// MQTT 5 publish properties we carry through (all empty for 3.1.1).
@@ -143,6 +145,7 @@ pub enum Refusal {
     ServerUnavailable,
     BadUserNamePassword,
     NotAuthorized,
+    BadAuthenticationMethod,
 }
 
 /// Why the server disconnects a client (sent as an MQTT 5 DISCONNECT reason; 3.1.1 just closes).
@@ -403,6 +406,7 @@ impl ServerCodec {
                     session_expiry: None,
                     max_packet_size: None,
                     receive_max: None,
+                    auth_method: None,
                 }))
             }
             v4::Packet::Publish(p) => Inbound::Publish(Pub {
@@ -495,14 +499,16 @@ impl ServerCodec {
                     }
                     None => None,
                 };
-                let (session_expiry, max_packet_size, receive_max) = match &c.properties {
-                    Some(p) => (
-                        p.session_expiry_interval,
-                        p.max_packet_size,
-                        p.receive_maximum,
-                    ),
-                    None => (None, None, None),
-                };
+                let (session_expiry, max_packet_size, receive_max, auth_method) =
+                    match &c.properties {
+                        Some(p) => (
+                            p.session_expiry_interval,
+                            p.max_packet_size,
+                            p.receive_maximum,
+                            p.authentication_method.clone(),
+                        ),
+                        None => (None, None, None, None),
+                    };
                 let (username, password) = match login {
                     Some(l) => (Some(l.username), Some(l.password)),
                     None => (None, None),
@@ -518,6 +524,7 @@ impl ServerCodec {
                     session_expiry: Some(session_expiry.unwrap_or(0)),
                     max_packet_size,
                     receive_max,
+                    auth_method,
                 }))
             }
             v5::Packet::Publish(p) => {
@@ -598,7 +605,9 @@ impl ServerCodec {
                     Some(Refusal::BadUserNamePassword) => {
                         v4::ConnectReturnCode::BadUserNamePassword
                     }
-                    Some(Refusal::NotAuthorized) => v4::ConnectReturnCode::NotAuthorized,
+                    Some(Refusal::NotAuthorized) | Some(Refusal::BadAuthenticationMethod) => {
+                        v4::ConnectReturnCode::NotAuthorized
+                    }
                 },
                 session_present && refusal.is_none(),
             )),
@@ -651,6 +660,7 @@ impl ServerCodec {
                     Some(Refusal::ServerUnavailable) => C::ServerUnavailable,
                     Some(Refusal::BadUserNamePassword) => C::BadUserNamePassword,
                     Some(Refusal::NotAuthorized) => C::NotAuthorized,
+                    Some(Refusal::BadAuthenticationMethod) => C::BadAuthenticationMethod,
                 },
                 properties: props.map(|l| v5::ConnAckProperties {
                     session_expiry_interval: l.session_expiry,
@@ -846,6 +856,32 @@ mod tests {
             codec.decode(&mut d),
             Ok(Some(Inbound::Disconnect { .. }))
         ));
+    }
+
+    #[test]
+    fn v5_connect_properties_are_read() {
+        let mut props = v5::ConnectProperties::new();
+        props.session_expiry_interval = Some(60);
+        props.receive_maximum = Some(5);
+        props.authentication_method = Some("SCRAM".into());
+        let c = v5::Connect {
+            keep_alive: 0,
+            client_id: "d5".into(),
+            clean_start: false,
+            properties: Some(props),
+        };
+        let mut b = BytesMut::new();
+        let _ = v5::Packet::Connect(c, None, None).write(&mut b, None);
+        let mut codec = ServerCodec::new(1024);
+        match codec.decode(&mut b) {
+            Ok(Some(Inbound::Connect(c))) => {
+                assert_eq!(c.session_expiry, Some(60));
+                assert_eq!(c.receive_max, Some(5));
+                assert_eq!(c.auth_method.as_deref(), Some("SCRAM"));
+                assert!(!c.clean);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -189,6 +189,18 @@ pub(crate) async fn serve<S>(
             return;
         }
     }
+    if let Some(method) = &info.auth_method {
+        tracing::warn!(client = %client, %peer, method = %method, "refusing connection: MQTT 5 enhanced authentication is not supported");
+        shared.metrics.refused("bad_auth_method");
+        let _ = conn
+            .send(Outbound::ConnAck {
+                session_present: false,
+                refusal: Some(Refusal::BadAuthenticationMethod),
+                props: None,
+            })
+            .await;
+        return;
+    }
     if let Some(w) = &info.will {
         if w.topic.is_empty() || !rumqttc::mqttbytes::valid_topic(&w.topic) {
             tracing::warn!(client = %client, %peer, topic = %w.topic, "refusing connection: invalid will topic");
