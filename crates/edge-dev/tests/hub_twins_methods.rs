@@ -205,3 +205,43 @@ async fn direct_methods_are_invoked_answered_and_time_out() {
     b.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn reported_changes_are_routed_as_twin_change_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = [
+        ("twins", "FROM /twinChangeNotifications INTO $upstream"),
+        (
+            "msgs",
+            r#"FROM /messages/* INTO BrokeredEndpoint("/modules/B/inputs/all")"#,
+        ),
+    ];
+    let hub = TestHub::start(dir.path(), &routes, BTreeMap::new()).await;
+    let mut a = connect(&hub, "A").await;
+    a.subscribe("$iothub/twin/res/#").await;
+    a.client
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=1",
+            QoS::AtLeastOnce,
+            false,
+            json!({"fw": "1.2"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let p = a.next_publish().await.unwrap();
+    assert_eq!(p.topic, "$iothub/twin/res/204/?$rid=1&$version=2");
+    let q = hub.handle.upstream();
+    let m = tokio::time::timeout(WAIT, q.next()).await.unwrap();
+    assert_eq!(m.module, "A");
+    assert_eq!(m.message.connection_module_id.as_deref(), Some("A"));
+    assert_eq!(m.message.connection_device_id.as_deref(), Some(DEVICE));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.message.body).unwrap(),
+        json!({"fw": "1.2"})
+    );
+    q.ack(m.seq).unwrap();
+    // `/messages/*` takes messages, not twin changes.
+    assert_eq!(hub.handle.stats().modules["B"].queue_depth, 0);
+    a.stop().await;
+    hub.stop().await;
+}

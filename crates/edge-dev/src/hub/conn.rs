@@ -597,83 +597,19 @@ impl Conn {
         }
         self.rt.messages_in.fetch_add(1, Ordering::Relaxed);
         let output = msg.output_name.clone().unwrap_or_default();
-        let system = msg.system_properties();
-        let rm = edge_routes::RouteMessage {
-            source: edge_routes::MessageSource::Module {
-                module: &self.module,
-                output: &output,
-            },
-            system_properties: &system,
-            properties: &msg.properties,
-            body: &msg.body,
+        let source = edge_routes::MessageSource::Module {
+            module: &self.module,
+            output: &output,
         };
-        // One entry per (endpoint, input), at the highest priority (lowest number) of the routes to it.
-        let mut targets: std::collections::BTreeMap<(String, String), (u8, Option<u32>)> =
-            Default::default();
-        for route in inner.routes.evaluate(&rm) {
-            let (endpoint, input) = match &route.sink {
-                edge_routes::Sink::Upstream => (UPSTREAM.to_string(), String::new()),
-                edge_routes::Sink::ModuleInput { module, input } => {
-                    (store::module_endpoint(module), input.clone())
-                }
-            };
-            let e = targets
-                .entry((endpoint, input))
-                .or_insert((route.priority, route.time_to_live_secs));
-            if route.priority < e.0 {
-                *e = (route.priority, route.time_to_live_secs);
-            }
-        }
-        if targets.is_empty() {
+        let (ops, endpoints) = self.route_ops(&msg, source, &output);
+        if ops.is_empty() {
             inner.unrouted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(module = %self.module, output = %output, "no route matches; message dropped");
             return Ok(ready(Vec::new(), puback));
         }
-        let now = now_ms();
-        let mut ops = Vec::with_capacity(targets.len());
-        let mut endpoints = Vec::with_capacity(targets.len());
-        for ((endpoint, input), (priority, ttl)) in targets {
-            let record = Record {
-                enqueued_ms: now,
-                expiry_ms: now.saturating_add(inner.ttl_ms(ttl)),
-                module: self.module.clone(),
-                output: output.clone(),
-                input,
-                message: msg.clone(),
-            };
-            ops.push(Op::Enqueue {
-                key: QueueKey {
-                    endpoint: endpoint.clone(),
-                    priority,
-                    seq: inner.store.next_seq(),
-                },
-                record: store::encode_record(&record),
-            });
-            endpoints.push(endpoint);
-        }
-        let commit = inner.store.submit(ops);
-        let inner = inner.clone();
-        // The bookkeeping after the commit runs in its own task, so it happens even if this connection
-        // closes before its PUBACK goes out.
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let result = commit.await;
-            if result.is_ok() {
-                for ep in &endpoints {
-                    inner.add_depth(ep, 1);
-                    if ep == UPSTREAM {
-                        inner.upstream_notify.notify_waiters();
-                    } else if let Some(m) = ep.strip_prefix("module/") {
-                        if let Some(rt) = inner.modules.get(m) {
-                            rt.notify.notify_one();
-                        }
-                    }
-                }
-            }
-            let _ = done_tx.send(result);
-        });
+        let done = commit_and_announce(&self.inner, ops, endpoints);
         Ok(Box::pin(async move {
-            match done_rx.await {
+            match done.await {
                 Ok(Ok(())) => Action {
                     publishes: Vec::new(),
                     puback,
@@ -691,6 +627,63 @@ impl Conn {
                 },
             }
         }))
+    }
+
+    /// Evaluates the routes for `msg` from `source`: one enqueue per matched (endpoint, input), at the
+    /// highest priority (lowest number) of the routes to it; and the endpoints, for the bookkeeping.
+    fn route_ops(
+        &self,
+        msg: &Message,
+        source: edge_routes::MessageSource<'_>,
+        output: &str,
+    ) -> (Vec<Op>, Vec<String>) {
+        let inner = &self.inner;
+        let system = msg.system_properties();
+        let rm = edge_routes::RouteMessage {
+            source,
+            system_properties: &system,
+            properties: &msg.properties,
+            body: &msg.body,
+        };
+        let mut targets: std::collections::BTreeMap<(String, String), (u8, Option<u32>)> =
+            Default::default();
+        for route in inner.routes.evaluate(&rm) {
+            let (endpoint, input) = match &route.sink {
+                edge_routes::Sink::Upstream => (UPSTREAM.to_string(), String::new()),
+                edge_routes::Sink::ModuleInput { module, input } => {
+                    (store::module_endpoint(module), input.clone())
+                }
+            };
+            let e = targets
+                .entry((endpoint, input))
+                .or_insert((route.priority, route.time_to_live_secs));
+            if route.priority < e.0 {
+                *e = (route.priority, route.time_to_live_secs);
+            }
+        }
+        let now = now_ms();
+        let mut ops = Vec::with_capacity(targets.len());
+        let mut endpoints = Vec::with_capacity(targets.len());
+        for ((endpoint, input), (priority, ttl)) in targets {
+            let record = Record {
+                enqueued_ms: now,
+                expiry_ms: now.saturating_add(inner.ttl_ms(ttl)),
+                module: self.module.clone(),
+                output: output.to_string(),
+                input,
+                message: msg.clone(),
+            };
+            ops.push(Op::Enqueue {
+                key: QueueKey {
+                    endpoint: endpoint.clone(),
+                    priority,
+                    seq: inner.store.next_seq(),
+                },
+                record: store::encode_record(&record),
+            });
+            endpoints.push(endpoint);
+        }
+        (ops, endpoints)
     }
 
     fn on_reported(&mut self, payload: &Bytes, rid: String, puback: Option<u16>) -> Pending {
@@ -714,6 +707,20 @@ impl Conn {
                 );
             }
         };
+        // A reported-properties change is also a message from source `/twinChangeNotifications`
+        // (edgeHub routes it like telemetry, carrying who sent it); its queue entries commit with the
+        // twin.
+        let (notify_ops, notify_endpoints) = if patch.is_object() {
+            let mut m = Message::json(&patch);
+            m.connection_device_id = Some(self.device.clone());
+            m.connection_module_id = Some(self.module.clone());
+            let source = edge_routes::MessageSource::TwinChangeNotification {
+                module: Some(&self.module),
+            };
+            self.route_ops(&m, source, "")
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let submitted = {
             let mut twins = match self.inner.twins.lock() {
                 Ok(t) => t,
@@ -730,10 +737,12 @@ impl Conn {
                     Ok(bytes) => {
                         *twin = next;
                         // Submitted under the lock: twin writes commit in the order they were made.
-                        let commit = self.inner.store.submit(vec![Op::PutTwin {
+                        let mut ops = vec![Op::PutTwin {
                             module: self.module.clone(),
                             twin: bytes,
-                        }]);
+                        }];
+                        ops.extend(notify_ops);
+                        let commit = commit_and_announce(&self.inner, ops, notify_endpoints);
                         Ok((version, commit))
                     }
                 },
@@ -745,7 +754,11 @@ impl Conn {
                 error(400, reason)
             }
             Ok((version, commit)) => Box::pin(async move {
-                match commit.await {
+                match commit.await.unwrap_or_else(|_| {
+                    Err(store::StoreError(
+                        "the store task ended before the commit".into(),
+                    ))
+                }) {
                     Ok(()) => Action {
                         publishes: vec![Outbound {
                             topic: topics::twin_response(204, &rid, Some(version)),
@@ -970,6 +983,36 @@ impl Conn {
             }
         }
     }
+}
+
+/// Submits `ops` and, once committed, counts the new queue entries and wakes their readers. The
+/// bookkeeping runs in its own task, so it happens even if the connection that submitted the ops
+/// closes before it could acknowledge them.
+fn commit_and_announce(
+    inner: &Arc<Inner>,
+    ops: Vec<Op>,
+    endpoints: Vec<String>,
+) -> tokio::sync::oneshot::Receiver<Result<(), store::StoreError>> {
+    let commit = inner.store.submit(ops);
+    let inner = inner.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = commit.await;
+        if result.is_ok() {
+            for ep in &endpoints {
+                inner.add_depth(ep, 1);
+                if ep == UPSTREAM {
+                    inner.upstream_notify.notify_waiters();
+                } else if let Some(m) = ep.strip_prefix("module/") {
+                    if let Some(rt) = inner.modules.get(m) {
+                        rt.notify.notify_one();
+                    }
+                }
+            }
+        }
+        let _ = done_tx.send(result);
+    });
+    done_rx
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
