@@ -157,6 +157,18 @@ pub(crate) async fn serve<S>(
 
     // 2. validate client id, credentials, will
     let mut assigned = None;
+    if info.client_id.chars().any(char::is_control) {
+        tracing::warn!(%peer, client = ?info.client_id, "refusing connection: control characters in the client id");
+        shared.metrics.refused("bad_client_id");
+        let _ = conn
+            .send(Outbound::ConnAck {
+                session_present: false,
+                refusal: Some(Refusal::BadClientId),
+                props: None,
+            })
+            .await;
+        return;
+    }
     if info.client_id.is_empty() {
         if info.version == Version::V311 && !info.clean {
             tracing::warn!(%peer, "refusing connection: empty client id with clean session 0");
@@ -202,8 +214,11 @@ pub(crate) async fn serve<S>(
         return;
     }
     if let Some(w) = &info.will {
-        if w.topic.is_empty() || !rumqttc::mqttbytes::valid_topic(&w.topic) {
-            tracing::warn!(client = %client, %peer, topic = %w.topic, "refusing connection: invalid will topic");
+        if w.topic.is_empty()
+            || !rumqttc::mqttbytes::valid_topic(&w.topic)
+            || w.topic.chars().any(char::is_control)
+        {
+            tracing::warn!(client = %client, %peer, topic = ?w.topic, "refusing connection: invalid will topic");
             shared.metrics.refused("invalid_topic");
             let _ = conn
                 .send(Outbound::ConnAck {
@@ -532,7 +547,7 @@ where
                         let (granted, retained) = shared.broker.subscribe(&client, &filters);
                         for (f, g) in filters.iter().zip(&granted) {
                             if g.is_none() {
-                                tracing::warn!(client = %client, filter = %f.filter, "refusing subscription: invalid or unsupported topic filter");
+                                tracing::warn!(client = %client, filter = ?f.filter, "refusing subscription: invalid or unsupported topic filter");
                             }
                         }
                         if conn.send(Outbound::SubAck { pkid, granted }).await.is_err() { return End::Abnormal; }
@@ -600,8 +615,13 @@ async fn on_publish<W: AsyncWrite + Unpin>(
         shared.metrics.refused("topic_alias");
         return Err(refuse(conn, v5, DisconnectReason::TopicAliasInvalid).await);
     }
-    if p.topic.is_empty() || !rumqttc::mqttbytes::valid_topic(&p.topic) || p.topic.contains('\0') {
-        tracing::warn!(client = %client, peer = %conn.peer, topic = %p.topic, "disconnecting client: invalid topic name");
+    // control characters are legal UTF-8 but MQTT says SHOULD NOT; refusing them keeps them out
+    // of logs and edgeHub properties
+    if p.topic.is_empty()
+        || !rumqttc::mqttbytes::valid_topic(&p.topic)
+        || p.topic.chars().any(char::is_control)
+    {
+        tracing::warn!(client = %client, peer = %conn.peer, topic = ?p.topic, "disconnecting client: invalid topic name");
         shared.metrics.refused("invalid_topic");
         return Err(refuse(conn, v5, DisconnectReason::TopicNameInvalid).await);
     }

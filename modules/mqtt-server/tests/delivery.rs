@@ -488,3 +488,26 @@ async fn with_a_spool_acknowledged_messages_survive_a_restart_while_edgehub_is_d
     h.stop().await;
     assert_eq!(rec.count(), 5, "each once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_in_client_id_or_topic_are_refused() {
+    let h = Harness::start(test_settings()).await;
+    let mut c = Client {
+        s: TcpStream::connect(h.addr).await.expect("connect"),
+        buf: BytesMut::new(),
+    };
+    let mut connect = v4::Connect::new("evil\nINFO fake log line");
+    connect.keep_alive = 0;
+    c.send(Packet::Connect(connect)).await;
+    match c.recv(T).await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, v4::ConnectReturnCode::BadClientId),
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    wait_log(&["control characters in the client id", "evil\\nINFO"], T).await;
+    let mut c = Client::connect(&h, "dev-ctl", 0, true).await;
+    c.publish("a\u{7}b", QoS::AtLeastOnce, 1, "x", false).await;
+    assert!(c.closed(T).await);
+    wait_log(&["dev-ctl", "invalid topic name"], T).await;
+    assert_eq!(h.recorder.count(), 0);
+    h.stop().await;
+}
