@@ -91,7 +91,7 @@ async fn puback_and_pubrec_wait_for_edgehub() {
     c.publish("t", QoS::AtLeastOnce, 1, "one", false).await;
     c.publish("t", QoS::ExactlyOnce, 2, "two", false).await;
     // edgeHub holds both: the forward was called, but no acknowledgement may reach the device
-    for _ in 0..200 {
+    for _ in 0..2000 {
         if rec.calls.load(Ordering::SeqCst) >= 2 {
             break;
         }
@@ -405,7 +405,7 @@ async fn a_send_edgehub_never_acknowledges_is_retried() {
     let mut c = Client::connect(&h, "dev-retry", 0, true).await;
     c.publish("t", QoS::AtLeastOnce, 1, "lost ack", false).await;
     let mut tries = 0;
-    while rec.calls.load(Ordering::SeqCst) < 2 && tries < 200 {
+    while rec.calls.load(Ordering::SeqCst) < 2 && tries < 600 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         tries += 1;
     }
