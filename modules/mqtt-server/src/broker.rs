@@ -87,6 +87,8 @@ pub struct Broker {
     core: Mutex<Core>,
     next_id: AtomicU64,
     queue: usize,
+    max_retained: usize,
+    retained_refused: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -106,11 +108,13 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
 
 impl Broker {
     /// A broker whose per-session queues hold `queue` messages.
-    pub fn new(queue: usize, metrics: Arc<Metrics>) -> Broker {
+    pub fn new(queue: usize, max_retained: usize, metrics: Arc<Metrics>) -> Broker {
         Broker {
             core: Mutex::new(Core::default()),
             next_id: AtomicU64::new(1),
             queue,
+            max_retained,
+            retained_refused: AtomicU64::new(0),
             metrics,
         }
     }
@@ -312,6 +316,16 @@ impl Broker {
         if p.retain {
             if p.payload.is_empty() {
                 core.retained.remove(&p.topic);
+            } else if core.retained.len() >= self.max_retained
+                && !core.retained.contains_key(&p.topic)
+            {
+                // a device inventing topics must not grow memory without bound
+                self.metrics.dropped("retained_limit");
+                let n = self.retained_refused.fetch_add(1, Ordering::Relaxed);
+                if n % 1000 == 0 {
+                    tracing::warn!(client = %from, topic = ?p.topic, max = self.max_retained, refused = n + 1,
+                        "retained message not stored: max_retained reached (the message itself is forwarded)");
+                }
             } else {
                 let mut r = p.clone();
                 r.dup = false;
@@ -458,7 +472,7 @@ mod tests {
     }
 
     fn broker() -> Broker {
-        Broker::new(4, Arc::new(Metrics::default()))
+        Broker::new(4, 2, Arc::new(Metrics::default()))
     }
 
     #[tokio::test]
@@ -478,6 +492,24 @@ mod tests {
         let d2 = a.rx.try_recv().expect("second");
         assert_eq!(d2.qos, QoS::AtMostOnce);
         assert!(a.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn retained_store_is_bounded() {
+        let b = broker();
+        for t in ["r/1", "r/2", "r/3"] {
+            b.publish("p", &publ(t, QoS::AtMostOnce, true, b"x"));
+        }
+        b.publish("p", &publ("r/1", QoS::AtMostOnce, true, b"replaced"));
+        let _a = b.connect("s", true, Duration::ZERO).await;
+        let (_, r) = b.subscribe("s", &[sub("r/#", QoS::AtMostOnce)]);
+        let topics: Vec<&str> = r.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(topics, vec!["r/1", "r/2"], "the third topic was not stored");
+        assert_eq!(
+            &r[0].payload[..],
+            b"replaced",
+            "replacing within the bound works"
+        );
     }
 
     #[tokio::test]

@@ -269,7 +269,11 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
             routing: RwLock::new(Arc::new(settings.routing())),
-            broker: Broker::new(settings.session_queue, metrics.clone()),
+            broker: Broker::new(
+                settings.session_queue,
+                settings.max_retained,
+                metrics.clone(),
+            ),
             metrics,
             auth,
             settings,

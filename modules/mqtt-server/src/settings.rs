@@ -79,6 +79,9 @@ pub struct Settings {
     /// are dropped and a connected slow subscriber is disconnected. Default 1000.
     /// Env `MQTT_SESSION_QUEUE`.
     pub session_queue: usize,
+    /// Most retained messages held (distinct topics); more are not stored (still forwarded).
+    /// Default 10,000. Env `MQTT_MAX_RETAINED`.
+    pub max_retained: usize,
     /// Seconds a persistent session survives after its client left. Default 86,400 (1 day).
     /// Env `MQTT_SESSION_EXPIRY`.
     pub session_expiry_secs: u64,
@@ -117,6 +120,7 @@ impl Default for Settings {
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
             session_queue: 1000,
+            max_retained: 10_000,
             session_expiry_secs: 86_400,
             auth_file: None,
             spool_path: None,
@@ -147,6 +151,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_CONNECT_TIMEOUT",
     "MQTT_WRITE_TIMEOUT",
     "MQTT_SESSION_QUEUE",
+    "MQTT_MAX_RETAINED",
     "MQTT_SESSION_EXPIRY",
     "MQTT_AUTH_FILE",
     "MQTT_SPOOL_PATH",
@@ -227,6 +232,7 @@ impl Settings {
                 "MQTT_CONNECT_TIMEOUT" => self.connect_timeout_secs = parse(var, &v)?,
                 "MQTT_WRITE_TIMEOUT" => self.write_timeout_secs = parse(var, &v)?,
                 "MQTT_SESSION_QUEUE" => self.session_queue = parse(var, &v)?,
+                "MQTT_MAX_RETAINED" => self.max_retained = parse(var, &v)?,
                 "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
                 "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
                 "MQTT_SPOOL_PATH" => self.spool_path = Some(PathBuf::from(v)),
@@ -507,6 +513,7 @@ mod tests {
             ("MQTT_CONNECT_TIMEOUT", "4"),
             ("MQTT_WRITE_TIMEOUT", "6"),
             ("MQTT_SESSION_QUEUE", "12"),
+            ("MQTT_MAX_RETAINED", "13"),
             ("MQTT_SESSION_EXPIRY", "60"),
             ("MQTT_AUTH_FILE", "/auth"),
             ("MQTT_SPOOL_PATH", "/data/spool.redb"),
@@ -548,6 +555,7 @@ mod tests {
             connect_timeout_secs: 4,
             write_timeout_secs: 6,
             session_queue: 12,
+            max_retained: 13,
             session_expiry_secs: 60,
             auth_file: Some("/auth".into()),
             spool_path: Some("/data/spool.redb".into()),
