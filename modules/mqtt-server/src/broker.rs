@@ -4,7 +4,7 @@
 //! awaits, so one slow subscriber can never stall a publisher.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,47 @@ struct Link {
     gone: watch::Receiver<()>,
 }
 
+/// A session's queue of messages for later, counted against a budget shared by all sessions.
+struct Offline {
+    items: VecDeque<Pub>,
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl Offline {
+    fn new(total: Arc<AtomicUsize>) -> Offline {
+        Offline {
+            items: VecDeque::new(),
+            bytes: 0,
+            total,
+        }
+    }
+
+    /// Appends unless the session's `max_items` or the shared `max_bytes` would be exceeded.
+    fn push(&mut self, p: Pub, max_items: usize, max_bytes: usize) -> bool {
+        let n = p.payload.len() + p.topic.len();
+        if self.items.len() >= max_items || self.total.load(Ordering::Relaxed) + n > max_bytes {
+            return false;
+        }
+        self.total.fetch_add(n, Ordering::Relaxed);
+        self.bytes += n;
+        self.items.push_back(p);
+        true
+    }
+
+    fn drain(&mut self) -> Vec<Pub> {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+        self.items.drain(..).collect()
+    }
+}
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 struct Session {
     link: Option<Link>,
     subs: BTreeMap<String, SubFilter>,
@@ -64,7 +105,7 @@ struct Session {
     persistent: bool,
     expiry: Duration,
     left_at: Option<Instant>,
-    offline: VecDeque<Pub>,
+    offline: Offline,
     incoming_qos2: HashSet<u16>,
 }
 
@@ -89,6 +130,8 @@ pub struct Broker {
     queue: usize,
     max_retained: usize,
     retained_refused: AtomicU64,
+    offline_bytes: usize,
+    offline_total: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -108,13 +151,22 @@ fn min_qos(a: QoS, b: QoS) -> QoS {
 
 impl Broker {
     /// A broker whose per-session queues hold `queue` messages.
-    pub fn new(queue: usize, max_retained: usize, metrics: Arc<Metrics>) -> Broker {
+    /// A broker whose sessions queue at most `queue` messages each and `offline_bytes` in all,
+    /// and which retains at most `max_retained` topics.
+    pub fn new(
+        queue: usize,
+        max_retained: usize,
+        offline_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Broker {
         Broker {
             core: Mutex::new(Core::default()),
             next_id: AtomicU64::new(1),
             queue,
             max_retained,
             retained_refused: AtomicU64::new(0),
+            offline_bytes,
+            offline_total: Arc::new(AtomicUsize::new(0)),
             metrics,
         }
     }
@@ -180,7 +232,7 @@ impl Broker {
                 persistent: false,
                 expiry: Duration::ZERO,
                 left_at: None,
-                offline: VecDeque::new(),
+                offline: Offline::new(self.offline_total.clone()),
                 incoming_qos2: HashSet::new(),
             });
         s.persistent = !persist_for.is_zero();
@@ -197,7 +249,7 @@ impl Broker {
             session_present,
             rx,
             kick,
-            replay: s.offline.drain(..).collect(),
+            replay: s.offline.drain(),
             incoming_qos2: std::mem::take(&mut s.incoming_qos2),
             alive,
         }
@@ -224,8 +276,8 @@ impl Broker {
                 for p in unacked {
                     if let Some(link) = &s.link {
                         let _ = link.tx.try_send(p);
-                    } else {
-                        s.offline.push_back(p);
+                    } else if !s.offline.push(p, self.queue, self.offline_bytes) {
+                        self.metrics.dropped("offline_queue_full");
                     }
                 }
             }
@@ -242,13 +294,12 @@ impl Broker {
         }
         s.left_at = Some(Instant::now());
         s.incoming_qos2 = incoming_qos2;
-        let mut queued: VecDeque<Pub> = unacked.into_iter().collect();
-        queued.append(&mut s.offline);
-        while queued.len() > self.queue {
-            queued.pop_back();
-            self.metrics.dropped("offline_queue_full");
+        let older = s.offline.drain();
+        for p in unacked.into_iter().chain(older) {
+            if !s.offline.push(p, self.queue, self.offline_bytes) {
+                self.metrics.dropped("offline_queue_full");
+            }
         }
-        s.offline = queued;
     }
 
     /// Adds subscriptions; returns the granted QoS per filter (None: invalid filter) and the
@@ -366,27 +417,26 @@ impl Broker {
                                 tracing::warn!(client = %id, "subscriber does not keep up (queue of {} full); disconnecting it", self.queue);
                                 self.metrics.refused("slow_subscriber");
                             }
-                            if s.persistent && s.offline.len() < self.queue {
-                                s.offline.push_back(d);
-                            } else {
+                            if !(s.persistent && s.offline.push(d, self.queue, self.offline_bytes))
+                            {
                                 self.metrics.dropped("subscriber_queue_full");
                             }
                         }
                     }
                     Err(mpsc::error::TrySendError::Closed(d)) => {
-                        if s.persistent && d.qos != QoS::AtMostOnce && s.offline.len() < self.queue
+                        if s.persistent
+                            && d.qos != QoS::AtMostOnce
+                            && !s.offline.push(d, self.queue, self.offline_bytes)
                         {
-                            s.offline.push_back(d);
+                            self.metrics.dropped("offline_queue_full");
                         }
                     }
                 },
                 None => {
-                    if d.qos != QoS::AtMostOnce {
-                        if s.offline.len() < self.queue {
-                            s.offline.push_back(d);
-                        } else {
-                            self.metrics.dropped("offline_queue_full");
-                        }
+                    if d.qos != QoS::AtMostOnce
+                        && !s.offline.push(d, self.queue, self.offline_bytes)
+                    {
+                        self.metrics.dropped("offline_queue_full");
                     }
                 }
             }
@@ -472,7 +522,7 @@ mod tests {
     }
 
     fn broker() -> Broker {
-        Broker::new(4, 2, Arc::new(Metrics::default()))
+        Broker::new(4, 2, 1 << 20, Arc::new(Metrics::default()))
     }
 
     #[tokio::test]
@@ -492,6 +542,28 @@ mod tests {
         let d2 = a.rx.try_recv().expect("second");
         assert_eq!(d2.qos, QoS::AtMostOnce);
         assert!(a.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn offline_queues_share_a_byte_budget() {
+        let b = Broker::new(100, 10, 25, Arc::new(Metrics::default()));
+        for id in ["s1", "s2"] {
+            let a = b.connect(id, false, Duration::from_secs(60)).await;
+            b.subscribe(id, &[sub("t", QoS::AtLeastOnce)]);
+            b.disconnect(id, a.conn_id, vec![], HashSet::new(), None);
+        }
+        // each message costs 1 (topic) + 9 (payload) = 10 bytes: two fit, the rest are dropped
+        for _ in 0..3 {
+            b.publish("p", &publ("t", QoS::AtLeastOnce, false, b"123456789"));
+        }
+        let a1 = b.connect("s1", false, Duration::from_secs(60)).await;
+        let a2 = b.connect("s2", false, Duration::from_secs(60)).await;
+        assert_eq!(a1.replay.len() + a2.replay.len(), 2);
+        // replayed messages left the budget: there is room again
+        b.disconnect("s1", a1.conn_id, vec![], HashSet::new(), None);
+        b.publish("p", &publ("t", QoS::AtLeastOnce, false, b"123456789"));
+        let a1 = b.connect("s1", false, Duration::from_secs(60)).await;
+        assert_eq!(a1.replay.len(), 1);
     }
 
     #[tokio::test]

@@ -272,6 +272,7 @@ impl Server {
             broker: Broker::new(
                 settings.session_queue,
                 settings.max_retained,
+                settings.offline_bytes,
                 metrics.clone(),
             ),
             metrics,

@@ -79,6 +79,10 @@ pub struct Settings {
     /// are dropped and a connected slow subscriber is disconnected. Default 1000.
     /// Env `MQTT_SESSION_QUEUE`.
     pub session_queue: usize,
+    /// Bytes (payload and topic) all sessions together may queue for subscribers that are away or
+    /// slow; past it QoS 1/2 messages for them are dropped and counted. Default 67,108,864
+    /// (64 MiB). Env `MQTT_OFFLINE_BYTES`.
+    pub offline_bytes: usize,
     /// Most retained messages held (distinct topics); more are not stored (still forwarded).
     /// Default 10,000. Env `MQTT_MAX_RETAINED`.
     pub max_retained: usize,
@@ -120,6 +124,7 @@ impl Default for Settings {
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
             session_queue: 1000,
+            offline_bytes: 64 * 1024 * 1024,
             max_retained: 10_000,
             session_expiry_secs: 86_400,
             auth_file: None,
@@ -151,6 +156,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_CONNECT_TIMEOUT",
     "MQTT_WRITE_TIMEOUT",
     "MQTT_SESSION_QUEUE",
+    "MQTT_OFFLINE_BYTES",
     "MQTT_MAX_RETAINED",
     "MQTT_SESSION_EXPIRY",
     "MQTT_AUTH_FILE",
@@ -232,6 +238,7 @@ impl Settings {
                 "MQTT_CONNECT_TIMEOUT" => self.connect_timeout_secs = parse(var, &v)?,
                 "MQTT_WRITE_TIMEOUT" => self.write_timeout_secs = parse(var, &v)?,
                 "MQTT_SESSION_QUEUE" => self.session_queue = parse(var, &v)?,
+                "MQTT_OFFLINE_BYTES" => self.offline_bytes = parse(var, &v)?,
                 "MQTT_MAX_RETAINED" => self.max_retained = parse(var, &v)?,
                 "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
                 "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
@@ -513,6 +520,7 @@ mod tests {
             ("MQTT_CONNECT_TIMEOUT", "4"),
             ("MQTT_WRITE_TIMEOUT", "6"),
             ("MQTT_SESSION_QUEUE", "12"),
+            ("MQTT_OFFLINE_BYTES", "14"),
             ("MQTT_MAX_RETAINED", "13"),
             ("MQTT_SESSION_EXPIRY", "60"),
             ("MQTT_AUTH_FILE", "/auth"),
@@ -555,6 +563,7 @@ mod tests {
             connect_timeout_secs: 4,
             write_timeout_secs: 6,
             session_queue: 12,
+            offline_bytes: 14,
             max_retained: 13,
             session_expiry_secs: 60,
             auth_file: Some("/auth".into()),
