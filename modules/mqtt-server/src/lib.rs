@@ -16,7 +16,10 @@
 //! - [`broker`]: sessions, subscriptions, retained messages for device subscribers.
 //! - `connection`: one client connection's state machine.
 //! - [`metrics`]: Prometheus counters, served on `:9600/metrics`.
-//! - [`Server`] / [`run`]: accept loops (plain and optional TLS), shutdown.
+//! - [`Server`] / [`run`]: accept loops (plain and optional TLS), shutdown; [`ServerHandle`]
+//!   applies module twin settings live; [`Auth`] checks optional credentials.
+//! - The binary (`src/main.rs`, `src/edgehub.rs`): CLI, environment, signals, the edgeHub
+//!   [`Forwarder`] on `edge_client`, and the module twin loop (desired -> live -> reported).
 //!
 //! ## Why not rumqttd (the design card's choice)
 //!
