@@ -382,3 +382,90 @@ async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down
     drop(module);
     hub.stop().await;
 }
+
+/// 200 clients (half MQTT 5, half 3.1.1), each publishing 5 messages at QoS 1 and 2; prints "ok".
+const CONCURRENT: &str = r#"
+import sys, json, paho.mqtt.client as mqtt
+port, n, per = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+clients = []
+for i in range(n):
+    c = mqtt.Client(client_id="esp-%03d" % i, protocol=mqtt.MQTTv5 if i % 2 else mqtt.MQTTv311)
+    c.connect("127.0.0.1", port, keepalive=60)
+    c.loop_start()
+    clients.append(c)
+infos = []
+for k in range(per):
+    for i, c in enumerate(clients):
+        infos.append(c.publish("patients/esp-%03d/temperature" % i, json.dumps({"temp": 36.6, "i": i, "k": k}), qos=1 + (k % 2)))
+for info in infos:
+    info.wait_for_publish(timeout=120)
+    assert info.is_published()
+for c in clients:
+    c.disconnect()
+    c.loop_stop()
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_devices_through_the_hub_every_message_once_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub_port = free_port();
+    let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_port).into();
+    let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
+    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+    let mqtt_port = free_port();
+    let module = start_module(dir.path(), hub_port, mqtt_port, &[]);
+    assert!(publish_when_up(mqtt_port, "probe", r#"{"probe":true}"#).await);
+    assert_eq!(
+        take_upstream(&hub.handle, 1, Duration::from_secs(30))
+            .await
+            .len(),
+        1
+    );
+
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "300",
+                "python3",
+                "-c",
+                CONCURRENT,
+                &mqtt_port.to_string(),
+                "200",
+                "5",
+            ])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "devices: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = take_upstream(&hub.handle, 1000, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), 1000);
+    let mut seen = std::collections::HashSet::new();
+    for m in &got {
+        let v: serde_json::Value = serde_json::from_slice(&m.body).expect("json body intact");
+        let (i, k) = (v["i"].as_u64().expect("i"), v["k"].as_u64().expect("k"));
+        assert_eq!(m.properties["mqtt-client-id"], format!("esp-{i:03}"));
+        assert_eq!(
+            m.properties["mqtt-topic"],
+            format!("patients/esp-{i:03}/temperature")
+        );
+        assert_eq!(m.properties["mqtt-qos"], (1 + k % 2).to_string());
+        assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        assert!(seen.insert((i, k)), "duplicate {v}");
+    }
+    assert!(
+        take_upstream(&hub.handle, 1, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "no duplicates"
+    );
+    drop(module);
+    hub.stop().await;
+}
