@@ -54,7 +54,7 @@ pub async fn run(
     let mut processor = Processor::new(&settings.state_dir);
     if let Some(q) = &settings.query {
         let fallback = TwinSettings { query: Some(q.clone()), ..TwinSettings::default() };
-        if let Err(e) = processor.apply(fallback) {
+        if let Err(e) = processor.apply(fallback).map(|_| ()) {
             tracing::error!(error = %e, "AGGREGATOR_QUERY is not a valid query; waiting for the twin's `query`");
         }
     }
@@ -84,12 +84,16 @@ pub async fn run(
                 }
                 Some(Event::Twin(twin)) => {
                     desired = twin.get("desired").cloned().unwrap_or(Value::Object(Default::default()));
-                    unknown = apply_desired(&mut processor, &desired);
+                    let (u, flushed) = apply_desired(&mut processor, &desired);
+                    unknown = u;
+                    if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
                     report(&client, &processor, &unknown).await;
                 }
                 Some(Event::DesiredPatch(patch)) => {
                     merge_patch(&mut desired, &patch);
-                    unknown = apply_desired(&mut processor, &desired);
+                    let (u, flushed) = apply_desired(&mut processor, &desired);
+                    unknown = u;
+                    if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
                     report(&client, &processor, &unknown).await;
                 }
                 Some(Event::Method(req)) => {
@@ -114,22 +118,29 @@ pub async fn run(
     result.and(committed)
 }
 
-fn apply_desired(processor: &mut Processor, desired: &Value) -> Vec<String> {
+/// Applies the desired properties; returns the unknown keys and the rows of a replaced query's windows.
+fn apply_desired(processor: &mut Processor, desired: &Value) -> (Vec<String>, Vec<stream_query::OutputRow>) {
     match TwinSettings::from_desired(desired) {
         Ok((settings, unknown)) => {
             for k in &unknown {
                 tracing::warn!(key = %k, "desired property is not known to AggregatorModule and is ignored");
             }
-            match processor.apply(settings) {
-                Ok(true) => tracing::info!(status = ?processor.status(), "query (re)loaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "query rejected"),
-            }
-            unknown
+            let flushed = match processor.apply(settings) {
+                Ok(Some(rows)) => {
+                    tracing::info!(status = ?processor.status(), closed = rows.len(), "query (re)loaded; the previous query's open windows were closed");
+                    rows
+                }
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    tracing::error!(error = %e, "query rejected");
+                    Vec::new()
+                }
+            };
+            (unknown, flushed)
         }
         Err(e) => {
             tracing::error!(error = %e, "desired properties rejected; the previous settings stay in force");
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
     }
 }

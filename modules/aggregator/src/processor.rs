@@ -90,16 +90,18 @@ impl Processor {
 
     /// Applies new settings. A query that does not parse is rejected: the previous query keeps running and
     /// the error (with line and column) is returned for the reported properties. The same query text and
-    /// policy keeps its windows; a changed one starts with empty windows (ASA restarts a job the same way).
-    /// If a checkpoint for exactly this query exists on disk, the windows are restored from it.
-    pub fn apply(&mut self, settings: TwinSettings) -> Result<bool, AggregatorError> {
+    /// policy keeps its windows (`Ok(None)`). A changed one replaces the running query: the old query's open
+    /// windows are closed first and their rows returned (`Ok(Some(rows))`), so no acknowledged reading goes
+    /// unaccounted; the new query starts with empty windows, as a restarted ASA job does. If a checkpoint
+    /// for exactly the new query exists on disk, its windows are restored instead.
+    pub fn apply(&mut self, settings: TwinSettings) -> Result<Option<Vec<OutputRow>>, AggregatorError> {
         self.dead_letter_output = settings.dead_letter_output.clone();
         let Some(text) = settings.query.clone() else {
-            return Ok(false);
+            return Ok(None);
         };
         if let Some(a) = &self.active {
             if a.text == text && a.settings.event_policy == settings.event_policy {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let policy = settings.event_policy.to_policy()?;
@@ -117,7 +119,7 @@ impl Processor {
         };
         let restored = self.load_checkpoint(&text, &settings);
         let engine = match restored {
-            Some(state) => match Engine::restore(query.clone(), policy.clone(), &state) {
+            Some(state) => match Engine::restore(query.clone(), policy, &state) {
                 Ok(engine) => {
                     tracing::info!(path = %self.checkpoint_path.display(), "restored open windows from the checkpoint");
                     engine
@@ -130,9 +132,17 @@ impl Processor {
             },
             None => Engine::new(query, policy),
         };
+        let flushed = match self.active.take() {
+            Some(mut old) => {
+                let rows = old.engine.flush();
+                self.rows_out += rows.len() as u64;
+                rows
+            }
+            None => Vec::new(),
+        };
         self.active = Some(Active { text, settings, engine });
         self.last_status = QueryStatus { status: "running", error: None, line: None, column: None };
-        Ok(true)
+        Ok(Some(flushed))
     }
 
     fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<Value> {
@@ -164,7 +174,11 @@ impl Processor {
                 Err(e) => return self.dead(input, body, arrival, format!("body is not JSON: {e}")),
             },
         };
-        match active.engine.record(input, &value, arrival) {
+        let result = active.engine.record(input, &value, arrival);
+        for w in active.engine.take_warnings() {
+            tracing::warn!(input, "query: {w}");
+        }
+        match result {
             Ok(rows) => {
                 self.rows_out += rows.len() as u64;
                 Outcome { rows, dead_letter: None }
@@ -253,7 +267,7 @@ impl Processor {
 
 impl Active {
     fn engine_outputs(&self) -> Vec<String> {
-        Query::parse(&self.text).map(|q| q.outputs()).unwrap_or_default()
+        self.engine.query().outputs()
     }
 }
 

@@ -61,11 +61,7 @@ pub fn replay(
                 continue;
             }
         };
-        let enqueued = event
-            .get("EventEnqueuedUtcTime")
-            .and_then(Value::as_str)
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc));
+        let enqueued = event.get("EventEnqueuedUtcTime").and_then(stream_query::parse_timestamp);
         let arrival = match enqueued {
             Some(t) => t,
             None => {

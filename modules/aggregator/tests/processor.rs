@@ -25,7 +25,8 @@ fn reading(temp: f64, at: DateTime<Utc>) -> Vec<u8> {
 fn seed_query_averages_a_minute_and_names_the_column_avg() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Processor::new(dir.path());
-    assert!(p.apply(settings(SEED)).unwrap());
+    assert_eq!(p.apply(settings(SEED)).unwrap().map(|rows| rows.len()), Some(0));
+    assert!(p.apply(settings(SEED)).unwrap().is_none(), "same query: unchanged");
     for (i, temp) in [36.0, 37.0, 38.0, 41.0].iter().enumerate() {
         let at = t(10 + i as i64 * 10);
         let out = p.on_input("temperature", &reading(*temp, at), at);
@@ -142,4 +143,18 @@ fn replay_prints_rows_and_closes_every_window_at_the_end() {
     assert_eq!(summary.events, 5);
     assert_eq!(summary.rejected, 1);
     assert!(String::from_utf8(err).unwrap().contains("line 5"));
+}
+
+#[test]
+fn replacing_the_query_closes_the_old_query_s_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Processor::new(dir.path());
+    p.apply(settings(SEED)).unwrap();
+    p.on_input("temperature", &reading(37.0, t(5)), t(5));
+    p.on_input("temperature", &reading(39.0, t(6)), t(6));
+    let flushed = p.apply(settings(&SEED.replace("AvgTemp", "AvgTemp2"))).unwrap().expect("query replaced");
+    assert_eq!(flushed.len(), 1);
+    assert_eq!(flushed[0].output, "AvgTemp");
+    assert_eq!(flushed[0].row["avg"], json!(38.0));
+    assert_eq!(p.reported(&[])["outputs"], json!(["AvgTemp2"]));
 }
