@@ -449,6 +449,26 @@ async fn deliver<W: AsyncWrite + Unpin>(
     }
 }
 
+/// On shutdown: sends the acknowledgements whose messages reach edgeHub within the grace period,
+/// so devices need not resend them (which would duplicate them upstream).
+async fn drain_acks<W: AsyncWrite + Unpin>(
+    conn: &mut Conn<W>,
+    acks: &mut FuturesOrdered<AckFuture>,
+    grace_secs: u64,
+) {
+    if acks.is_empty() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(grace_secs), async {
+        while let Some(Some(pkt)) = acks.next().await {
+            if conn.send(pkt).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_loop<R, W>(
     conn: &mut Conn<W>,
@@ -484,11 +504,15 @@ where
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
+                drain_acks(conn, &mut acks, shared.settings.shutdown_grace_secs).await;
                 if v5 { let _ = conn.send(Outbound::Disconnect(DisconnectReason::ServerShuttingDown)).await; }
                 return End::Shutdown;
             }
             (reason, why) = kick.kicked() => {
                 tracing::info!(client = %client, why, "closing connection");
+                if reason == DisconnectReason::ServerShuttingDown {
+                    drain_acks(conn, &mut acks, shared.settings.shutdown_grace_secs).await;
+                }
                 if v5 { let _ = conn.send(Outbound::Disconnect(reason)).await; }
                 return if reason == DisconnectReason::ServerShuttingDown { End::Shutdown } else { End::Abnormal };
             }

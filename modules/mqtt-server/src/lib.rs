@@ -391,6 +391,7 @@ impl Server {
         let _ = stop_tx.send(true);
         shared.broker.kick_all();
         let grace = Duration::from_secs(shared.settings.shutdown_grace_secs);
+        let deadline = tokio::time::Instant::now() + grace;
         let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
             while tasks.join_next().await.is_some() {}
         })
@@ -403,7 +404,9 @@ impl Server {
             let _ = r.await;
         }
         let mut worker = worker;
-        match tokio::time::timeout(grace, &mut worker).await {
+        // what is left of the grace period, and at least a second
+        let until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(until, &mut worker).await {
             Ok(_) => tracing::info!("forwarding buffer drained"),
             Err(_) => {
                 let left = shared

@@ -96,7 +96,8 @@ pub struct Settings {
     /// once committed there (not only after edgeHub acknowledged it), and what a crash left is
     /// forwarded at the next start. Default none (memory only). Env `MQTT_SPOOL_PATH`.
     pub spool_path: Option<PathBuf>,
-    /// Seconds to wait on shutdown for messages in flight to edgeHub. Default 5.
+    /// Seconds to wait on shutdown for messages in flight to edgeHub (and to send their
+    /// devices the acknowledgements, so they need not resend). Default 5.
     /// Env `MQTT_SHUTDOWN_GRACE`.
     pub shutdown_grace_secs: u64,
 }

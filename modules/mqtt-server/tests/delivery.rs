@@ -511,3 +511,34 @@ async fn control_characters_in_client_id_or_topic_are_refused() {
     assert_eq!(h.recorder.count(), 0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_still_sends_acknowledgements_that_arrive_within_the_grace_period() {
+    let rec = Arc::new(Recorder::default());
+    rec.hold.store(true, Ordering::SeqCst);
+    let settings = mqtt_server::Settings {
+        shutdown_grace_secs: 15,
+        ..test_settings()
+    };
+    let h = Harness::start_with(settings, rec.clone(), None).await;
+    let mut c = Client::connect(&h, "dev-stop", 0, true).await;
+    c.publish("t", QoS::AtLeastOnce, 1, "in flight at shutdown", false)
+        .await;
+    let mut tries = 0;
+    while rec.calls.load(Ordering::SeqCst) < 1 && tries < 600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tries += 1;
+    }
+    let mut h = h;
+    h.signal_stop();
+    // the server is now shutting down (closing connections once their acknowledgements are out)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rec.release();
+    match c.recv(T).await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.pkid, 1),
+        other => panic!("expected the PUBACK before the close, got {other:?}"),
+    }
+    assert!(c.closed(T).await);
+    h.stop().await;
+    assert_eq!(rec.bodies(), vec!["in flight at shutdown".to_string()]);
+}

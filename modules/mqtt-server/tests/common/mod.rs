@@ -172,6 +172,13 @@ impl Harness {
         }
     }
 
+    /// Tells the server to stop without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
