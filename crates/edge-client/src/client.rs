@@ -96,7 +96,7 @@ pub enum Event {
     Twin(Value),
     /// A direct-method call; answer it with [`MethodRequest::respond`].
     Method(MethodRequest),
-    /// Connected (again) to the hub.
+    /// Connected (again) to the hub, with its subscriptions in place (every SUBACK received).
     Connected,
     /// The connection broke, or could not be made; the client retries by itself.
     Disconnected(String),
@@ -501,6 +501,9 @@ struct Conn {
     submitted: VecDeque<Pending>,
     /// On the wire, by packet id.
     inflight: HashMap<u16, Pending>,
+    /// SUBACKs still expected for this connection's subscriptions; `Event::Connected` is sent when the
+    /// last one arrives, so an application that reacts to it cannot miss an input routed right after.
+    subacks_pending: usize,
 }
 
 impl Conn {
@@ -728,6 +731,7 @@ impl Driver {
             poll,
             submitted: VecDeque::new(),
             inflight: HashMap::new(),
+            subacks_pending: 0,
         })
     }
 
@@ -808,6 +812,7 @@ impl Driver {
         }
         filters.push(topics::METHOD_REQUESTS.to_string());
         filters.push(topics::DESIRED_PATCHES.to_string());
+        conn.subacks_pending = filters.len();
         for f in filters {
             if let Err(e) = conn.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                 conn.poll.abort();
@@ -829,7 +834,6 @@ impl Driver {
             Bytes::from_static(b" "),
             Waiter::Internal,
         );
-        let _ = self.events.send(Event::Connected);
         tracing::info!(
             host = self.identity.connect_host(),
             port = self.identity.port,
@@ -995,15 +999,20 @@ impl Driver {
                 }
             }
             rumqttc::Event::Incoming(Packet::Publish(p)) => self.on_publish(conn, p),
-            rumqttc::Event::Incoming(Packet::SubAck(s))
-                if s.return_codes
-                    .contains(&rumqttc::SubscribeReasonCode::Failure) =>
-            {
-                tracing::warn!(
-                    client_id = %self.identity.client_id(),
-                    "the hub refused a subscription (SUBACK 0x80): inputs, twin patches or methods will not arrive; \
-                     see the hub's log for which topic this identity may not use"
-                );
+            rumqttc::Event::Incoming(Packet::SubAck(s)) => {
+                if s.return_codes.contains(&rumqttc::SubscribeReasonCode::Failure) {
+                    tracing::warn!(
+                        client_id = %self.identity.client_id(),
+                        "the hub refused a subscription (SUBACK 0x80): inputs, twin patches or methods will not arrive; \
+                         see the hub's log for which topic this identity may not use"
+                    );
+                }
+                if conn.subacks_pending > 0 {
+                    conn.subacks_pending -= 1;
+                    if conn.subacks_pending == 0 {
+                        let _ = self.events.send(Event::Connected);
+                    }
+                }
             }
             _ => {}
         }

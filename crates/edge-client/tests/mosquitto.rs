@@ -478,13 +478,14 @@ async fn reconnects_resends_queued_messages_and_redelivers_unacked_inputs() {
     assert!(!waiting.is_finished());
 
     broker.run();
-    next_matching(&mut events, |e| matches!(e, Event::Connected).then_some(())).await;
-    // The full twin is read again after the reconnect, and the unacknowledged input comes again on
-    // the resumed session (in either order); this time it is acknowledged.
-    let (mut twin, mut again) = (None, None);
+    // Connected comes once the subscriptions are in place; the full twin is read again after the
+    // reconnect, and the unacknowledged input comes again on the resumed session, possibly before
+    // the SUBACKs (in any order); this time it is acknowledged.
+    let (mut connected, mut twin, mut again) = (false, None, None);
     timeout(WAIT, async {
-        while twin.is_none() || again.is_none() {
+        while !connected || twin.is_none() || again.is_none() {
             match events.recv().await.expect("events ended") {
+                Event::Connected => connected = true,
                 Event::Twin(v) => twin = Some(v),
                 Event::Input(i) => again = Some(i),
                 _ => {}
