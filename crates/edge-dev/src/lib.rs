@@ -10,8 +10,11 @@
 //! - [`identities`]: the device's module keys and generation ids (`identities.json`).
 //! - [`supervisor`]: edgeAgent's part: module processes in startup order, restart policies with back-off.
 //! - [`upstream`]: what plays IoT Hub: the upstream log, the console, optional forwarding to a real hub.
+//! - [`dashboard`]: the web page, JSON API, event stream and Prometheus metrics of the upstream data and
+//!   the edge's health.
 //! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest.
 
+pub mod dashboard;
 pub mod hub;
 pub mod identities;
 pub mod pki;

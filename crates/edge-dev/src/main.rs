@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once; the size of the `Up` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the deployment: the hub, the workload API, the upstream sink and every module whose status is running.
@@ -61,6 +63,12 @@ enum Command {
         /// Play a lost internet connection: keep upstream messages in the store-and-forward queue.
         #[arg(long)]
         offline: bool,
+        /// Address of the dashboard (web page, JSON API, /metrics); port 0 picks a free port.
+        #[arg(long, default_value = edge_dev::dashboard::DEFAULT_ADDR)]
+        dashboard: SocketAddr,
+        /// Do not serve the dashboard.
+        #[arg(long, conflicts_with = "dashboard")]
+        no_dashboard: bool,
     },
     /// Expand deployment.template.json into config/deployment.<platform>.json, as `iotedgedev genconfig` does.
     Genconfig {
@@ -110,6 +118,8 @@ fn main() -> anyhow::Result<()> {
                 gateway_hostname,
                 quiet,
                 offline,
+                dashboard,
+                no_dashboard,
             } => {
                 let bin_dir = match bin_dir {
                     Some(d) => d,
@@ -139,6 +149,7 @@ fn main() -> anyhow::Result<()> {
                     console: !quiet,
                     offline,
                     backoff: Default::default(),
+                    dashboard: (!no_dashboard).then_some(dashboard),
                 };
                 up::up(opts, edge_client::shutdown_signal()).await?;
             }

@@ -17,7 +17,7 @@ use crate::hub::{Hub, HubConfig, HubListeners, ModuleIdentity};
 use crate::identities::Identities;
 use crate::pki::DevPki;
 use crate::supervisor::{self, Backoff, ModuleProcess, StatusMap};
-use crate::{upstream, workload, EdgeDevError};
+use crate::{dashboard, upstream, workload, EdgeDevError};
 
 /// The edgeHub API version edgeAgent sets in `IOTEDGE_APIVERSION`.
 pub const WORKLOAD_API_VERSION: &str = "2019-01-30";
@@ -58,6 +58,9 @@ pub struct UpOptions {
     pub offline: bool,
     /// Restart back-off of the supervisor.
     pub backoff: Backoff,
+    /// Where the dashboard (web page, JSON API, `/metrics`) listens; `None`: no dashboard. Default
+    /// 127.0.0.1:8080 ([`crate::dashboard::DEFAULT_ADDR`]); port 0 picks a free port.
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// Loads the deployment at `path`: a template is expanded with `.env` (beside it) and the environment.
@@ -191,11 +194,18 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
-    let sink = upstream::UpstreamSink::new(opts.upstream_log.as_deref(), forward, opts.console)?;
+    let mut sink = upstream::UpstreamSink::new(opts.upstream_log.as_deref(), forward, opts.console)?;
+    let (tap, _) = tokio::sync::broadcast::channel(1024);
     let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
+    let status: StatusMap = Arc::default();
+    let dashboard = match opts.dashboard {
+        Some(addr) => Some(start_dashboard(addr, &opts, &hub, &ids.device_id, &status, &tap, wait_true(hub_stop_rx.clone())).await?),
+        None => None,
+    };
+    sink.tap = Some(tap.clone());
     let sink_task = if opts.offline {
         tracing::warn!("--offline: upstream messages are kept in the store-and-forward queue and not delivered");
-        tokio::spawn(async {})
+        tokio::spawn(upstream::hold(hub.upstream(), tap, sink_stop_rx))
     } else {
         tokio::spawn(upstream::run(hub.upstream(), sink, sink_stop_rx))
     };
@@ -252,7 +262,6 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
             None => String::new(),
         }
     );
-    let status: StatusMap = Arc::default();
     let (mod_stop_tx, mod_stop_rx) = watch::channel(false);
     let sup = tokio::spawn(supervisor::supervise(processes, opts.backoff, status.clone(), mod_stop_rx));
 
@@ -273,9 +282,52 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = hub_stop_tx.send(true);
     hub.closed().await;
     let _ = workload.await;
+    if let Some(d) = dashboard {
+        let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+    }
     let _ = std::fs::remove_file(&socket);
     println!("edge-dev: stopped");
     Ok(())
+}
+
+/// Binds the dashboard, fills it from the upstream log, prints its URL and serves it until `stop`.
+async fn start_dashboard(
+    addr: SocketAddr,
+    opts: &UpOptions,
+    hub: &crate::hub::HubHandle,
+    device_id: &str,
+    status: &StatusMap,
+    tap: &tokio::sync::broadcast::Sender<crate::hub::StoredMessage>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, EdgeDevError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        EdgeDevError::Config(format!("cannot listen on {addr} for the dashboard ({e}); use --dashboard ADDR to pick another address or --no-dashboard"))
+    })?;
+    let bound = listener.local_addr().map_err(|e| EdgeDevError::Config(format!("dashboard: {e}")))?;
+    let stats_hub = hub.clone();
+    let dash = dashboard::Dashboard::new(
+        dashboard::DashboardOptions { device_id: device_id.to_string(), offline: opts.offline, ..Default::default() },
+        Arc::new(move || stats_hub.stats()),
+        status.clone(),
+    );
+    if let Some(log) = &opts.upstream_log {
+        match dash.load_log(log) {
+            Ok(n) => tracing::info!("dashboard: {n} window averages of the last hours read from {}", log.display()),
+            Err(e) => tracing::warn!("dashboard: cannot read the upstream log: {e}"),
+        }
+    }
+    println!("edge-dev: dashboard http://{bound}");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(dash.clone().follow(tap.subscribe(), wait_true(stop_rx)));
+    Ok(tokio::spawn(async move {
+        let stopping = async move {
+            stop.await;
+            let _ = stop_tx.send(true);
+        };
+        if let Err(e) = dashboard::serve(listener, dash, stopping).await {
+            tracing::error!("dashboard: {e}");
+        }
+    }))
 }
 
 /// `modules` beside the manifest.

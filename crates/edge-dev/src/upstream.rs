@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use chrono::SecondsFormat;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::hub::{StoredMessage, UpstreamQueue};
 use crate::EdgeDevError;
@@ -54,6 +54,8 @@ pub struct UpstreamSink {
     forward: Option<edge_client::ModuleClient>,
     /// Print a summary line on standard output for each message.
     pub console: bool,
+    /// Gets a copy of each delivered message (the dashboard).
+    pub tap: Option<broadcast::Sender<StoredMessage>>,
 }
 
 impl UpstreamSink {
@@ -74,7 +76,7 @@ impl UpstreamSink {
             }
             None => None,
         };
-        Ok(UpstreamSink { log, forward, console })
+        Ok(UpstreamSink { log, forward, console, tap: None })
     }
 
     async fn deliver(&mut self, m: &StoredMessage) -> Result<(), EdgeDevError> {
@@ -95,6 +97,9 @@ impl UpstreamSink {
         }
         if self.console {
             println!("{}", summary(m));
+        }
+        if let Some(tap) = &self.tap {
+            let _ = tap.send(m.clone());
         }
         Ok(())
     }
@@ -124,6 +129,19 @@ pub async fn run(queue: UpstreamQueue, mut sink: UpstreamSink, mut stop: watch::
         }
         if let Err(e) = queue.ack(m.seq) {
             tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue; it will be delivered again");
+        }
+    }
+}
+
+/// With `--offline`: hands every queued upstream message to `tap` (the dashboard) once, without
+/// delivering or removing it, so the edge still shows what it would send. Runs until `stop` becomes true.
+pub async fn hold(queue: UpstreamQueue, tap: broadcast::Sender<StoredMessage>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            m = queue.next() => {
+                let _ = tap.send(m);
+            }
+            _ = crate::supervisor::stopped(&mut stop) => return,
         }
     }
 }

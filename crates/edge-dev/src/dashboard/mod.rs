@@ -1,0 +1,465 @@
+//! The dashboard: a web page of what goes `$upstream` and of the edge itself, served by `edge-dev up`.
+//!
+//! Parts:
+//! - [`model`]: per device, the window averages of the last hours and the latest alerts (pure logic).
+//! - [`metrics`]: Prometheus text of the hub's counters, the supervisor's view and the upstream link.
+//! - this module: [`Dashboard`] (the state, fed with upstream messages) and [`serve`], an axum server of
+//!   the page (`assets/`, compiled into the binary), the JSON API the page uses, a server-sent event
+//!   stream and `/metrics`. docs/DASHBOARD.md documents the API.
+//!
+//! The dashboard sees a message when the upstream sink delivered it, or, with `--offline`, when it was
+//! queued for upstream: caregivers see temperatures also while the internet is away.
+
+pub mod metrics;
+pub mod model;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+use crate::hub::{HubStats, StoredMessage};
+use crate::supervisor::StatusMap;
+use crate::EdgeDevError;
+
+pub use model::{Limits, Point, ALL_DEVICES};
+
+/// The default address of the dashboard.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Settings of the dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardOptions {
+    /// The fever threshold drawn on the charts, in °C. Default 38.0 (the template's `HAVING Avg(temp) >= 38.0`).
+    pub fever_threshold: f64,
+    /// How much history is kept and how many points, devices and alerts. Default 6 hours, 5000 points per
+    /// device, 500 devices, 200 alerts.
+    pub limits: Limits,
+    /// How often the event stream sends the modules' health. Default 1 s.
+    pub health_interval: Duration,
+    /// The edge device's id, shown in the title.
+    pub device_id: String,
+    /// Whether edge-dev runs `--offline` (the upstream link state).
+    pub offline: bool,
+}
+
+impl Default for DashboardOptions {
+    fn default() -> Self {
+        DashboardOptions {
+            fever_threshold: 38.0,
+            limits: Limits::default(),
+            health_interval: Duration::from_secs(1),
+            device_id: String::new(),
+            offline: false,
+        }
+    }
+}
+
+/// Where the hub's counters come from (`HubHandle::stats` in `edge-dev up`).
+pub type StatsSource = Arc<dyn Fn() -> HubStats + Send + Sync>;
+
+/// The upstream link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Upstream messages are delivered.
+    Online,
+    /// `--offline`: upstream messages stay in the store-and-forward queue.
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkHealth {
+    pub state: LinkState,
+    /// Messages waiting in the `$upstream` queue.
+    pub upstream_depth: u64,
+}
+
+/// One module as the hub and the supervisor see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleHealth {
+    pub name: String,
+    /// Whether the supervisor runs it (false for `--external` modules and those not desired running).
+    pub supervised: bool,
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub given_up: Option<String>,
+    /// Connected to the hub.
+    pub connected: bool,
+    /// Messages it sent to its outputs.
+    pub messages_in: u64,
+    /// Messages delivered to its inputs and acknowledged.
+    pub messages_out: u64,
+    /// Messages waiting in its input queue.
+    pub queue_depth: u64,
+}
+
+/// The edge's health: the link, the hub's drop counters and every module.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub link: LinkHealth,
+    pub unrouted: u64,
+    pub expired: u64,
+    pub modules: Vec<ModuleHealth>,
+}
+
+/// One device's series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSeries {
+    pub device: String,
+    pub latest: Option<Point>,
+    /// Oldest first.
+    pub points: Vec<Point>,
+}
+
+/// Everything the page shows, as `GET /api/snapshot` answers it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub device_id: String,
+    pub threshold: f64,
+    pub retention_secs: i64,
+    pub health: Health,
+    pub devices: Vec<DeviceSeries>,
+    /// Oldest first.
+    pub alerts: Vec<Point>,
+}
+
+/// The dashboard's state; cheap to clone.
+#[derive(Clone)]
+pub struct Dashboard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: DashboardOptions,
+    stats: StatsSource,
+    status: StatusMap,
+    history: Mutex<model::History>,
+    events: broadcast::Sender<Point>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Dashboard {
+    pub fn new(opts: DashboardOptions, stats: StatsSource, status: StatusMap) -> Dashboard {
+        let (events, _) = broadcast::channel(1024);
+        let history = Mutex::new(model::History::new(opts.limits));
+        Dashboard {
+            inner: Arc::new(Inner {
+                opts,
+                stats,
+                status,
+                history,
+                events,
+            }),
+        }
+    }
+
+    fn history(&self) -> MutexGuard<'_, model::History> {
+        // The history stays consistent after any panic elsewhere: every update is one call.
+        self.inner.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the window average out of an upstream message, if it has one, and tells the page.
+    pub fn record(&self, m: &StoredMessage) -> Option<Point> {
+        self.record_point(model::from_message(m)?)
+    }
+
+    /// Records a point and tells the page; `None` if it was not kept (too old, too many devices).
+    pub fn record_point(&self, p: Point) -> Option<Point> {
+        let stored = self.history().record(p, now_ms())?;
+        let _ = self.inner.events.send(stored.clone());
+        Some(stored)
+    }
+
+    /// Fills the history from the end of an upstream log (the last 16 MiB), so the charts survive a
+    /// restart of edge-dev. A missing file is no error. Returns the points kept.
+    pub fn load_log(&self, path: &Path) -> Result<usize, EdgeDevError> {
+        const TAIL: u64 = 16 * 1024 * 1024;
+        let io = |e| EdgeDevError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(e)),
+        };
+        let len = f.metadata().map_err(io)?.len();
+        let start = len.saturating_sub(TAIL);
+        f.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines = text.lines();
+        if start > 0 {
+            lines.next(); // a partial line
+        }
+        let now = now_ms();
+        let mut h = self.history();
+        let mut kept = 0;
+        for line in lines {
+            let point = serde_json::from_str(line)
+                .ok()
+                .and_then(|v| model::from_log_line(&v));
+            if let Some(p) = point {
+                if h.record(p, now).is_some() {
+                    kept += 1;
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Records every message of `rx` until `stop` resolves or every sender is gone.
+    pub async fn follow(
+        self,
+        mut rx: broadcast::Receiver<StoredMessage>,
+        stop: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                m = rx.recv() => match m {
+                    Ok(m) => {
+                        self.record(&m);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("the dashboard missed {n} upstream messages (it fell behind); its charts lack them");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// The link, the hub's counters and every module (the hub's and the supervisor's, by name).
+    pub fn health(&self) -> Health {
+        let stats = (self.inner.stats)();
+        let status = self
+            .inner
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let mut names: Vec<&String> = stats.modules.keys().chain(status.keys()).collect();
+        names.sort();
+        names.dedup();
+        let modules = names
+            .into_iter()
+            .map(|name| {
+                let hub = stats.modules.get(name).cloned().unwrap_or_default();
+                let sup = status.get(name);
+                ModuleHealth {
+                    name: name.clone(),
+                    supervised: sup.is_some(),
+                    running: sup.is_some_and(|s| s.running),
+                    pid: sup.and_then(|s| s.pid),
+                    restarts: sup.map(|s| s.restarts).unwrap_or(0),
+                    last_exit: sup.and_then(|s| s.last_exit.clone()),
+                    given_up: sup.and_then(|s| s.given_up.clone()),
+                    connected: hub.connected,
+                    messages_in: hub.messages_in,
+                    messages_out: hub.messages_out,
+                    queue_depth: hub.queue_depth,
+                }
+            })
+            .collect();
+        Health {
+            link: LinkHealth {
+                state: if self.inner.opts.offline {
+                    LinkState::Offline
+                } else {
+                    LinkState::Online
+                },
+                upstream_depth: stats.upstream_depth,
+            },
+            unrouted: stats.unrouted,
+            expired: stats.expired,
+            modules,
+        }
+    }
+
+    /// Everything the page shows.
+    pub fn snapshot(&self) -> Snapshot {
+        let health = self.health();
+        let mut h = self.history();
+        h.prune(now_ms());
+        let devices = h
+            .devices()
+            .map(|(d, points)| {
+                let points: Vec<Point> = points.cloned().collect();
+                DeviceSeries {
+                    device: d.clone(),
+                    latest: points.last().cloned(),
+                    points,
+                }
+            })
+            .collect();
+        Snapshot {
+            device_id: self.inner.opts.device_id.clone(),
+            threshold: self.inner.opts.fever_threshold,
+            retention_secs: h.limits().retention_ms / 1000,
+            health,
+            devices,
+            alerts: h.alerts().cloned().collect(),
+        }
+    }
+
+    /// Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        let health = self.health();
+        let h = self.history();
+        let latest: Vec<(String, f64)> = h.latest().map(|p| (p.device.clone(), p.value)).collect();
+        metrics::render(&health, h.readings_total, h.alerts_total, &latest)
+    }
+
+    /// The routes; event streams end when `stop` becomes true.
+    pub fn router(&self, stop: watch::Receiver<bool>) -> Router {
+        Router::new()
+            .route(
+                "/",
+                get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+            )
+            .route(
+                "/assets/app.js",
+                get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+            )
+            .route(
+                "/assets/app.css",
+                get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+            )
+            .route(
+                "/api/snapshot",
+                get(|State(s): State<AppState>| async move { Json(s.dash.snapshot()) }),
+            )
+            .route(
+                "/api/health",
+                get(|State(s): State<AppState>| async move { Json(s.dash.health()) }),
+            )
+            .route(
+                "/api/alerts",
+                get(|State(s): State<AppState>| async move { Json(s.dash.snapshot().alerts) }),
+            )
+            .route("/api/devices/{device}", get(device_series))
+            .route("/api/events", get(events))
+            .route(
+                "/metrics",
+                get(|State(s): State<AppState>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        s.dash.metrics_text(),
+                    )
+                }),
+            )
+            .with_state(AppState {
+                dash: self.clone(),
+                stop,
+            })
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    dash: Dashboard,
+    stop: watch::Receiver<bool>,
+}
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
+
+/// A compiled-in file. The page loads nothing from elsewhere, and the policy says so to the browser.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'"),
+    );
+    r
+}
+
+async fn device_series(State(s): State<AppState>, UrlPath(device): UrlPath<String>) -> Response {
+    match s.dash.snapshot().devices.into_iter().find(|d| d.device == device) {
+        Some(d) => Json(d).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no readings of device {device:?} in the kept history; GET /api/snapshot lists the devices")).into_response(),
+    }
+}
+
+/// `reading` events as points arrive, `health` every `health_interval`, `resync` when this stream fell
+/// behind (the page then reloads the snapshot).
+async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = s.dash.inner.events.subscribe();
+    let mut tick = tokio::time::interval(s.dash.inner.opts.health_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (rx, tick, s.stop.clone(), s.dash.clone());
+    let stream = futures_util::stream::unfold(
+        state,
+        |(mut rx, mut tick, mut stop, dash)| async move {
+            if *stop.borrow() {
+                return None;
+            }
+            let event = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return None,
+                r = rx.recv() => match r {
+                    Ok(p) => Event::default().event("reading").data(serde_json::to_string(&p).unwrap_or_default()),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = tick.tick() => Event::default().event("health").data(serde_json::to_string(&dash.health()).unwrap_or_default()),
+            };
+            Some((Ok(event), (rx, tick, stop, dash)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Serves the dashboard on `listener` until `shutdown` resolves; open event streams end then too.
+pub async fn serve(
+    listener: TcpListener,
+    dashboard: Dashboard,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = watch::channel(false);
+    let app = dashboard.router(rx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        })
+        .await
+}
