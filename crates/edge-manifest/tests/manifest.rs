@@ -178,7 +178,12 @@ fn our_template_expands_and_validates() {
         rest.contains("GROUP BY deviceId, TumblingWindow(second,60)"),
         "{rest}"
     );
-    assert_eq!(m.module_twin_desired("MqttServerModule"), Some(&json!({})));
+    // The FeverAlert statement groups by deviceId, which the seed's sensors do not send: the MQTT server
+    // adds the client id as deviceId.
+    assert_eq!(
+        m.module_twin_desired("MqttServerModule"),
+        Some(&json!({"output": "output1", "enrichDeviceId": true}))
+    );
     assert_eq!(m.module_twin_desired("ESPSimModule"), Some(&json!({})));
 }
 
