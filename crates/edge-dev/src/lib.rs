@@ -12,9 +12,11 @@
 //! - [`upstream`]: what plays IoT Hub: the upstream log, the console, optional forwarding to a real hub.
 //! - [`dashboard`]: the web page, JSON API, event stream and Prometheus metrics of the upstream data and
 //!   the edge's health.
+//! - [`docker`]: `up --docker`: the modules as containers from their images on a user-defined network.
 //! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest.
 
 pub mod dashboard;
+pub mod docker;
 pub mod hub;
 pub mod identities;
 pub mod pki;

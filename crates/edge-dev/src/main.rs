@@ -69,6 +69,13 @@ enum Command {
         /// Do not serve the dashboard.
         #[arg(long, conflicts_with = "dashboard")]
         no_dashboard: bool,
+        /// Run the modules as containers from their images (built by scripts/build-images.sh) on a
+        /// user-defined network, with createOptions applied and the hub reachable as `edgeHub`.
+        #[arg(long)]
+        docker: bool,
+        /// The user-defined docker network for --docker (created and removed if it does not exist).
+        #[arg(long, default_value = "azure-iot-edge", requires = "docker")]
+        docker_network: String,
     },
     /// Expand deployment.template.json into config/deployment.<platform>.json, as `iotedgedev genconfig` does.
     Genconfig {
@@ -120,6 +127,8 @@ fn main() -> anyhow::Result<()> {
                 offline,
                 dashboard,
                 no_dashboard,
+                docker,
+                docker_network,
             } => {
                 let bin_dir = match bin_dir {
                     Some(d) => d,
@@ -150,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                     offline,
                     backoff: Default::default(),
                     dashboard: (!no_dashboard).then_some(dashboard),
+                    docker: docker.then(|| edge_dev::docker::DockerOptions { network: docker_network, ..Default::default() }),
                 };
                 up::up(opts, edge_client::shutdown_signal()).await?;
             }

@@ -61,6 +61,9 @@ pub struct UpOptions {
     /// Where the dashboard (web page, JSON API, `/metrics`) listens; `None`: no dashboard. Default
     /// 127.0.0.1:8080 ([`crate::dashboard::DEFAULT_ADDR`]); port 0 picks a free port.
     pub dashboard: Option<SocketAddr>,
+    /// Run the modules as containers from their images (`--docker`, see [`crate::docker`]) instead of as
+    /// local processes. `None`: processes.
+    pub docker: Option<crate::docker::DockerOptions>,
 }
 
 /// Loads the deployment at `path`: a template is expanded with `.env` (beside it) and the environment.
@@ -137,10 +140,16 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
             modules.push(ModuleIdentity { module_id: n.clone(), primary_key: c.key_bytes()? });
         }
     }
-    let tls = tokio::net::TcpListener::bind(opts.hub_listen).await.map_err(|e| {
+    // --docker: the network first, so that the hub can listen on its gateway (the containers' `edgeHub`).
+    let docker_net = match &opts.docker {
+        Some(d) => Some(crate::docker::prepare(d).await?),
+        None => None,
+    };
+    let hub_listen = docker_net.as_ref().map_or(opts.hub_listen, |n| crate::docker::hub_listen(opts.hub_listen, n));
+    let tls = tokio::net::TcpListener::bind(hub_listen).await.map_err(|e| {
         EdgeDevError::Config(format!(
             "cannot listen on {} for the hub ({e}); is another edge-dev or edgeHub running? Use --hub-listen to pick another address",
-            opts.hub_listen
+            hub_listen
         ))
     })?;
     let hub_addr = tls.local_addr().map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
@@ -212,6 +221,7 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
 
     // Modules.
     let mut processes = Vec::new();
+    let mut containers = Vec::new();
     for (name, spec) in manifest.modules() {
         if opts.external.iter().any(|e| e == name) {
             tracing::info!(module = name, "external: not started; run it with `edge-dev module-cred {name}`");
@@ -219,6 +229,11 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         }
         if spec.status != DesiredStatus::Running {
             tracing::info!(module = name, "desired status is not running; not started");
+            continue;
+        }
+        if docker_net.is_some() {
+            let cred = &ids.modules[name];
+            containers.push(crate::docker::ContainerSpec::for_module(name, spec, &cred.generation_id, &ids, hub_addr.port()));
             continue;
         }
         let folder = edge_manifest::module_folder_for_image(&modules_dir, &spec.image).ok_or_else(|| {
@@ -256,14 +271,24 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         "edge-dev: hub on {hub_addr} (MQTT over TLS; CA {}), workload API {}, {} module(s) started{}",
         pki.ca_path.display(),
         socket.display(),
-        processes.len(),
+        processes.len() + containers.len(),
         match &opts.upstream_log {
             Some(p) => format!(", upstream log {}", p.display()),
             None => String::new(),
         }
     );
     let (mod_stop_tx, mod_stop_rx) = watch::channel(false);
-    let sup = tokio::spawn(supervisor::supervise(processes, opts.backoff, status.clone(), mod_stop_rx));
+    let sup = match (&opts.docker, docker_net) {
+        (Some(d), Some(net)) => {
+            let run = crate::docker::supervise(d.clone(), net, socket.clone(), containers, status.clone(), mod_stop_rx);
+            tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    tracing::error!("--docker: {e}");
+                }
+            })
+        }
+        _ => tokio::spawn(supervisor::supervise(processes, opts.backoff, status.clone(), mod_stop_rx)),
+    };
 
     match opts.duration {
         Some(d) => {
