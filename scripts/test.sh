@@ -19,7 +19,7 @@ cargo build --workspace --bins --locked
 
 if [ "$what" != "--e2e" ]; then
   echo "== cargo test"
-  cargo test --workspace --locked
+  cargo test --workspace --locked --no-fail-fast
 fi
 
 if [ "$what" != "--rust" ]; then
