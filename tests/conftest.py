@@ -86,6 +86,7 @@ class EdgeDev:
             "--bin-dir", str(BIN_DIR),
             "--upstream-log", str(self.upstream_log),
             "--hub-listen", f"127.0.0.1:{self.hub_port}",
+            "--dashboard", "127.0.0.1:0",  # any free port: tests run edge-dev side by side
         ]
         for e in self.external:
             a += ["--external", e]

@@ -35,7 +35,7 @@
   }
 
   function drawChart(device, points) {
-    const W = 600, H = 240, L = 48, R = 12, T = 12, B = 28;
+    const W = 480, H = 220, L = 44, R = 10, T = 12, B = 28;
     const now = Date.now();
     const s = span();
     let t0 = s === null ? Math.min(...points.map((p) => p.t)) : now - s;
@@ -95,7 +95,9 @@
     const table = el("table", {});
     const tr = el("tr", {});
     tr.append(el("th", { scope: "col" }, "Window end"), el("th", { scope: "col", class: "num" }, "Average"), el("th", { scope: "col" }, "Alert"));
-    table.append(el("thead", {})).append(tr);
+    const thead = el("thead", {});
+    thead.append(tr);
+    table.append(thead);
     const body = el("tbody", {});
     for (const p of points.slice(-20).reverse()) {
       const r = el("tr", {});
@@ -151,7 +153,9 @@
       else { proc = m.givenUp ? `stopped: ${m.givenUp}` : `stopped${m.lastExit ? ": " + m.lastExit : ""}`; cls = "state-bad"; }
       r.append(el("td", { class: cls }, proc));
       r.append(el("td", { class: "num" }, m.restarts));
-      r.append(el("td", { class: m.connected ? "state-ok" : "state-bad" }, m.connected ? "connected" : "not connected"));
+      // A module edge-dev does not run (stopped in the deployment, or --external) is not expected to connect.
+      const connCls = m.connected ? "state-ok" : m.supervised ? "state-bad" : "";
+      r.append(el("td", { class: connCls }, m.connected ? "connected" : "not connected"));
       r.append(el("td", { class: "num", "data-field": "messagesIn" }, m.messagesIn));
       r.append(el("td", { class: "num", "data-field": "messagesOut" }, m.messagesOut));
       r.append(el("td", { class: "num" }, m.queueDepth));
