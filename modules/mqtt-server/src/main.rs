@@ -111,33 +111,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(twin.run(server.handle()));
     }
     server
-        .run(Listeners { mqtt, tls, metrics }, shutdown_signal())
+        .run(Listeners { mqtt, tls, metrics }, edge_client::shutdown_signal())
         .await?;
     tracing::info!("MqttServerModule stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Writes each message as one JSON line on stdout.
