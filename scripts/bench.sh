@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Benchmarks the pipeline on this machine and compares it with the peers a user would pick instead:
+# end to end (esp-sim load -> MqttServerModule -> edge-dev hub -> AggregatorModule -> upstream, QoS 1),
+# MQTT ingest against Debian's Mosquitto, windowed aggregation against bytewax (PyPI), and footprint.
+# Installs what it needs (apt: mosquitto, mosquitto-clients, python3-venv; a venv bench/.venv with
+# bench/requirements.txt), builds the release binaries, writes bench/results/<UTC date>.json and prints a
+# table. About 12 minutes on 2 cores. Everything listens on 127.0.0.1. Figures: docs/PERFORMANCE.md.
+# Usage: scripts/bench.sh [bench/run.py options: --quick, --runs N, --only e2e,latency,ingest,aggregation, --help]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n 2,8p "$0"; echo; echo "bench/run.py options:"; exec python3 bench/run.py --help;; esac
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+need_apt=()
+[ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bench: apt-get install ${need_apt[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+VENV=bench/.venv
+if ! "$VENV/bin/python" -c 'import bytewax' >/dev/null 2>&1; then
+  echo "bench: creating $VENV with bench/requirements.txt (bytewax)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+fi
+
+echo "bench: cargo build --release (edge-dev, mqtt-server, aggregator, esp-sim)" >&2
+cargo build --release -q -p edge-dev -p mqtt-server -p aggregator -p esp-sim --bins
+
+exec "$VENV/bin/python" bench/run.py --python "$VENV/bin/python" "$@"
