@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -53,6 +54,8 @@ def test_dashboard_shows_a_window_and_a_fever_alert_live(edge_dev_factory, brows
     mqtt_port = free_port()
     manifest = pipeline_manifest(mqtt_port)
     manifest["modulesContent"]["AggregatorModule"]["properties.desired"]["query"] = FEVER_QUERY
+    mqtt_env = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["MqttServerModule"]["env"]
+    mqtt_env["MQTT_METRICS_PORT"] = {"value": str(free_port())}
     edge = edge_dev_factory(manifest).start()
     url = dashboard_url(edge)
     wait_port(mqtt_port, timeout=60, proc=edge.proc)
@@ -113,6 +116,14 @@ def test_dashboard_shows_a_window_and_a_fever_alert_live(edge_dev_factory, brows
             return r !== null && r.textContent.includes('running') && Number(r.querySelector('[data-field="messagesIn"]').textContent) >= 3;""")
     wait_for(agg_row, 30, "AggregatorModule running with its messages counted")
     assert browser.find_element("id", "link").get_attribute("data-state") == "online"
+
+    # MqttServerModule's own metrics, linked from its row and passed on by the dashboard.
+    href = browser.execute_script("""return document.querySelector('tr[data-module="MqttServerModule"] a').getAttribute('href')""")
+    assert href == "/metrics/modules/MqttServerModule"
+    with urllib.request.urlopen(url + href, timeout=30) as r:
+        assert "mqtt_connected_clients" in r.read().decode()
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        assert 'edge_dev_module_running{module="AggregatorModule"} 1' in r.read().decode()
 
     # Keyboard: Tab reaches the range control, and Enter on a chart's "Values" opens its table.
     from selenium.common.exceptions import StaleElementReferenceException

@@ -159,6 +159,10 @@
       r.append(el("td", { class: "num", "data-field": "messagesIn" }, m.messagesIn));
       r.append(el("td", { class: "num", "data-field": "messagesOut" }, m.messagesOut));
       r.append(el("td", { class: "num" }, m.queueDepth));
+      const mt = el("td", {});
+      if (m.metrics) mt.append(el("a", { href: m.metrics, "aria-label": `Prometheus metrics of ${m.name}` }, "metrics"));
+      else mt.append(el("span", { class: "muted" }, "—"));
+      r.append(mt);
       return r;
     });
     document.querySelector("#modules tbody").replaceChildren(...rows);

@@ -208,7 +208,10 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
     let status: StatusMap = Arc::default();
     let dashboard = match opts.dashboard {
-        Some(addr) => Some(start_dashboard(addr, &opts, &hub, &ids.device_id, &status, &tap, wait_true(hub_stop_rx.clone())).await?),
+        Some(addr) => {
+            let module_metrics = dashboard::scrape::urls_from_env(manifest.modules().map(|(n, s)| (n, &s.env)));
+            Some(start_dashboard(addr, &opts, &hub, &ids.device_id, module_metrics, &status, &tap, wait_true(hub_stop_rx.clone())).await?)
+        }
         None => None,
     };
     sink.tap = Some(tap.clone());
@@ -316,11 +319,13 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Binds the dashboard, fills it from the upstream log, prints its URL and serves it until `stop`.
+#[allow(clippy::too_many_arguments)]
 async fn start_dashboard(
     addr: SocketAddr,
     opts: &UpOptions,
     hub: &crate::hub::HubHandle,
     device_id: &str,
+    module_metrics: BTreeMap<String, String>,
     status: &StatusMap,
     tap: &tokio::sync::broadcast::Sender<crate::hub::StoredMessage>,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -331,7 +336,7 @@ async fn start_dashboard(
     let bound = listener.local_addr().map_err(|e| EdgeDevError::Config(format!("dashboard: {e}")))?;
     let stats_hub = hub.clone();
     let dash = dashboard::Dashboard::new(
-        dashboard::DashboardOptions { device_id: device_id.to_string(), offline: opts.offline, ..Default::default() },
+        dashboard::DashboardOptions { device_id: device_id.to_string(), offline: opts.offline, module_metrics, ..Default::default() },
         Arc::new(move || stats_hub.stats()),
         status.clone(),
     );

@@ -379,3 +379,70 @@ async fn the_upstream_log_refills_the_charts() {
     assert_eq!(snap["devices"][0]["latest"]["value"], 36.8);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn module_metrics_are_passed_on() {
+    // A module's metrics endpoint: answers one request with Prometheus text.
+    let module = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let module_addr = module.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = module.accept().await {
+            let mut req = vec![0u8; 1024];
+            let n = c.read(&mut req).await.unwrap_or(0);
+            let path_ok = String::from_utf8_lossy(&req[..n]).starts_with("GET /metrics HTTP/1.0");
+            let answer = if path_ok {
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nmqtt_connected_clients 2\n"
+            } else {
+                "HTTP/1.0 404 Not Found\r\n\r\n"
+            };
+            let _ = c.write_all(answer.as_bytes()).await;
+        }
+    });
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
+    let stats = Arc::new(HubStats::default);
+    let opts = DashboardOptions {
+        module_metrics: [
+            ("Mqtt".to_string(), format!("http://{module_addr}/metrics")),
+            ("Gone".to_string(), format!("http://{closed}/metrics")),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let status: StatusMap = Arc::new(Mutex::new(
+        [("Mqtt".to_string(), ModuleStatus::default())].into(),
+    ));
+    let dash = Dashboard::new(opts, stats, status);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(dashboard::serve(listener, dash.clone(), async move {
+        let _ = rx.await;
+    }));
+    let s = Server {
+        addr,
+        dash,
+        stop: Some(tx),
+        task,
+    };
+
+    let (status, head, body) = get(s.addr, "/metrics/modules/Mqtt").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert_eq!(body, "mqtt_connected_clients 2\n");
+    let (status, _, body) = get(s.addr, "/metrics/modules/Gone").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(get(s.addr, "/metrics/modules/Other").await.0, 404);
+    let health = get_json(s.addr, "/api/health").await;
+    assert_eq!(health["modules"][0]["name"], "Mqtt");
+    assert_eq!(health["modules"][0]["metrics"], "/metrics/modules/Mqtt");
+    s.stop().await;
+}

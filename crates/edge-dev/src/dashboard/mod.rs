@@ -3,6 +3,7 @@
 //! Parts:
 //! - [`model`]: per device, the window averages of the last hours and the latest alerts (pure logic).
 //! - [`metrics`]: Prometheus text of the hub's counters, the supervisor's view and the upstream link.
+//! - [`scrape`]: modules' own Prometheus endpoints, passed on under `/metrics/modules/{module}`.
 //! - this module: [`Dashboard`] (the state, fed with upstream messages) and [`serve`], an axum server of
 //!   the page (`assets/`, compiled into the binary), the JSON API the page uses, a server-sent event
 //!   stream and `/metrics`. docs/DASHBOARD.md documents the API.
@@ -12,6 +13,7 @@
 
 pub mod metrics;
 pub mod model;
+pub mod scrape;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,6 +55,9 @@ pub struct DashboardOptions {
     pub device_id: String,
     /// Whether edge-dev runs `--offline` (the upstream link state).
     pub offline: bool,
+    /// Module -> URL of its own Prometheus metrics, served again under `/metrics/modules/{module}`.
+    /// Default none; `edge-dev up` finds them with [`scrape::urls_from_env`].
+    pub module_metrics: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for DashboardOptions {
@@ -63,6 +68,7 @@ impl Default for DashboardOptions {
             health_interval: Duration::from_secs(1),
             device_id: String::new(),
             offline: false,
+            module_metrics: Default::default(),
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct ModuleHealth {
     pub messages_out: u64,
     /// Messages waiting in its input queue.
     pub queue_depth: u64,
+    /// `/metrics/modules/{name}` when the module serves its own metrics.
+    pub metrics: Option<String>,
 }
 
 /// The edge's health: the link, the hub's drop counters and every module.
@@ -284,6 +292,12 @@ impl Dashboard {
                     messages_in: hub.messages_in,
                     messages_out: hub.messages_out,
                     queue_depth: hub.queue_depth,
+                    metrics: self
+                        .inner
+                        .opts
+                        .module_metrics
+                        .contains_key(name.as_str())
+                        .then(|| format!("/metrics/modules/{name}")),
                 }
             })
             .collect();
@@ -377,6 +391,7 @@ impl Dashboard {
                     )
                 }),
             )
+            .route("/metrics/modules/{module}", get(module_metrics))
             .with_state(AppState {
                 dash: self.clone(),
                 stop,
@@ -415,6 +430,24 @@ async fn device_series(State(s): State<AppState>, UrlPath(device): UrlPath<Strin
     match s.dash.snapshot().devices.into_iter().find(|d| d.device == device) {
         Some(d) => Json(d).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no readings of device {device:?} in the kept history; GET /api/snapshot lists the devices")).into_response(),
+    }
+}
+
+async fn module_metrics(State(s): State<AppState>, UrlPath(module): UrlPath<String>) -> Response {
+    let Some(url) = s.dash.inner.opts.module_metrics.get(&module) else {
+        return (StatusCode::NOT_FOUND, format!("edge-dev knows no metrics endpoint of module {module:?}; set its *_METRICS_PORT in the deployment's env"))
+            .into_response();
+    };
+    match scrape::fetch(url, Duration::from_secs(5)).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, e).into_response(),
     }
 }
 
