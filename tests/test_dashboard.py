@@ -151,3 +151,28 @@ def test_dashboard_shows_a_window_and_a_fever_alert_live(edge_dev_factory, brows
 
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
+
+
+def test_offline_edge_still_shows_readings(edge_dev_factory):
+    """With the internet away (--offline) nothing is delivered, yet the dashboard's API shows the windows,
+    the link as offline and the store-and-forward queue growing."""
+    from conftest import free_port
+    mqtt_port = free_port()
+    edge = edge_dev_factory(pipeline_manifest(mqtt_port), extra_args=["--offline"]).start()
+    url = dashboard_url(edge)
+    wait_port(mqtt_port, timeout=60, proc=edge.proc)
+    first = window_end(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3))
+    for off, temp in [(0.5, 36.5), (1.5, 37.5), (2.5, 36.0)]:
+        publish(mqtt_port, "MyTopic", json.dumps({"temp": temp, "timeCreated": iso(first + dt.timedelta(seconds=off))}))
+    end_ms = int((first + dt.timedelta(seconds=2)).timestamp() * 1000)
+
+    def snapshot():
+        with urllib.request.urlopen(url + "/api/snapshot", timeout=30) as r:
+            s = json.loads(r.read())
+        points = [p for d in s["devices"] if d["device"] == "all" for p in d["points"]]
+        return s if any(p["t"] == end_ms and abs(p["value"] - 37.0) < 1e-9 for p in points) else None
+
+    s = wait_for(snapshot, 90, lambda: "the window on the dashboard; edge-dev said:\n" + edge.output()[-3000:])
+    assert s["health"]["link"]["state"] == "offline"
+    assert s["health"]["link"]["upstreamDepth"] >= 1
+    assert edge.upstream() == [], "offline: nothing is delivered"
