@@ -2,7 +2,7 @@
 # Makes the whole root file system of a module's runtime image from one built binary: the binary as
 # /usr/local/bin/module, the ELF interpreter and every shared library it needs (found with readelf, followed
 # recursively, looked up under SYSROOT), /etc/passwd and /etc/group with the unprivileged user `module`
-# (uid/gid 10001) and an empty /data for the module's state. Used by the Dockerfiles' build stage and by
+# (uid/gid 10001) and an empty /data (mode 1777) for the module's state. Used by the Dockerfiles' build stage and by
 # scripts/build-images.sh --prebuilt, so both produce the same image.
 # Usage: scripts/collect-rootfs.sh BINARY OUT_DIR [SYSROOT]
 #   SYSROOT: where the target's libraries live: / (default, native build) or e.g. /usr/arm-linux-gnueabihf
@@ -58,6 +58,9 @@ while [ ${#queue[@]} -gt 0 ]; do
   done
 done
 
+# /data is where the module keeps its state (its working folder). Sticky and world-writable like /tmp,
+# because COPY into the image resets owners to root (on every builder) but keeps modes.
+chmod 1777 "$out/data"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nmodule:x:10001:10001:module:/data:/sbin/nologin\n' >"$out/etc/passwd"
 printf 'root:x:0:\nmodule:x:10001:\n' >"$out/etc/group"
 echo "collect-rootfs: $(du -sh "$out" | cut -f1) in $out ($(find "$out" -type f | wc -l) files)"
