@@ -51,6 +51,7 @@ pub async fn run(
     mut events: Events,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AggregatorError> {
+    started_at();
     let mut processor = Processor::new(&settings.state_dir);
     if let Some(q) = &settings.query {
         let fallback = TwinSettings { query: Some(q.clone()), ..TwinSettings::default() };
@@ -145,8 +146,13 @@ fn apply_desired(processor: &mut Processor, desired: &Value) -> (Vec<String>, Ve
     }
 }
 
+/// Reports the module's state, with the time this process started (so a restart is visible in the twin).
 async fn report(client: &ModuleClient, processor: &Processor, unknown: &[String]) {
-    if let Err(e) = client.update_reported(processor.reported(unknown)).await {
+    let mut reported = processor.reported(unknown);
+    if let Some(obj) = reported.as_object_mut() {
+        obj.insert("startedAt".into(), Value::String(started_at().clone()));
+    }
+    if let Err(e) = client.update_reported(reported).await {
         tracing::warn!(error = %e, "could not update reported properties; will try again on the next change");
     }
 }
@@ -170,6 +176,11 @@ async fn commit(processor: &Processor, pending: &mut Vec<InputMessage>) -> Resul
         input.ack();
     }
     Ok(())
+}
+
+fn started_at() -> &'static String {
+    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STARTED.get_or_init(|| Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 /// RFC 7396 JSON merge patch, as the twin's desired patches are applied.

@@ -1,0 +1,224 @@
+//! The `aggregator` binary as an IoT Edge module against edge-dev's hub (edgeHub's protocol, routes,
+//! twins, durable queues): the query comes from the twin and reloads live, a bad query is reported with
+//! line and column while the previous one keeps running, unusable messages reach the dead-letter output,
+//! and a `kill -9` loses no open window (inputs are acknowledged only after a checkpoint holds them).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use edge_client::wire::Message;
+use edge_client::{ClientOptions, Identity, ModuleClient};
+use edge_dev::hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity, StoredMessage};
+use edge_dev::pki::DevPki;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+const HUB: &str = "edge-dev.local";
+const DEVICE: &str = "dev1";
+const AGG: &str = "AggregatorModule";
+const FEEDER: &str = "Feeder";
+const AGG_KEY: [u8; 32] = [3; 32];
+const FEEDER_KEY: [u8; 32] = [4; 32];
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Module(Child);
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Rig {
+    hub: HubHandle,
+    port: u16,
+    ca: PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_hub(dir: &Path, query: &str) -> Rig {
+    let pki = DevPki::load_or_create(&dir.join("pki"), &[HUB]).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tls.local_addr().unwrap().port();
+    let routes = edge_routes::RouteTable::new(vec![
+        edge_routes::Route::parse(
+            "feed",
+            r#"FROM /messages/modules/Feeder/outputs/out INTO BrokeredEndpoint("/modules/AggregatorModule/inputs/temperature")"#,
+        )
+        .unwrap(),
+        edge_routes::Route::parse("up", "FROM /messages/modules/AggregatorModule/* INTO $upstream").unwrap(),
+    ])
+    .unwrap();
+    let mut twins = BTreeMap::new();
+    twins.insert(AGG.to_string(), json!({ "query": query }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hub = Hub::start(
+        HubConfig {
+            iothub_hostname: HUB.into(),
+            device_id: DEVICE.into(),
+            data_dir: dir.join("hub"),
+            ..HubConfig::default()
+        },
+        vec![
+            ModuleIdentity { module_id: AGG.into(), primary_key: AGG_KEY.to_vec() },
+            ModuleIdentity { module_id: FEEDER.into(), primary_key: FEEDER_KEY.to_vec() },
+        ],
+        routes,
+        twins,
+        HubListeners { tls: Some((tls, pki.server_config())), plain: None },
+        async move {
+            let _ = stopped.await;
+        },
+    )
+    .await
+    .unwrap();
+    Rig { hub, port, ca, _stop: stop }
+}
+
+fn connection_string(module: &str, key: &[u8]) -> String {
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={module};SharedAccessKey={key}")
+}
+
+fn start_aggregator(rig: &Rig, state: &Path) -> Module {
+    Module(
+        Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .env_clear()
+            .env("EdgeHubConnectionString", connection_string(AGG, &AGG_KEY))
+            .env("EdgeModuleCACertificateFile", &rig.ca)
+            .env("IOTEDGE_GATEWAYPORT", rig.port.to_string())
+            .env("AGGREGATOR_STATE_DIR", state)
+            .env("AGGREGATOR_TICK_MS", "100")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn feeder(rig: &Rig) -> ModuleClient {
+    let mut identity = Identity::from_connection_string(&connection_string(FEEDER, &FEEDER_KEY), Some(&rig.ca)).unwrap();
+    identity.port = rig.port;
+    let (client, _events) = ModuleClient::connect(identity, ClientOptions::default()).await.unwrap();
+    client
+}
+
+/// The next upstream message, removed from the queue.
+async fn next_upstream(hub: &HubHandle) -> StoredMessage {
+    let q = hub.upstream();
+    let m = timeout(WAIT, q.next()).await.expect("an upstream message");
+    q.ack(m.seq).unwrap();
+    m
+}
+
+fn body(m: &StoredMessage) -> Value {
+    serde_json::from_slice(&m.message.body).unwrap()
+}
+
+async fn wait_reported(hub: &HubHandle, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        if let Some(t) = hub.twin(AGG) {
+            last = t["reported"].clone();
+            if ok(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("reported properties never matched: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = start_hub(dir.path(), "SELECT deviceId, temp INTO Echo FROM temperature").await;
+    let _agg = start_aggregator(&rig, &dir.path().join("state"));
+    wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    let feed = feeder(&rig).await;
+
+    feed.send_output("out", Message::json(&json!({"deviceId": "p1", "temp": 37.5}))).await.unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!((m.module.as_str(), m.output.as_str()), (AGG, "Echo"));
+    assert_eq!(body(&m), json!({"deviceId": "p1", "temp": 37.5}));
+
+    // A query that does not parse: reported with line and column; the previous query keeps running.
+    rig.hub.update_desired(AGG, json!({"query": "SELECT temp\nINTO Echo FROM temperature GROUP BY"})).await.unwrap();
+    let reported = wait_reported(&rig.hub, |r| r["query"]["error"].is_string()).await;
+    assert_eq!(reported["query"]["line"], json!(2), "{reported}");
+    assert!(reported["query"]["column"].as_u64().unwrap() > 1, "{reported}");
+    assert_eq!(reported["runningQuery"], json!("SELECT deviceId, temp INTO Echo FROM temperature"));
+    feed.send_output("out", Message::json(&json!({"deviceId": "p2", "temp": 38.0}))).await.unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(m.output, "Echo");
+    assert_eq!(body(&m)["deviceId"], json!("p2"));
+
+    // A good query replaces it live.
+    rig.hub
+        .update_desired(AGG, json!({"query": "SELECT temp * 2 AS twice INTO Twice FROM temperature"}))
+        .await
+        .unwrap();
+    wait_reported(&rig.hub, |r| r["outputs"] == json!(["Twice"])).await;
+    feed.send_output("out", Message::json(&json!({"deviceId": "p3", "temp": 20}))).await.unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(m.output, "Twice");
+    assert_eq!(body(&m), json!({"twice": 40}));
+
+    // Not JSON: to the dead-letter output, with the reason and the body.
+    feed.send_output("out", Message::new("37.2 degrees")).await.unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(m.output, "deadletter");
+    let dl = body(&m);
+    assert!(dl["reason"].as_str().unwrap().contains("not JSON"), "{dl}");
+    assert_eq!(dl["bodyText"], json!("37.2 degrees"));
+    assert_eq!(dl["input"], json!("temperature"));
+    feed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_open_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = "SELECT Count(*) AS n, Avg(temp) AS avg INTO Counts FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)";
+    let rig = start_hub(dir.path(), query).await;
+    let state = dir.path().join("state");
+    let agg = start_aggregator(&rig, &state);
+    let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    let feed = feeder(&rig).await;
+
+    // Events in a window that is far from closing (10 minutes, a little ahead of now).
+    let start = chrono::Utc::now() + chrono::Duration::seconds(60);
+    for i in 0..10 {
+        let t = start + chrono::Duration::seconds(i);
+        let m = Message::json(&json!({"temp": 36 + i, "timeCreated": t.to_rfc3339()}));
+        feed.send_output("out", m).await.unwrap();
+    }
+    // Once the hub's queue for the module is empty, the module has acknowledged every input, and it
+    // acknowledges only after a checkpoint holds them.
+    for _ in 0..300 {
+        if rig.hub.stats().modules.get(AGG).map(|s| s.queue_depth) == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rig.hub.stats().modules[AGG].queue_depth, 0);
+    drop(agg); // SIGKILL
+
+    // Restarted on the same state folder, the window holds all ten readings; close it with a query
+    // change (the old query's open windows are closed and sent).
+    let _agg = start_aggregator(&rig, &state);
+    // The new process has read its twin and restored the checkpoint once it reports its own start.
+    wait_reported(&rig.hub, |r| r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running").await;
+    rig.hub.update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")})).await.unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(m.output, "Counts");
+    assert_eq!(body(&m), json!({"n": 10, "avg": 40.5}));
+    feed.shutdown().await;
+}
