@@ -25,8 +25,9 @@ if [ -z "$bin" ]; then
 fi
 [ -n "$bin" ] || { echo "genconfig: no edge-dev binary; build it with \`cargo build --release -p edge-dev\` or set EDGE_DEV" >&2; exit 1; }
 for v in CONTAINER_REGISTRY_ADDRESS CONTAINER_REGISTRY_USERNAME CONTAINER_REGISTRY_PASSWORD; do
-  if [ -z "${!v:-}" ] && ! { [ -f .env ] && grep -q "^$v=" .env; }; then
-    echo "genconfig: $v is not set (environment or .env); the template's registryCredentials need it" >&2; exit 1
+  envfile="$(dirname "$template")/.env"
+  if [ -z "${!v:-}" ] && ! { [ -f "$envfile" ] && grep -q "^$v=" "$envfile"; }; then
+    echo "genconfig: $v is not set (environment or $envfile); the template's registryCredentials need it" >&2; exit 1
   fi
 done
 "$bin" genconfig --template "$template" --platform "$platform" --out-dir "$out"
