@@ -180,14 +180,16 @@ impl History {
             return None;
         }
         self.readings_total += 1;
-        if p.alert {
+        let series = self.devices.entry(p.device.clone()).or_default();
+        // The same alert again (a log refill, a redelivery after a crash) is not a new alert.
+        let known_alert = series.get(&p.t).is_some_and(|old| old.alert);
+        if p.alert && !known_alert {
             self.alerts_total += 1;
             self.alerts.push_back(p.clone());
             while self.alerts.len() > self.limits.max_alerts {
                 self.alerts.pop_front();
             }
         }
-        let series = self.devices.entry(p.device.clone()).or_default();
         let stored = match series.get_mut(&p.t) {
             Some(old) => {
                 let alert = old.alert || p.alert;
@@ -386,6 +388,9 @@ mod tests {
         assert_eq!(h.devices().map(|(_, s)| s.count()).sum::<usize>(), 2);
         assert_eq!(h.alerts().count(), 2);
         assert_eq!((h.readings_total, h.alerts_total), (4, 2));
+        // A repeated alert row is no new alert.
+        h.record(point("b", 1000, 39.0, true), 2000);
+        assert_eq!(h.alerts().count(), 2);
     }
 
     #[test]
