@@ -6,6 +6,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const state = { threshold: 38.0, devices: new Map(), alerts: new Map(), health: null };
   const $ = (id) => document.getElementById(id);
+  const SHOWN_ALERTS = 8;
 
   function el(tag, attrs, text) {
     const e = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
@@ -70,9 +71,10 @@
     if (shown.length > 1) {
       svg.append(el("svg:polyline", { class: "series", points: shown.map((p) => `${x(p.t).toFixed(1)},${y(p.value).toFixed(1)}`).join(" ") }));
     }
+    const dense = shown.length > 120; // hours of windows: the line carries them, dots would blot it
     for (const p of shown) {
       const c = el("svg:circle", { class: p.alert ? "pt alert" : "pt", cx: x(p.t).toFixed(1), cy: y(p.value).toFixed(1),
-        r: p.alert ? 5 : 3.5, "data-t": p.t, "data-value": p.value });
+        r: p.alert ? (dense ? 3 : 5) : (dense ? 1.5 : 3.5), "data-t": p.t, "data-value": p.value });
       c.append(el("svg:title", {}, `${clock(p.t, true)}: ${fmt(p.value)}${p.alert ? " (fever alert)" : ""}`));
       svg.append(c);
     }
@@ -127,7 +129,8 @@
 
   function renderAlerts() {
     const list = $("alerts");
-    const alerts = [...state.alerts.values()].sort((a, b) => b.t - a.t).slice(0, 50);
+    const all = [...state.alerts.values()].sort((a, b) => b.t - a.t);
+    const alerts = all.slice(0, SHOWN_ALERTS);
     const items = alerts.map((a) => {
       const li = el("li", { "data-device": a.device, "data-t": a.t });
       li.append(el("strong", {}, a.device), document.createTextNode(` averaged ${fmt(a.value)} in the window ending ${new Date(a.t).toLocaleString()}`));
@@ -135,6 +138,9 @@
     });
     list.replaceChildren(...items);
     $("no-alerts").hidden = items.length > 0;
+    const more = $("more-alerts");
+    more.hidden = all.length <= SHOWN_ALERTS;
+    more.textContent = `${all.length - SHOWN_ALERTS} older alerts are kept; the charts mark them in red.`;
   }
 
   function renderHealth(h) {
