@@ -81,12 +81,12 @@
     return svg;
   }
 
-  function deviceCard(device, points) {
+  function deviceCard(device, points, index) {
     const latest = points[points.length - 1];
     const fever = latest.value >= state.threshold;
-    const card = el("article", { class: fever ? "card fever" : "card", "data-device": device, "aria-labelledby": "dev-" + device });
+    const card = el("article", { class: fever ? "card fever" : "card", "data-device": device, "aria-labelledby": "dev-" + index });
     const head = el("div", { class: "card-head" });
-    const h = el("h3", { id: "dev-" + device }, device === "all" ? "All sensors (average)" : device);
+    const h = el("h3", { id: "dev-" + index }, device === "all" ? "All sensors (average)" : device);
     const v = el("div", {});
     v.append(el("span", { class: fever ? "latest fever" : "latest", "data-latest": latest.value }, fmt(latest.value)));
     v.append(el("span", { class: "muted" }, ` at ${clock(latest.t, true)}${fever ? " — fever" : ""}`));
@@ -119,7 +119,7 @@
     for (const device of [...state.devices.keys()].sort()) {
       const points = [...state.devices.get(device).values()].sort((a, b) => a.t - b.t);
       if (points.length === 0) continue;
-      const card = deviceCard(device, points);
+      const card = deviceCard(device, points, cards.length);
       if (open.has(device)) card.querySelector("details").open = true;
       cards.push(card);
     }

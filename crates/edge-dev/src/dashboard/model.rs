@@ -142,8 +142,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             retention_ms: 6 * 3600 * 1000,
-            max_points: 5000,
-            max_devices: 500,
+            max_points: 2000,
+            max_devices: 100,
             max_alerts: 200,
         }
     }
