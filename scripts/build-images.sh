@@ -8,7 +8,8 @@
 #                makes the root file system with scripts/collect-rootfs.sh and builds the Dockerfile's
 #                "prebuilt" stage (FROM scratch) with the classic builder. Same runtime image.
 # Usage: scripts/build-images.sh [--platform amd64|arm32v7|arm64v8] [--prebuilt] [--push] [--modules "mqtt-server aggregator esp-sim"]
-# Environment: CONTAINER_REGISTRY_ADDRESS (default localhost:5000, as iotedgedev's .env), or read from .env.
+# Environment: CONTAINER_REGISTRY_ADDRESS (default localhost:5000, as iotedgedev's .env), or read from .env;
+#   CONTAINER_TAG (optional, as iotedgedev: <version>-<CONTAINER_TAG>-<platform>).
 # Prints each image with its size; --print-tags only prints the tags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,8 @@ if "$" in repo:
     sys.exit(f"modules/{folder}/module.json: repository {img['repository']!r} needs a variable that is not set")
 if platform not in img["tag"]["platforms"]:
     sys.exit(f"modules/{folder}/module.json has no Dockerfile for platform {platform}")
-print(f"{repo.lower()}:{img['tag']['version']}-{platform}")
+extra = os.environ.get("CONTAINER_TAG", "")  # iotedgedev's optional extra tag part
+print(f"{repo.lower()}:{img['tag']['version']}{'-' + extra if extra else ''}-{platform}")
 PY
 }
 for m in $modules; do [ -f "modules/$m/module.json" ] || { echo "build-images: no modules/$m/module.json" >&2; exit 1; }; done

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 hub=""; device=""; deployment=""; condition=""; priority=10; layered=0; dry=0; manifest=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    -h|--help) sed -n 2,12p "$0"; exit 0;;
+    -h|--help) sed -n 2,11p "$0"; exit 0;;
     --hub) hub="${2:?--hub needs a value}"; shift 2;;
     --device) device="${2:?--device needs a value}"; shift 2;;
     --deployment-id) deployment="${2:?--deployment-id needs a value}"; shift 2;;
