@@ -147,7 +147,8 @@
     state.health = h;
     const link = $("link");
     const online = h.link.state === "online";
-    link.textContent = `Upstream: ${online ? "online" : "offline"} · ${h.link.upstreamDepth} queued`;
+    const why = h.link.state === "retrying" && h.link.error ? ` (${h.link.error})` : "";
+    link.textContent = `Upstream: ${h.link.state}${why} · ${h.link.upstreamDepth} queued`;
     link.className = online ? "badge ok" : "badge bad";
     link.dataset.state = h.link.state;
     const rows = h.modules.map((m) => {

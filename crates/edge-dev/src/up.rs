@@ -215,6 +215,11 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     sink.tap = Some(tap.clone());
+    let (link_tx, link_rx) = watch::channel(None);
+    sink.link = Some(link_tx);
+    if let Some((_, dash)) = &dashboard {
+        dash.watch_link(link_rx);
+    }
     let sink_task = if opts.offline {
         tracing::warn!("--offline: upstream messages are kept in the store-and-forward queue and not delivered");
         tokio::spawn(upstream::hold(hub.upstream(), tap, sink_stop_rx))
@@ -310,7 +315,7 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = hub_stop_tx.send(true);
     hub.closed().await;
     let _ = workload.await;
-    if let Some(d) = dashboard {
+    if let Some((d, _)) = dashboard {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
     }
     let _ = std::fs::remove_file(&socket);
@@ -329,7 +334,7 @@ async fn start_dashboard(
     status: &StatusMap,
     tap: &tokio::sync::broadcast::Sender<crate::hub::StoredMessage>,
     stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>, EdgeDevError> {
+) -> Result<(tokio::task::JoinHandle<()>, dashboard::Dashboard), EdgeDevError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         EdgeDevError::Config(format!("cannot listen on {addr} for the dashboard ({e}); use --dashboard ADDR to pick another address or --no-dashboard"))
     })?;
@@ -349,15 +354,17 @@ async fn start_dashboard(
     println!("edge-dev: dashboard http://{bound}");
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(dash.clone().follow(tap.subscribe(), wait_true(stop_rx)));
-    Ok(tokio::spawn(async move {
+    let served = dash.clone();
+    let task = tokio::spawn(async move {
         let stopping = async move {
             stop.await;
             let _ = stop_tx.send(true);
         };
-        if let Err(e) = dashboard::serve(listener, dash, stopping).await {
+        if let Err(e) = dashboard::serve(listener, served, stopping).await {
             tracing::error!("dashboard: {e}");
         }
-    }))
+    });
+    Ok((task, dash))
 }
 
 /// `modules` beside the manifest.

@@ -56,6 +56,8 @@ pub struct UpstreamSink {
     pub console: bool,
     /// Gets a copy of each delivered message (the dashboard).
     pub tap: Option<broadcast::Sender<StoredMessage>>,
+    /// While deliveries fail, the last error; `None` again once one succeeds (the dashboard's link state).
+    pub link: Option<watch::Sender<Option<String>>>,
 }
 
 impl UpstreamSink {
@@ -76,7 +78,7 @@ impl UpstreamSink {
             }
             None => None,
         };
-        Ok(UpstreamSink { log, forward, console, tap: None })
+        Ok(UpstreamSink { log, forward, console, tap: None, link: None })
     }
 
     async fn deliver(&mut self, m: &StoredMessage) -> Result<(), EdgeDevError> {
@@ -116,8 +118,16 @@ pub async fn run(queue: UpstreamQueue, mut sink: UpstreamSink, mut stop: watch::
         let mut wait = Duration::from_millis(200);
         loop {
             match sink.deliver(&m).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(link) = &sink.link {
+                        link.send_if_modified(|v| v.take().is_some());
+                    }
+                    break;
+                }
                 Err(e) => {
+                    if let Some(link) = &sink.link {
+                        link.send_replace(Some(e.to_string()));
+                    }
                     tracing::warn!(error = %e, seq = m.seq, "upstream delivery failed; the message stays queued, retrying in {wait:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

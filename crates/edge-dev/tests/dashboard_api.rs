@@ -209,7 +209,7 @@ async fn snapshot_has_series_alerts_and_module_health() {
     let health = &snap["health"];
     assert_eq!(
         health["link"],
-        json!({"state": "online", "upstreamDepth": 5})
+        json!({"state": "online", "upstreamDepth": 5, "error": null})
     );
     assert_eq!(health["unrouted"], 1);
     let agg = &health["modules"][0];
@@ -444,5 +444,33 @@ async fn module_metrics_are_passed_on() {
     let health = get_json(s.addr, "/api/health").await;
     assert_eq!(health["modules"][0]["name"], "Mqtt");
     assert_eq!(health["modules"][0]["metrics"], "/metrics/modules/Mqtt");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failing_deliveries_show_as_retrying() {
+    let s = start(false).await;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    s.dash.watch_link(rx);
+    assert_eq!(
+        get_json(s.addr, "/api/health").await["link"]["state"],
+        "online"
+    );
+    tx.send_replace(Some("cannot connect to IoT Hub: timed out".to_string()));
+    let link = get_json(s.addr, "/api/health").await["link"].clone();
+    assert_eq!(
+        link,
+        json!({"state": "retrying", "upstreamDepth": 5, "error": "cannot connect to IoT Hub: timed out"})
+    );
+    let (_, _, text) = get(s.addr, "/metrics").await;
+    assert!(
+        text.lines().any(|l| l == "edge_dev_upstream_online 0"),
+        "{text}"
+    );
+    tx.send_replace(None);
+    assert_eq!(
+        get_json(s.addr, "/api/health").await["link"]["state"],
+        "online"
+    );
     s.stop().await;
 }

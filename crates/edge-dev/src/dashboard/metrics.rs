@@ -93,7 +93,7 @@ pub fn render(
     f.head(
         "edge_dev_upstream_online",
         "gauge",
-        "Whether upstream messages are delivered (1) or kept because edge-dev runs --offline (0).",
+        "Whether upstream messages are delivered (1), or kept because edge-dev runs --offline or deliveries fail (0).",
     );
     f.sample(
         "edge_dev_upstream_online",
@@ -164,6 +164,7 @@ mod tests {
             link: LinkHealth {
                 state: LinkState::Offline,
                 upstream_depth: 7,
+                error: None,
             },
             unrouted: 2,
             expired: 1,

@@ -84,6 +84,8 @@ pub enum LinkState {
     Online,
     /// `--offline`: upstream messages stay in the store-and-forward queue.
     Offline,
+    /// Deliveries fail (IoT Hub unreachable, disk full) and are retried; messages stay queued meanwhile.
+    Retrying,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,6 +94,8 @@ pub struct LinkHealth {
     pub state: LinkState,
     /// Messages waiting in the `$upstream` queue.
     pub upstream_depth: u64,
+    /// Why deliveries fail, while the state is `retrying`.
+    pub error: Option<String>,
 }
 
 /// One module as the hub and the supervisor see it.
@@ -163,6 +167,8 @@ struct Inner {
     status: StatusMap,
     history: Mutex<model::History>,
     events: broadcast::Sender<Point>,
+    /// The upstream sink's last delivery error while deliveries fail.
+    link: Mutex<Option<watch::Receiver<Option<String>>>>,
 }
 
 fn now_ms() -> i64 {
@@ -180,6 +186,7 @@ impl Dashboard {
                 status,
                 history,
                 events,
+                link: Mutex::new(None),
             }),
         }
     }
@@ -187,6 +194,11 @@ impl Dashboard {
     fn history(&self) -> MutexGuard<'_, model::History> {
         // The history stays consistent after any panic elsewhere: every update is one call.
         self.inner.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the upstream sink's delivery errors (`UpstreamSink::link`) for the link state.
+    pub fn watch_link(&self, errors: watch::Receiver<Option<String>>) {
+        *self.inner.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(errors);
     }
 
     /// Takes the window average out of an upstream message, if it has one, and tells the page.
@@ -301,14 +313,23 @@ impl Dashboard {
                 }
             })
             .collect();
+        let error = self
+            .inner
+            .link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|rx| rx.borrow().clone());
+        let state = match (&error, self.inner.opts.offline) {
+            (_, true) => LinkState::Offline,
+            (Some(_), false) => LinkState::Retrying,
+            (None, false) => LinkState::Online,
+        };
         Health {
             link: LinkHealth {
-                state: if self.inner.opts.offline {
-                    LinkState::Offline
-                } else {
-                    LinkState::Online
-                },
+                state,
                 upstream_depth: stats.upstream_depth,
+                error,
             },
             unrouted: stats.unrouted,
             expired: stats.expired,

@@ -1,0 +1,154 @@
+//! The dashboard fed as `edge-dev up` feeds it, through a real hub: a module's window average goes to
+//! `$upstream`; the upstream sink delivers it and the dashboard shows it; a sink whose deliveries fail
+//! shows the link as retrying while the message stays queued; `--offline`'s hold shows it without
+//! delivering.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod hub_support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use edge_dev::dashboard::{Dashboard, DashboardOptions, LinkState};
+use edge_dev::upstream::{self, UpstreamSink};
+use hub_support::*;
+use rumqttc::QoS;
+use tokio::sync::{broadcast, watch};
+
+const ROUTES: &[(&str, &str)] = &[("up", "FROM /messages/modules/A/outputs/* INTO $upstream")];
+const WINDOW_END: &str = "2099-01-01T00:00:02.000Z"; // ahead: kept whatever the retention
+
+async fn send_average(hub: &TestHub) {
+    let mut a = connect(hub, "A").await;
+    let topic = format!("devices/{DEVICE}/modules/A/messages/events/%24.on=AvgTemp&timestamp=2099-01-01T00%3A00%3A02.000Z");
+    a.client
+        .publish(topic, QoS::AtLeastOnce, false, r#"{"avg":37.5}"#)
+        .await
+        .unwrap();
+    a.puback().await.unwrap();
+    a.stop().await;
+}
+
+fn dashboard(hub: &TestHub, offline: bool) -> Dashboard {
+    let h = hub.handle.clone();
+    let status = Arc::new(Mutex::new(BTreeMap::new()));
+    Dashboard::new(
+        DashboardOptions {
+            offline,
+            ..Default::default()
+        },
+        Arc::new(move || h.stats()),
+        status,
+    )
+}
+
+fn points(d: &Dashboard) -> Vec<(String, String, f64)> {
+    d.snapshot()
+        .devices
+        .iter()
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| (p.device.clone(), p.window_end.clone(), p.value))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn delivered_averages_reach_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(dir.path(), ROUTES, BTreeMap::new()).await;
+    let dash = dashboard(&hub, false);
+    let (tap, _) = broadcast::channel(16);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let follow_stop = stop_rx.clone();
+    let follower = tokio::spawn(dash.clone().follow(tap.subscribe(), async move {
+        let mut s = follow_stop;
+        let _ = s.wait_for(|v| *v).await;
+    }));
+    let mut sink = UpstreamSink::new(Some(&dir.path().join("up.jsonl")), None, false).unwrap();
+    sink.tap = Some(tap);
+    let (link_tx, link_rx) = watch::channel(None);
+    sink.link = Some(link_tx);
+    dash.watch_link(link_rx);
+    let run = tokio::spawn(upstream::run(hub.handle.upstream(), sink, stop_rx));
+
+    send_average(&hub).await;
+    eventually("the average on the dashboard", || {
+        points(&dash) == vec![("all".to_string(), WINDOW_END.to_string(), 37.5)]
+    })
+    .await;
+    eventually("the queue emptied", || {
+        hub.handle.stats().upstream_depth == 0
+    })
+    .await;
+    assert_eq!(dash.health().link.state, LinkState::Online);
+
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, follower).await.unwrap().unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn failing_deliveries_show_the_link_retrying() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("no /dev/full here: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(dir.path(), ROUTES, BTreeMap::new()).await;
+    let dash = dashboard(&hub, false);
+    // Every write to /dev/full fails (no space left on device): the sink cannot deliver.
+    let mut sink = UpstreamSink::new(Some(std::path::Path::new("/dev/full")), None, false).unwrap();
+    let (link_tx, link_rx) = watch::channel(None);
+    sink.link = Some(link_tx);
+    dash.watch_link(link_rx);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(upstream::run(hub.handle.upstream(), sink, stop_rx));
+
+    send_average(&hub).await;
+    eventually("the link retrying", || {
+        dash.health().link.state == LinkState::Retrying
+    })
+    .await;
+    let link = dash.health().link;
+    assert_eq!(link.upstream_depth, 1, "the message stays queued");
+    assert!(
+        link.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("/dev/full"),
+        "{link:?}"
+    );
+
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn offline_hold_shows_without_delivering() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(dir.path(), ROUTES, BTreeMap::new()).await;
+    let dash = dashboard(&hub, true);
+    let (tap, _) = broadcast::channel(16);
+    let rx = tap.subscribe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hold = tokio::spawn(upstream::hold(hub.handle.upstream(), tap, stop_rx.clone()));
+    let follower = tokio::spawn(dash.clone().follow(rx, async move {
+        let mut s = stop_rx;
+        let _ = s.wait_for(|v| *v).await;
+    }));
+
+    send_average(&hub).await;
+    eventually("the average on the dashboard", || points(&dash).len() == 1).await;
+    let health = dash.health();
+    assert_eq!(health.link.state, LinkState::Offline);
+    assert_eq!(health.link.upstream_depth, 1, "held, not delivered");
+
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(WAIT, hold).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, follower).await.unwrap().unwrap();
+    hub.stop().await;
+}
