@@ -119,7 +119,7 @@ class DockerEdgeDev(EdgeDev):
         self.network = network
         self.extra_args = ["--docker", "--docker-network", network, "--platform", "amd64"]
 
-    def start(self, extra=()):
+    def start(self, extra=(), wait=True):
         self.runs += 1
         self.log_path = self.workdir / f"edge-dev.{self.runs}.log"
         self.log = open(self.log_path, "wb")
@@ -128,6 +128,8 @@ class DockerEdgeDev(EdgeDev):
         env["CONTAINER_REGISTRY_ADDRESS"] = REGISTRY
         self.proc = subprocess.Popen(self.args(extra), stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
+        if not wait:
+            return self
         wait_for(lambda: self.proc.poll() is not None or "edge-dev: hub on" in self.output(), 120,
                  lambda: "edge-dev to start:\n" + self.output()[-3000:])
         assert self.proc.poll() is None, self.output()[-3000:]
@@ -352,3 +354,36 @@ def test_iotedgedev_genconfig_matches_ours(iotedgedev, tmp_path, platform):
     tags = run_script(["scripts/build-images.sh", "--print-tags", "--platform", platform],
                       timeout=60, env={"CONTAINER_REGISTRY_ADDRESS": "myregistry.azurecr.io"}).split()
     assert sorted(tags) == sorted(v["settings"]["image"] for v in mods.values())
+
+
+def test_up_docker_refuses_a_foreign_container_and_cleans_up(amd64_images, tmp_path):
+    """A container named like a module that edge-dev did not create is left alone: edge-dev stops with an
+    error that says what to do, and removes the containers and network it had created."""
+    names = ["MqttServerModule", "AggregatorModule", "ESPSimModule"]
+    for n in names:
+        if docker("container", "inspect", n, check=False).returncode == 0:
+            pytest.fail(f"a container named {n} already exists; this test needs the module names (docker rm -f {n})")
+    network = f"edge-dev-test-{os.getpid()}-foreign"
+    # Not started, not labelled: somebody else's container with MqttServerModule's name.
+    docker("create", "--name", "MqttServerModule", amd64_images["mqtt-server"])
+    m = template()
+    m["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["MqttServerModule"]["settings"]["createOptions"] = {}
+    edge = DockerEdgeDev(tmp_path, m, network)
+    try:
+        edge.start(wait=False)
+        edge.proc.wait(timeout=120)
+        out = edge.output()
+        assert edge.proc.returncode != 0, out[-3000:]
+        assert "a container named MqttServerModule exists that this edge-dev did not create" in out, out[-3000:]
+        assert "docker rm -f MqttServerModule" in out
+        # AggregatorModule (startupOrder 1) had been started: it is gone again, and so is the network.
+        assert docker("container", "inspect", "AggregatorModule", check=False).returncode != 0
+        assert docker("network", "inspect", network, check=False).returncode != 0
+        # The foreign container is untouched.
+        assert docker("inspect", "-f", "{{.State.Status}}", "MqttServerModule").stdout.strip() == "created"
+    finally:
+        if edge.proc is not None and edge.proc.poll() is None:
+            edge.proc.kill()
+            edge.proc.wait(timeout=30)
+        docker("rm", "-f", "MqttServerModule", check=False)
+        cleanup_docker(network, names)

@@ -286,18 +286,29 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         }
     );
     let (mod_stop_tx, mod_stop_rx) = watch::channel(false);
+    // --docker: a module container that cannot be started stops the runtime, which then returns the error.
+    let (docker_failed_tx, docker_failed) = watch::channel(None::<String>);
     let sup = match (&opts.docker, docker_net) {
         (Some(d), Some(net)) => {
             let run = crate::docker::supervise(d.clone(), net, socket.clone(), containers, status.clone(), mod_stop_rx);
             tokio::spawn(async move {
                 if let Err(e) = run.await {
                     tracing::error!("--docker: {e}");
+                    let _ = docker_failed_tx.send(Some(e.to_string()));
                 }
             })
         }
         _ => tokio::spawn(supervisor::supervise(processes, opts.backoff, status.clone(), mod_stop_rx)),
     };
 
+    let mut failed_rx = docker_failed.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            // Err: the sender is gone (process mode, or docker mode that ended well): never a reason to stop.
+            ok = async { failed_rx.wait_for(Option::is_some).await.is_ok() } => if !ok { std::future::pending::<()>().await },
+        }
+    };
     match opts.duration {
         Some(d) => {
             tokio::select! {
@@ -320,7 +331,11 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let _ = std::fs::remove_file(&socket);
     println!("edge-dev: stopped");
-    Ok(())
+    let failed = docker_failed.borrow().clone();
+    match failed {
+        Some(e) => Err(EdgeDevError::Config(format!("--docker: {e}"))),
+        None => Ok(()),
+    }
 }
 
 /// Binds the dashboard, fills it from the upstream log, prints its URL and serves it until `stop`.
