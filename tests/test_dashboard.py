@@ -140,6 +140,15 @@ def test_dashboard_shows_a_window_and_a_fever_alert_live(edge_dev_factory, brows
             return False
     wait_for(open_values, 10, "the value table to open")
 
+    # Live updates keep the keyboard focus and the open table: focus the metrics link, let the modules
+    # table update twice, and it still has the focus.
+    browser.execute_script("""document.querySelector('tr[data-module="MqttServerModule"] a').focus()""")
+    updates = int(browser.find_element("css selector", "body").get_attribute("data-health-updates"))
+    wait_for(lambda: int(browser.find_element("css selector", "body").get_attribute("data-health-updates")) >= updates + 2,
+             30, "two health updates")
+    assert browser.switch_to.active_element.get_attribute("href").endswith("/metrics/modules/MqttServerModule")
+    assert browser.execute_script("return document.querySelector('article[data-device=\"bed-7\"] details').open")
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     no_sideways_scroll = "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
     for name, (w, h) in {"dashboard.png": (1024, 1366), "dashboard-tablet-portrait.png": (768, 1024)}.items():

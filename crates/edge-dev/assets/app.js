@@ -81,66 +81,115 @@
     return svg;
   }
 
-  function deviceCard(device, points, index) {
-    const latest = points[points.length - 1];
-    const fever = latest.value >= state.threshold;
-    const card = el("article", { class: fever ? "card fever" : "card", "data-device": device, "aria-labelledby": "dev-" + index });
+  // Updates `parent`'s children in place, keyed by data-key: existing elements are kept (focus, open
+  // <details>, and screen readers only hear what is new), new ones created, gone ones removed.
+  function patch(parent, items, keyOf, create, update) {
+    const old = new Map([...parent.children].map((c) => [c.dataset.key, c]));
+    items.forEach((item, i) => {
+      const key = String(keyOf(item));
+      let node = old.get(key);
+      old.delete(key);
+      if (!node) { node = create(item); node.dataset.key = key; }
+      update(node, item);
+      if (parent.children[i] !== node) parent.insertBefore(node, parent.children[i] || null);
+    });
+    for (const gone of old.values()) gone.remove();
+  }
+
+  let cardIds = 0;
+  function createCard(d) {
+    const id = "dev-" + cardIds++;
+    const card = el("article", { class: "card", "data-device": d.device, "aria-labelledby": id });
     const head = el("div", { class: "card-head" });
-    const h = el("h3", { id: "dev-" + index }, device === "all" ? "All sensors (average)" : device);
     const v = el("div", {});
-    v.append(el("span", { class: fever ? "latest fever" : "latest", "data-latest": latest.value }, fmt(latest.value)));
-    v.append(el("span", { class: "muted" }, ` at ${clock(latest.t, true)}${fever ? " — fever" : ""}`));
-    head.append(h, v);
-    card.append(head, drawChart(device, points));
+    v.append(el("span", { class: "latest" }), el("span", { class: "muted when" }));
+    head.append(el("h3", { id }, d.device === "all" ? "All sensors (average)" : d.device), v);
     const det = el("details", {});
-    det.append(el("summary", {}, `Values (${Math.min(points.length, 20)} newest)`));
     const table = el("table", {});
+    const thead = el("thead", {});
     const tr = el("tr", {});
     tr.append(el("th", { scope: "col" }, "Window end"), el("th", { scope: "col", class: "num" }, "Average"), el("th", { scope: "col" }, "Alert"));
-    const thead = el("thead", {});
     thead.append(tr);
-    table.append(thead);
-    const body = el("tbody", {});
-    for (const p of points.slice(-20).reverse()) {
-      const r = el("tr", {});
-      r.append(el("td", {}, new Date(p.t).toLocaleString()), el("td", { class: "num" }, fmt(p.value)), el("td", {}, p.alert ? "fever" : ""));
-      body.append(r);
-    }
-    table.append(body);
-    det.append(table);
-    card.append(det);
+    table.append(thead, el("tbody", {}));
+    det.append(el("summary", {}), table);
+    card.append(head, el("div", { class: "chart-box" }), det);
     return card;
   }
 
+  function updateCard(card, d) {
+    const points = d.points;
+    const latest = points[points.length - 1];
+    const fever = latest.value >= state.threshold;
+    card.className = fever ? "card fever" : "card";
+    const big = card.querySelector(".latest");
+    big.className = fever ? "latest fever" : "latest";
+    big.textContent = fmt(latest.value);
+    big.dataset.latest = latest.value;
+    card.querySelector(".when").textContent = ` at ${clock(latest.t, true)}${fever ? " — fever" : ""}`;
+    card.querySelector(".chart-box").replaceChildren(drawChart(d.device, points));
+    card.querySelector("summary").textContent = `Values (${Math.min(points.length, 20)} newest)`;
+    const rows = points.slice(-20).reverse().map((p) => {
+      const r = el("tr", {});
+      r.append(el("td", {}, new Date(p.t).toLocaleString()), el("td", { class: "num" }, fmt(p.value)), el("td", {}, p.alert ? "fever" : ""));
+      return r;
+    });
+    card.querySelector("tbody").replaceChildren(...rows);
+  }
+
   function renderDevices() {
-    const box = $("devices");
-    const open = new Set([...box.querySelectorAll("details[open]")].map((d) => d.closest("[data-device]").dataset.device));
-    const cards = [];
-    for (const device of [...state.devices.keys()].sort()) {
-      const points = [...state.devices.get(device).values()].sort((a, b) => a.t - b.t);
-      if (points.length === 0) continue;
-      const card = deviceCard(device, points, cards.length);
-      if (open.has(device)) card.querySelector("details").open = true;
-      cards.push(card);
-    }
-    box.replaceChildren(...cards);
-    $("no-devices").hidden = cards.length > 0;
+    const devices = [...state.devices.keys()].sort()
+      .map((device) => ({ device, points: [...state.devices.get(device).values()].sort((a, b) => a.t - b.t) }))
+      .filter((d) => d.points.length > 0);
+    patch($("devices"), devices, (d) => d.device, createCard, updateCard);
+    $("no-devices").hidden = devices.length > 0;
   }
 
   function renderAlerts() {
-    const list = $("alerts");
     const all = [...state.alerts.values()].sort((a, b) => b.t - a.t);
     const alerts = all.slice(0, SHOWN_ALERTS);
-    const items = alerts.map((a) => {
+    patch($("alerts"), alerts, (a) => a.device + "@" + a.t, (a) => {
       const li = el("li", { "data-device": a.device, "data-t": a.t });
       li.append(el("strong", {}, a.device), document.createTextNode(` averaged ${fmt(a.value)} in the window ending ${new Date(a.t).toLocaleString()}`));
       return li;
-    });
-    list.replaceChildren(...items);
-    $("no-alerts").hidden = items.length > 0;
+    }, () => {});
+    $("no-alerts").hidden = alerts.length > 0;
     const more = $("more-alerts");
     more.hidden = all.length <= SHOWN_ALERTS;
     more.textContent = `${all.length - SHOWN_ALERTS} older alerts are kept; the charts mark them in red.`;
+  }
+
+  function createRow(m) {
+    const r = el("tr", { "data-module": m.name });
+    r.append(el("th", { scope: "row" }, m.name));
+    for (const field of ["process", "restarts", "connection", "messagesIn", "messagesOut", "queueDepth", "metrics"]) {
+      const numeric = ["restarts", "messagesIn", "messagesOut", "queueDepth"].includes(field);
+      r.append(el("td", numeric ? { class: "num", "data-field": field } : { "data-field": field }));
+    }
+    return r;
+  }
+
+  function updateRow(r, m) {
+    const cell = (f) => r.querySelector(`[data-field="${f}"]`);
+    let proc, cls;
+    if (!m.supervised) { proc = "not run by edge-dev"; cls = ""; }
+    else if (m.running) { proc = `running (pid ${m.pid})`; cls = "state-ok"; }
+    else { proc = m.givenUp ? `stopped: ${m.givenUp}` : `stopped${m.lastExit ? ": " + m.lastExit : ""}`; cls = "state-bad"; }
+    cell("process").textContent = proc;
+    cell("process").className = cls;
+    cell("restarts").textContent = m.restarts;
+    // A module edge-dev does not run (stopped in the deployment, or --external) is not expected to connect.
+    cell("connection").textContent = m.connected ? "connected" : "not connected";
+    cell("connection").className = m.connected ? "state-ok" : m.supervised ? "state-bad" : "";
+    cell("messagesIn").textContent = m.messagesIn;
+    cell("messagesOut").textContent = m.messagesOut;
+    cell("queueDepth").textContent = m.queueDepth;
+    const mt = cell("metrics");
+    const a = mt.querySelector("a");
+    if (m.metrics && (!a || a.getAttribute("href") !== m.metrics)) {
+      mt.replaceChildren(el("a", { href: m.metrics, "aria-label": `Prometheus metrics of ${m.name}` }, "metrics"));
+    } else if (!m.metrics && mt.textContent !== "—") {
+      mt.replaceChildren(el("span", { class: "muted" }, "—"));
+    }
   }
 
   function renderHealth(h) {
@@ -151,29 +200,9 @@
     link.textContent = `Upstream: ${h.link.state}${why} · ${h.link.upstreamDepth} queued`;
     link.className = online ? "badge ok" : "badge bad";
     link.dataset.state = h.link.state;
-    const rows = h.modules.map((m) => {
-      const r = el("tr", { "data-module": m.name });
-      r.append(el("th", { scope: "row" }, m.name));
-      let proc, cls;
-      if (!m.supervised) { proc = "not run by edge-dev"; cls = ""; }
-      else if (m.running) { proc = `running (pid ${m.pid})`; cls = "state-ok"; }
-      else { proc = m.givenUp ? `stopped: ${m.givenUp}` : `stopped${m.lastExit ? ": " + m.lastExit : ""}`; cls = "state-bad"; }
-      r.append(el("td", { class: cls }, proc));
-      r.append(el("td", { class: "num" }, m.restarts));
-      // A module edge-dev does not run (stopped in the deployment, or --external) is not expected to connect.
-      const connCls = m.connected ? "state-ok" : m.supervised ? "state-bad" : "";
-      r.append(el("td", { class: connCls }, m.connected ? "connected" : "not connected"));
-      r.append(el("td", { class: "num", "data-field": "messagesIn" }, m.messagesIn));
-      r.append(el("td", { class: "num", "data-field": "messagesOut" }, m.messagesOut));
-      r.append(el("td", { class: "num" }, m.queueDepth));
-      const mt = el("td", {});
-      if (m.metrics) mt.append(el("a", { href: m.metrics, "aria-label": `Prometheus metrics of ${m.name}` }, "metrics"));
-      else mt.append(el("span", { class: "muted" }, "—"));
-      r.append(mt);
-      return r;
-    });
-    document.querySelector("#modules tbody").replaceChildren(...rows);
+    patch(document.querySelector("#modules tbody"), h.modules, (m) => m.name, createRow, updateRow);
     $("hub-counters").textContent = `Unrouted messages: ${h.unrouted} · expired (time to live passed): ${h.expired}`;
+    document.body.dataset.healthUpdates = Number(document.body.dataset.healthUpdates || 0) + 1; // for tests
   }
 
   async function loadSnapshot() {
