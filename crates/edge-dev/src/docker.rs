@@ -137,9 +137,11 @@ async fn docker(
     let what = format!("{} {}", program.display(), args.join(" "));
     let out = match tokio::time::timeout(timeout, cmd.output()).await {
         Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(EdgeDevError::Config(format!(
+        Ok(Err(e)) => {
+            return Err(EdgeDevError::Config(format!(
             "cannot run `{what}` ({e}); --docker needs the docker CLI and a running Docker engine"
-        ))),
+        )))
+        }
         Err(_) => {
             return Err(EdgeDevError::Config(format!(
                 "`{what}` did not finish within {timeout:?}; is the Docker engine healthy?"
@@ -603,28 +605,48 @@ async fn refresh_status(program: &Path, names: &[String], status: &StatusMap) {
     }
 }
 
-/// `docker logs -f NAME`, each line printed to our standard error with the module name in front.
+/// `docker logs -f NAME`, each line printed to our standard error with the module name in front. `logs -f`
+/// ends when the container exits; after a restart (docker's restart policy) it follows again from then on.
+/// Runs until aborted.
 fn follow_logs(program: &Path, name: &str) -> tokio::task::JoinHandle<()> {
-    let mut cmd = Command::new(program);
-    cmd.args(["logs", "-f", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let program = program.to_path_buf();
     let name = name.to_string();
     tokio::spawn(async move {
-        let Ok(mut child) = cmd.spawn() else { return };
-        let out = child
-            .stdout
-            .take()
-            .map(|o| tokio::spawn(forward(name.clone(), o)));
-        let err = child
-            .stderr
-            .take()
-            .map(|e| tokio::spawn(forward(name.clone(), e)));
-        let _ = child.wait().await;
-        for t in [out, err].into_iter().flatten() {
-            let _ = t.await;
+        let mut since: Option<String> = None;
+        loop {
+            let mut cmd = Command::new(&program);
+            cmd.args(["logs", "-f"]);
+            if let Some(t) = since {
+                cmd.args(["--since", t.as_str()]);
+            }
+            cmd.arg(&name)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let Ok(mut child) = cmd.spawn() else { return };
+            let out = child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(forward(name.clone(), o)));
+            let err = child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(forward(name.clone(), e)));
+            let status = child.wait().await;
+            // From the moment this container run ended: what the next run prints is not lost.
+            since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()));
+            for t in [out, err].into_iter().flatten() {
+                let _ = t.await;
+            }
+            // `docker logs` fails once the container is gone (removed): nothing more to follow.
+            if !matches!(status, Ok(st) if st.success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
 }
