@@ -449,11 +449,28 @@ def bench_e2e(bins, work, args, name, rates, aggregator_env, footprint_rate):
             if t["sustained_zero_loss"]:
                 best = mid
         out["ladder"] = ladder
-        # Repeat the best rate: the sustained rate's figures are medians over these runs.
-        confirm = [t for t in ladder if t["target_rate"] == best]
-        n_ladder = len(confirm)
-        while best is not None and len(confirm) < args.runs:
-            confirm.append(trial(best))
+        # Repeat the best rate: the sustained rate's figures are medians over these runs. If a repeat does
+        # not keep up, step down (half way to the next lower rate that kept up, then that rate) and repeat.
+        passed = sorted({t["target_rate"] for t in ladder if t["sustained_zero_loss"]}, reverse=True)
+        candidates = []
+        for i, r in enumerate(passed):
+            candidates.append(r)
+            if i + 1 < len(passed):
+                candidates.append(int(round((r + passed[i + 1]) / 2)))
+        confirm, n_ladder = [], 0
+        for cand in candidates:
+            best = cand
+            confirm = [t for t in ladder if t["target_rate"] == cand]
+            n_ladder = len(confirm)
+            while len(confirm) < args.runs and all(t["sustained_zero_loss"] for t in confirm):
+                t = trial(cand)
+                confirm.append(t)
+                ladder.append(t)
+            if confirm and all(t["sustained_zero_loss"] for t in confirm):
+                break
+            log(f"  {cand} msg/s did not keep up in every run: stepping down")
+        if not candidates:
+            best = None
         out["max_sustained_rate"] = best
         out["first_failing_rate"] = first_fail
         names = ["MqttServerModule", "edge-dev hub", "AggregatorModule"]
@@ -466,7 +483,6 @@ def bench_e2e(bins, work, args, name, rates, aggregator_env, footprint_rate):
                 "ack_p50_us": spread([(t["ack_latency_us"] or {}).get("p50") for t in confirm]),
                 "ack_p99_us": spread([(t["ack_latency_us"] or {}).get("p99") for t in confirm]),
                 "rss_max_kb": {n: spread([t["rss_max_kb"].get(n) for t in confirm]) for n in names},
-                "trials": confirm[n_ladder:],
             }
         # Footprint: CPU per 1,000 msg/s of each process, from separate runs at a fixed rate if asked for,
         # else from the runs at the highest sustained rate.
