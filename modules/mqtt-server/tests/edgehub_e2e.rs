@@ -362,17 +362,25 @@ async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down
     // hub and module come back: the acknowledged readings go upstream
     let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
     let module = start_module(dir.path(), hub_port, mqtt_port, &spool);
-    let got = take_upstream(&hub.handle, 5, Duration::from_secs(60)).await;
-    let mut seqs: Vec<u64> = got
-        .iter()
-        .map(|m| {
-            serde_json::from_slice::<serde_json::Value>(&m.body).expect("json")["seq"]
-                .as_u64()
-                .expect("seq")
-        })
-        .collect();
+    // Reading 0 was forwarded before the kill; if the kill came between edgeHub's PUBACK and the spool's
+    // delete of it, it is forwarded once more (at least once allows exactly that duplicate).
+    let mut seqs: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(1..=5).all(|s| seqs.contains(&s)) && Instant::now() < deadline {
+        for m in take_upstream(&hub.handle, 1, Duration::from_secs(5)).await {
+            seqs.push(
+                serde_json::from_slice::<serde_json::Value>(&m.body).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq"),
+            );
+        }
+    }
     seqs.sort_unstable();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    let replayed_first = seqs.first() == Some(&0);
+    if replayed_first {
+        seqs.remove(0);
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "every acknowledged reading once (plus at most reading 0 again)");
     assert!(
         take_upstream(&hub.handle, 1, Duration::from_secs(2))
             .await
