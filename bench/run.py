@@ -4,9 +4,11 @@ this machine, in one run. Writes bench/results/<date>.json and prints a table.
 
 Sections (each figure is the median of several runs, with min and max):
 1. end to end: esp-sim load mode -> MqttServerModule -> edge-dev hub -> AggregatorModule -> upstream log,
-   QoS 1. A 1-second COUNT(*) query counts every message that reached AggregatorModule; the highest
-   rate whose every acknowledged message is counted upstream (zero loss) and which esp-sim sustained
-   (achieved >= 95 % of the target) is the sustained rate. Latency: a pass-through query
+   QoS 1, as shipped and with AGGREGATOR_TICK_MS=10. A 1-second COUNT(*) query counts every message that
+   reached AggregatorModule; a run keeps up when every acknowledged message is counted upstream within
+   8 s of the end of sending, none of them late (more than 5 s), and esp-sim achieved >= 95 % of the
+   target (see e2e_trial); the highest rate that kept up in every run is the sustained rate, and what
+   the runs that did not keep up carried is reported too. Latency: a pass-through query
    (`SELECT * INTO Out FROM temperature`) at a fixed rate; each upstream message's `enqueuedTime` (when
    the hub put it in the $upstream queue) minus the payload's `timecreated` (when esp-sim made it).
 2. MQTT ingest: the same esp-sim load against MqttServerModule (`--sink stdout`, no edgeHub, acknowledges

@@ -4,7 +4,7 @@
 # MQTT ingest against Debian's Mosquitto, windowed aggregation against bytewax (PyPI), and footprint.
 # Installs what it needs (apt: mosquitto, mosquitto-clients, python3-venv; a venv bench/.venv with
 # bench/requirements.txt), builds the release binaries, writes bench/results/<UTC date>.json and prints a
-# table. About 12 minutes on 2 cores. Everything listens on 127.0.0.1. Figures: docs/PERFORMANCE.md.
+# table. ~11 min on 2 cores (+~4 for a cold build). All on 127.0.0.1. Figures: docs/PERFORMANCE.md.
 # Usage: scripts/bench.sh [bench/run.py options: --quick, --runs N, --only e2e,latency,ingest,aggregation, --help]
 set -euo pipefail
 cd "$(dirname "$0")/.."
