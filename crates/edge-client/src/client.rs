@@ -691,6 +691,8 @@ impl Driver {
         let (client, mut eventloop) = AsyncClient::new(mqtt, 4096);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_connection_timeout(self.opts.connect_timeout_secs.max(1));
+        // Small messages and their acknowledgements must not wait for Nagle's algorithm (rumqttc leaves it on).
+        net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
         let (tx, mut rx) = mpsc::channel(256);
         let poll = tokio::spawn(async move {

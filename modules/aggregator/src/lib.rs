@@ -41,8 +41,12 @@ pub enum AggregatorError {
     Replay(String),
 }
 
-/// How many input messages may wait for a checkpoint before one is written early.
-const MAX_PENDING_ACKS: usize = 200;
+/// How many input messages may wait for a checkpoint before one is written at once. edgeHub (and
+/// edge-dev's hub: 16) deliver only a bounded number of unacknowledged messages to a module, so this must
+/// not exceed that window, or input would stall until the next tick.
+const MAX_PENDING_ACKS: usize = 16;
+/// How long the first unacknowledged input waits for more to share its checkpoint.
+const COMMIT_DELAY: Duration = Duration::from_millis(10);
 
 /// Runs the module until `shutdown` resolves or the edgeHub client ends.
 pub async fn run(
@@ -66,9 +70,15 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
 
+    // When the pending inputs are committed (checkpoint, then acknowledgements) unless the batch fills first.
+    let mut commit_at: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
+            _ = sleep_until_some(commit_at) => {
+                commit_at = None;
+                if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
+            }
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Input(input)) => {
@@ -80,7 +90,10 @@ pub async fn run(
                     }
                     pending.push(input);
                     if pending.len() >= MAX_PENDING_ACKS {
+                        commit_at = None;
                         if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
+                    } else if commit_at.is_none() {
+                        commit_at = Some(tokio::time::Instant::now() + COMMIT_DELAY);
                     }
                 }
                 Some(Event::Twin(twin)) => {
@@ -109,6 +122,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let rows = processor.on_tick(Utc::now());
                 if let Err(e) = send_rows(&client, &rows).await { break Err(e) }
+                commit_at = None;
                 if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
             }
         }
@@ -164,6 +178,14 @@ async fn send_rows(client: &ModuleClient, rows: &[stream_query::OutputRow]) -> R
         client.send_output(&row.output, processor::row_message(row)).await?;
     }
     Ok(())
+}
+
+/// Resolves at `at`, or never when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes the checkpoint, then acknowledges the inputs whose effect it holds.
