@@ -938,15 +938,15 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs, to try the script (figures not for publishing)")
     ap.add_argument("--only", default="e2e,latency,ingest,aggregation", help="comma-separated sections")
-    ap.add_argument("--configs", default="shipped,tick10",
+    ap.add_argument("--configs", default="shipped",
                     help="end-to-end configurations: shipped (the deployment as it is), tick10 (AGGREGATOR_TICK_MS=10)")
-    ap.add_argument("--shipped-rates", default="4,8,16,32")
+    ap.add_argument("--shipped-rates", default="500,1000,2000,4000,8000")
     ap.add_argument("--tick10-rates", default="500,1000,2000,4000,8000")
     ap.add_argument("--e2e-devices", type=int, default=200, help="most devices in an end-to-end run (rate/5 below)")
     ap.add_argument("--e2e-duration", type=int, default=20)
     ap.add_argument("--footprint-rate", type=int, default=0,
                     help="fixed rate of extra footprint runs (tick10); 0: use the runs at the highest sustained rate")
-    ap.add_argument("--shipped-latency-rate", type=int, default=10)
+    ap.add_argument("--shipped-latency-rate", type=int, default=200)
     ap.add_argument("--tick10-latency-rate", type=int, default=200)
     ap.add_argument("--latency-duration", type=int, default=8)
     ap.add_argument("--ingest-devices", type=int, default=100)
@@ -960,7 +960,7 @@ def main():
         print(table(json.loads(pathlib.Path(args.table_from).read_text())))
         return
     configs = {
-        "shipped": {"env": {}, "rates": [int(x) for x in args.shipped_rates.split(",")], "footprint": None,
+        "shipped": {"env": {}, "rates": [int(x) for x in args.shipped_rates.split(",")], "footprint": args.footprint_rate,
                     "latency_rate": args.shipped_latency_rate},
         "tick10": {"env": {"AGGREGATOR_TICK_MS": 10}, "rates": [int(x) for x in args.tick10_rates.split(",")],
                    "footprint": args.footprint_rate, "latency_rate": args.tick10_latency_rate},
