@@ -48,6 +48,17 @@ struct Conn<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Conn<W> {
+    /// Answers a CONNECT with a refusing CONNACK (the connection then closes).
+    async fn refuse_connect(&mut self, refusal: Refusal) {
+        let _ = self
+            .send(Outbound::ConnAck {
+                session_present: false,
+                refusal: Some(refusal),
+                props: None,
+            })
+            .await;
+    }
+
     async fn send(&mut self, pkt: Outbound) -> Result<(), ()> {
         match self.try_send(pkt).await {
             Ok(()) => Ok(()),
@@ -135,13 +146,7 @@ pub(crate) async fn serve<S>(
             tracing::warn!(%peer, level, "refusing connection: unsupported MQTT protocol level (3.1.1 and 5 are spoken)");
             shared.metrics.refused("protocol_version");
             conn.enc = ServerCodec::for_version(Version::V311);
-            let _ = conn
-                .send(Outbound::ConnAck {
-                    session_present: false,
-                    refusal: Some(Refusal::UnsupportedProtocol),
-                    props: None,
-                })
-                .await;
+            conn.refuse_connect(Refusal::UnsupportedProtocol).await;
             return;
         }
         Ok(Some(Ok(Inbound::Connect(info)))) => info,
@@ -160,26 +165,14 @@ pub(crate) async fn serve<S>(
     if info.client_id.chars().any(char::is_control) {
         tracing::warn!(%peer, client = ?info.client_id, "refusing connection: control characters in the client id");
         shared.metrics.refused("bad_client_id");
-        let _ = conn
-            .send(Outbound::ConnAck {
-                session_present: false,
-                refusal: Some(Refusal::BadClientId),
-                props: None,
-            })
-            .await;
+        conn.refuse_connect(Refusal::BadClientId).await;
         return;
     }
     if info.client_id.is_empty() {
         if info.version == Version::V311 && !info.clean {
             tracing::warn!(%peer, "refusing connection: empty client id with clean session 0");
             shared.metrics.refused("bad_client_id");
-            let _ = conn
-                .send(Outbound::ConnAck {
-                    session_present: false,
-                    refusal: Some(Refusal::BadClientId),
-                    props: None,
-                })
-                .await;
+            conn.refuse_connect(Refusal::BadClientId).await;
             return;
         }
         info.client_id = format!("auto-{}", uuid::Uuid::new_v4());
@@ -191,26 +184,14 @@ pub(crate) async fn serve<S>(
         if !auth.check(info.username.as_deref(), info.password.as_deref()) {
             tracing::warn!(client = %client, %peer, user = ?info.username, "refusing connection: bad username or password");
             shared.metrics.refused("bad_credentials");
-            let _ = conn
-                .send(Outbound::ConnAck {
-                    session_present: false,
-                    refusal: Some(Refusal::BadUserNamePassword),
-                    props: None,
-                })
-                .await;
+            conn.refuse_connect(Refusal::BadUserNamePassword).await;
             return;
         }
     }
     if let Some(method) = &info.auth_method {
         tracing::warn!(client = %client, %peer, method = %method, "refusing connection: MQTT 5 enhanced authentication is not supported");
         shared.metrics.refused("bad_auth_method");
-        let _ = conn
-            .send(Outbound::ConnAck {
-                session_present: false,
-                refusal: Some(Refusal::BadAuthenticationMethod),
-                props: None,
-            })
-            .await;
+        conn.refuse_connect(Refusal::BadAuthenticationMethod).await;
         return;
     }
     if let Some(w) = &info.will {
@@ -220,13 +201,7 @@ pub(crate) async fn serve<S>(
         {
             tracing::warn!(client = %client, %peer, topic = ?w.topic, "refusing connection: invalid will topic");
             shared.metrics.refused("invalid_topic");
-            let _ = conn
-                .send(Outbound::ConnAck {
-                    session_present: false,
-                    refusal: Some(Refusal::NotAuthorized),
-                    props: None,
-                })
-                .await;
+            conn.refuse_connect(Refusal::NotAuthorized).await;
             return;
         }
     }
