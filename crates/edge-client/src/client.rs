@@ -1002,7 +1002,9 @@ impl Driver {
             }
             rumqttc::Event::Incoming(Packet::Publish(p)) => self.on_publish(conn, p),
             rumqttc::Event::Incoming(Packet::SubAck(s)) => {
-                if s.return_codes.contains(&rumqttc::SubscribeReasonCode::Failure) {
+                if s.return_codes
+                    .contains(&rumqttc::SubscribeReasonCode::Failure)
+                {
                     tracing::warn!(
                         client_id = %self.identity.client_id(),
                         "the hub refused a subscription (SUBACK 0x80): inputs, twin patches or methods will not arrive; \

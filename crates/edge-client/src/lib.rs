@@ -52,8 +52,8 @@ pub use client::{
     ClientOptions, Delivery, Event, Events, InputMessage, MethodRequest, ModuleClient,
 };
 pub use error::ClientError;
-pub use signal::shutdown_signal;
 pub use identity::{Credentials, Identity};
+pub use signal::shutdown_signal;
 pub use tls::Trust;
 pub use wire::{ConnectionString, Message, WireError};
 pub use workload::WorkloadClient;

@@ -46,11 +46,17 @@ pub struct Identities {
 
 impl Identities {
     /// Loads `<data_dir>/identities.json`, or creates it, and makes sure every module in `modules` has a key.
-    pub fn load_or_create<'a>(data_dir: &Path, modules: impl IntoIterator<Item = &'a str>) -> Result<Identities, EdgeDevError> {
+    pub fn load_or_create<'a>(
+        data_dir: &Path,
+        modules: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Identities, EdgeDevError> {
         let path = data_dir.join("identities.json");
         let mut ids = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<Identities>(&bytes).map_err(|e| {
-                EdgeDevError::Config(format!("{} is not valid ({e}); delete it to make new keys", path.display()))
+                EdgeDevError::Config(format!(
+                    "{} is not valid ({e}); delete it to make new keys",
+                    path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identities {
                 iothub_hostname: DEFAULT_HUB_HOSTNAME.into(),
@@ -58,7 +64,12 @@ impl Identities {
                 modules: BTreeMap::new(),
                 path: PathBuf::new(),
             },
-            Err(e) => return Err(EdgeDevError::Io { path: path.clone(), source: e }),
+            Err(e) => {
+                return Err(EdgeDevError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+            }
         };
         ids.path = path;
         let mut changed = !ids.path.exists();
@@ -75,7 +86,10 @@ impl Identities {
     }
 
     fn save(&self) -> Result<(), EdgeDevError> {
-        let io = |e| EdgeDevError::Io { path: self.path.clone(), source: e };
+        let io = |e| EdgeDevError::Io {
+            path: self.path.clone(),
+            source: e,
+        };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -127,7 +141,12 @@ mod tests {
         assert_eq!(b.modules["B"], a.modules["B"]);
         assert!(b.modules.contains_key("C"));
         let cs = b.connection_string("C", "localhost").unwrap();
-        assert!(cs.starts_with("HostName=edge-dev.local;DeviceId=edge-dev-device;ModuleId=C;SharedAccessKey="), "{cs}");
+        assert!(
+            cs.starts_with(
+                "HostName=edge-dev.local;DeviceId=edge-dev-device;ModuleId=C;SharedAccessKey="
+            ),
+            "{cs}"
+        );
         assert!(cs.ends_with(";GatewayHostName=localhost"));
         assert!(b.connection_string("nope", "localhost").is_none());
     }

@@ -33,7 +33,10 @@ pub enum EdgeDevError {
     #[error("{0}")]
     Config(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Manifest(#[from] edge_manifest::ManifestError),
     #[error(transparent)]

@@ -9,10 +9,18 @@ use clap::{Parser, Subcommand};
 use edge_dev::up::{self, UpOptions};
 
 #[derive(Parser)]
-#[command(version, about = "A local Azure IoT Edge runtime: edgeHub's module protocol, routes, twins, store-and-forward, and a supervisor")]
+#[command(
+    version,
+    about = "A local Azure IoT Edge runtime: edgeHub's module protocol, routes, twins, store-and-forward, and a supervisor"
+)]
 struct Cli {
     /// Folder for certificates, keys, the hub's durable store and the modules' working folders.
-    #[arg(long, global = true, default_value = ".edge-dev", env = "EDGE_DEV_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".edge-dev",
+        env = "EDGE_DEV_DATA_DIR"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -52,7 +60,11 @@ enum Command {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
         /// Forward upstream messages to a real IoT Hub with this device connection string.
-        #[arg(long, env = "EDGE_DEV_IOTHUB_CONNECTION_STRING", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "EDGE_DEV_IOTHUB_CONNECTION_STRING",
+            hide_env_values = true
+        )]
         iothub_connection_string: Option<String>,
         /// Host name the modules use for the hub (IOTEDGE_GATEWAYHOSTNAME).
         #[arg(long, default_value = "localhost")]
@@ -105,10 +117,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Up {
@@ -159,26 +176,57 @@ fn main() -> anyhow::Result<()> {
                     offline,
                     backoff: Default::default(),
                     dashboard: (!no_dashboard).then_some(dashboard),
-                    docker: docker.then(|| edge_dev::docker::DockerOptions { network: docker_network, ..Default::default() }),
+                    docker: docker.then(|| edge_dev::docker::DockerOptions {
+                        network: docker_network,
+                        ..Default::default()
+                    }),
                 };
                 up::up(opts, edge_client::shutdown_signal()).await?;
             }
-            Command::Genconfig { template, platform, out_dir } => {
-                let dir = template.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."));
-                let ctx = up::template_context(&dir, &up::default_modules_dir(&template), &platform)?;
+            Command::Genconfig {
+                template,
+                platform,
+                out_dir,
+            } => {
+                let dir = template
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from("."));
+                let ctx =
+                    up::template_context(&dir, &up::default_modules_dir(&template), &platform)?;
                 let out = edge_manifest::genconfig(&template, &platform, &out_dir, &ctx.vars)?;
                 println!("wrote {}", out.display());
             }
             Command::Validate { manifest, platform } => {
-                let m = up::load_manifest(&manifest, &platform, &up::default_modules_dir(&manifest))?;
-                println!("{}: valid ({} modules, {} routes)", manifest.display(), m.modules().count(), m.routes()?.len());
+                let m =
+                    up::load_manifest(&manifest, &platform, &up::default_modules_dir(&manifest))?;
+                println!(
+                    "{}: valid ({} modules, {} routes)",
+                    manifest.display(),
+                    m.modules().count(),
+                    m.routes()?.len()
+                );
             }
-            Command::ModuleCred { name, gateway_hostname } => {
-                let ids = edge_dev::identities::Identities::load_or_create(&cli.data_dir, [name.as_str()])?;
-                let pki = edge_dev::pki::DevPki::load_or_create(&cli.data_dir.join("certs"), &[gateway_hostname.as_str(), "localhost", "edgeHub"])?;
-                let cs = ids.connection_string(&name, &gateway_hostname).context("module has no credential")?;
+            Command::ModuleCred {
+                name,
+                gateway_hostname,
+            } => {
+                let ids = edge_dev::identities::Identities::load_or_create(
+                    &cli.data_dir,
+                    [name.as_str()],
+                )?;
+                let pki = edge_dev::pki::DevPki::load_or_create(
+                    &cli.data_dir.join("certs"),
+                    &[gateway_hostname.as_str(), "localhost", "edgeHub"],
+                )?;
+                let cs = ids
+                    .connection_string(&name, &gateway_hostname)
+                    .context("module has no credential")?;
                 println!("EdgeHubConnectionString={cs}");
-                println!("EdgeModuleCACertificateFile={}", std::fs::canonicalize(&pki.ca_path)?.display());
+                println!(
+                    "EdgeModuleCACertificateFile={}",
+                    std::fs::canonicalize(&pki.ca_path)?.display()
+                );
             }
         }
         Ok(())

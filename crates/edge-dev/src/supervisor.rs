@@ -81,7 +81,12 @@ pub fn backoff_delay(b: &Backoff, restarts: u32) -> Duration {
 }
 
 /// Runs `modules` until `stop` becomes true, then stops them all. Returns when every module has exited.
-pub async fn supervise(mut modules: Vec<ModuleProcess>, backoff: Backoff, status: StatusMap, stop: watch::Receiver<bool>) {
+pub async fn supervise(
+    mut modules: Vec<ModuleProcess>,
+    backoff: Backoff,
+    status: StatusMap,
+    stop: watch::Receiver<bool>,
+) {
     modules.sort_by_key(|m| (m.startup_order.unwrap_or(u32::MAX), m.name.clone()));
     let mut tasks = Vec::new();
     let mut last_order = None;
@@ -94,8 +99,16 @@ pub async fn supervise(mut modules: Vec<ModuleProcess>, backoff: Backoff, status
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         last_order = Some(m.startup_order);
-        status.lock().unwrap_or_else(|p| p.into_inner()).insert(m.name.clone(), ModuleStatus::default());
-        tasks.push(tokio::spawn(run_one(m, backoff, status.clone(), stop.clone())));
+        status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(m.name.clone(), ModuleStatus::default());
+        tasks.push(tokio::spawn(run_one(
+            m,
+            backoff,
+            status.clone(),
+            stop.clone(),
+        )));
     }
     for t in tasks {
         let _ = t.await;
@@ -113,7 +126,12 @@ fn set_status(status: &StatusMap, name: &str, f: impl FnOnce(&mut ModuleStatus))
     f(map.entry(name.to_string()).or_default());
 }
 
-async fn run_one(m: ModuleProcess, backoff: Backoff, status: StatusMap, mut stop: watch::Receiver<bool>) {
+async fn run_one(
+    m: ModuleProcess,
+    backoff: Backoff,
+    status: StatusMap,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut restarts: u32 = 0;
     loop {
         if *stop.borrow() {
@@ -160,7 +178,10 @@ async fn run_one(m: ModuleProcess, backoff: Backoff, status: StatusMap, mut stop
             s.pid = None;
             s.last_exit = Some(what.clone());
             if !again {
-                s.given_up = Some(format!("restartPolicy {:?} and the module {what}", m.restart_policy));
+                s.given_up = Some(format!(
+                    "restartPolicy {:?} and the module {what}",
+                    m.restart_policy
+                ));
             }
         });
         if !again {
@@ -215,7 +236,9 @@ async fn terminate(name: &str, child: &mut Child, grace: Duration) {
     }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(st)) => tracing::info!(module = %name, "module stopped ({st})"),
-        Ok(Err(e)) => tracing::warn!(module = %name, error = %e, "module stop could not be waited for"),
+        Ok(Err(e)) => {
+            tracing::warn!(module = %name, error = %e, "module stop could not be waited for")
+        }
         Err(_) => {
             tracing::warn!(module = %name, "module did not stop within {grace:?} of SIGTERM; killing it");
             let _ = child.kill().await;
@@ -246,7 +269,12 @@ mod tests {
         assert_eq!(backoff_delay(&b, 1000), Duration::from_secs(60));
     }
 
-    fn shell(name: &str, script: &str, policy: RestartPolicy, dir: &std::path::Path) -> ModuleProcess {
+    fn shell(
+        name: &str,
+        script: &str,
+        policy: RestartPolicy,
+        dir: &std::path::Path,
+    ) -> ModuleProcess {
         ModuleProcess {
             name: name.into(),
             program: "/bin/sh".into(),
@@ -261,12 +289,26 @@ mod tests {
     #[tokio::test]
     async fn crashing_module_is_restarted_and_stop_ends_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let fast = Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(20), ..Backoff::default() };
+        let fast = Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            ..Backoff::default()
+        };
         let status: StatusMap = Arc::default();
         let (tx, rx) = watch::channel(false);
         let mods = vec![
-            shell("crasher", "echo run >> runs; exit 3", RestartPolicy::Always, dir.path()),
-            shell("sleeper", "exec sleep 30", RestartPolicy::Always, dir.path()),
+            shell(
+                "crasher",
+                "echo run >> runs; exit 3",
+                RestartPolicy::Always,
+                dir.path(),
+            ),
+            shell(
+                "sleeper",
+                "exec sleep 30",
+                RestartPolicy::Always,
+                dir.path(),
+            ),
             shell("once", "exit 0", RestartPolicy::OnFailure, dir.path()),
         ];
         let sup = tokio::spawn(supervise(mods, fast, status.clone(), rx));
@@ -279,9 +321,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let runs = std::fs::read_to_string(dir.path().join("runs")).unwrap_or_default();
-        assert!(runs.lines().count() >= 3, "crasher ran {} times", runs.lines().count());
+        assert!(
+            runs.lines().count() >= 3,
+            "crasher ran {} times",
+            runs.lines().count()
+        );
         tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), sup).await.expect("supervisor stops").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), sup)
+            .await
+            .expect("supervisor stops")
+            .unwrap();
         let st = status.lock().unwrap().clone();
         assert!(st["crasher"].restarts >= 2, "{st:?}");
         assert!(!st["sleeper"].running);
@@ -297,10 +346,20 @@ mod tests {
         let (_tx, rx) = watch::channel(false);
         let mut m = shell("ghost", "", RestartPolicy::Always, dir.path());
         m.program = dir.path().join("no-such-binary");
-        tokio::time::timeout(Duration::from_secs(10), supervise(vec![m], Backoff::default(), status.clone(), rx))
-            .await
-            .expect("returns");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            supervise(vec![m], Backoff::default(), status.clone(), rx),
+        )
+        .await
+        .expect("returns");
         let st = status.lock().unwrap().clone();
-        assert!(st["ghost"].given_up.as_deref().unwrap_or("").contains("cannot start"), "{st:?}");
+        assert!(
+            st["ghost"]
+                .given_up
+                .as_deref()
+                .unwrap_or("")
+                .contains("cannot start"),
+            "{st:?}"
+        );
     }
 }

@@ -67,8 +67,15 @@ pub struct UpOptions {
 }
 
 /// Loads the deployment at `path`: a template is expanded with `.env` (beside it) and the environment.
-pub fn load_manifest(path: &Path, platform: &str, modules_dir: &Path) -> Result<Manifest, EdgeDevError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EdgeDevError::Io { path: path.to_path_buf(), source: e })?;
+pub fn load_manifest(
+    path: &Path,
+    platform: &str,
+    modules_dir: &Path,
+) -> Result<Manifest, EdgeDevError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EdgeDevError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let is_template = text.contains("$schema-template") || text.contains("${MODULES.");
     let manifest = if is_template {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -96,22 +103,36 @@ pub fn load_manifest(path: &Path, platform: &str, modules_dir: &Path) -> Result<
 }
 
 /// The variables a template is expanded with: `.env` beside it (in `dir`), then the process environment.
-pub fn template_context(dir: &Path, modules_dir: &Path, platform: &str) -> Result<edge_manifest::TemplateContext, EdgeDevError> {
+pub fn template_context(
+    dir: &Path,
+    modules_dir: &Path,
+    platform: &str,
+) -> Result<edge_manifest::TemplateContext, EdgeDevError> {
     let mut vars = BTreeMap::new();
     let dotenv = dir.join(".env");
     if dotenv.exists() {
         vars.extend(edge_manifest::load_dotenv(&dotenv)?);
     }
     vars.extend(std::env::vars());
-    Ok(edge_manifest::TemplateContext { platform: platform.to_string(), modules_dir: modules_dir.to_path_buf(), vars })
+    Ok(edge_manifest::TemplateContext {
+        platform: platform.to_string(),
+        modules_dir: modules_dir.to_path_buf(),
+        vars,
+    })
 }
 
 /// Runs the local edge runtime until `shutdown` resolves (or `duration` passes).
 pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), EdgeDevError> {
-    let modules_dir = opts.modules_dir.clone().unwrap_or_else(|| default_modules_dir(&opts.manifest));
+    let modules_dir = opts
+        .modules_dir
+        .clone()
+        .unwrap_or_else(|| default_modules_dir(&opts.manifest));
     let manifest = load_manifest(&opts.manifest, &opts.platform, &modules_dir)?;
     let data_dir = absolute(&opts.data_dir)?;
-    std::fs::create_dir_all(&data_dir).map_err(|e| EdgeDevError::Io { path: data_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| EdgeDevError::Io {
+        path: data_dir.clone(),
+        source: e,
+    })?;
 
     for name in &opts.external {
         if !manifest.modules().any(|(m, _)| m == name) {
@@ -123,7 +144,10 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
 
     let names: Vec<String> = manifest.modules().map(|(n, _)| n.to_string()).collect();
     let ids = Identities::load_or_create(&data_dir, names.iter().map(String::as_str))?;
-    let pki = DevPki::load_or_create(&data_dir.join("certs"), &[opts.gateway_hostname.as_str(), "localhost", "edgeHub"])?;
+    let pki = DevPki::load_or_create(
+        &data_dir.join("certs"),
+        &[opts.gateway_hostname.as_str(), "localhost", "edgeHub"],
+    )?;
 
     // Hub.
     let routes = edge_routes::RouteTable::new(manifest.routes()?)
@@ -137,7 +161,10 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let mut modules = Vec::new();
     for (n, c) in &ids.modules {
         if names.contains(n) {
-            modules.push(ModuleIdentity { module_id: n.clone(), primary_key: c.key_bytes()? });
+            modules.push(ModuleIdentity {
+                module_id: n.clone(),
+                primary_key: c.key_bytes()?,
+            });
         }
     }
     // --docker: the network first, so that the hub can listen on its gateway (the containers' `edgeHub`).
@@ -145,14 +172,18 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         Some(d) => Some(crate::docker::prepare(d).await?),
         None => None,
     };
-    let hub_listen = docker_net.as_ref().map_or(opts.hub_listen, |n| crate::docker::hub_listen(opts.hub_listen, n));
+    let hub_listen = docker_net.as_ref().map_or(opts.hub_listen, |n| {
+        crate::docker::hub_listen(opts.hub_listen, n)
+    });
     let tls = tokio::net::TcpListener::bind(hub_listen).await.map_err(|e| {
         EdgeDevError::Config(format!(
             "cannot listen on {} for the hub ({e}); is another edge-dev or edgeHub running? Use --hub-listen to pick another address",
             hub_listen
         ))
     })?;
-    let hub_addr = tls.local_addr().map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
+    let hub_addr = tls
+        .local_addr()
+        .map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
     let plain = match opts.plain_listen {
         Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
             EdgeDevError::Config(format!("cannot listen on {a} for plain MQTT ({e}); use --plain-listen to pick another address"))
@@ -172,7 +203,10 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         modules,
         routes,
         desired,
-        HubListeners { tls: Some((tls, pki.server_config())), plain },
+        HubListeners {
+            tls: Some((tls, pki.server_config())),
+            plain,
+        },
         wait_true(hub_stop_rx.clone()),
     )
     .await?;
@@ -180,7 +214,10 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     // Workload API.
     let socket = data_dir.join("workload.sock");
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| EdgeDevError::Io { path: socket.clone(), source: e })?;
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| EdgeDevError::Io {
+        path: socket.clone(),
+        source: e,
+    })?;
     let key_ids = ids.clone();
     let keys: workload::KeyLookup = Arc::new(move |module: &str, genid: &str| {
         let c = key_ids.modules.get(module)?;
@@ -189,28 +226,50 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         }
         c.key_bytes().ok()
     });
-    let workload = tokio::spawn(workload::serve(listener, keys, pki.ca_cert_pem.clone(), wait_true(hub_stop_rx.clone())));
+    let workload = tokio::spawn(workload::serve(
+        listener,
+        keys,
+        pki.ca_cert_pem.clone(),
+        wait_true(hub_stop_rx.clone()),
+    ));
 
     // Upstream sink.
     let forward = match &opts.iothub_connection_string {
         Some(cs) => {
             let identity = edge_client::Identity::from_connection_string(cs, None)
                 .map_err(|e| EdgeDevError::Config(format!("--iothub-connection-string: {e}")))?;
-            let (client, _events) = edge_client::ModuleClient::connect(identity, edge_client::ClientOptions::default())
-                .await
-                .map_err(|e| EdgeDevError::Upstream(format!("cannot connect to IoT Hub: {e}")))?;
+            let (client, _events) =
+                edge_client::ModuleClient::connect(identity, edge_client::ClientOptions::default())
+                    .await
+                    .map_err(|e| {
+                        EdgeDevError::Upstream(format!("cannot connect to IoT Hub: {e}"))
+                    })?;
             Some(client)
         }
         None => None,
     };
-    let mut sink = upstream::UpstreamSink::new(opts.upstream_log.as_deref(), forward, opts.console)?;
+    let mut sink =
+        upstream::UpstreamSink::new(opts.upstream_log.as_deref(), forward, opts.console)?;
     let (tap, _) = tokio::sync::broadcast::channel(1024);
     let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
     let status: StatusMap = Arc::default();
     let dashboard = match opts.dashboard {
         Some(addr) => {
-            let module_metrics = dashboard::scrape::urls_from_env(manifest.modules().map(|(n, s)| (n, &s.env)));
-            Some(start_dashboard(addr, &opts, &hub, &ids.device_id, module_metrics, &status, &tap, wait_true(hub_stop_rx.clone())).await?)
+            let module_metrics =
+                dashboard::scrape::urls_from_env(manifest.modules().map(|(n, s)| (n, &s.env)));
+            Some(
+                start_dashboard(
+                    addr,
+                    &opts,
+                    &hub,
+                    &ids.device_id,
+                    module_metrics,
+                    &status,
+                    &tap,
+                    wait_true(hub_stop_rx.clone()),
+                )
+                .await?,
+            )
         }
         None => None,
     };
@@ -232,7 +291,10 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let mut containers = Vec::new();
     for (name, spec) in manifest.modules() {
         if opts.external.iter().any(|e| e == name) {
-            tracing::info!(module = name, "external: not started; run it with `edge-dev module-cred {name}`");
+            tracing::info!(
+                module = name,
+                "external: not started; run it with `edge-dev module-cred {name}`"
+            );
             continue;
         }
         if spec.status != DesiredStatus::Running {
@@ -241,7 +303,13 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         }
         if docker_net.is_some() {
             let cred = &ids.modules[name];
-            containers.push(crate::docker::ContainerSpec::for_module(name, spec, &cred.generation_id, &ids, hub_addr.port()));
+            containers.push(crate::docker::ContainerSpec::for_module(
+                name,
+                spec,
+                &cred.generation_id,
+                &ids,
+                hub_addr.port(),
+            ));
             continue;
         }
         let folder = edge_manifest::module_folder_for_image(&modules_dir, &spec.image).ok_or_else(|| {
@@ -255,11 +323,20 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         for (k, v) in &spec.env {
             env.insert(k.clone(), local_host(v, &names));
         }
-        env.insert("IOTEDGE_WORKLOADURI".into(), format!("unix://{}", socket.display()));
+        env.insert(
+            "IOTEDGE_WORKLOADURI".into(),
+            format!("unix://{}", socket.display()),
+        );
         env.insert("IOTEDGE_AUTHSCHEME".into(), "sasToken".into());
-        env.insert("IOTEDGE_MODULEGENERATIONID".into(), cred.generation_id.clone());
+        env.insert(
+            "IOTEDGE_MODULEGENERATIONID".into(),
+            cred.generation_id.clone(),
+        );
         env.insert("IOTEDGE_IOTHUBHOSTNAME".into(), ids.iothub_hostname.clone());
-        env.insert("IOTEDGE_GATEWAYHOSTNAME".into(), opts.gateway_hostname.clone());
+        env.insert(
+            "IOTEDGE_GATEWAYHOSTNAME".into(),
+            opts.gateway_hostname.clone(),
+        );
         env.insert("IOTEDGE_GATEWAYPORT".into(), hub_addr.port().to_string());
         env.insert("IOTEDGE_DEVICEID".into(), ids.device_id.clone());
         env.insert("IOTEDGE_MODULEID".into(), name.to_string());
@@ -290,7 +367,14 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let (docker_failed_tx, docker_failed) = watch::channel(None::<String>);
     let sup = match (&opts.docker, docker_net) {
         (Some(d), Some(net)) => {
-            let run = crate::docker::supervise(d.clone(), net, socket.clone(), containers, status.clone(), mod_stop_rx);
+            let run = crate::docker::supervise(
+                d.clone(),
+                net,
+                socket.clone(),
+                containers,
+                status.clone(),
+                mod_stop_rx,
+            );
             tokio::spawn(async move {
                 if let Err(e) = run.await {
                     tracing::error!("--docker: {e}");
@@ -298,7 +382,12 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             })
         }
-        _ => tokio::spawn(supervisor::supervise(processes, opts.backoff, status.clone(), mod_stop_rx)),
+        _ => tokio::spawn(supervisor::supervise(
+            processes,
+            opts.backoff,
+            status.clone(),
+            mod_stop_rx,
+        )),
     };
 
     let mut failed_rx = docker_failed.clone();
@@ -353,16 +442,26 @@ async fn start_dashboard(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         EdgeDevError::Config(format!("cannot listen on {addr} for the dashboard ({e}); use --dashboard ADDR to pick another address or --no-dashboard"))
     })?;
-    let bound = listener.local_addr().map_err(|e| EdgeDevError::Config(format!("dashboard: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| EdgeDevError::Config(format!("dashboard: {e}")))?;
     let stats_hub = hub.clone();
     let dash = dashboard::Dashboard::new(
-        dashboard::DashboardOptions { device_id: device_id.to_string(), offline: opts.offline, module_metrics, ..Default::default() },
+        dashboard::DashboardOptions {
+            device_id: device_id.to_string(),
+            offline: opts.offline,
+            module_metrics,
+            ..Default::default()
+        },
         Arc::new(move || stats_hub.stats()),
         status.clone(),
     );
     if let Some(log) = &opts.upstream_log {
         match dash.load_log(log) {
-            Ok(n) => tracing::info!("dashboard: {n} window averages of the last hours read from {}", log.display()),
+            Ok(n) => tracing::info!(
+                "dashboard: {n} window averages of the last hours read from {}",
+                log.display()
+            ),
             Err(e) => tracing::warn!("dashboard: cannot read the upstream log: {e}"),
         }
     }
@@ -384,7 +483,11 @@ async fn start_dashboard(
 
 /// `modules` beside the manifest.
 pub fn default_modules_dir(manifest: &Path) -> PathBuf {
-    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")).join("modules")
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("modules")
 }
 
 /// The environment a module process gets: like a container, nothing of ours but a few basics.
@@ -401,7 +504,9 @@ fn base_env() -> BTreeMap<String, String> {
 /// On IoT Edge a module reaches another module by its name on the edge network. Local processes have no
 /// such names, so a value that is exactly a module name (or `edgeHub`) becomes 127.0.0.1.
 pub fn local_host(value: &str, modules: &[String]) -> String {
-    if value.eq_ignore_ascii_case("edgeHub") || modules.iter().any(|m| m.eq_ignore_ascii_case(value)) {
+    if value.eq_ignore_ascii_case("edgeHub")
+        || modules.iter().any(|m| m.eq_ignore_ascii_case(value))
+    {
         "127.0.0.1".to_string()
     } else {
         value.to_string()
@@ -412,7 +517,10 @@ fn absolute(p: &Path) -> Result<PathBuf, EdgeDevError> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    let cwd = std::env::current_dir().map_err(|e| EdgeDevError::Io { path: p.to_path_buf(), source: e })?;
+    let cwd = std::env::current_dir().map_err(|e| EdgeDevError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    })?;
     Ok(cwd.join(p))
 }
 

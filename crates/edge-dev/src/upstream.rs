@@ -25,7 +25,9 @@ pub fn log_line(m: &StoredMessage) -> Value {
         "properties": m.message.properties,
         "systemProperties": m.message.system_properties(),
     });
-    let body = std::str::from_utf8(&m.message.body).ok().and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let body = std::str::from_utf8(&m.message.body)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok());
     if let Some(obj) = line.as_object_mut() {
         match body {
             Some(v) => obj.insert("body".into(), v),
@@ -42,7 +44,11 @@ pub fn log_line(m: &StoredMessage) -> Value {
 pub fn summary(m: &StoredMessage) -> String {
     let body = match std::str::from_utf8(&m.message.body) {
         Ok(t) if t.len() <= 200 => t.to_string(),
-        Ok(t) => format!("{}... ({} bytes)", &t[..t.char_indices().nth(200).map(|(i, _)| i).unwrap_or(t.len())], t.len()),
+        Ok(t) => format!(
+            "{}... ({} bytes)",
+            &t[..t.char_indices().nth(200).map(|(i, _)| i).unwrap_or(t.len())],
+            t.len()
+        ),
         Err(_) => format!("<{} bytes, not UTF-8>", m.message.body.len()),
     };
     format!("upstream <- {}/{}: {}", m.module, m.output, body)
@@ -61,24 +67,40 @@ pub struct UpstreamSink {
 }
 
 impl UpstreamSink {
-    pub fn new(log: Option<&Path>, forward: Option<edge_client::ModuleClient>, console: bool) -> Result<UpstreamSink, EdgeDevError> {
+    pub fn new(
+        log: Option<&Path>,
+        forward: Option<edge_client::ModuleClient>,
+        console: bool,
+    ) -> Result<UpstreamSink, EdgeDevError> {
         let log = match log {
             Some(p) => {
                 if let Some(dir) = p.parent() {
                     if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|e| EdgeDevError::Io { path: dir.to_path_buf(), source: e })?;
+                        std::fs::create_dir_all(dir).map_err(|e| EdgeDevError::Io {
+                            path: dir.to_path_buf(),
+                            source: e,
+                        })?;
                     }
                 }
                 let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| EdgeDevError::Io { path: p.to_path_buf(), source: e })?;
+                    .map_err(|e| EdgeDevError::Io {
+                        path: p.to_path_buf(),
+                        source: e,
+                    })?;
                 Some((p.to_path_buf(), f))
             }
             None => None,
         };
-        Ok(UpstreamSink { log, forward, console, tap: None, link: None })
+        Ok(UpstreamSink {
+            log,
+            forward,
+            console,
+            tap: None,
+            link: None,
+        })
     }
 
     async fn deliver(&mut self, m: &StoredMessage) -> Result<(), EdgeDevError> {
@@ -88,12 +110,19 @@ impl UpstreamSink {
             msg.output_name = None;
             msg.connection_device_id = None;
             msg.connection_module_id = None;
-            client.send_event(msg).await.map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
+            client
+                .send_event(msg)
+                .await
+                .map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
         }
         if let Some((path, f)) = &mut self.log {
-            let mut line = serde_json::to_vec(&log_line(m)).map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
+            let mut line = serde_json::to_vec(&log_line(m))
+                .map_err(|e| EdgeDevError::Upstream(e.to_string()))?;
             line.push(b'\n');
-            let io = |e| EdgeDevError::Io { path: path.clone(), source: e };
+            let io = |e| EdgeDevError::Io {
+                path: path.clone(),
+                source: e,
+            };
             f.write_all(&line).map_err(io)?;
             f.sync_data().map_err(io)?;
         }
@@ -145,7 +174,11 @@ pub async fn run(queue: UpstreamQueue, mut sink: UpstreamSink, mut stop: watch::
 
 /// With `--offline`: hands every queued upstream message to `tap` (the dashboard) once, without
 /// delivering or removing it, so the edge still shows what it would send. Runs until `stop` becomes true.
-pub async fn hold(queue: UpstreamQueue, tap: broadcast::Sender<StoredMessage>, mut stop: watch::Receiver<bool>) {
+pub async fn hold(
+    queue: UpstreamQueue,
+    tap: broadcast::Sender<StoredMessage>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             m = queue.next() => {

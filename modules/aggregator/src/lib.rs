@@ -34,7 +34,10 @@ pub enum AggregatorError {
     #[error("the query was rejected: {0}. Fix the desired property `query`; the previous query keeps running")]
     Query(stream_query::QueryError),
     #[error("cannot write the window checkpoint {path}: {source}. Check that the state folder is writable (AGGREGATOR_STATE_DIR) and the disk is not full")]
-    Checkpoint { path: PathBuf, source: std::io::Error },
+    Checkpoint {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("edgeHub client: {0}")]
     Client(#[from] edge_client::ClientError),
     #[error("replay: {0}")]
@@ -58,7 +61,10 @@ pub async fn run(
     started_at();
     let mut processor = Processor::new(&settings.state_dir);
     if let Some(q) = &settings.query {
-        let fallback = TwinSettings { query: Some(q.clone()), ..TwinSettings::default() };
+        let fallback = TwinSettings {
+            query: Some(q.clone()),
+            ..TwinSettings::default()
+        };
         if let Err(e) = processor.apply(fallback).map(|_| ()) {
             tracing::error!(error = %e, "AGGREGATOR_QUERY is not a valid query; waiting for the twin's `query`");
         }
@@ -137,7 +143,10 @@ pub async fn run(
 }
 
 /// Applies the desired properties; returns the unknown keys and the rows of a replaced query's windows.
-fn apply_desired(processor: &mut Processor, desired: &Value) -> (Vec<String>, Vec<stream_query::OutputRow>) {
+fn apply_desired(
+    processor: &mut Processor,
+    desired: &Value,
+) -> (Vec<String>, Vec<stream_query::OutputRow>) {
     match TwinSettings::from_desired(desired) {
         Ok((settings, unknown)) => {
             for k in &unknown {
@@ -174,11 +183,16 @@ async fn report(client: &ModuleClient, processor: &Processor, unknown: &[String]
     }
 }
 
-async fn send_rows(client: &ModuleClient, rows: &[stream_query::OutputRow]) -> Result<(), AggregatorError> {
+async fn send_rows(
+    client: &ModuleClient,
+    rows: &[stream_query::OutputRow],
+) -> Result<(), AggregatorError> {
     for row in rows {
         let body = Value::Object(row.row.clone());
         tracing::info!(output = %row.output, row = %body, "window result");
-        client.send_output(&row.output, processor::row_message(row)).await?;
+        client
+            .send_output(&row.output, processor::row_message(row))
+            .await?;
     }
     Ok(())
 }
@@ -192,7 +206,10 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// Writes the checkpoint, then acknowledges the inputs whose effect it holds.
-async fn commit(processor: &Processor, pending: &mut Vec<InputMessage>) -> Result<(), AggregatorError> {
+async fn commit(
+    processor: &Processor,
+    pending: &mut Vec<InputMessage>,
+) -> Result<(), AggregatorError> {
     if pending.is_empty() && !processor.has_query() {
         return Ok(());
     }

@@ -9,7 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "AggregatorModule: Azure Stream Analytics queries on the edge")]
+#[command(
+    version,
+    about = "AggregatorModule: Azure Stream Analytics queries on the edge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -50,7 +53,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -69,7 +73,8 @@ fn main() -> anyhow::Result<()> {
                 Ok(t) => t,
                 Err(_) => query,
             };
-            let q = stream_query::Query::parse(&text).map_err(|e| anyhow::anyhow!("the query does not parse: {e}"))?;
+            let q = stream_query::Query::parse(&text)
+                .map_err(|e| anyhow::anyhow!("the query does not parse: {e}"))?;
             let policy = PolicySettings {
                 out_of_order_tolerance_secs,
                 late_arrival_tolerance_secs,
@@ -80,12 +85,32 @@ fn main() -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let summary = if input.as_os_str() == "-" {
-                aggregator::replay::replay(q, policy, from.as_deref(), std::io::stdin().lock(), stdout.lock(), stderr.lock())?
+                aggregator::replay::replay(
+                    q,
+                    policy,
+                    from.as_deref(),
+                    std::io::stdin().lock(),
+                    stdout.lock(),
+                    stderr.lock(),
+                )?
             } else {
-                let f = std::fs::File::open(&input).with_context(|| format!("cannot open {}", input.display()))?;
-                aggregator::replay::replay(q, policy, from.as_deref(), BufReader::new(f), stdout.lock(), stderr.lock())?
+                let f = std::fs::File::open(&input)
+                    .with_context(|| format!("cannot open {}", input.display()))?;
+                aggregator::replay::replay(
+                    q,
+                    policy,
+                    from.as_deref(),
+                    BufReader::new(f),
+                    stdout.lock(),
+                    stderr.lock(),
+                )?
             };
-            tracing::info!(events = summary.events, rows = summary.rows, rejected = summary.rejected, "replay finished");
+            tracing::info!(
+                events = summary.events,
+                rows = summary.rows,
+                rejected = summary.rejected,
+                "replay finished"
+            );
             Ok(())
         }
     }
@@ -93,7 +118,9 @@ fn main() -> anyhow::Result<()> {
 
 fn run_module() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let identity = edge_client::Identity::from_environment()
             .await

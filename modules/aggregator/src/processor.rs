@@ -69,7 +69,12 @@ impl Processor {
             active: None,
             dead_letter_output: "deadletter".into(),
             checkpoint_path: state_dir.join("checkpoint.json"),
-            last_status: QueryStatus { status: "waiting for a query", error: None, line: None, column: None },
+            last_status: QueryStatus {
+                status: "waiting for a query",
+                error: None,
+                line: None,
+                column: None,
+            },
             events_in: 0,
             rows_out: 0,
             dead_letters: 0,
@@ -94,7 +99,10 @@ impl Processor {
     /// windows are closed first and their rows returned (`Ok(Some(rows))`), so no acknowledged reading goes
     /// unaccounted; the new query starts with empty windows, as a restarted ASA job does. If a checkpoint
     /// for exactly the new query exists on disk, its windows are restored instead.
-    pub fn apply(&mut self, settings: TwinSettings) -> Result<Option<Vec<OutputRow>>, AggregatorError> {
+    pub fn apply(
+        &mut self,
+        settings: TwinSettings,
+    ) -> Result<Option<Vec<OutputRow>>, AggregatorError> {
         self.dead_letter_output = settings.dead_letter_output.clone();
         let Some(text) = settings.query.clone() else {
             return Ok(None);
@@ -109,7 +117,11 @@ impl Processor {
             Ok(q) => q,
             Err(e) => {
                 self.last_status = QueryStatus {
-                    status: if self.active.is_some() { "rejected; previous query still running" } else { "rejected" },
+                    status: if self.active.is_some() {
+                        "rejected; previous query still running"
+                    } else {
+                        "rejected"
+                    },
                     error: Some(e.to_string()),
                     line: Some(e.line),
                     column: Some(e.column),
@@ -140,15 +152,26 @@ impl Processor {
             }
             None => Vec::new(),
         };
-        self.active = Some(Active { text, settings, engine });
-        self.last_status = QueryStatus { status: "running", error: None, line: None, column: None };
+        self.active = Some(Active {
+            text,
+            settings,
+            engine,
+        });
+        self.last_status = QueryStatus {
+            status: "running",
+            error: None,
+            line: None,
+            column: None,
+        };
         Ok(Some(flushed))
     }
 
     fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<Value> {
         let bytes = std::fs::read(&self.checkpoint_path).ok()?;
         match serde_json::from_slice::<Checkpoint>(&bytes) {
-            Ok(cp) if cp.query == text && cp.settings.event_policy == settings.event_policy => Some(cp.engine),
+            Ok(cp) if cp.query == text && cp.settings.event_policy == settings.event_policy => {
+                Some(cp.engine)
+            }
             Ok(_) => {
                 tracing::info!("checkpoint belongs to another query or policy; not restored");
                 None
@@ -165,10 +188,22 @@ impl Processor {
     pub fn on_input(&mut self, input: &str, body: &[u8], arrival: DateTime<Utc>) -> Outcome {
         self.events_in += 1;
         let Some(active) = self.active.as_mut() else {
-            return self.dead(input, body, arrival, "no query is running: set the desired property `query` of AggregatorModule".into());
+            return self.dead(
+                input,
+                body,
+                arrival,
+                "no query is running: set the desired property `query` of AggregatorModule".into(),
+            );
         };
         let value: Value = match std::str::from_utf8(body) {
-            Err(e) => return self.dead(input, body, arrival, format!("body is not UTF-8 ({e}); send JSON in UTF-8")),
+            Err(e) => {
+                return self.dead(
+                    input,
+                    body,
+                    arrival,
+                    format!("body is not UTF-8 ({e}); send JSON in UTF-8"),
+                )
+            }
             Ok(text) => match serde_json::from_str(text) {
                 Ok(v) => v,
                 Err(e) => return self.dead(input, body, arrival, format!("body is not JSON: {e}")),
@@ -181,13 +216,22 @@ impl Processor {
         match result {
             Ok(rows) => {
                 self.rows_out += rows.len() as u64;
-                Outcome { rows, dead_letter: None }
+                Outcome {
+                    rows,
+                    dead_letter: None,
+                }
             }
             Err(e) => self.dead(input, body, arrival, e.to_string()),
         }
     }
 
-    fn dead(&mut self, input: &str, body: &[u8], arrival: DateTime<Utc>, reason: String) -> Outcome {
+    fn dead(
+        &mut self,
+        input: &str,
+        body: &[u8],
+        arrival: DateTime<Utc>,
+        reason: String,
+    ) -> Outcome {
         self.dead_letters += 1;
         tracing::warn!(input, %reason, "input message sent to the dead-letter output `{}`", self.dead_letter_output);
         let body = match std::str::from_utf8(body) {
@@ -208,7 +252,10 @@ impl Processor {
         if let (Some(dl), Some(b)) = (dl.as_object_mut(), body.as_object()) {
             dl.extend(b.clone());
         }
-        Outcome { rows: Vec::new(), dead_letter: Some(dl) }
+        Outcome {
+            rows: Vec::new(),
+            dead_letter: Some(dl),
+        }
     }
 
     /// Advances the watermark with the wall clock, closing the windows that are due.
@@ -232,7 +279,10 @@ impl Processor {
             engine: a.engine.checkpoint(),
             written: Utc::now(),
         };
-        let io = |e: std::io::Error| AggregatorError::Checkpoint { path: self.checkpoint_path.clone(), source: e };
+        let io = |e: std::io::Error| AggregatorError::Checkpoint {
+            path: self.checkpoint_path.clone(),
+            source: e,
+        };
         if let Some(dir) = self.checkpoint_path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -276,7 +326,10 @@ impl Active {
 /// application property `timestamp` so that routes and consumers can use it without selecting it.
 pub fn row_message(row: &OutputRow) -> edge_client::wire::Message {
     let mut m = edge_client::wire::Message::json(&Value::Object(row.row.clone()));
-    m.properties.insert("timestamp".into(), row.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true));
+    m.properties.insert(
+        "timestamp".into(),
+        row.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
     m.creation_time = Some(Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true));
     m
 }

@@ -36,7 +36,10 @@ pub fn replay(
     let inputs = query.inputs();
     let from = match from {
         Some(f) => f.to_string(),
-        None => inputs.first().cloned().ok_or_else(|| AggregatorError::Replay("the query reads no input".into()))?,
+        None => inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| AggregatorError::Replay("the query reads no input".into()))?,
     };
     if !inputs.iter().any(|i| i.eq_ignore_ascii_case(&from)) {
         return Err(AggregatorError::Replay(format!(
@@ -61,7 +64,9 @@ pub fn replay(
                 continue;
             }
         };
-        let enqueued = event.get("EventEnqueuedUtcTime").and_then(stream_query::parse_timestamp);
+        let enqueued = event
+            .get("EventEnqueuedUtcTime")
+            .and_then(stream_query::parse_timestamp);
         let arrival = match enqueued {
             Some(t) => t,
             None => {
@@ -88,7 +93,10 @@ pub fn replay(
     Ok(summary)
 }
 
-fn write_rows(out: &mut impl Write, rows: Vec<stream_query::OutputRow>) -> Result<u64, AggregatorError> {
+fn write_rows(
+    out: &mut impl Write,
+    rows: Vec<stream_query::OutputRow>,
+) -> Result<u64, AggregatorError> {
     let n = rows.len() as u64;
     for row in rows {
         let line = json!({ "output": row.output, "row": Value::Object(row.row) });

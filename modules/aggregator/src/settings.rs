@@ -37,17 +37,27 @@ fn default_tick_ms() -> u64 {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { query: None, state_dir: default_state_dir(), tick_ms: default_tick_ms() }
+        Settings {
+            query: None,
+            state_dir: default_state_dir(),
+            tick_ms: default_tick_ms(),
+        }
     }
 }
 
 impl Settings {
     /// The environment variables this module reads, and nothing else.
-    pub const ENV_VARS: [&'static str; 3] = ["AGGREGATOR_QUERY", "AGGREGATOR_STATE_DIR", "AGGREGATOR_TICK_MS"];
+    pub const ENV_VARS: [&'static str; 3] = [
+        "AGGREGATOR_QUERY",
+        "AGGREGATOR_STATE_DIR",
+        "AGGREGATOR_TICK_MS",
+    ];
 
     /// Defaults, overridden by the allow-listed variables of `env` (a lookup function, so tests need not
     /// touch the process environment).
-    pub fn from_env_with(env: impl Fn(&str) -> Option<String>) -> Result<Settings, AggregatorError> {
+    pub fn from_env_with(
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, AggregatorError> {
         let mut s = Settings::default();
         if let Some(q) = env("AGGREGATOR_QUERY") {
             if !q.trim().is_empty() {
@@ -76,7 +86,10 @@ impl Settings {
         if self.tick_ms == 0 || self.tick_ms > 60_000 {
             return Err(AggregatorError::Settings {
                 key: "AGGREGATOR_TICK_MS".into(),
-                message: format!("{} is out of range: use 1..=60000 milliseconds", self.tick_ms),
+                message: format!(
+                    "{} is out of range: use 1..=60000 milliseconds",
+                    self.tick_ms
+                ),
             });
         }
         Ok(())
@@ -167,7 +180,9 @@ impl PolicySettings {
 impl TwinSettings {
     /// Reads the desired properties (the whole `desired` object of the twin, or a merged patch).
     /// Returns the settings and the keys that were ignored because this module does not know them.
-    pub fn from_desired(desired: &serde_json::Value) -> Result<(TwinSettings, Vec<String>), AggregatorError> {
+    pub fn from_desired(
+        desired: &serde_json::Value,
+    ) -> Result<(TwinSettings, Vec<String>), AggregatorError> {
         let mut known = serde_json::Map::new();
         let mut unknown = Vec::new();
         if let Some(obj) = desired.as_object() {
@@ -184,7 +199,10 @@ impl TwinSettings {
             }
         }
         let settings: TwinSettings = serde_json::from_value(serde_json::Value::Object(known))
-            .map_err(|e| AggregatorError::Settings { key: "desired properties".into(), message: e.to_string() })?;
+            .map_err(|e| AggregatorError::Settings {
+                key: "desired properties".into(),
+                message: e.to_string(),
+            })?;
         settings.event_policy.to_policy()?;
         if settings.dead_letter_output.is_empty() {
             return Err(AggregatorError::Settings {
@@ -220,9 +238,12 @@ mod tests {
 
     #[test]
     fn bad_tick_is_an_error_that_names_the_variable() {
-        let e = Settings::from_env_with(|k| (k == "AGGREGATOR_TICK_MS").then(|| "fast".to_string())).unwrap_err();
+        let e =
+            Settings::from_env_with(|k| (k == "AGGREGATOR_TICK_MS").then(|| "fast".to_string()))
+                .unwrap_err();
         assert!(e.to_string().contains("AGGREGATOR_TICK_MS"), "{e}");
-        let e = Settings::from_env_with(|k| (k == "AGGREGATOR_TICK_MS").then(|| "0".to_string())).unwrap_err();
+        let e = Settings::from_env_with(|k| (k == "AGGREGATOR_TICK_MS").then(|| "0".to_string()))
+            .unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
     }
 
@@ -243,9 +264,11 @@ mod tests {
 
     #[test]
     fn twin_settings_reject_bad_policy() {
-        let e = TwinSettings::from_desired(&json!({"eventPolicy": {"action": "Panic"}})).unwrap_err();
+        let e =
+            TwinSettings::from_desired(&json!({"eventPolicy": {"action": "Panic"}})).unwrap_err();
         assert!(e.to_string().contains("Adjust"), "{e}");
-        let e = TwinSettings::from_desired(&json!({"eventPolicy": {"lateArrivalTolerance": 3}})).unwrap_err();
+        let e = TwinSettings::from_desired(&json!({"eventPolicy": {"lateArrivalTolerance": 3}}))
+            .unwrap_err();
         assert!(e.to_string().contains("lateArrivalTolerance"), "{e}");
     }
 }

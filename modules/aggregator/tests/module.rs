@@ -68,19 +68,33 @@ async fn start_hub(dir: &Path, query: &str) -> Rig {
             ..HubConfig::default()
         },
         vec![
-            ModuleIdentity { module_id: AGG.into(), primary_key: AGG_KEY.to_vec() },
-            ModuleIdentity { module_id: FEEDER.into(), primary_key: FEEDER_KEY.to_vec() },
+            ModuleIdentity {
+                module_id: AGG.into(),
+                primary_key: AGG_KEY.to_vec(),
+            },
+            ModuleIdentity {
+                module_id: FEEDER.into(),
+                primary_key: FEEDER_KEY.to_vec(),
+            },
         ],
         routes,
         twins,
-        HubListeners { tls: Some((tls, pki.server_config())), plain: None },
+        HubListeners {
+            tls: Some((tls, pki.server_config())),
+            plain: None,
+        },
         async move {
             let _ = stopped.await;
         },
     )
     .await
     .unwrap();
-    Rig { hub, port, ca, _stop: stop }
+    Rig {
+        hub,
+        port,
+        ca,
+        _stop: stop,
+    }
 }
 
 fn connection_string(module: &str, key: &[u8]) -> String {
@@ -105,9 +119,13 @@ fn start_aggregator(rig: &Rig, state: &Path) -> Module {
 }
 
 async fn feeder(rig: &Rig) -> ModuleClient {
-    let mut identity = Identity::from_connection_string(&connection_string(FEEDER, &FEEDER_KEY), Some(&rig.ca)).unwrap();
+    let mut identity =
+        Identity::from_connection_string(&connection_string(FEEDER, &FEEDER_KEY), Some(&rig.ca))
+            .unwrap();
     identity.port = rig.port;
-    let (client, _events) = ModuleClient::connect(identity, ClientOptions::default()).await.unwrap();
+    let (client, _events) = ModuleClient::connect(identity, ClientOptions::default())
+        .await
+        .unwrap();
     client
 }
 
@@ -140,40 +158,73 @@ async fn wait_reported(hub: &HubHandle, ok: impl Fn(&Value) -> bool) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
-    let rig = start_hub(dir.path(), "SELECT deviceId, temp INTO Echo FROM temperature").await;
+    let rig = start_hub(
+        dir.path(),
+        "SELECT deviceId, temp INTO Echo FROM temperature",
+    )
+    .await;
     let _agg = start_aggregator(&rig, &dir.path().join("state"));
     wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
     let feed = feeder(&rig).await;
 
-    feed.send_output("out", Message::json(&json!({"deviceId": "p1", "temp": 37.5}))).await.unwrap();
+    feed.send_output(
+        "out",
+        Message::json(&json!({"deviceId": "p1", "temp": 37.5})),
+    )
+    .await
+    .unwrap();
     let m = next_upstream(&rig.hub).await;
     assert_eq!((m.module.as_str(), m.output.as_str()), (AGG, "Echo"));
     assert_eq!(body(&m), json!({"deviceId": "p1", "temp": 37.5}));
 
     // A query that does not parse: reported with line and column; the previous query keeps running.
-    rig.hub.update_desired(AGG, json!({"query": "SELECT temp\nINTO Echo FROM temperature GROUP BY"})).await.unwrap();
+    rig.hub
+        .update_desired(
+            AGG,
+            json!({"query": "SELECT temp\nINTO Echo FROM temperature GROUP BY"}),
+        )
+        .await
+        .unwrap();
     let reported = wait_reported(&rig.hub, |r| r["query"]["error"].is_string()).await;
     assert_eq!(reported["query"]["line"], json!(2), "{reported}");
-    assert!(reported["query"]["column"].as_u64().unwrap() > 1, "{reported}");
-    assert_eq!(reported["runningQuery"], json!("SELECT deviceId, temp INTO Echo FROM temperature"));
-    feed.send_output("out", Message::json(&json!({"deviceId": "p2", "temp": 38.0}))).await.unwrap();
+    assert!(
+        reported["query"]["column"].as_u64().unwrap() > 1,
+        "{reported}"
+    );
+    assert_eq!(
+        reported["runningQuery"],
+        json!("SELECT deviceId, temp INTO Echo FROM temperature")
+    );
+    feed.send_output(
+        "out",
+        Message::json(&json!({"deviceId": "p2", "temp": 38.0})),
+    )
+    .await
+    .unwrap();
     let m = next_upstream(&rig.hub).await;
     assert_eq!(m.output, "Echo");
     assert_eq!(body(&m)["deviceId"], json!("p2"));
 
     // A good query replaces it live.
     rig.hub
-        .update_desired(AGG, json!({"query": "SELECT temp * 2 AS twice INTO Twice FROM temperature"}))
+        .update_desired(
+            AGG,
+            json!({"query": "SELECT temp * 2 AS twice INTO Twice FROM temperature"}),
+        )
         .await
         .unwrap();
     wait_reported(&rig.hub, |r| r["outputs"] == json!(["Twice"])).await;
-    feed.send_output("out", Message::json(&json!({"deviceId": "p3", "temp": 20}))).await.unwrap();
+    feed.send_output("out", Message::json(&json!({"deviceId": "p3", "temp": 20})))
+        .await
+        .unwrap();
     let m = next_upstream(&rig.hub).await;
     assert_eq!(m.output, "Twice");
     assert_eq!(body(&m), json!({"twice": 40}));
 
     // Not JSON: to the dead-letter output, with the reason and the body.
-    feed.send_output("out", Message::new("37.2 degrees")).await.unwrap();
+    feed.send_output("out", Message::new("37.2 degrees"))
+        .await
+        .unwrap();
     let m = next_upstream(&rig.hub).await;
     assert_eq!(m.output, "deadletter");
     let dl = body(&m);
@@ -215,8 +266,14 @@ async fn kill_9_loses_no_open_window() {
     // change (the old query's open windows are closed and sent).
     let _agg = start_aggregator(&rig, &state);
     // The new process has read its twin and restored the checkpoint once it reports its own start.
-    wait_reported(&rig.hub, |r| r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running").await;
-    rig.hub.update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")})).await.unwrap();
+    wait_reported(&rig.hub, |r| {
+        r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
+    })
+    .await;
+    rig.hub
+        .update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")}))
+        .await
+        .unwrap();
     let m = next_upstream(&rig.hub).await;
     assert_eq!(m.output, "Counts");
     assert_eq!(body(&m), json!({"n": 10, "avg": 40.5}));

@@ -10,23 +10,37 @@ use serde_json::json;
 const SEED: &str = r#"SELECT Avg("temp") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,60)"#;
 
 fn t(secs: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 24, 8, 0, 0).single().expect("valid") + Duration::seconds(secs)
+    Utc.with_ymd_and_hms(2026, 11, 24, 8, 0, 0)
+        .single()
+        .expect("valid")
+        + Duration::seconds(secs)
 }
 
 fn settings(query: &str) -> TwinSettings {
-    TwinSettings { query: Some(query.to_string()), ..TwinSettings::default() }
+    TwinSettings {
+        query: Some(query.to_string()),
+        ..TwinSettings::default()
+    }
 }
 
 fn reading(temp: f64, at: DateTime<Utc>) -> Vec<u8> {
-    json!({"temp": temp, "timecreated": at.to_rfc3339()}).to_string().into_bytes()
+    json!({"temp": temp, "timecreated": at.to_rfc3339()})
+        .to_string()
+        .into_bytes()
 }
 
 #[test]
 fn seed_query_averages_a_minute_and_names_the_column_avg() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Processor::new(dir.path());
-    assert_eq!(p.apply(settings(SEED)).unwrap().map(|rows| rows.len()), Some(0));
-    assert!(p.apply(settings(SEED)).unwrap().is_none(), "same query: unchanged");
+    assert_eq!(
+        p.apply(settings(SEED)).unwrap().map(|rows| rows.len()),
+        Some(0)
+    );
+    assert!(
+        p.apply(settings(SEED)).unwrap().is_none(),
+        "same query: unchanged"
+    );
     for (i, temp) in [36.0, 37.0, 38.0, 41.0].iter().enumerate() {
         let at = t(10 + i as i64 * 10);
         let out = p.on_input("temperature", &reading(*temp, at), at);
@@ -39,10 +53,16 @@ fn seed_query_averages_a_minute_and_names_the_column_avg() {
     let rows = p.on_tick(t(70));
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].output, "AvgTemp");
-    assert_eq!(serde_json::Value::Object(rows[0].row.clone()), json!({"avg": 38.0}));
+    assert_eq!(
+        serde_json::Value::Object(rows[0].row.clone()),
+        json!({"avg": 38.0})
+    );
     assert_eq!(rows[0].timestamp, t(60));
     let m = aggregator::processor::row_message(&rows[0]);
-    assert_eq!(m.properties.get("timestamp").map(String::as_str), Some("2026-11-24T08:01:00.000Z"));
+    assert_eq!(
+        m.properties.get("timestamp").map(String::as_str),
+        Some("2026-11-24T08:01:00.000Z")
+    );
     assert_eq!(m.content_type.as_deref(), Some("application/json"));
 }
 
@@ -51,8 +71,13 @@ fn an_invalid_query_is_reported_and_the_previous_one_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Processor::new(dir.path());
     p.apply(settings(SEED)).unwrap();
-    let err = p.apply(settings("SELECT Avg(temp INTO x FROM temperature")).unwrap_err();
-    assert!(err.to_string().contains("previous query keeps running"), "{err}");
+    let err = p
+        .apply(settings("SELECT Avg(temp INTO x FROM temperature"))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("previous query keeps running"),
+        "{err}"
+    );
     let st = p.status().clone();
     assert_eq!(st.line, Some(1));
     assert!(st.column.unwrap_or(0) > 1, "{st:?}");
@@ -71,21 +96,37 @@ fn unusable_messages_go_to_the_dead_letter_output_with_a_reason() {
     let mut p = Processor::new(dir.path());
     // No query yet: even a good message is dead-lettered, with what to do.
     let out = p.on_input("temperature", &reading(37.0, t(1)), t(1));
-    assert!(out.dead_letter.unwrap()["reason"].as_str().unwrap().contains("query"));
+    assert!(out.dead_letter.unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("query"));
     p.apply(settings(SEED)).unwrap();
     let cases: Vec<(&[u8], &str)> = vec![
         (b"{not json", "not JSON"),
         (&[0xff, 0xfe, 0x00], "UTF-8"),
         (br#"{"temp": 37.0}"#, "timecreated"),
-        (br#"{"temp": 37.0, "timecreated": "yesterday-ish"}"#, "yesterday-ish"),
+        (
+            br#"{"temp": 37.0, "timecreated": "yesterday-ish"}"#,
+            "yesterday-ish",
+        ),
     ];
     for (body, needle) in cases {
         let out = p.on_input("temperature", body, t(1));
-        let dl = out.dead_letter.unwrap_or_else(|| panic!("{:?} was not dead-lettered", String::from_utf8_lossy(body)));
+        let dl = out
+            .dead_letter
+            .unwrap_or_else(|| panic!("{:?} was not dead-lettered", String::from_utf8_lossy(body)));
         let reason = dl["reason"].as_str().unwrap().to_string();
-        assert!(reason.to_lowercase().contains(&needle.to_lowercase()), "reason {reason:?} should mention {needle:?}");
+        assert!(
+            reason.to_lowercase().contains(&needle.to_lowercase()),
+            "reason {reason:?} should mention {needle:?}"
+        );
         assert_eq!(dl["input"], json!("temperature"));
-        assert!(dl.get("body").is_some() || dl.get("bodyText").is_some() || dl.get("bodyBase64").is_some(), "{dl}");
+        assert!(
+            dl.get("body").is_some()
+                || dl.get("bodyText").is_some()
+                || dl.get("bodyBase64").is_some(),
+            "{dl}"
+        );
     }
     assert_eq!(p.dead_letters, 5);
 }
@@ -131,8 +172,11 @@ fn replay_prints_rows_and_closes_every_window_at_the_end() {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let summary = replay(q, policy, None, input.as_bytes(), &mut out, &mut err).unwrap();
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(
         lines,
         vec![
@@ -152,7 +196,10 @@ fn replacing_the_query_closes_the_old_query_s_windows() {
     p.apply(settings(SEED)).unwrap();
     p.on_input("temperature", &reading(37.0, t(5)), t(5));
     p.on_input("temperature", &reading(39.0, t(6)), t(6));
-    let flushed = p.apply(settings(&SEED.replace("AvgTemp", "AvgTemp2"))).unwrap().expect("query replaced");
+    let flushed = p
+        .apply(settings(&SEED.replace("AvgTemp", "AvgTemp2")))
+        .unwrap()
+        .expect("query replaced");
     assert_eq!(flushed.len(), 1);
     assert_eq!(flushed[0].output, "AvgTemp");
     assert_eq!(flushed[0].row["avg"], json!(38.0));

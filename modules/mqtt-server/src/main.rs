@@ -111,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(twin.run(server.handle()));
     }
     server
-        .run(Listeners { mqtt, tls, metrics }, edge_client::shutdown_signal())
+        .run(
+            Listeners { mqtt, tls, metrics },
+            edge_client::shutdown_signal(),
+        )
         .await?;
     tracing::info!("MqttServerModule stopped");
     Ok(())

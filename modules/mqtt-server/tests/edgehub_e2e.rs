@@ -380,7 +380,11 @@ async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down
     if replayed_first {
         seqs.remove(0);
     }
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "every acknowledged reading once (plus at most reading 0 again)");
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "every acknowledged reading once (plus at most reading 0 again)"
+    );
     assert!(
         take_upstream(&hub.handle, 1, Duration::from_secs(2))
             .await
