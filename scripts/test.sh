@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test of the project: installs what the tests need, builds the workspace, runs the Rust tests
+# Runs every test of the project: installs what the tests need, checks formatting (cargo fmt --check) and
+# lints (cargo clippy -D warnings, all targets), builds the workspace, runs the Rust tests
 # (unit, property and black-box tests of every crate and module) and the end-to-end tests in tests/ (real
 # processes: edge-dev, the three modules, mosquitto clients, paho-mqtt and Microsoft's azure-iot-device).
 # Usage: scripts/test.sh            (everything)
-#        scripts/test.sh --rust     (only cargo test)
+#        scripts/test.sh --rust     (only fmt, clippy and cargo test)
 #        scripts/test.sh --e2e      (only the end-to-end tests; builds first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what="${1:-all}"
-case "$what" in -h|--help) sed -n 2,7p "$0"; exit 0;; all|--rust|--e2e) ;; *) echo "unknown option $what; see --help" >&2; exit 2;; esac
+case "$what" in -h|--help) sed -n 2,8p "$0"; exit 0;; all|--rust|--e2e) ;; *) echo "unknown option $what; see --help" >&2; exit 2;; esac
 
 scripts/install-test-deps.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if [ "$what" != "--e2e" ]; then
+  echo "== cargo fmt --check"
+  cargo fmt --all --check
+  echo "== cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
 
 echo "== build"
 cargo build --workspace --bins --locked

@@ -659,6 +659,7 @@ async fn forward(name: String, r: impl tokio::io::AsyncRead + Unpin) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -127,6 +127,7 @@ fn new_credential() -> ModuleCredential {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -247,6 +247,7 @@ async fn terminate(name: &str, child: &mut Child, grace: Duration) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

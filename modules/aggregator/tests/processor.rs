@@ -1,6 +1,8 @@
 //! The module's synchronous core with the real engine: the seed query, live reloads, dead letters,
 //! checkpoints, and `aggregator replay`.
 
+#![allow(clippy::unwrap_used)]
+
 use aggregator::replay::replay;
 use aggregator::settings::PolicySettings;
 use aggregator::{Processor, TwinSettings};
