@@ -111,6 +111,17 @@ pub(super) async fn run<S>(
             return;
         }
     };
+    if !inner.store.is_writable() {
+        // nothing could be stored: clients back off and come again once the disk has room
+        tracing::warn!(%peer, module = %module, "refused connection (server unavailable): the hub store cannot write (disk full?); free space on the data directory's disk");
+        let _ = framed
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::ServiceUnavailable,
+                false,
+            )))
+            .await;
+        return;
+    }
     let Some(rt) = inner.modules.get(&module).cloned() else {
         // authenticate() only accepts modules with a key, and every such module has a runtime.
         return;
@@ -796,7 +807,6 @@ impl Conn {
         if let Ok(mut d) = self.rt.deleting.lock() {
             d.insert(seq);
         }
-        self.inner.add_depth(&key.endpoint, -1);
         let commit = self.inner.store.submit(vec![Op::Delete { key }]);
         let rt = self.rt.clone();
         tokio::spawn(async move {
@@ -1000,7 +1010,6 @@ fn commit_and_announce(
         let result = commit.await;
         if result.is_ok() {
             for ep in &endpoints {
-                inner.add_depth(ep, 1);
                 if ep == UPSTREAM {
                     inner.upstream_notify.notify_waiters();
                 } else if let Some(m) = ep.strip_prefix("module/") {

@@ -241,7 +241,6 @@ struct Inner {
     sessions: Mutex<HashMap<String, Session>>,
     twins: Mutex<HashMap<String, TwinState>>,
     methods: Mutex<HashMap<String, oneshot::Sender<(u16, Bytes)>>>,
-    depths: Mutex<HashMap<String, u64>>,
     upstream_notify: Notify,
     upstream_handed: Mutex<BTreeMap<u64, QueueKey>>,
     unrouted: AtomicU64,
@@ -250,17 +249,6 @@ struct Inner {
 }
 
 impl Inner {
-    fn add_depth(&self, endpoint: &str, delta: i64) {
-        if let Ok(mut d) = self.depths.lock() {
-            let e = d.entry(endpoint.to_string()).or_insert(0);
-            *e = if delta < 0 {
-                e.saturating_sub(delta.unsigned_abs())
-            } else {
-                e.saturating_add(delta.unsigned_abs())
-            };
-        }
-    }
-
     fn ttl_ms(&self, route_ttl: Option<u32>) -> i64 {
         let secs = match route_ttl {
             Some(t) if t > 0 => t,
@@ -409,10 +397,10 @@ impl Hub {
         if !twin_ops.is_empty() {
             store.write(twin_ops).await?;
         }
-        let depths: HashMap<String, u64> = store.depths()?.into_iter().collect();
-        if let Some(n) = depths.get(UPSTREAM) {
+        let upstream_depth = store.depth(UPSTREAM);
+        if upstream_depth > 0 {
             tracing::info!(
-                messages = n,
+                messages = upstream_depth,
                 "the $upstream queue holds messages from a previous run"
             );
         }
@@ -426,7 +414,6 @@ impl Hub {
             sessions: Mutex::new(sessions),
             twins: Mutex::new(twins),
             methods: Mutex::new(HashMap::new()),
-            depths: Mutex::new(depths),
             upstream_notify: Notify::new(),
             upstream_handed: Mutex::new(BTreeMap::new()),
             unrouted: AtomicU64::new(0),
@@ -539,7 +526,7 @@ async fn serve(
 }
 
 /// Deletes expired queue entries that nobody holds (not in flight to a module, not handed out by the
-/// upstream queue), then recounts the queue depths from the store.
+/// upstream queue).
 async fn sweep(inner: &Arc<Inner>) {
     let mut busy: HashSet<u64> = HashSet::new();
     for rt in inner.modules.values() {
@@ -584,15 +571,6 @@ async fn sweep(inner: &Arc<Inner>) {
             }
             Err(e) => tracing::error!(error = %e, "could not delete expired messages"),
         }
-    }
-    // Recount: the in-memory counters are corrected for any race with deliveries.
-    match inner.store.depths() {
-        Ok(d) => {
-            if let Ok(mut depths) = inner.depths.lock() {
-                *depths = d.into_iter().collect();
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "counting queued messages failed"),
     }
 }
 
@@ -702,7 +680,8 @@ impl HubHandle {
     /// Counters per module and queue depths.
     pub fn stats(&self) -> HubStats {
         let inner = &self.inner;
-        let depths = inner.depths.lock().map(|d| d.clone()).unwrap_or_default();
+        // counted by the store's commits: always what the file holds
+        let depths = inner.store.depth_map();
         let modules = inner
             .modules
             .iter()
@@ -763,6 +742,7 @@ impl UpstreamQueue {
     /// store is closed) this never returns: consumers select on their own shutdown signal.
     pub async fn next(&self) -> StoredMessage {
         let inner = &self.inner;
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             let notified = inner.upstream_notify.notified();
             tokio::pin!(notified);
@@ -799,7 +779,6 @@ impl UpstreamQueue {
                             tracing::error!(error = %e, "could not delete expired messages");
                         } else {
                             inner.expired.fetch_add(n, Ordering::Relaxed);
-                            inner.add_depth(UPSTREAM, -(n as i64));
                         }
                     }
                     if let Some((key, rec)) = found {
@@ -827,7 +806,13 @@ impl UpstreamQueue {
                         );
                         std::future::pending::<()>().await;
                     }
-                    tracing::error!(error = %e, "reading the $upstream queue failed; retrying in 1 s");
+                    // one line when it starts, then one a minute (a full disk can last)
+                    if failing_since
+                        .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        tracing::error!(error = %e, "reading the $upstream queue failed; retrying every second");
+                        failing_since = Some(std::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -848,7 +833,6 @@ impl UpstreamQueue {
         if let Ok(mut h) = inner.upstream_handed.lock() {
             h.remove(&seq);
         }
-        inner.add_depth(UPSTREAM, -1);
         Ok(())
     }
 
@@ -863,11 +847,7 @@ impl UpstreamQueue {
 
     /// Messages in the queue (including handed out, unacknowledged ones).
     pub fn depth(&self) -> u64 {
-        self.inner
-            .depths
-            .lock()
-            .map(|d| d.get(UPSTREAM).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.inner.store.depth(UPSTREAM)
     }
 }
 

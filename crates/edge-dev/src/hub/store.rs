@@ -7,11 +7,22 @@
 //! Every write goes through one writer thread that commits whatever is pending in one durable
 //! (fsync'd) transaction: concurrent publishes share a commit (group commit), and the caller learns
 //! only after the commit that its write is on disk, which is when the hub sends PUBACK.
+//!
+//! Queue depths are counted by the commits themselves: a transaction reports which of its inserts
+//! were new and which of its deletes removed an entry, and only a committed transaction changes the
+//! counts. So the gauges always equal what the file holds, whatever order deliveries, redeliveries
+//! and acknowledgements come in.
+//!
+//! After an I/O error (a full disk, say) redb refuses every further write until the database is
+//! closed and opened again. The writer does that by itself: it closes the file, and reopens it
+//! (redb repairs it) before the next commit, retrying with a back-off while the disk still refuses.
+//! Writes in between fail at once, so the hub acknowledges nothing it did not store.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edge_client::wire::Message;
@@ -93,44 +104,49 @@ struct Job {
     reply: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
+/// Entries per queue endpoint, as committed.
+type Depths = Arc<Mutex<HashMap<String, u64>>>;
+
+/// The open database, shared by the writer thread and the readers; `None` once closed, or while the
+/// writer reopens it after an I/O error.
+type Slot = Arc<RwLock<Option<Arc<Database>>>>;
+
 /// Handle to the store; cheap to clone. The writer thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct Store {
-    /// `None` once closed.
-    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
+    db: Slot,
     writer: std::sync::mpsc::Sender<Job>,
     next_seq: Arc<AtomicU64>,
+    depths: Depths,
+    /// Set by [`Store::close`]: the store is closed for good (not just reopening).
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    /// False from an I/O error until the writer reopened the file.
+    writable: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the writer thread owns.
+struct Writer {
+    path: PathBuf,
+    slot: Slot,
+    depths: Depths,
+    writable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
     /// Opens (or creates) `path` and starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // A hub that just stopped in this process may still be closing the file: retry for a while.
-        let mut attempts = 0;
-        let db = loop {
-            match Database::create(path) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 100 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(StoreError(format!(
-                        "cannot open the hub store {} ({e}); is another edge-dev running on this data directory?",
-                        path.display()
-                    )))
-                }
-            }
-        };
-        let db = Arc::new(db);
-        // Create the tables so that read transactions find them.
+        let db = Arc::new(open_db(path)?);
+        // Create the tables so that read transactions find them, and count the queues.
         let txn = db.begin_write().map_err(|e| err("begin")(&e))?;
         let mut max_seq = 0;
+        let mut depths = HashMap::new();
         {
             let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
             for item in q.iter().map_err(|e| err("scan queues")(&e))? {
                 let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
-                max_seq = max_seq.max(k.value().2);
+                let (endpoint, _, seq) = k.value();
+                max_seq = max_seq.max(seq);
+                *depths.entry(endpoint.to_string()).or_insert(0) += 1;
             }
             txn.open_table(SESSIONS)
                 .map_err(|e| err("open sessions")(&e))?;
@@ -138,24 +154,39 @@ impl Store {
         }
         txn.commit().map_err(|e| err("commit")(&e))?;
 
+        let slot: Slot = Arc::new(RwLock::new(Some(db)));
+        let depths: Depths = Arc::new(Mutex::new(depths));
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let wdb = db.clone();
+        let writable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = Writer {
+            path: path.to_path_buf(),
+            slot: slot.clone(),
+            depths: depths.clone(),
+            writable: writable.clone(),
+        };
         std::thread::Builder::new()
             .name("hub-store-writer".into())
-            .spawn(move || writer_loop(&wdb, rx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| err("start the store writer thread")(&e))?;
         Ok(Store {
-            db: Arc::new(std::sync::RwLock::new(Some(db))),
+            db: slot,
             writer: tx,
             next_seq: Arc::new(AtomicU64::new(max_seq + 1)),
+            depths,
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            writable,
         })
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         match self.db.read() {
-            Ok(g) => g
-                .clone()
-                .ok_or_else(|| StoreError("the hub has stopped; its store is closed".into())),
+            Ok(g) => g.clone().ok_or_else(|| {
+                if self.is_closed() {
+                    StoreError("the hub has stopped; its store is closed".into())
+                } else {
+                    StoreError(REOPENING.into())
+                }
+            }),
             Err(_) => Err(StoreError("the hub store's lock is poisoned".into())),
         }
     }
@@ -176,6 +207,7 @@ impl Store {
         } else {
             Ok(())
         };
+        self.closed.store(true, Ordering::SeqCst);
         if let Ok(mut g) = self.db.write() {
             *g = None;
         }
@@ -184,7 +216,26 @@ impl Store {
 
     /// Whether [`Store::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.db.read().map(|g| g.is_none()).unwrap_or(true)
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// False after an I/O error until the file was reopened (the hub then refuses new connections
+    /// with "server unavailable", so clients back off instead of failing publish after publish).
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::SeqCst)
+    }
+
+    /// Committed entries of one queue endpoint (`$upstream`, `module/{name}`), in flight included.
+    pub fn depth(&self, endpoint: &str) -> u64 {
+        self.depths
+            .lock()
+            .map(|d| d.get(endpoint).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Committed entries per queue endpoint (kept by the commits; no scan).
+    pub fn depth_map(&self) -> HashMap<String, u64> {
+        self.depths.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// A new sequence number (unique across all queues, increasing).
@@ -237,7 +288,15 @@ impl Store {
     /// Applies `ops` in one durable transaction from the calling thread (blocking; for sync callers).
     pub fn write_blocking(&self, ops: &[Op]) -> Result<(), StoreError> {
         let db = self.db()?;
-        apply(&db, ops)
+        let refs: Vec<&Op> = ops.iter().collect();
+        match apply_refs(&db, &refs) {
+            Ok(deltas) => {
+                add_deltas(&self.depths, deltas);
+                Ok(())
+            }
+            // the writer thread reopens the file before its next commit
+            Err(e) => Err(e.error),
+        }
     }
 
     /// Up to `limit` entries of `endpoint` in delivery order for which `want(key, raw record)` is true
@@ -275,18 +334,6 @@ impl Store {
                     self.write_later(vec![Op::Delete { key }]);
                 }
             }
-        }
-        Ok(out)
-    }
-
-    /// Number of entries per endpoint.
-    pub fn depths(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
-        let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
-        let mut out = BTreeMap::new();
-        for item in q.iter().map_err(|e| err("scan queues")(&e))? {
-            let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
-            *out.entry(k.value().0.to_string()).or_insert(0) += 1;
         }
         Ok(out)
     }
@@ -358,82 +405,255 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &Database, rx: std::sync::mpsc::Receiver<Job>) {
-    let mut closing = false;
-    while !closing {
-        let Ok(first) = rx.recv() else { break };
-        closing = first.close;
-        let mut jobs = vec![first];
-        // Group commit: take whatever else is already waiting (up to a close).
-        while jobs.len() < 4096 && !closing {
-            match rx.try_recv() {
-                Ok(j) => {
-                    closing = j.close;
-                    jobs.push(j);
-                }
-                Err(_) => break,
+/// What [`Store::db`] says while the writer reopens the file after an I/O error.
+const REOPENING: &str = "the hub store had an I/O error (is the disk full?) and is being reopened; \
+     nothing is acknowledged until a commit succeeds again: free space on the data directory's disk";
+
+/// Opens (or creates) the database file. A hub that just stopped in this process may still be closing
+/// the file: retry for a while.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(50));
             }
-        }
-        let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
-        let result = apply_refs(db, &ops);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "the hub store could not commit; publishes are refused until it can");
-        }
-        for j in jobs {
-            if let Some(reply) = j.reply {
-                let _ = reply.send(result.clone());
+            Err(e) => {
+                return Err(StoreError(format!(
+                    "cannot open the hub store {} ({e}); is another edge-dev running on this data directory, and is there space on its disk?",
+                    path.display()
+                )))
             }
         }
     }
 }
 
-fn apply(db: &Database, ops: &[Op]) -> Result<(), StoreError> {
-    let refs: Vec<&Op> = ops.iter().collect();
-    apply_refs(db, &refs)
+/// Entries added (+1) or removed (-1) per endpoint by one committed transaction.
+type Deltas = HashMap<String, i64>;
+
+fn add_deltas(depths: &Depths, deltas: Deltas) {
+    if deltas.is_empty() {
+        return;
+    }
+    if let Ok(mut d) = depths.lock() {
+        for (endpoint, delta) in deltas {
+            let e = d.entry(endpoint).or_insert(0);
+            *e = e.saturating_add_signed(delta);
+        }
+    }
 }
 
-fn apply_refs(db: &Database, ops: &[&Op]) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(|e| err("begin write")(&e))?;
+/// A failed transaction: the error for the callers, and whether the database must be reopened.
+struct Failed {
+    error: StoreError,
+    reopen: bool,
+}
+
+/// Maps a redb error: I/O errors (and redb's "previous I/O error") need the file reopened.
+fn failed(context: &'static str) -> impl Fn(redb::Error) -> Failed {
+    move |e| {
+        let reopen = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
+        Failed {
+            error: StoreError(format!("{context}: {e}")),
+            reopen,
+        }
+    }
+}
+
+impl Writer {
+    fn run(self, rx: std::sync::mpsc::Receiver<Job>) {
+        let mut closing = false;
+        // After an I/O error: when to try to reopen, and how long the next wait is.
+        let mut broken: Option<(Instant, Duration)> = None;
+        let mut failures: u64 = 0;
+        let mut last_log: Option<Instant> = None;
+        while !closing {
+            // While broken, wake up to reopen the file even when nobody writes.
+            let first = match broken {
+                Some((at, _)) => {
+                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(j) => Some(j),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(j) => Some(j),
+                    Err(_) => break,
+                },
+            };
+            if let Some((at, wait)) = broken {
+                if Instant::now() >= at {
+                    match self.reopen() {
+                        Ok(()) => {
+                            tracing::info!(
+                                failed_commits = failures,
+                                "the hub store is writable again (reopened after the I/O error); publishes are acknowledged again"
+                            );
+                            broken = None;
+                            self.writable.store(true, Ordering::SeqCst);
+                            failures = 0;
+                            last_log = None;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the hub store cannot be reopened yet");
+                            let wait = (wait * 2).min(Duration::from_secs(5));
+                            broken = Some((Instant::now() + wait, wait));
+                        }
+                    }
+                }
+            }
+            let Some(first) = first else { continue };
+            closing = first.close;
+            let mut jobs = vec![first];
+            // Group commit: take whatever else is already waiting (up to a close).
+            while jobs.len() < 4096 && !closing {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        closing = j.close;
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+            let db = self.slot.read().ok().and_then(|g| g.clone());
+            let result = match (&broken, db) {
+                (None, Some(db)) => match apply_refs(&db, &ops) {
+                    Ok(deltas) => {
+                        add_deltas(&self.depths, deltas);
+                        Ok(())
+                    }
+                    Err(f) => {
+                        if f.reopen {
+                            // redb refuses every write after an I/O error until it is reopened:
+                            // close it now (readers see REOPENING), reopen before the next commit
+                            if let Ok(mut g) = self.slot.write() {
+                                *g = None;
+                            }
+                            self.writable.store(false, Ordering::SeqCst);
+                            broken = Some((
+                                Instant::now() + Duration::from_millis(250),
+                                Duration::from_millis(250),
+                            ));
+                        }
+                        Err(f.error)
+                    }
+                },
+                (None, None) => Err(StoreError(
+                    "the hub has stopped; its store is closed".into(),
+                )),
+                (Some(_), _) => Err(StoreError(REOPENING.into())),
+            };
+            if let Err(e) = &result {
+                failures += 1;
+                // one line when it starts, then one every 30 s while it lasts
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::error!(error = %e, failed_commits = failures,
+                        "the hub store could not commit; publishes are refused (not acknowledged) until it can. Free space on the data directory's disk");
+                    last_log = Some(Instant::now());
+                }
+            }
+            for j in jobs {
+                if let Some(reply) = j.reply {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+
+    /// Closes and opens the database file again (redb repairs it if the last commit was cut short),
+    /// then recounts the queues from it.
+    fn reopen(&self) -> Result<(), StoreError> {
+        if let Ok(mut g) = self.slot.write() {
+            *g = None;
+        }
+        // readers may still hold the old handle for a moment: open_db waits for them
+        let db = Arc::new(open_db(&self.path)?);
+        let mut depths: HashMap<String, u64> = HashMap::new();
+        {
+            let txn = db.begin_read().map_err(|e| err("read")(&e))?;
+            let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+            for item in q.iter().map_err(|e| err("scan queues")(&e))? {
+                let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
+                *depths.entry(k.value().0.to_string()).or_insert(0) += 1;
+            }
+        }
+        if let Ok(mut d) = self.depths.lock() {
+            *d = depths;
+        }
+        if let Ok(mut g) = self.slot.write() {
+            *g = Some(db);
+        }
+        Ok(())
+    }
+}
+
+/// Applies `ops` in one durable transaction; returns how the queue depths changed.
+fn apply_refs(db: &Database, ops: &[&Op]) -> Result<Deltas, Failed> {
+    let mut deltas: Deltas = HashMap::new();
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| failed("begin write")(e.into()))?;
     txn.set_durability(Durability::Immediate);
     {
-        let mut q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+        let mut q = txn
+            .open_table(QUEUES)
+            .map_err(|e| failed("open queues")(e.into()))?;
         let mut s = txn
             .open_table(SESSIONS)
-            .map_err(|e| err("open sessions")(&e))?;
-        let mut t = txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
+            .map_err(|e| failed("open sessions")(e.into()))?;
+        let mut t = txn
+            .open_table(TWINS)
+            .map_err(|e| failed("open twins")(e.into()))?;
         for op in ops {
             match op {
                 Op::Enqueue { key, record } => {
-                    q.insert(
-                        (key.endpoint.as_str(), key.priority, key.seq),
-                        record.as_slice(),
-                    )
-                    .map_err(|e| err("enqueue")(&e))?;
+                    let old = q
+                        .insert(
+                            (key.endpoint.as_str(), key.priority, key.seq),
+                            record.as_slice(),
+                        )
+                        .map_err(|e| failed("enqueue")(e.into()))?;
+                    if old.is_none() {
+                        *deltas.entry(key.endpoint.clone()).or_insert(0) += 1;
+                    }
                 }
                 Op::Delete { key } => {
-                    q.remove((key.endpoint.as_str(), key.priority, key.seq))
-                        .map_err(|e| err("delete")(&e))?;
+                    let old = q
+                        .remove((key.endpoint.as_str(), key.priority, key.seq))
+                        .map_err(|e| failed("delete")(e.into()))?;
+                    if old.is_some() {
+                        *deltas.entry(key.endpoint.clone()).or_insert(0) -= 1;
+                    }
                 }
                 Op::PutSession {
                     client_id,
                     subscriptions,
                 } => {
-                    let v = serde_json::to_vec(subscriptions).map_err(|e| err("session")(&e))?;
+                    let v = serde_json::to_vec(subscriptions).map_err(|e| Failed {
+                        error: err("session")(&e),
+                        reopen: false,
+                    })?;
                     s.insert(client_id.as_str(), v.as_slice())
-                        .map_err(|e| err("session")(&e))?;
+                        .map_err(|e| failed("session")(e.into()))?;
                 }
                 Op::DeleteSession { client_id } => {
                     s.remove(client_id.as_str())
-                        .map_err(|e| err("session")(&e))?;
+                        .map_err(|e| failed("session")(e.into()))?;
                 }
                 Op::PutTwin { module, twin } => {
                     t.insert(module.as_str(), twin.as_slice())
-                        .map_err(|e| err("twin")(&e))?;
+                        .map_err(|e| failed("twin")(e.into()))?;
                 }
             }
         }
     }
-    txn.commit().map_err(|e| err("commit")(&e))
+    txn.commit().map_err(|e| failed("commit")(e.into()))?;
+    deltas.retain(|_, d| *d != 0);
+    Ok(deltas)
 }
 
 // ---- record encoding: a small versioned binary format, independent of the property-bag text ----
@@ -678,6 +898,116 @@ mod tests {
         assert_eq!(got, vec![(0, 2), (5, 1), (5, 3)]);
         assert_eq!(s.next_seq(), 4);
         assert_eq!(s.sessions().unwrap()["d/m"], vec![("a/#".to_string(), 1)]);
-        assert_eq!(s.depths().unwrap()[UPSTREAM], 3);
+        assert_eq!(s.depth(UPSTREAM), 3);
+    }
+
+    fn enqueue(s: &Store, size: usize) -> Op {
+        let mut r = record();
+        r.message.body = bytes::Bytes::from(vec![b'x'; size]);
+        Op::Enqueue {
+            key: QueueKey {
+                endpoint: UPSTREAM.into(),
+                priority: 0,
+                seq: s.next_seq(),
+            },
+            record: encode_record(&r),
+        }
+    }
+
+    #[tokio::test]
+    async fn depths_count_only_committed_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("hub.redb")).unwrap();
+        let (a, b) = (enqueue(&s, 10), enqueue(&s, 10));
+        let Op::Enqueue { key: ka, .. } = &a else {
+            unreachable!()
+        };
+        let ka = ka.clone();
+        s.write(vec![a, b]).await.unwrap();
+        assert_eq!(s.depth(UPSTREAM), 2);
+        // a delete that races a redelivery: the same key deleted twice counts once
+        s.write(vec![Op::Delete { key: ka.clone() }]).await.unwrap();
+        s.write_blocking(&[Op::Delete { key: ka }]).unwrap();
+        assert_eq!(s.depth(UPSTREAM), 1);
+        assert_eq!(s.depth("module/X"), 0);
+    }
+
+    /// A full disk: commits fail (nothing is acknowledged), the store refuses further writes until
+    /// the space comes back, then it reopens itself and takes writes again, with nothing lost.
+    /// Needs root for a small tmpfs (CI runs as root).
+    #[tokio::test]
+    async fn a_full_disk_fails_commits_and_the_store_recovers_when_space_returns() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("disk");
+        std::fs::create_dir(&mnt).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+
+        let s = Store::open(&mnt.join("hub.redb")).unwrap();
+        s.write(vec![enqueue(&s, 1000)]).await.unwrap();
+        // fill the disk
+        let filler = mnt.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+        }
+        // commits that need room fail, and are reported as failures
+        let mut failed = false;
+        for _ in 0..20 {
+            if s.write(vec![enqueue(&s, 200_000)]).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a commit on a full disk must fail");
+        assert!(!s.is_writable());
+        let before = s.depth(UPSTREAM);
+        assert!(s.write(vec![enqueue(&s, 10)]).await.is_err());
+        assert_eq!(
+            s.depth(UPSTREAM),
+            before,
+            "a failed commit changes no count"
+        );
+        // space comes back: the store reopens itself and takes writes again, without a restart
+        std::fs::remove_file(&filler).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match s.write(vec![enqueue(&s, 10)]).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the store did not recover: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert!(s.is_writable());
+        assert_eq!(s.depth(UPSTREAM), before + 1);
+        let n = s.scan(UPSTREAM, 1000, |_, _| true).unwrap().len() as u64;
+        assert_eq!(n, before + 1, "the count is what the file holds");
+        s.close().await.unwrap();
     }
 }
