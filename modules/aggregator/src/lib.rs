@@ -14,6 +14,7 @@ pub mod processor;
 pub mod replay;
 pub mod settings;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +73,9 @@ pub async fn run(
     let mut desired = Value::Object(Default::default());
     let mut unknown: Vec<String> = Vec::new();
     let mut pending: Vec<InputMessage> = Vec::new();
+    // Inputs that arrived while no query was in force, in arrival order (not acknowledged).
+    let mut held: VecDeque<InputMessage> = VecDeque::new();
+    let mut held_warned = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -88,19 +92,17 @@ pub async fn run(
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Input(input)) => {
-                    let outcome = processor.on_input(&input.input, &input.message.body, Utc::now());
-                    if let Err(e) = send_rows(&client, &outcome.rows).await { break Err(e) }
-                    if let Some(dl) = outcome.dead_letter {
-                        let out = processor.dead_letter_output().to_string();
-                        if let Err(e) = client.send_output(&out, Message::json(&dl)).await { break Err(e.into()) }
+                    if !processor.has_query() {
+                        // After a restart edgeHub redelivers unacknowledged inputs at once, often before
+                        // the twin (and so the query) arrives: hold them, unacknowledged, until a query
+                        // is in force. edgeHub sends only a bounded window of unacknowledged inputs.
+                        if held.is_empty() {
+                            tracing::info!("input arrived before a query is in force; holding inputs (unacknowledged) until the twin's `query` is applied");
+                        }
+                        held.push_back(input);
+                        continue;
                     }
-                    pending.push(input);
-                    if pending.len() >= MAX_PENDING_ACKS {
-                        commit_at = None;
-                        if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
-                    } else if commit_at.is_none() {
-                        commit_at = Some(tokio::time::Instant::now() + COMMIT_DELAY);
-                    }
+                    if let Err(e) = on_input(&mut processor, &client, input, &mut pending, &mut commit_at).await { break Err(e) }
                 }
                 Some(Event::Twin(twin)) => {
                     desired = twin.get("desired").cloned().unwrap_or(Value::Object(Default::default()));
@@ -108,6 +110,7 @@ pub async fn run(
                     unknown = u;
                     if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
                     report(&client, &processor, &unknown).await;
+                    if let Err(e) = release_held(&mut processor, &client, &mut held, &mut pending, &mut commit_at).await { break Err(e) }
                 }
                 Some(Event::DesiredPatch(patch)) => {
                     merge_patch(&mut desired, &patch);
@@ -115,6 +118,7 @@ pub async fn run(
                     unknown = u;
                     if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
                     report(&client, &processor, &unknown).await;
+                    if let Err(e) = release_held(&mut processor, &client, &mut held, &mut pending, &mut commit_at).await { break Err(e) }
                 }
                 Some(Event::Method(req)) => {
                     let body = serde_json::json!({
@@ -126,6 +130,11 @@ pub async fn run(
                 Some(_) => {}
             },
             _ = tick.tick() => {
+                if !held.is_empty() && held_warned.elapsed() >= Duration::from_secs(60) {
+                    held_warned = tokio::time::Instant::now();
+                    tracing::warn!(held = held.len(), status = ?processor.status(),
+                        "inputs are held until a query is in force: set the desired property `query` of AggregatorModule (see its reported `query` status)");
+                }
                 let rows = processor.on_tick(Utc::now());
                 if let Err(e) = send_rows(&client, &rows).await { break Err(e) }
                 // An idle tick that closed nothing leaves the windows as the last checkpoint has them.
@@ -140,6 +149,52 @@ pub async fn run(
     let committed = commit(&processor, &mut pending).await;
     client.shutdown().await;
     result.and(committed)
+}
+
+/// Runs one input through the query, sends what it produced (rows, a dead letter) and queues its
+/// acknowledgement for the next commit.
+async fn on_input(
+    processor: &mut Processor,
+    client: &ModuleClient,
+    input: InputMessage,
+    pending: &mut Vec<InputMessage>,
+    commit_at: &mut Option<tokio::time::Instant>,
+) -> Result<(), AggregatorError> {
+    let outcome = processor.on_input(&input.input, &input.message.body, Utc::now());
+    send_rows(client, &outcome.rows).await?;
+    if let Some(dl) = outcome.dead_letter {
+        let out = processor.dead_letter_output().to_string();
+        client.send_output(&out, Message::json(&dl)).await?;
+    }
+    pending.push(input);
+    if pending.len() >= MAX_PENDING_ACKS {
+        *commit_at = None;
+        commit(processor, pending).await?;
+    } else if commit_at.is_none() {
+        *commit_at = Some(tokio::time::Instant::now() + COMMIT_DELAY);
+    }
+    Ok(())
+}
+
+/// Once a query is in force, runs the inputs held until then, in the order they came.
+async fn release_held(
+    processor: &mut Processor,
+    client: &ModuleClient,
+    held: &mut VecDeque<InputMessage>,
+    pending: &mut Vec<InputMessage>,
+    commit_at: &mut Option<tokio::time::Instant>,
+) -> Result<(), AggregatorError> {
+    if held.is_empty() || !processor.has_query() {
+        return Ok(());
+    }
+    tracing::info!(
+        inputs = held.len(),
+        "a query is in force: processing the held inputs"
+    );
+    while let Some(input) = held.pop_front() {
+        on_input(processor, client, input, pending, commit_at).await?;
+    }
+    Ok(())
 }
 
 /// Applies the desired properties; returns the unknown keys and the rows of a replaced query's windows.

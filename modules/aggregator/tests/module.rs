@@ -279,3 +279,41 @@ async fn kill_9_loses_no_open_window() {
     assert_eq!(body(&m), json!({"n": 10, "avg": 40.5}));
     feed.shutdown().await;
 }
+
+/// Inputs that edgeHub (re)delivers before the twin's query is applied, as after a restart or a
+/// `kill -9`, are held until the query is in force: none is dead-lettered as "no query is running".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_delivered_before_the_query_is_applied_are_held_not_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = start_hub(dir.path(), "SELECT temp INTO Echo FROM temperature").await;
+    let feed = feeder(&rig).await;
+    // The module is down: the hub stores its inputs and delivers them the moment it subscribes.
+    const N: i64 = 40;
+    for i in 0..N {
+        feed.send_output("out", Message::json(&json!({"temp": i})))
+            .await
+            .unwrap();
+    }
+    let _agg = start_aggregator(&rig, &dir.path().join("state"));
+    let mut temps = Vec::new();
+    while temps.len() < N as usize {
+        let m = next_upstream(&rig.hub).await;
+        assert_eq!(m.output, "Echo", "{}", body(&m));
+        temps.push(body(&m)["temp"].as_i64().unwrap());
+    }
+    assert_eq!(
+        temps,
+        (0..N).collect::<Vec<_>>(),
+        "every input once, in order"
+    );
+    wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    // and each input is acknowledged once its effect is checkpointed
+    for _ in 0..100 {
+        if rig.hub.stats().modules[AGG].queue_depth == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rig.hub.stats().modules[AGG].queue_depth, 0);
+    feed.shutdown().await;
+}
