@@ -2,9 +2,17 @@
 //! process, in `startupOrder`, restarts it as its `restartPolicy` says (with exponential back-off), prefixes
 //! its output with the module name, and stops every module with SIGTERM (then SIGKILL after a grace
 //! period) when the runtime stops.
+//!
+//! Module processes never outlive the runtime. Each runs in its own process group (so a stop reaches
+//! whatever it started, and a Ctrl-C in the terminal reaches only `edge-dev`, which stops the modules in
+//! order), and on Linux with a parent-death signal: if `edge-dev` is killed (`kill -9`, an OOM kill, a
+//! crash), the kernel kills its modules at once. As a second line, each running module has a pid file
+//! (pid and the process's start time, so a reused pid is never mistaken for it) under the data folder;
+//! a runtime that starts and finds one whose process still runs stops it ([`stop_strays`]) before it
+//! starts anything, so a stray can neither hold a port (1889) nor compete for a module's hub session.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +33,9 @@ pub struct ModuleProcess {
     pub restart_policy: RestartPolicy,
     /// Lower starts first; `None` starts last (edgeAgent's default is 4294967295).
     pub startup_order: Option<u32>,
+    /// Where the running process is recorded (`<pid> <start time>`), for [`stop_strays`]; `None`: not
+    /// recorded.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Restart back-off. edgeAgent waits 10 s doubling to 5 min; a development runtime restarts sooner.
@@ -152,6 +163,9 @@ async fn run_one(
         };
         let pid = child.id();
         tracing::info!(module = %m.name, pid, "module started");
+        if let (Some(file), Some(pid)) = (&m.pid_file, pid) {
+            record_pid(file, pid, &m.name);
+        }
         set_status(&status, &m.name, |s| {
             s.running = true;
             s.pid = pid;
@@ -160,10 +174,12 @@ async fn run_one(
             r = child.wait() => r,
             _ = stopped(&mut stop) => {
                 terminate(&m.name, &mut child, backoff.stop_grace).await;
+                forget_pid(m.pid_file.as_deref());
                 set_status(&status, &m.name, |s| { s.running = false; s.pid = None; s.last_exit = Some("stopped".into()); });
                 return;
             }
         };
+        forget_pid(m.pid_file.as_deref());
         let (success, what) = match &exit {
             Ok(st) if st.success() => (true, "exited with status 0".to_string()),
             Ok(st) => (false, format!("exited with {st}")),
@@ -208,7 +224,10 @@ fn spawn(m: &ModuleProcess) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // its own process group: stops reach its children; the terminal's Ctrl-C reaches only us
+        .process_group(0);
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(forward_lines(m.name.clone(), out));
@@ -227,10 +246,35 @@ async fn forward_lines(name: String, r: impl tokio::io::AsyncRead + Unpin) {
     }
 }
 
+/// Asks the kernel to SIGKILL the module when the thread that started it (a runtime worker thread,
+/// which lives as long as `edge-dev`) ends, e.g. because `edge-dev` was killed. If `edge-dev` is already
+/// gone by the time the child runs, the child does not start the module at all.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec. It makes two system calls (prctl,
+    // getppid), both async-signal-safe, and allocates nothing (an Errno converts to an io::Error
+    // without allocating), as code between fork and exec must.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
 async fn terminate(name: &str, child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+    // the module's process group: the module and whatever it started
+    let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    if let Some(pgid) = group {
+        if let Err(e) = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM) {
             tracing::warn!(module = %name, error = %e, "SIGTERM failed");
         }
     }
@@ -241,9 +285,108 @@ async fn terminate(name: &str, child: &mut Child, grace: Duration) {
         }
         Err(_) => {
             tracing::warn!(module = %name, "module did not stop within {grace:?} of SIGTERM; killing it");
+            if let Some(pgid) = group {
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.kill().await;
         }
     }
+    // anything the module started and left behind goes with it
+    if let Some(pgid) = group {
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Writes `<pid> <start time>` to `file` (a failure only costs the stray clean-up; it is logged).
+fn record_pid(file: &Path, pid: u32, name: &str) {
+    let Some(start) = process_start_time(pid) else {
+        return;
+    };
+    let written = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(file, format!("{pid} {start}\n")));
+    if let Err(e) = written {
+        tracing::warn!(module = %name, file = %file.display(), error = %e,
+            "cannot record the module's pid; if edge-dev is killed, a later run cannot clean up after it");
+    }
+}
+
+fn forget_pid(file: Option<&Path>) {
+    if let Some(f) = file {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// `(state, start time in clock ticks since boot)` of a process, from `/proc/<pid>/stat`.
+fn process_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn process_start_time(pid: u32) -> Option<u64> {
+    process_stat(pid).map(|(_, start)| start)
+}
+
+/// True while the process recorded as `(pid, start)` exists and is not a zombie.
+fn still_running(pid: u32, start: u64) -> bool {
+    matches!(process_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X')
+}
+
+/// Stops the module processes that an earlier `edge-dev` left running (one that was killed before it
+/// could stop them, on a system without the parent-death signal), as the pid files in `run_dir` record
+/// them, and removes the pid files. A file whose process is gone, or whose pid now belongs to another
+/// process (the start time differs), is just removed. Returns the names of the modules stopped. Waits
+/// at most about 5 s for each.
+pub fn stop_strays(run_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    let mut stopped = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pid") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
+        let recorded = std::fs::read_to_string(&path).ok().and_then(|t| {
+            let mut it = t.split_whitespace();
+            Some((
+                it.next()?.parse::<u32>().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            ))
+        });
+        if let Some((pid, start)) = recorded {
+            if pid > 1 && still_running(pid, start) {
+                tracing::warn!(module = %name, pid,
+                    "module process left running by an earlier edge-dev that did not stop cleanly (killed?); stopping it and its process group");
+                let p = nix::unistd::Pid::from_raw(pid as i32);
+                // it leads its own process group (process_group(0) at spawn)
+                let _ = nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while still_running(pid, start) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if still_running(pid, start) {
+                    tracing::error!(module = %name, pid, "the stray module process did not stop; kill it by hand (`kill -9 {pid}`)");
+                } else {
+                    stopped.push(name);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    stopped
 }
 
 #[cfg(test)]
@@ -284,6 +427,7 @@ mod tests {
             working_dir: dir.to_path_buf(),
             restart_policy: policy,
             startup_order: None,
+            pid_file: Some(dir.join("run").join(format!("{name}.pid"))),
         }
     }
 
@@ -362,5 +506,79 @@ mod tests {
                 .contains("cannot start"),
             "{st:?}"
         );
+    }
+
+    #[test]
+    fn strays_of_an_earlier_run_are_stopped_and_reused_pids_are_left_alone() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        // a module an earlier edge-dev started (own process group) and did not stop
+        let mut stray = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        record_pid(
+            &run.join("MqttServerModule.pid"),
+            stray.id(),
+            "MqttServerModule",
+        );
+        // a pid file whose pid now belongs to another process (another start time): not ours to kill
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(run.join("Other.pid"), format!("{} 1\n", other.id())).unwrap();
+        // and one whose process is long gone
+        std::fs::write(run.join("Gone.pid"), "999999999 5\n").unwrap();
+
+        let stopped = stop_strays(&run);
+        assert_eq!(stopped, vec!["MqttServerModule".to_string()]);
+        let st = stray.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(9),
+            "killed"
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the other process runs on"
+        );
+        other.kill().unwrap();
+        let _ = other.wait();
+        assert_eq!(
+            std::fs::read_dir(&run).unwrap().count(),
+            0,
+            "pid files removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_running_module_is_recorded_and_forgotten_when_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let status: StatusMap = Arc::default();
+        let (tx, rx) = watch::channel(false);
+        let m = shell("rec", "exec sleep 30", RestartPolicy::Always, dir.path());
+        let file = m.pid_file.clone().unwrap();
+        let sup = tokio::spawn(supervise(vec![m], Backoff::default(), status.clone(), rx));
+        for _ in 0..200 {
+            if file.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let pid: u32 = text.split_whitespace().next().unwrap().parse().unwrap();
+        assert_eq!(status.lock().unwrap()["rec"].pid, Some(pid));
+        // its own process group
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap(),
+            nix::unistd::Pid::from_raw(pid as i32)
+        );
+        tx.send(true).unwrap();
+        sup.await.unwrap();
+        assert!(!file.exists(), "pid file removed at stop");
     }
 }

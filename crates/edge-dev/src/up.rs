@@ -210,6 +210,18 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         wait_true(hub_stop_rx.clone()),
     )
     .await?;
+    // The hub holds the store's lock now, so no other edge-dev runs on this data folder: module processes
+    // recorded under it belong to an earlier run that was killed. Stop them before starting new ones.
+    let run_dir = data_dir.join("run");
+    let strays = {
+        let dir = run_dir.clone();
+        tokio::task::spawn_blocking(move || supervisor::stop_strays(&dir))
+            .await
+            .unwrap_or_default()
+    };
+    if !strays.is_empty() {
+        tracing::warn!(modules = ?strays, "stopped module processes an earlier edge-dev left running");
+    }
 
     // Workload API.
     let socket = data_dir.join("workload.sock");
@@ -349,6 +361,7 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
             working_dir: data_dir.join("modules").join(name),
             restart_policy: spec.restart_policy,
             startup_order: spec.startup_order,
+            pid_file: Some(run_dir.join(format!("{name}.pid"))),
         });
     }
 
