@@ -331,7 +331,14 @@ impl ModuleClient {
             &wire::encode_property_bag(&msg),
         );
         check_size(&msg)?;
+        check_topic(&topic)?;
         Ok((topic, msg.body))
+    }
+
+    /// Whether [`ModuleClient::send_output`] would accept `msg` for `output` (size, topic length,
+    /// output name), without sending it.
+    pub fn check_output(&self, output: &str, msg: Message) -> Result<(), ClientError> {
+        self.output_request(output, msg).map(|_| ())
     }
 
     fn event_request(&self, msg: Message) -> Result<(String, Bytes), ClientError> {
@@ -341,6 +348,7 @@ impl ModuleClient {
             None => topics::device_events(&self.inner.device_id, &bag),
         };
         check_size(&msg)?;
+        check_topic(&topic)?;
         Ok((topic, msg.body))
     }
 
@@ -457,6 +465,19 @@ fn check_size(msg: &Message) -> Result<(), ClientError> {
         return Err(ClientError::TooLarge {
             size,
             limit: MAX_MESSAGE_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// An MQTT topic is a UTF-8 string with a 16-bit length: a longer one cannot be encoded (and must
+/// never reach the codec, which would cut the length and corrupt the stream).
+fn check_topic(topic: &str) -> Result<(), ClientError> {
+    const MAX_TOPIC: usize = 65_535;
+    if topic.len() > MAX_TOPIC {
+        return Err(ClientError::TopicTooLong {
+            len: topic.len(),
+            limit: MAX_TOPIC,
         });
     }
     Ok(())

@@ -48,6 +48,9 @@ pub enum ClientError {
     /// `try_send_output`: the bounded outgoing queue is full.
     #[error("the outgoing queue is full ({capacity} messages); use send_output to wait, or raise ClientOptions::queue_capacity")]
     QueueFull { capacity: usize },
+    /// The topic, with the message's property bag, is longer than an MQTT topic can be.
+    #[error("the topic with the message's properties would be {len} bytes, more than MQTT's limit of {limit}; send fewer or shorter properties")]
+    TopicTooLong { len: usize, limit: usize },
     /// The message is larger than the hub accepts.
     #[error("the message is {size} bytes (body and properties), more than the hub's limit of {limit} bytes; split it")]
     TooLarge { size: usize, limit: usize },

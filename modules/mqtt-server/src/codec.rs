@@ -146,6 +146,20 @@ pub enum Refusal {
     BadUserNamePassword,
     NotAuthorized,
     BadAuthenticationMethod,
+    /// MQTT 5 0x90 (3.1.1: 5 not authorized): the will topic cannot be taken.
+    TopicNameInvalid,
+    /// MQTT 5 0x97 (3.1.1: 5 not authorized): the will is over a limit.
+    QuotaExceeded,
+}
+
+/// Why a QoS 1/2 publish is refused in its PUBACK/PUBREC (MQTT 5 only; 3.1.1 acknowledgements carry
+/// no reason, so a 3.1.1 client is disconnected instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubRefusal {
+    /// 0x90 Topic Name invalid.
+    TopicNameInvalid,
+    /// 0x97 Quota exceeded.
+    QuotaExceeded,
 }
 
 /// Why the server disconnects a client (sent as an MQTT 5 DISCONNECT reason; 3.1.1 just closes).
@@ -175,6 +189,9 @@ pub enum Outbound {
     Publish(Pub),
     PubAck(u16),
     PubRec(u16),
+    /// MQTT 5 only: a PUBACK / PUBREC that refuses the publish.
+    PubAckRefused(u16, PubRefusal),
+    PubRecRefused(u16, PubRefusal),
     PubRel(u16),
     PubComp(u16),
     /// One entry per filter: granted QoS, or None for failure.
@@ -605,9 +622,10 @@ impl ServerCodec {
                     Some(Refusal::BadUserNamePassword) => {
                         v4::ConnectReturnCode::BadUserNamePassword
                     }
-                    Some(Refusal::NotAuthorized) | Some(Refusal::BadAuthenticationMethod) => {
-                        v4::ConnectReturnCode::NotAuthorized
-                    }
+                    Some(Refusal::NotAuthorized)
+                    | Some(Refusal::BadAuthenticationMethod)
+                    | Some(Refusal::TopicNameInvalid)
+                    | Some(Refusal::QuotaExceeded) => v4::ConnectReturnCode::NotAuthorized,
                 },
                 session_present && refusal.is_none(),
             )),
@@ -621,6 +639,11 @@ impl ServerCodec {
             }),
             Outbound::PubAck(pkid) => v4::Packet::PubAck(v4::PubAck::new(pkid)),
             Outbound::PubRec(pkid) => v4::Packet::PubRec(v4::PubRec::new(pkid)),
+            Outbound::PubAckRefused(..) | Outbound::PubRecRefused(..) => {
+                return Err(CodecError::Encode(
+                    "MQTT 3.1.1 acknowledgements carry no reason code".into(),
+                ))
+            }
             Outbound::PubRel(pkid) => v4::Packet::PubRel(v4::PubRel::new(pkid)),
             Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
             Outbound::SubAck { pkid, granted } => v4::Packet::SubAck(v4::SubAck::new(
@@ -661,6 +684,8 @@ impl ServerCodec {
                     Some(Refusal::BadUserNamePassword) => C::BadUserNamePassword,
                     Some(Refusal::NotAuthorized) => C::NotAuthorized,
                     Some(Refusal::BadAuthenticationMethod) => C::BadAuthenticationMethod,
+                    Some(Refusal::TopicNameInvalid) => C::TopicNameInvalid,
+                    Some(Refusal::QuotaExceeded) => C::QuotaExceeded,
                 },
                 properties: props.map(|l| v5::ConnAckProperties {
                     session_expiry_interval: l.session_expiry,
@@ -710,6 +735,22 @@ impl ServerCodec {
             }
             Outbound::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
             Outbound::PubRec(pkid) => v5::Packet::PubRec(v5::PubRec::new(pkid, None)),
+            Outbound::PubAckRefused(pkid, why) => v5::Packet::PubAck(v5::PubAck {
+                pkid,
+                reason: match why {
+                    PubRefusal::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
+                    PubRefusal::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
+                },
+                properties: None,
+            }),
+            Outbound::PubRecRefused(pkid, why) => v5::Packet::PubRec(v5::PubRec {
+                pkid,
+                reason: match why {
+                    PubRefusal::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
+                    PubRefusal::QuotaExceeded => v5::PubRecReason::QuotaExceeded,
+                },
+                properties: None,
+            }),
             Outbound::PubRel(pkid) => v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
             Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
             Outbound::SubAck { pkid, granted } => v5::Packet::SubAck(v5::SubAck {

@@ -18,10 +18,11 @@ use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::broker::Attached;
 use crate::codec::{
-    CodecError, ConnectInfo, DisconnectReason, Inbound, Outbound, Pub, Refusal, ServerCodec,
-    ServerLimits, Version,
+    CodecError, ConnectInfo, DisconnectReason, Inbound, Outbound, Pub, PubRefusal, Refusal,
+    ServerCodec, ServerLimits, Version,
 };
 use crate::forward::Pipeline;
+use crate::limits::{self, Exceeded};
 use crate::message::to_edge_message;
 use crate::Shared;
 
@@ -178,6 +179,19 @@ pub(crate) async fn serve<S>(
         info.client_id = format!("auto-{}", uuid::Uuid::new_v4());
         assigned = Some(info.client_id.clone());
     }
+    // bounded so that every message this client sends (and its will) fits edgeHub
+    if let Err(r) = limits::check_connect(&info) {
+        tracing::warn!(%peer, client = %truncated(&info.client_id), reason = %r, "refusing connection: over a limit");
+        shared.metrics.refused(r.exceeded.label());
+        conn.refuse_connect(match r.exceeded {
+            Exceeded::ClientId => Refusal::BadClientId,
+            Exceeded::Username => Refusal::BadUserNamePassword,
+            Exceeded::Topic => Refusal::TopicNameInvalid,
+            Exceeded::Properties | Exceeded::MessageSize => Refusal::QuotaExceeded,
+        })
+        .await;
+        return;
+    }
     conn.client = info.client_id.clone();
     let client = info.client_id.clone();
     if let Some(auth) = &shared.auth {
@@ -202,6 +216,32 @@ pub(crate) async fn serve<S>(
             tracing::warn!(client = %client, %peer, topic = ?w.topic, "refusing connection: invalid will topic");
             shared.metrics.refused("invalid_topic");
             conn.refuse_connect(Refusal::NotAuthorized).await;
+            return;
+        }
+        // the will is forwarded like any publish: it must fit edgeHub too
+        let will = Pub {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            dup: false,
+            pkid: 0,
+            props: w.props.clone(),
+        };
+        let routing = shared.routing();
+        let msg = to_edge_message(&will, &client, routing.enrich_device_id, chrono::Utc::now());
+        let fits = if w.payload.len() > routing.max_payload {
+            Err(limits::message_too_large(
+                w.payload.len(),
+                routing.max_payload,
+            ))
+        } else {
+            pipeline.check(routing.output_for(&w.topic), &msg)
+        };
+        if let Err(r) = fits {
+            tracing::warn!(client = %client, %peer, reason = %r, "refusing connection: the will message cannot be forwarded");
+            shared.metrics.refused(r.exceeded.label());
+            conn.refuse_connect(Refusal::QuotaExceeded).await;
             return;
         }
     }
@@ -494,7 +534,13 @@ where
             Some(ack) = acks.next(), if !acks.is_empty() => {
                 match ack {
                     Some(pkt) => if conn.send(pkt).await.is_err() { return End::Abnormal; },
-                    None => return End::Shutdown,
+                    None if *shutdown.borrow() => return End::Shutdown,
+                    None => {
+                        // edgeHub refused a message for good (logged where it happened): no
+                        // acknowledgement; closing lets the device decide whether to send it again
+                        tracing::warn!(client = %client, peer = %conn.peer, "disconnecting client: a message of its was not taken by edgeHub and is not acknowledged");
+                        return End::Abnormal;
+                    }
                 }
             }
             Some(p) = rx.recv(), if state.outgoing.len() < max_outgoing => {
@@ -594,6 +640,64 @@ async fn refuse<W: AsyncWrite + Unpin>(
     End::Abnormal
 }
 
+/// Refuses a publish that is over a limit, before anything acknowledged or delivered it. MQTT 5
+/// QoS 1/2: a PUBACK/PUBREC with the reason code (queued behind the acknowledgements already
+/// pending, so they stay in order) and the connection goes on. MQTT 5 QoS 0: DISCONNECT with the
+/// reason. MQTT 3.1.1 has no way to refuse a publish but to close the connection.
+async fn refuse_publish<W: AsyncWrite + Unpin>(
+    conn: &mut Conn<W>,
+    state: &mut Session,
+    v5: bool,
+    shared: &Shared,
+    client: &str,
+    p: &Pub,
+    r: limits::Refused,
+) -> Result<Option<AckFuture>, End> {
+    shared.metrics.refused(r.exceeded.label());
+    let why = match r.exceeded {
+        Exceeded::Topic => PubRefusal::TopicNameInvalid,
+        _ => PubRefusal::QuotaExceeded,
+    };
+    let pkid = p.pkid;
+    if v5 && p.qos != QoS::AtMostOnce {
+        tracing::warn!(client = %client, peer = %conn.peer, topic = %truncated(&p.topic), reason = %r,
+            "refusing a publish (MQTT 5 reason code {:#04x}); it is not forwarded", pub_refusal_code(why));
+        state.qos2.remove(&pkid);
+        let pkt = if p.qos == QoS::ExactlyOnce {
+            Outbound::PubRecRefused(pkid, why)
+        } else {
+            Outbound::PubAckRefused(pkid, why)
+        };
+        return Ok(Some(Box::pin(async move { Some(pkt) })));
+    }
+    tracing::warn!(client = %client, peer = %conn.peer, topic = %truncated(&p.topic), reason = %r,
+        "disconnecting client: a publish over a limit (not forwarded, not acknowledged)");
+    Err(refuse(
+        conn,
+        v5,
+        match why {
+            PubRefusal::TopicNameInvalid => DisconnectReason::TopicNameInvalid,
+            PubRefusal::QuotaExceeded => DisconnectReason::QuotaExceeded,
+        },
+    )
+    .await)
+}
+
+fn pub_refusal_code(why: PubRefusal) -> u8 {
+    match why {
+        PubRefusal::TopicNameInvalid => 0x90,
+        PubRefusal::QuotaExceeded => 0x97,
+    }
+}
+
+/// The first 64 characters of a (possibly huge) topic or client id, for a log line.
+fn truncated(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}... ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
 /// Handles one device publish: checks, local delivery, then the edgeHub buffer. Returns the
 /// acknowledgement to send once edgeHub has the message (QoS 1/2).
 #[allow(clippy::too_many_arguments)]
@@ -631,10 +735,20 @@ async fn on_publish<W: AsyncWrite + Unpin>(
         shared.metrics.refused("oversize");
         return Err(refuse(conn, v5, DisconnectReason::PacketTooLarge).await);
     }
+    if let Err(r) = limits::check_message(&p.topic, &p.props) {
+        return refuse_publish(conn, state, v5, shared, client, &p, r).await;
+    }
     if p.qos == QoS::ExactlyOnce && state.qos2.contains(&p.pkid) {
         // a resend of a QoS 2 message we already have: acknowledge again, do not forward twice
         let pkid = p.pkid;
         return Ok(Some(Box::pin(async move { Some(Outbound::PubRec(pkid)) })));
+    }
+    // what can never reach edgeHub is refused now, before anyone (subscribers, the spool, the device's
+    // acknowledgement) has seen it
+    let msg = to_edge_message(&p, client, routing.enrich_device_id, chrono::Utc::now());
+    let output = routing.output_for(&p.topic).to_string();
+    if let Err(r) = pipeline.check(&output, &msg) {
+        return refuse_publish(conn, state, v5, shared, client, &p, r).await;
     }
     let mut p = p;
     p.props.expires_at = p
@@ -647,8 +761,6 @@ async fn on_publish<W: AsyncWrite + Unpin>(
         .bytes_in
         .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
     shared.broker.publish(client, &p);
-    let msg = to_edge_message(&p, client, routing.enrich_device_id, chrono::Utc::now());
-    let output = routing.output_for(&p.topic).to_string();
     tracing::debug!(client = %client, topic = %p.topic, qos = p.qos as u8, output = %output, message_id = %msg.message_id, "forwarding");
     let done = tokio::select! {
         r = pipeline.submit(output, msg, client) => match r {

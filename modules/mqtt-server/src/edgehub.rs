@@ -15,24 +15,36 @@ pub struct EdgeHubForwarder {
 impl Forwarder for EdgeHubForwarder {
     fn forward(&self, output: String, m: EdgeMessage) -> BoxFuture<'_, Result<(), ForwardError>> {
         Box::pin(async move {
-            let mut msg = edge_client::wire::Message::new(m.body);
-            msg.message_id = Some(m.message_id);
-            msg.correlation_id = m.correlation_id;
-            msg.content_type = m.content_type;
-            msg.content_encoding = m.content_encoding;
-            msg.creation_time = Some(m.creation_time);
-            msg.properties = m.properties;
+            let msg = m.to_wire(&output);
             self.client
                 .send_output(&output, msg)
                 .await
                 .map_err(|e| match e {
                     // no retry can make these succeed
-                    ClientError::TooLarge { .. } | ClientError::Usage(_) | ClientError::Wire(_) => {
-                        ForwardError::permanent(e.to_string())
-                    }
+                    ClientError::TooLarge { .. }
+                    | ClientError::TopicTooLong { .. }
+                    | ClientError::Usage(_)
+                    | ClientError::Wire(_) => ForwardError::permanent(e.to_string()),
                     _ => ForwardError::transient(e.to_string()),
                 })
         })
+    }
+
+    /// The exact check: the size as edgeHub counts it and the length of the topic this module's
+    /// identity builds for the message (MQTT's 65,535 bytes).
+    fn check(&self, output: &str, m: &EdgeMessage) -> Result<(), mqtt_server::limits::Refused> {
+        match self.client.check_output(output, m.to_wire(output)) {
+            Ok(()) => Ok(()),
+            Err(ClientError::TooLarge { size, limit }) => {
+                Err(mqtt_server::limits::message_too_large(size, limit))
+            }
+            Err(ClientError::TopicTooLong { len, limit }) => Err(mqtt_server::limits::Refused {
+                exceeded: mqtt_server::limits::Exceeded::Properties,
+                detail: format!("the edgeHub topic with its property bag would be {len} bytes; MQTT allows {limit}: use a shorter topic and fewer or shorter properties"),
+            }),
+            // other errors (a bad output name) are the module's settings, not the device's doing
+            Err(_) => Ok(()),
+        }
     }
 }
 

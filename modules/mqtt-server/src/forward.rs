@@ -59,6 +59,14 @@ pub trait Forwarder: Send + Sync + 'static {
         output: String,
         message: EdgeMessage,
     ) -> BoxFuture<'_, Result<(), ForwardError>>;
+
+    /// Whether the receiver can take `message` on `output` at all. It runs before the device is
+    /// acknowledged (and before the spool), so a message that could never be forwarded is refused at
+    /// the device instead of being acknowledged and then dropped. The default checks edgeHub's size
+    /// limit; the edgeHub forwarder also checks the topic its identity builds.
+    fn check(&self, output: &str, message: &EdgeMessage) -> Result<(), crate::limits::Refused> {
+        message.check_size(output)
+    }
 }
 
 /// The buffer was closed because the server is shutting down.
@@ -84,6 +92,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     full: Arc<AtomicBool>,
     spool: Option<Arc<Spool>>,
+    forwarder: Arc<dyn Forwarder>,
 }
 
 /// Tuning of [`Pipeline::start`].
@@ -114,6 +123,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             full: Arc::new(AtomicBool::new(false)),
             spool: spool.clone(),
+            forwarder: forwarder.clone(),
         };
         let worker = tokio::spawn(worker(
             rx,
@@ -193,6 +203,7 @@ impl Pipeline {
 
     /// Queues a message, waiting while the buffer is full. The receiver resolves once the
     /// message is safe: edgeHub acknowledged it, or (with a spool) it is committed to disk.
+    /// Callers check first ([`Pipeline::check`]) that the message can be forwarded at all.
     pub async fn submit(
         &self,
         output: String,
@@ -225,6 +236,11 @@ impl Pipeline {
             })
             .map_err(|_| Closed)?;
         Ok(safe)
+    }
+
+    /// [`Forwarder::check`]: whether `msg` can ever be forwarded on `output`.
+    pub fn check(&self, output: &str, msg: &EdgeMessage) -> Result<(), crate::limits::Refused> {
+        self.forwarder.check(output, msg)
     }
 
     fn note_full(&self, client: &str) {
@@ -279,6 +295,7 @@ async fn process(
     spool: Option<Arc<Spool>>,
 ) {
     let mut delay = retry;
+    let mut refused = false;
     let size = job.msg.size();
     loop {
         let attempt = forwarder.forward(job.output.clone(), job.msg.clone());
@@ -301,13 +318,17 @@ async fn process(
                 break;
             }
             Err(e) if e.permanent => {
-                // acknowledging the device is right here: it would resend a message that can
-                // never be taken, forever
+                // Forwarder::check ran before the device was answered, so this is not a size or
+                // topic problem. The device is not acknowledged (without a spool it has not been
+                // yet): its connection closes and it may send again; resending here could never
+                // succeed.
                 tracing::error!(error = %e, message_id = %job.msg.message_id, output = %job.output,
                     topic = job.msg.properties.get("mqtt-topic").map(String::as_str).unwrap_or(""),
                     client = job.msg.properties.get("mqtt-client-id").map(String::as_str).unwrap_or(""),
-                    "edgeHub refused the message for good; dropping it");
+                    spooled = job.spool_key.is_some(),
+                    "edgeHub refused the message for good; it is not acknowledged to the device (unless the spool already did)");
                 metrics.dropped("refused_by_edgehub");
+                refused = true;
                 break;
             }
             Err(e) => {
@@ -330,5 +351,7 @@ async fn process(
     metrics
         .buffer_bytes
         .fetch_sub(size as i64, Ordering::Relaxed);
-    let _ = job.done.send(());
+    if !refused {
+        let _ = job.done.send(());
+    }
 }

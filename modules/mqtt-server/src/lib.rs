@@ -71,6 +71,7 @@ pub mod broker;
 pub mod codec;
 mod connection;
 pub mod forward;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod settings;

@@ -33,6 +33,30 @@ impl EdgeMessage {
     pub fn size(&self) -> usize {
         self.body.len()
     }
+
+    /// The message as `edge_client` sends it on `output` (`$.on` set).
+    pub fn to_wire(&self, output: &str) -> edge_client::wire::Message {
+        let mut msg = edge_client::wire::Message::new(self.body.clone());
+        msg.message_id = Some(self.message_id.clone());
+        msg.correlation_id = self.correlation_id.clone();
+        msg.content_type = self.content_type.clone();
+        msg.content_encoding = self.content_encoding.clone();
+        msg.creation_time = Some(self.creation_time.clone());
+        msg.output_name = Some(output.to_string());
+        msg.properties = self.properties.clone();
+        msg
+    }
+
+    /// Whether edgeHub takes this message on `output` by size: body plus properties (as edgeHub
+    /// counts them) at most [`edge_client::wire::MAX_MESSAGE_SIZE`].
+    pub fn check_size(&self, output: &str) -> Result<(), crate::limits::Refused> {
+        let size = self.to_wire(output).size();
+        let limit = edge_client::wire::MAX_MESSAGE_SIZE;
+        if size > limit {
+            return Err(crate::limits::message_too_large(size, limit));
+        }
+        Ok(())
+    }
 }
 
 /// True when `body` is a JSON document encoded in UTF-8.

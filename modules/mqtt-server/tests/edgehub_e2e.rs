@@ -481,3 +481,243 @@ async fn two_hundred_devices_through_the_hub_every_message_once_intact() {
     drop(module);
     hub.stop().await;
 }
+
+/// Runs a command line (with `timeout 60`) and says whether it exited 0.
+fn run_ok(args: &[&str]) -> bool {
+    Command::new("timeout")
+        .arg("60")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// An MQTT 5 publish (QoS 1) with rumqttc's v5 client; the PUBACK's reason code, or the reason of a
+/// DISCONNECT, as text.
+async fn v5_publish(port: u16, id: &str, topic: String, payload: Vec<u8>) -> String {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_max_packet_size(Some(1 << 20));
+    let (c, mut el) = AsyncClient::new(o, 10);
+    c.publish(
+        topic,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        payload,
+    )
+    .await
+    .expect("queued");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => return format!("{:?}", a.reason),
+            Ok(Ok(Event::Incoming(Packet::Disconnect(d)))) => {
+                return format!("disconnect {:?}", d.reason_code)
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("error {e}"),
+            Err(_) => return "no answer".into(),
+        }
+    }
+}
+
+/// Hostile device input (issue: one packet stalled every device). A 65,535-byte topic, a
+/// 65,535-byte client id and a message too large for edgeHub once its properties are added are refused
+/// at the device (MQTT 5: PUBACK 0x90 / 0x97; MQTT 3.1.1: connection closed or CONNACK refused), never
+/// acknowledged and then dropped; meanwhile a steady device is acknowledged without a hitch, its
+/// readings reach `$upstream` each exactly once, and the module's link to edgeHub never drops.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_topics_client_ids_and_sizes_are_refused_at_the_device_and_the_rest_flows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub_port = free_port();
+    let hub = start_hub(
+        dir.path(),
+        ([127, 0, 0, 1], hub_port).into(),
+        serde_json::json!({}),
+    )
+    .await;
+    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+    let mqtt_port = free_port();
+    let log = dir.path().join("module.log");
+    // the module, with its log kept for the checks at the end
+    let key = base64::engine::general_purpose::STANDARD.encode(KEY);
+    let module = Module(
+        Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
+            .env("EdgeHubConnectionString", format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={key}"))
+            .env("EdgeModuleCACertificateFile", dir.path().join("ca.pem"))
+            .env("IOTEDGE_GATEWAYPORT", hub_port.to_string())
+            .env("MQTT_BIND_ADDRESS", "127.0.0.1")
+            .env("MQTT_PORT", mqtt_port.to_string())
+            .env("MQTT_METRICS_PORT", "0")
+            .env("RUST_LOG", "mqtt_server=info,edge_client=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("module starts"),
+    );
+    assert!(
+        publish_when_up(mqtt_port, "esp-first", r#"{"temp":37}"#).await,
+        "the server takes a reading"
+    );
+    assert_eq!(
+        take_upstream(&hub.handle, 1, Duration::from_secs(30))
+            .await
+            .len(),
+        1
+    );
+
+    // a steady device, 200 QoS 1 readings, while the hostile ones come
+    let count = 200;
+    let steady = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "120",
+                "python3",
+                "-c",
+                DEVICE_SCRIPT,
+                &mqtt_port.to_string(),
+                &count.to_string(),
+                "0.02",
+            ])
+            .output()
+    });
+
+    let port = mqtt_port.to_string();
+    let huge_topic = "t".repeat(65_535);
+    let huge_id = "c".repeat(65_535);
+    // edgeHub takes 262,144 bytes of body plus properties: a body just under it passes the server's
+    // own max_payload (262,144) but not edgeHub once the mqtt-* and system properties are added
+    let big_body = format!(r#"{{"temp":37,"pad":"{}"}}"#, "x".repeat(262_144 - 100));
+    let big_file = dir.path().join("big.json");
+    std::fs::write(&big_file, &big_body).expect("write");
+    let big_path = big_file.to_string_lossy().to_string();
+    let (p, t, i) = (port.clone(), huge_topic.clone(), huge_id.clone());
+    let v311 = tokio::task::spawn_blocking(move || {
+        [
+            // the issue's reproduction, verbatim in effect
+            run_ok(&[
+                "mosquitto_pub",
+                "-p",
+                &p,
+                "-q",
+                "1",
+                "-t",
+                &t,
+                "-m",
+                r#"{"temp":37}"#,
+            ]),
+            run_ok(&[
+                "mosquitto_pub",
+                "-p",
+                &p,
+                "-q",
+                "1",
+                "-i",
+                &i,
+                "-t",
+                "MyTopic",
+                "-m",
+                r#"{"temp":37}"#,
+            ]),
+            run_ok(&[
+                "mosquitto_pub",
+                "-p",
+                &p,
+                "-q",
+                "1",
+                "-i",
+                "esp-big",
+                "-t",
+                "MyTopic",
+                "-f",
+                &big_path,
+            ]),
+        ]
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        v311,
+        [false, false, false],
+        "MQTT 3.1.1: topic, client id and size refused (no PUBACK, no CONNACK 0)"
+    );
+    assert_eq!(
+        v5_publish(
+            mqtt_port,
+            "esp-v5-topic",
+            huge_topic.clone(),
+            b"{}".to_vec()
+        )
+        .await,
+        "TopicNameInvalid"
+    );
+    assert_eq!(
+        v5_publish(
+            mqtt_port,
+            "esp-v5-big",
+            "MyTopic".into(),
+            big_body.clone().into_bytes()
+        )
+        .await,
+        "QuotaExceeded"
+    );
+    // a message that fits is still taken on the same kind of connection
+    assert_eq!(
+        v5_publish(
+            mqtt_port,
+            "esp-v5-ok",
+            "MyTopic".into(),
+            br#"{"temp":36.6}"#.to_vec()
+        )
+        .await,
+        "Success"
+    );
+
+    let out = steady.await.expect("join").expect("python runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "the steady device was acknowledged throughout: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = take_upstream(&hub.handle, count + 1, Duration::from_secs(60)).await;
+    let extra = take_upstream(&hub.handle, 1, Duration::from_secs(2)).await;
+    assert!(extra.is_empty(), "nothing else upstream: {extra:?}");
+    let mut seqs = Vec::new();
+    let mut others = Vec::new();
+    for m in &got {
+        assert!(m.properties["mqtt-topic"].len() < 100);
+        assert!(m.body.len() < 1000, "no oversized message was forwarded");
+        match m.properties["mqtt-client-id"].as_str() {
+            "esp-outage" => seqs.push(
+                serde_json::from_slice::<serde_json::Value>(&m.body).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq"),
+            ),
+            other => others.push(other.to_string()),
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..count as u64).collect::<Vec<_>>(), "each once");
+    assert_eq!(others, vec!["esp-v5-ok".to_string()]);
+
+    drop(module);
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !log.contains("disconnected from edgeHub") && !log.contains("unsolicited"),
+        "the link to edgeHub never dropped:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    for what in [
+        "refusing connection: over a limit",
+        "disconnecting client: a publish over a limit",
+        "refusing a publish (MQTT 5 reason code 0x90)",
+        "refusing a publish (MQTT 5 reason code 0x97)",
+    ] {
+        assert!(log.contains(what), "log says {what:?}");
+    }
+    hub.stop().await;
+}
