@@ -125,16 +125,16 @@ class EdgeDev:
         return self.proc.returncode
 
     def kill9(self):
-        """kill -9 of edge-dev itself, as a power cut would; its module processes are killed too."""
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        """kill -9 of edge-dev itself, as a power cut or the OOM killer would. Its module processes must die
+        with it (edge-dev arranges that; the test does not kill them). Returns their pids, so a test can
+        check; the fixture's teardown kills any that a failing runtime left, so one test cannot break the next."""
+        self.children = [int(c) for c in subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                                         text=True).stdout.split()]
+        self.leftovers = getattr(self, "leftovers", []) + self.children
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
-        for c in children:
-            try:
-                os.kill(int(c), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         self.log.close()
+        return self.children
 
     def module_cred(self, name):
         out = subprocess.run([str(EDGE_DEV), "--data-dir", str(self.data_dir), "module-cred", name],
@@ -159,6 +159,11 @@ def edge_dev_factory(tmp_path):
         except Exception:  # the test's own assertion is the interesting one
             if e.proc and e.proc.poll() is None:
                 e.proc.kill()
+        for pid in getattr(e, "leftovers", []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 @pytest.fixture(autouse=True)

@@ -118,7 +118,7 @@ def test_smoke_pipeline_with_armv7_modules_under_qemu(arm_build, tmp_path):
         assert edge.stop(timeout=60) == 0, edge.output()[-3000:]
     finally:
         if edge.proc is not None and edge.proc.poll() is None:
-            edge.kill9()  # edge-dev and its module processes (by pid)
+            edge.kill9()  # edge-dev; its module processes die with it
 
 
 def test_arm32v7_images_built_here_are_small_and_self_contained(arm_build, tmp_path):

@@ -419,8 +419,10 @@ async fn a_send_edgehub_never_acknowledges_is_retried() {
     h.stop().await;
 }
 
+/// A message edgeHub refuses for good (after the size and topic checks passed) is tried once, logged
+/// and counted, and never acknowledged to the device: its connection closes without a PUBACK.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_edgehub_refuses_for_good_is_dropped_loudly_not_retried_forever() {
+async fn a_message_edgehub_refuses_for_good_is_not_acknowledged_and_not_retried_forever() {
     let rec = Arc::new(Recorder::default());
     rec.refuse.store(true, Ordering::SeqCst);
     let h = Harness::start_with(test_settings(), rec.clone(), None).await;
@@ -428,11 +430,12 @@ async fn a_message_edgehub_refuses_for_good_is_dropped_loudly_not_retried_foreve
     c.publish("poison", QoS::AtLeastOnce, 1, "never fits", false)
         .await;
     assert!(
-        matches!(c.recv(T).await, Some(Packet::PubAck(_))),
-        "device is released"
+        c.recv(T).await.is_none(),
+        "no PUBACK: the connection closes"
     );
     wait_log(&["refused the message for good", "dev-poison"], T).await;
     rec.refuse.store(false, Ordering::SeqCst);
+    let mut c = Client::connect(&h, "dev-poison", 0, true).await;
     c.publish("fine", QoS::AtLeastOnce, 2, "fits", false).await;
     assert!(matches!(c.recv(T).await, Some(Packet::PubAck(_))));
     assert_eq!(rec.bodies(), vec!["fits".to_string()]);
@@ -445,6 +448,39 @@ async fn a_message_edgehub_refuses_for_good_is_dropped_loudly_not_retried_foreve
         .metrics_text()
         .await
         .contains("mqtt_dropped_total{reason=\"refused_by_edgehub\"} 1"));
+    h.stop().await;
+}
+
+/// A body under `max_payload` that edgeHub would not take once the properties are added (its limit is
+/// 262,144 bytes of body plus properties) is refused before it is acknowledged or forwarded: MQTT 3.1.1
+/// gets its connection closed, and nothing reaches the forwarder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_too_large_for_edgehub_is_refused_at_the_device_not_acknowledged() {
+    let rec = Arc::new(Recorder::default());
+    let settings = mqtt_server::Settings {
+        max_payload: 262_144,
+        buffer_bytes: 1 << 20,
+        ..test_settings()
+    };
+    let h = Harness::start_with(settings, rec.clone(), None).await;
+    let mut c = Client::connect(&h, "dev-big", 0, true).await;
+    let big = "x".repeat(262_144 - 10);
+    c.publish("MyTopic", QoS::AtLeastOnce, 1, &big, false).await;
+    assert!(
+        c.recv(T).await.is_none(),
+        "no PUBACK: the connection closes"
+    );
+    wait_log(&["a publish over a limit", "dev-big"], T).await;
+    let mut c = Client::connect(&h, "dev-big", 0, true).await;
+    c.publish("MyTopic", QoS::AtLeastOnce, 2, "small", false)
+        .await;
+    assert!(matches!(c.recv(T).await, Some(Packet::PubAck(_))));
+    assert_eq!(
+        rec.bodies(),
+        vec!["small".to_string()],
+        "only what fits was forwarded"
+    );
+    assert_eq!(h.handle.metrics().refused_count("too_large_for_edgehub"), 1);
     h.stop().await;
 }
 

@@ -462,45 +462,67 @@ fn failed(context: &'static str) -> impl Fn(redb::Error) -> Failed {
     }
 }
 
+/// The writer's state from a failed commit until one succeeds again.
+struct Trouble {
+    since: Instant,
+    failures: u64,
+    /// When the error was last logged.
+    logged: Option<Instant>,
+    /// Set while the file is closed after an I/O error: when to reopen it.
+    reopen_at: Option<Instant>,
+    /// The wait before the next reopen; doubles (to 10 s) while commits keep failing.
+    wait: Duration,
+}
+
+impl Trouble {
+    fn new() -> Trouble {
+        Trouble {
+            since: Instant::now(),
+            failures: 0,
+            logged: None,
+            reopen_at: None,
+            wait: Duration::from_millis(250),
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let w = self.wait;
+        self.wait = (self.wait * 2).min(Duration::from_secs(10));
+        w
+    }
+}
+
 impl Writer {
     fn run(self, rx: std::sync::mpsc::Receiver<Job>) {
         let mut closing = false;
-        // After an I/O error: when to try to reopen, and how long the next wait is.
-        let mut broken: Option<(Instant, Duration)> = None;
-        let mut failures: u64 = 0;
-        let mut last_log: Option<Instant> = None;
+        // Set from the first failed commit until a commit succeeds again.
+        let mut trouble: Option<Trouble> = None;
         while !closing {
-            // While broken, wake up to reopen the file even when nobody writes.
-            let first = match broken {
-                Some((at, _)) => {
-                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                        Ok(j) => Some(j),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+            // While the file is closed after an I/O error, wake up to reopen it even when nobody writes.
+            let reopen_at = trouble.as_ref().and_then(|t| t.reopen_at);
+            let first = match reopen_at {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(j) => Some(j),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                },
                 None => match rx.recv() {
                     Ok(j) => Some(j),
                     Err(_) => break,
                 },
             };
-            if let Some((at, wait)) = broken {
-                if Instant::now() >= at {
+            if let Some(t) = trouble.as_mut() {
+                if t.reopen_at.is_some_and(|at| Instant::now() >= at) {
                     match self.reopen() {
                         Ok(()) => {
-                            tracing::info!(
-                                failed_commits = failures,
-                                "the hub store is writable again (reopened after the I/O error); publishes are acknowledged again"
-                            );
-                            broken = None;
+                            // writable as far as anyone can tell: the next commit says for sure
+                            t.reopen_at = None;
                             self.writable.store(true, Ordering::SeqCst);
-                            failures = 0;
-                            last_log = None;
+                            tracing::debug!("the hub store was reopened after an I/O error");
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "the hub store cannot be reopened yet");
-                            let wait = (wait * 2).min(Duration::from_secs(5));
-                            broken = Some((Instant::now() + wait, wait));
+                            t.reopen_at = Some(Instant::now() + t.next_wait());
                         }
                     }
                 }
@@ -520,41 +542,55 @@ impl Writer {
             }
             let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
             let db = self.slot.read().ok().and_then(|g| g.clone());
-            let result = match (&broken, db) {
-                (None, Some(db)) => match apply_refs(&db, &ops) {
+            let result = match db {
+                Some(db) => match apply_refs(&db, &ops) {
                     Ok(deltas) => {
                         add_deltas(&self.depths, deltas);
                         Ok(())
                     }
                     Err(f) => {
+                        let t = trouble.get_or_insert_with(Trouble::new);
                         if f.reopen {
                             // redb refuses every write after an I/O error until it is reopened:
-                            // close it now (readers see REOPENING), reopen before the next commit
+                            // close it now (readers see REOPENING) and reopen it after a wait that
+                            // doubles while commits keep failing (the disk is still full)
                             if let Ok(mut g) = self.slot.write() {
                                 *g = None;
                             }
                             self.writable.store(false, Ordering::SeqCst);
-                            broken = Some((
-                                Instant::now() + Duration::from_millis(250),
-                                Duration::from_millis(250),
-                            ));
+                            t.reopen_at = Some(Instant::now() + t.next_wait());
                         }
                         Err(f.error)
                     }
                 },
-                (None, None) => Err(StoreError(
+                None if trouble.as_ref().is_some_and(|t| t.reopen_at.is_some()) => {
+                    Err(StoreError(REOPENING.into()))
+                }
+                None => Err(StoreError(
                     "the hub has stopped; its store is closed".into(),
                 )),
-                (Some(_), _) => Err(StoreError(REOPENING.into())),
             };
-            if let Err(e) = &result {
-                failures += 1;
-                // one line when it starts, then one every 30 s while it lasts
-                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                    tracing::error!(error = %e, failed_commits = failures,
-                        "the hub store could not commit; publishes are refused (not acknowledged) until it can. Free space on the data directory's disk");
-                    last_log = Some(Instant::now());
+            match (&result, trouble.as_mut()) {
+                (Ok(()), Some(t)) => {
+                    tracing::info!(
+                        failed_commits = t.failures,
+                        after = ?t.since.elapsed(),
+                        "the hub store commits again; publishes are acknowledged again"
+                    );
+                    trouble = None;
                 }
+                (Err(e), Some(t)) => {
+                    t.failures += 1;
+                    // one line when it starts, then one every 30 s while it lasts
+                    if t.logged
+                        .is_none_or(|l| l.elapsed() >= Duration::from_secs(30))
+                    {
+                        tracing::error!(error = %e, failed_commits = t.failures, since = ?t.since.elapsed(),
+                            "the hub store could not commit; publishes are refused (not acknowledged) until it can. Free space on the data directory's disk");
+                        t.logged = Some(Instant::now());
+                    }
+                }
+                _ => {}
             }
             for j in jobs {
                 if let Some(reply) = j.reply {
