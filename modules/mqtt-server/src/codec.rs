@@ -79,8 +79,13 @@ pub struct PubProps {
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<(String, String)>,
     pub topic_alias: Option<u16>,
+    /// MQTT 5 subscription identifiers of the subscriptions a delivery matched (outgoing only).
+    pub subscription_ids: Vec<usize>,
     /// When the message expires (from `message_expiry_secs` at receipt); not on the wire.
     pub expires_at: Option<std::time::Instant>,
+    /// For a delivery through a shared subscription: its `$share/{group}/{filter}`, so that a
+    /// member that leaves hands the message to another member. Not on the wire.
+    pub shared: Option<String>,
 }
 
 /// An application message in either direction.
@@ -106,9 +111,13 @@ pub struct SubFilter {
     pub retain_as_published: bool,
     /// MQTT 5 retain handling: 0 send retained on subscribe, 1 only if new, 2 never.
     pub retain_handling: u8,
+    /// MQTT 5 subscription identifier (1 to 268,435,455), sent back with each delivery.
+    pub id: Option<usize>,
 }
 
 /// Packets a server receives.
+// A publish is the common packet and moves once; boxing it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Inbound {
     Connect(Box<ConnectInfo>),
@@ -178,6 +187,8 @@ pub enum DisconnectReason {
 }
 
 /// Packets a server sends.
+// As for `Inbound`: the publish is the common packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outbound {
     ConnAck {
@@ -450,6 +461,7 @@ impl ServerCodec {
                         no_local: false,
                         retain_as_published: false,
                         retain_handling: 0,
+                        id: None,
                     })
                     .collect(),
             },
@@ -570,24 +582,28 @@ impl ServerCodec {
             v5::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
             v5::Packet::PubRel(a) => Inbound::PubRel(a.pkid),
             v5::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
-            v5::Packet::Subscribe(s) => Inbound::Subscribe {
-                pkid: s.pkid,
-                filters: s
-                    .filters
-                    .into_iter()
-                    .map(|f| SubFilter {
-                        filter: f.path,
-                        qos: q4(f.qos),
-                        no_local: f.nolocal,
-                        retain_as_published: f.preserve_retain,
-                        retain_handling: match f.retain_forward_rule {
-                            v5::RetainForwardRule::OnEverySubscribe => 0,
-                            v5::RetainForwardRule::OnNewSubscribe => 1,
-                            v5::RetainForwardRule::Never => 2,
-                        },
-                    })
-                    .collect(),
-            },
+            v5::Packet::Subscribe(s) => {
+                let id = s.properties.as_ref().and_then(|p| p.id);
+                Inbound::Subscribe {
+                    pkid: s.pkid,
+                    filters: s
+                        .filters
+                        .into_iter()
+                        .map(|f| SubFilter {
+                            id,
+                            filter: f.path,
+                            qos: q4(f.qos),
+                            no_local: f.nolocal,
+                            retain_as_published: f.preserve_retain,
+                            retain_handling: match f.retain_forward_rule {
+                                v5::RetainForwardRule::OnEverySubscribe => 0,
+                                v5::RetainForwardRule::OnNewSubscribe => 1,
+                                v5::RetainForwardRule::Never => 2,
+                            },
+                        })
+                        .collect(),
+                }
+            }
             v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
                 pkid: u.pkid,
                 filters: u.filters,
@@ -698,8 +714,8 @@ impl ServerCodec {
                     reason_string: None,
                     user_properties: Vec::new(),
                     wildcard_subscription_available: Some(1),
-                    subscription_identifiers_available: Some(0),
-                    shared_subscription_available: Some(0),
+                    subscription_identifiers_available: Some(1),
+                    shared_subscription_available: Some(1),
                     server_keep_alive: None,
                     response_information: None,
                     server_reference: None,
@@ -709,7 +725,10 @@ impl ServerCodec {
             }),
             Outbound::Publish(p) => {
                 let pr = &p.props;
-                let has_props = pr != &PubProps::default();
+                let has_props = PubProps {
+                    shared: None,
+                    ..pr.clone()
+                } != PubProps::default();
                 v5::Packet::Publish(v5::Publish {
                     dup: p.dup,
                     qos: q5(p.qos),
@@ -725,7 +744,7 @@ impl ServerCodec {
                             response_topic: pr.response_topic.clone(),
                             correlation_data: pr.correlation_data.clone(),
                             user_properties: pr.user_properties.clone(),
-                            subscription_identifiers: Vec::new(),
+                            subscription_identifiers: pr.subscription_ids.clone(),
                             content_type: pr.content_type.clone(),
                         })
                     } else {
@@ -772,7 +791,7 @@ impl ServerCodec {
             Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
             Outbound::Disconnect(reason) => {
                 use v5::DisconnectReasonCode as D;
-                v5::Packet::Disconnect(v5::Disconnect::new(match reason {
+                let code = match reason {
                     DisconnectReason::ProtocolError => D::ProtocolError,
                     DisconnectReason::MalformedPacket => D::MalformedPacket,
                     DisconnectReason::PacketTooLarge => D::PacketTooLarge,
@@ -783,7 +802,13 @@ impl ServerCodec {
                     DisconnectReason::QuotaExceeded => D::QuotaExceeded,
                     DisconnectReason::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
                     DisconnectReason::TopicAliasInvalid => D::TopicAliasInvalid,
-                }))
+                };
+                // Written here, not by rumqttc 0.25, whose DISCONNECT without properties says
+                // remaining length 1 and then writes 2 bytes (reason code and a property length),
+                // leaving a stray 0x00 on the wire. This is the spec's form: remaining length 2,
+                // the reason code, property length 0.
+                dst.extend_from_slice(&[0xE0, 0x02, code as u8, 0x00]);
+                return Ok(());
             }
         };
         packet
@@ -977,5 +1002,25 @@ mod tests {
         assert!(matches!(codec.decode(&mut b), Ok(Some(_))));
         let mut b = BytesMut::from(&[0x30u8, 5, 0, 2, 0xff, 0xfe, b'x'][..]);
         assert!(matches!(codec.decode(&mut b), Err(CodecError::NotUtf8)));
+    }
+
+    #[test]
+    fn a_v5_disconnect_is_four_well_formed_bytes_that_rumqttc_reads_back() {
+        let mut c = ServerCodec::for_version(Version::V5);
+        let mut buf = BytesMut::new();
+        c.encode(
+            Outbound::Disconnect(DisconnectReason::ReceiveMaximumExceeded),
+            &mut buf,
+        )
+        .expect("encodes");
+        assert_eq!(&buf[..], &[0xE0, 0x02, 0x93, 0x00]);
+        match v5::Packet::read(&mut buf, None) {
+            Ok(v5::Packet::Disconnect(d)) => assert_eq!(
+                d.reason_code,
+                v5::DisconnectReasonCode::ReceiveMaximumExceeded
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.is_empty(), "nothing left over");
     }
 }

@@ -304,6 +304,7 @@ pub(crate) async fn serve<S>(
         outgoing: BTreeMap::new(),
         next_pkid: 1,
         session_expiry_update: None,
+        inflight_in: HashSet::new(),
     };
     let end = run_loop(
         &mut conn,
@@ -325,6 +326,11 @@ pub(crate) async fn serve<S>(
 
     // 4. will, session hand-back
     let publish_will = matches!(end, End::Abnormal | End::Clean { with_will: true });
+    let expiry = state
+        .session_expiry_update
+        .map(|s| Duration::from_secs(u64::from(s).min(max_expiry)));
+    // MQTT 5: the will goes when its delay passes or when the session ends, whichever is first
+    let session_lasts = expiry.unwrap_or(persist_for);
     tracing::info!(client = %client, %peer, reason = ?end, "client disconnected");
     if publish_will {
         if let Some(w) = info.will.take() {
@@ -337,13 +343,8 @@ pub(crate) async fn serve<S>(
                 pkid: 0,
                 props: w.props,
             };
-            publish_will_message(
-                p,
-                client.clone(),
-                shared.clone(),
-                pipeline.clone(),
-                w.delay_secs,
-            );
+            let delay = u64::from(w.delay_secs).min(session_lasts.as_secs());
+            publish_will_message(p, client.clone(), shared.clone(), pipeline.clone(), delay);
         }
     }
     let mut unacked: Vec<Pub> = state
@@ -359,9 +360,6 @@ pub(crate) async fn serve<S>(
             unacked.push(p);
         }
     }
-    let expiry = state
-        .session_expiry_update
-        .map(|s| Duration::from_secs(u64::from(s).min(max_expiry)));
     shared
         .broker
         .disconnect(&client, conn_id, unacked, state.qos2, expiry);
@@ -374,11 +372,11 @@ fn publish_will_message(
     client: String,
     shared: Arc<Shared>,
     pipeline: Pipeline,
-    delay_secs: u32,
+    delay_secs: u64,
 ) {
     tokio::spawn(async move {
         if delay_secs > 0 {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay_secs.min(3600)))).await;
+            tokio::time::sleep(Duration::from_secs(delay_secs.min(3600))).await;
             // MQTT 5: a client back within the will delay cancels its will
             if shared.broker.is_connected(&client) {
                 tracing::info!(client = %client, "client reconnected within its will delay; will not published");
@@ -402,9 +400,26 @@ struct Session {
     outgoing: BTreeMap<u16, (Pub, bool)>,
     next_pkid: u16,
     session_expiry_update: Option<u32>,
+    /// MQTT 5 flow control: packet ids of the client's QoS 1/2 publishes on this connection that
+    /// are not finished yet (PUBACK, or PUBCOMP for QoS 2, not sent); at most the Receive Maximum
+    /// announced in CONNACK.
+    inflight_in: HashSet<u16>,
 }
 
 impl Session {
+    /// Notes that `pkt`, about to be sent, finishes one of the client's publishes.
+    fn finished(&mut self, pkt: &Outbound) {
+        match pkt {
+            Outbound::PubAck(id)
+            | Outbound::PubComp(id)
+            | Outbound::PubAckRefused(id, _)
+            | Outbound::PubRecRefused(id, _) => {
+                self.inflight_in.remove(id);
+            }
+            _ => {}
+        }
+    }
+
     fn alloc_pkid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             let id = self.next_pkid;
@@ -533,7 +548,10 @@ where
             }
             Some(ack) = acks.next(), if !acks.is_empty() => {
                 match ack {
-                    Some(pkt) => if conn.send(pkt).await.is_err() { return End::Abnormal; },
+                    Some(pkt) => {
+                        state.finished(&pkt);
+                        if conn.send(pkt).await.is_err() { return End::Abnormal; }
+                    }
                     None if *shutdown.borrow() => return End::Shutdown,
                     None => {
                         // edgeHub refused a message for good (logged where it happened): no
@@ -553,7 +571,8 @@ where
                 if v5 { let _ = conn.send(Outbound::Disconnect(DisconnectReason::KeepAliveTimeout)).await; }
                 return End::Abnormal;
             }
-            frame = frames.next(), if acks.len() < max_inflight => {
+            // MQTT 5 clients are read on: the Receive Maximum they were given is enforced below
+            frame = frames.next(), if v5 || acks.len() < max_inflight => {
                 if let Some(k) = keep_alive { deadline = Instant::now() + k; }
                 let pkt = match frame {
                     None => return End::Abnormal,
@@ -579,6 +598,7 @@ where
                     }
                     Inbound::PubRel(pkid) => {
                         state.qos2.remove(&pkid);
+                        state.inflight_in.remove(&pkid);
                         if conn.send(Outbound::PubComp(pkid)).await.is_err() { return End::Abnormal; }
                     }
                     Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
@@ -742,6 +762,16 @@ async fn on_publish<W: AsyncWrite + Unpin>(
         // a resend of a QoS 2 message we already have: acknowledge again, do not forward twice
         let pkid = p.pkid;
         return Ok(Some(Box::pin(async move { Some(Outbound::PubRec(pkid)) })));
+    }
+    if v5 && p.qos != QoS::AtMostOnce && state.inflight_in.insert(p.pkid) {
+        // MQTT 5 4.9: more unfinished QoS 1/2 publishes than the Receive Maximum is an error
+        let receive_max = usize::from(shared.settings.max_inflight);
+        if state.inflight_in.len() > receive_max {
+            tracing::warn!(client = %client, peer = %conn.peer, receive_max,
+                "disconnecting client: more unacknowledged QoS 1/2 publishes than the Receive Maximum it was given");
+            shared.metrics.refused("receive_maximum_exceeded");
+            return Err(refuse(conn, v5, DisconnectReason::ReceiveMaximumExceeded).await);
+        }
     }
     // what can never reach edgeHub is refused now, before anyone (subscribers, the spool, the device's
     // acknowledgement) has seen it

@@ -13,7 +13,9 @@
 //! - [`forward`]: the [`Forwarder`] trait (edgeHub in production, a recorder in tests) and the
 //!   bounded forwarding buffer with back-pressure and retries.
 //! - [`spool`]: the optional durable spool (redb) behind the buffer.
-//! - [`broker`]: sessions, subscriptions, retained messages for device subscribers.
+//! - [`broker`]: sessions, subscriptions (shared, with identifiers), retained messages for device
+//!   subscribers; [`state`]: their optional persistence (redb).
+//! - [`limits`]: what a device may send so that every forwarded message fits edgeHub.
 //! - `connection`: one client connection's state machine.
 //! - [`metrics`]: Prometheus counters, served on `:9600/metrics`.
 //! - [`Server`] / [`run`]: accept loops (plain and optional TLS), shutdown; [`ServerHandle`]
@@ -64,8 +66,8 @@
 //!   messages not yet acknowledged to devices, so a crash loses none that were acknowledged.
 //! - With `spool_path` ([`spool`]), the buffer is also on disk (redb, group commit): devices are
 //!   acknowledged once their message is committed, and a crash's leftovers go at the next start.
-//! - Sessions, subscriptions and retained messages live in memory; they survive reconnects, not
-//!   a restart of the module.
+//! - Sessions, subscriptions and retained messages live in memory and survive reconnects; with
+//!   `state_path` ([`state`]) they are also kept on disk and survive restarts.
 
 pub mod broker;
 pub mod codec;
@@ -76,6 +78,7 @@ pub mod message;
 pub mod metrics;
 pub mod settings;
 pub mod spool;
+pub mod state;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -271,14 +274,19 @@ impl Server {
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
+        let mut broker = Broker::new(
+            settings.session_queue,
+            settings.max_retained,
+            settings.offline_bytes,
+            metrics.clone(),
+        );
+        if let Some(path) = &settings.state_path {
+            let (sink, loaded) = state::open(path)?;
+            broker.restore(sink, loaded);
+        }
         let shared = Arc::new(Shared {
             routing: RwLock::new(Arc::new(settings.routing())),
-            broker: Broker::new(
-                settings.session_queue,
-                settings.max_retained,
-                settings.offline_bytes,
-                metrics.clone(),
-            ),
+            broker,
             metrics,
             auth,
             settings,
@@ -403,6 +411,19 @@ impl Server {
         if let Some(r) = recovery {
             r.abort();
             let _ = r.await;
+        }
+        // the connections handed their sessions back: put them on disk
+        if shared.settings.state_path.is_some() {
+            let b = shared.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || b.broker.flush_state(Duration::from_secs(5)))
+                    .await
+                    .unwrap_or(false);
+            if !saved {
+                tracing::warn!(
+                    "device sessions could not all be saved before stopping (state_path)"
+                );
+            }
         }
         let mut worker = worker;
         // what is left of the grace period, and at least a second

@@ -96,6 +96,10 @@ pub struct Settings {
     /// once committed there (not only after edgeHub acknowledged it), and what a crash left is
     /// forwarded at the next start. Default none (memory only). Env `MQTT_SPOOL_PATH`.
     pub spool_path: Option<PathBuf>,
+    /// File (redb) that keeps persistent device sessions (subscriptions, queued messages) and
+    /// retained messages across restarts of the module. Default none (memory only: they survive
+    /// reconnects, not a restart). Env `MQTT_STATE_PATH`.
+    pub state_path: Option<PathBuf>,
     /// Seconds to wait on shutdown for messages in flight to edgeHub (and to send their
     /// devices the acknowledgements, so they need not resend). Default 5.
     /// Env `MQTT_SHUTDOWN_GRACE`.
@@ -130,6 +134,7 @@ impl Default for Settings {
             session_expiry_secs: 86_400,
             auth_file: None,
             spool_path: None,
+            state_path: None,
             shutdown_grace_secs: 5,
         }
     }
@@ -162,6 +167,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_SESSION_EXPIRY",
     "MQTT_AUTH_FILE",
     "MQTT_SPOOL_PATH",
+    "MQTT_STATE_PATH",
     "MQTT_SHUTDOWN_GRACE",
 ];
 
@@ -244,6 +250,7 @@ impl Settings {
                 "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
                 "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
                 "MQTT_SPOOL_PATH" => self.spool_path = Some(PathBuf::from(v)),
+                "MQTT_STATE_PATH" => self.state_path = Some(PathBuf::from(v)),
                 "MQTT_SHUTDOWN_GRACE" => self.shutdown_grace_secs = parse(var, &v)?,
                 _ => {}
             }
@@ -526,6 +533,7 @@ mod tests {
             ("MQTT_SESSION_EXPIRY", "60"),
             ("MQTT_AUTH_FILE", "/auth"),
             ("MQTT_SPOOL_PATH", "/data/spool.redb"),
+            ("MQTT_STATE_PATH", "/data/state.redb"),
             ("MQTT_SHUTDOWN_GRACE", "1"),
         ]
         .into_iter()
@@ -569,6 +577,7 @@ mod tests {
             session_expiry_secs: 60,
             auth_file: Some("/auth".into()),
             spool_path: Some("/data/spool.redb".into()),
+            state_path: Some("/data/state.redb".into()),
             shutdown_grace_secs: 1,
         };
         assert_eq!(s, expected);
