@@ -26,7 +26,7 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
 # Test binaries run under qemu; -E LD_LIBRARY_PATH: without it the cross loader reads the host's
-# ld.so.cache and threaded programs crash (DESIGN.md).
+# ld.so.cache and threaded programs crash (seen here with Debian's qemu-user-static 7.2).
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm-static -L /usr/arm-linux-gnueabihf -E LD_LIBRARY_PATH=/usr/arm-linux-gnueabihf/lib"
 export CARGO_PROFILE_RELEASE_STRIP=symbols
 # Resolve for Rust 1.85 even where Cargo.lock would allow newer (the workspace's lock is already for 1.85).

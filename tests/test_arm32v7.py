@@ -57,7 +57,8 @@ def test_unit_tests_pass_under_qemu(arm_build):
         b = ARM_BIN / m
         header = subprocess.run(["readelf", "-h", str(b)], capture_output=True, text=True, check=True).stdout
         assert "ARM" in header and "ELF32" in header, header
-        # Each runs under qemu (the -E: without it threaded programs crash; see DESIGN.md).
+        # Each runs under qemu (the -E: without it the cross loader picks up libc6:armhf via ld.so.cache
+        # and threaded programs crash).
         r = subprocess.run(["qemu-arm-static", "-L", SYSROOT, "-E", f"LD_LIBRARY_PATH={SYSROOT}/lib", str(b), "--version"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and m in r.stdout, (m, r.stdout, r.stderr)

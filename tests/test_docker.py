@@ -323,7 +323,7 @@ def iotedgedev():
 def test_iotedgedev_genconfig_matches_ours(iotedgedev, tmp_path, platform):
     home = tmp_path / "home"
     (home / ".iotedgedev").mkdir(parents=True)
-    # Offline and without telemetry (see ../shared/schemas/README.md).
+    # Offline and without telemetry: iotedgedev asks on its first run and phones home unless told not to.
     (home / ".iotedgedev" / "setting.ini").write_text("[DEFAULT]\nfirsttime = no\ncollect_telemetry = no\n")
     sol = tmp_path / "sol"
     (sol / "modules").mkdir(parents=True)

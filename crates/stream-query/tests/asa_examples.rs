@@ -1,5 +1,6 @@
-//! The worked examples of the Azure Stream Analytics documentation (DESIGN.md lists them), run
-//! through the engine with the documented rows as expected output.
+//! The worked examples of the Azure Stream Analytics documentation (windowing functions, query
+//! patterns, time handling, event ordering), run through the engine with the documented rows as
+//! expected output.
 
 #![allow(clippy::unwrap_used)]
 
@@ -484,9 +485,9 @@ GROUP BY TumblingWindow(minute, 1)";
 
 #[test]
 fn event_ordering_with_eight_seconds_out_of_order() {
-    // DESIGN.md quotes the table with 8 s out-of-order tolerance, but the table's last row
-    // (00:10:35 -> 00:10:37) only holds with the table's own setting, 5 s. With 8 s, 00:10:35 is
-    // within tolerance of 00:10:42 and keeps its time.
+    // The event-ordering page's worked example is often quoted with 8 s out-of-order tolerance, but
+    // the table's last row (00:10:35 -> 00:10:37) only holds with the table's own setting, 5 s.
+    // With 8 s, 00:10:35 is within tolerance of 00:10:42 and keeps its time.
     let policy = EventPolicy {
         late_arrival_tolerance: Duration::from_secs(15),
         out_of_order_tolerance: Duration::from_secs(8),

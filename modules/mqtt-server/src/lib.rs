@@ -25,7 +25,7 @@
 //!
 //! ## Why not rumqttd (the design card's choice)
 //!
-//! rumqttd 0.20 was measured here (DESIGN.md, "rumqttd 0.20, measured here"): it acknowledges a
+//! rumqttd 0.20 was measured here (2026-11-24; the module README, "Why not rumqttd"): it acknowledges a
 //! publish when the message enters its in-memory log, *before* any link (our code) sees it, and it
 //! persists nothing, so a crash loses what was acknowledged but not yet forwarded. The link also
 //! does not see the publish QoS, `retain` is always false, keep-alive 0 is refused without

@@ -9,7 +9,8 @@
 //! - `store`: redb (`<data_dir>/hub.redb`): queues, persistent sessions, twins; group commit.
 //! - `twin`: desired/reported properties and merge patches. `acl`: topic filters and who may use which.
 //!
-//! Why not rumqttd: it acknowledges a publish before the application sees it (DESIGN.md), so a crash
+//! Why not rumqttd: it acknowledges a publish before the application sees it (measured; ARCHITECTURE.md,
+//! "Neither server is rumqttd"), so a crash
 //! would lose acknowledged messages. Here the PUBACK goes out only after the message is committed to disk.
 //! The server is built on rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`) with our own session
 //! logic, so every acknowledgement is ours to time.
