@@ -87,6 +87,7 @@ class EdgeDev:
             "--upstream-log", str(self.upstream_log),
             "--hub-listen", f"127.0.0.1:{self.hub_port}",
             "--dashboard", "127.0.0.1:0",  # any free port: tests run edge-dev side by side
+            "--api", "127.0.0.1:0",  # the control API too; the CLI finds it through the data folder
         ]
         for e in self.external:
             a += ["--external", e]
@@ -135,6 +136,18 @@ class EdgeDev:
         self.proc.wait(timeout=10)
         self.log.close()
         return self.children
+
+    def cli(self, *args, timeout=60, check=True):
+        """An `edge-dev` command against this runtime (send, twin, invoke, upstream, ...): its stdout."""
+        r = subprocess.run([str(EDGE_DEV), "--data-dir", str(self.data_dir), *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"edge-dev {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r.stdout
+
+    def api_url(self):
+        path = self.data_dir / "api.url"
+        return wait_for(lambda: path.exists() and path.read_text().strip(), 30, "the control API's address")
 
     def module_cred(self, name):
         out = subprocess.run([str(EDGE_DEV), "--data-dir", str(self.data_dir), "module-cred", name],

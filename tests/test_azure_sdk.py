@@ -27,9 +27,9 @@ def sdk_manifest():
                 "schemaVersion": "1.1",
                 "runtime": {"type": "docker", "settings": {"minDockerVersion": "v1.25"}},
                 "systemModules": {
-                    "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5", "createOptions": "{}"}},
+                    "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.6", "createOptions": "{}"}},
                     "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always",
-                                "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5", "createOptions": "{}"}},
+                                "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.6", "createOptions": "{}"}},
                 },
                 "modules": {
                     "PyMod": {"version": "1.0", "type": "docker", "status": "running", "restartPolicy": "always",

@@ -13,8 +13,13 @@
 //! - [`dashboard`]: the web page, JSON API, event stream and Prometheus metrics of the upstream data and
 //!   the edge's health.
 //! - [`docker`]: `up --docker`: the modules as containers from their images on a user-defined network.
-//! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest.
+//! - [`api`]: the control API of a running runtime (inject messages into inputs, patch desired
+//!   properties, call methods, take the upstream link down and up, monitor messages) and its client,
+//!   which the CLI commands `send`, `twin`, `invoke`, `upstream` and `monitor` use.
+//! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest (or, with
+//!   `--single-module`, for one module run by hand).
 
+pub mod api;
 pub mod dashboard;
 pub mod docker;
 pub mod hub;

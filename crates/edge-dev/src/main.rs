@@ -88,6 +88,83 @@ enum Command {
         /// The user-defined docker network for --docker (created and removed if it does not exist).
         #[arg(long, default_value = "azure-iot-edge", requires = "docker")]
         docker_network: String,
+        /// Address of the control API (edge-dev send / twin / invoke / upstream / monitor; iotedgehubdev's
+        /// POST /api/v1/messages); port 0 picks a free port.
+        #[arg(long, default_value = edge_dev::api::DEFAULT_ADDR)]
+        api: SocketAddr,
+        /// Do not serve the control API.
+        #[arg(long, conflicts_with = "api")]
+        no_api: bool,
+        /// Run the hub for this one module, which you run yourself, without a deployment (iotedgehubdev's
+        /// single-module mode): its outputs go $upstream; feed its inputs with `edge-dev send`; get its
+        /// credentials with `edge-dev module-cred NAME`.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["docker"])]
+        single_module: Option<String>,
+    },
+    /// Send a message to a module's input through the running edge-dev (as a route would deliver it).
+    Send {
+        /// The input name.
+        #[arg(long, short = 'i')]
+        input: String,
+        /// The module (may be left out when the deployment has one module).
+        #[arg(long, short = 'm')]
+        module: Option<String>,
+        /// The message body: text, sent as it is (JSON text gets content type application/json).
+        #[arg(long, short = 'd', conflicts_with = "file")]
+        data: Option<String>,
+        /// Read the body from this file.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+        /// An application property `key=value` (repeatable).
+        #[arg(long = "property", short = 'p', value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Merge a JSON patch into a running module's desired properties (the module gets a desired patch).
+    Twin {
+        module: String,
+        /// A JSON merge patch, e.g. '{"query": "SELECT ..."}'.
+        #[arg(long)]
+        patch: String,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Call a module's direct method; prints the status and the response payload.
+    Invoke {
+        module: String,
+        method: String,
+        /// The request payload (JSON).
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Take the upstream link down (messages stay in the store-and-forward queue) or up (they drain), or
+    /// show its state.
+    Upstream {
+        #[arg(value_enum)]
+        state: Option<LinkSwitch>,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Print every message the hub takes (one JSON line each, with the endpoints its routes chose),
+    /// like `az iot hub monitor-events`.
+    Monitor {
+        /// Only messages from this module.
+        #[arg(long)]
+        module: Option<String>,
+        /// Only messages on this output.
+        #[arg(long)]
+        output: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        api: ApiArg,
     },
     /// Expand deployment.template.json into config/deployment.<platform>.json, as `iotedgedev genconfig` does.
     Genconfig {
@@ -112,6 +189,20 @@ enum Command {
         #[arg(long, default_value = "localhost")]
         gateway_hostname: String,
     },
+}
+
+/// Where the running edge-dev's control API is.
+#[derive(clap::Args)]
+struct ApiArg {
+    /// The API's URL (default: the one the edge-dev running on --data-dir recorded).
+    #[arg(long)]
+    api_url: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LinkSwitch {
+    Online,
+    Offline,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -146,6 +237,9 @@ fn main() -> anyhow::Result<()> {
                 no_dashboard,
                 docker,
                 docker_network,
+                api,
+                no_api,
+                single_module,
             } => {
                 let bin_dir = match bin_dir {
                     Some(d) => d,
@@ -180,6 +274,8 @@ fn main() -> anyhow::Result<()> {
                         network: docker_network,
                         ..Default::default()
                     }),
+                    api: (!no_api).then_some(api),
+                    single_module,
                 };
                 up::up(opts, edge_client::shutdown_signal()).await?;
             }
@@ -206,6 +302,134 @@ fn main() -> anyhow::Result<()> {
                     m.modules().count(),
                     m.routes()?.len()
                 );
+            }
+            Command::Send {
+                input,
+                module,
+                data,
+                file,
+                properties,
+                api,
+            } => {
+                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let text = match (data, file) {
+                    (Some(d), _) => d,
+                    (None, Some(f)) => std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?,
+                    (None, None) => anyhow::bail!("give the body with --data TEXT or --file PATH"),
+                };
+                let mut props = serde_json::Map::new();
+                for p in properties {
+                    let (k, v) = p
+                        .split_once('=')
+                        .with_context(|| format!("--property {p:?}: write KEY=VALUE"))?;
+                    props.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+                }
+                let json_body = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                let mut req =
+                    serde_json::json!({"inputName": input, "data": text, "properties": props});
+                if json_body {
+                    req["contentType"] = "application/json".into();
+                }
+                if let Some(m) = module {
+                    req["moduleName"] = m.into();
+                }
+                let r = client
+                    .call(hyper::Method::POST, "/api/v1/messages", Some(&req))
+                    .await?;
+                println!(
+                    "queued for {}/{}",
+                    r["module"].as_str().unwrap_or("?"),
+                    r["input"].as_str().unwrap_or("?")
+                );
+            }
+            Command::Twin { module, patch, api } => {
+                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let patch: serde_json::Value =
+                    serde_json::from_str(&patch).context("--patch is not JSON")?;
+                let r = client
+                    .call(
+                        hyper::Method::PATCH,
+                        &format!(
+                            "/api/v1/modules/{}/twin/desired",
+                            edge_client::wire::quote(&module)
+                        ),
+                        Some(&patch),
+                    )
+                    .await?;
+                println!(
+                    "desired properties of {module} now at $version {}",
+                    r["version"]
+                );
+            }
+            Command::Invoke {
+                module,
+                method,
+                payload,
+                timeout,
+                api,
+            } => {
+                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let payload: serde_json::Value =
+                    serde_json::from_str(&payload).context("--payload is not JSON")?;
+                let r = client
+                    .call(
+                        hyper::Method::POST,
+                        &format!(
+                            "/api/v1/modules/{}/methods/{}",
+                            edge_client::wire::quote(&module),
+                            edge_client::wire::quote(&method)
+                        ),
+                        Some(&serde_json::json!({"payload": payload, "timeoutSecs": timeout})),
+                    )
+                    .await?;
+                println!("status {}", r["status"]);
+                println!("{}", serde_json::to_string_pretty(&r["payload"])?);
+            }
+            Command::Upstream { state, api } => {
+                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let r = match state {
+                    Some(s) => {
+                        let online = matches!(s, LinkSwitch::Online);
+                        client
+                            .call(
+                                hyper::Method::PUT,
+                                "/api/v1/upstream",
+                                Some(&serde_json::json!({ "online": online })),
+                            )
+                            .await?
+                    }
+                    None => {
+                        client
+                            .call(hyper::Method::GET, "/api/v1/upstream", None)
+                            .await?
+                    }
+                };
+                println!(
+                    "upstream {} ({} message(s) queued)",
+                    if r["online"] == true {
+                        "online"
+                    } else {
+                        "offline"
+                    },
+                    r["depth"]
+                );
+            }
+            Command::Monitor {
+                module,
+                output,
+                count,
+                api,
+            } => {
+                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let mut seen = 0u64;
+                client
+                    .monitor(module.as_deref(), output.as_deref(), |line| {
+                        println!("{line}");
+                        seen += 1;
+                        count.is_none_or(|c| seen < c)
+                    })
+                    .await?;
             }
             Command::ModuleCred {
                 name,

@@ -56,6 +56,12 @@ pub struct UpOptions {
     /// Play a lost internet connection: messages for `$upstream` are stored (store and forward) but not
     /// delivered until edge-dev runs again without it.
     pub offline: bool,
+    /// Where the control API listens (`edge-dev send`, `twin`, `invoke`, `upstream`, `monitor`);
+    /// `None`: not served. Default 127.0.0.1:53000 (iotedgehubdev's port).
+    pub api: Option<SocketAddr>,
+    /// Run the hub for this one module, run by hand, without a deployment: its outputs go `$upstream`,
+    /// and its inputs are fed through the API (`edge-dev send`). `manifest` is not read.
+    pub single_module: Option<String>,
     /// Restart back-off of the supervisor.
     pub backoff: Backoff,
     /// Where the dashboard (web page, JSON API, `/metrics`) listens; `None`: no dashboard. Default
@@ -121,13 +127,83 @@ pub fn template_context(
     })
 }
 
+/// The deployment of `--single-module NAME`: that one module (run by hand, so its image is never used),
+/// its outputs routed `$upstream`, an empty module twin. Its inputs are fed through the control API.
+pub fn single_module_manifest(name: &str) -> Result<Manifest, EdgeDevError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        && !name.starts_with('$');
+    if !valid {
+        return Err(EdgeDevError::Config(format!(
+            "--single-module {name:?}: a module name is 1-64 letters, digits, '-' or '_'"
+        )));
+    }
+    let doc = serde_json::json!({
+        "modulesContent": {
+            "$edgeAgent": {
+                "properties.desired": {
+                    "schemaVersion": "1.1",
+                    "runtime": {"type": "docker", "settings": {"minDockerVersion": "v1.25"}},
+                    "systemModules": {
+                        "edgeAgent": {"type": "docker", "settings": {
+                            "image": "mcr.microsoft.com/azureiotedge-agent:1.6", "createOptions": "{}"}},
+                        "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always",
+                            "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.6", "createOptions": "{}"}}
+                    },
+                    "modules": {
+                        name: {"version": "1.0", "type": "docker", "status": "running",
+                            "restartPolicy": "always",
+                            "settings": {"image": format!("localhost/{}:0.0.1", name.to_ascii_lowercase()), "createOptions": "{}"}}
+                    }
+                }
+            },
+            "$edgeHub": {
+                "properties.desired": {
+                    "schemaVersion": "1.2",
+                    "routes": {"toUpstream": format!("FROM /messages/modules/{name}/outputs/* INTO $upstream")},
+                    "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+                }
+            },
+            name: {"properties.desired": {}}
+        }
+    });
+    let manifest = Manifest::from_json_str(&doc.to_string())?;
+    if let Err(problems) = manifest.validate() {
+        let errors: Vec<String> = problems
+            .iter()
+            .filter(|e| !e.is_warning())
+            .map(|e| e.to_string())
+            .collect();
+        if !errors.is_empty() {
+            return Err(EdgeDevError::Config(format!(
+                "--single-module {name}: {}",
+                errors.join("; ")
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
 /// Runs the local edge runtime until `shutdown` resolves (or `duration` passes).
 pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), EdgeDevError> {
     let modules_dir = opts
         .modules_dir
         .clone()
         .unwrap_or_else(|| default_modules_dir(&opts.manifest));
-    let manifest = load_manifest(&opts.manifest, &opts.platform, &modules_dir)?;
+    let mut opts = opts;
+    let manifest = match &opts.single_module {
+        Some(name) => {
+            // the module is run by hand: never started here
+            if !opts.external.contains(name) {
+                opts.external.push(name.clone());
+            }
+            single_module_manifest(name)?
+        }
+        None => load_manifest(&opts.manifest, &opts.platform, &modules_dir)?,
+    };
     let data_dir = absolute(&opts.data_dir)?;
     std::fs::create_dir_all(&data_dir).map_err(|e| EdgeDevError::Io {
         path: data_dir.clone(),
@@ -291,11 +367,49 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some((_, dash)) = &dashboard {
         dash.watch_link(link_rx);
     }
-    let sink_task = if opts.offline {
-        tracing::warn!("--offline: upstream messages are kept in the store-and-forward queue and not delivered");
-        tokio::spawn(upstream::hold(hub.upstream(), tap, sink_stop_rx))
-    } else {
-        tokio::spawn(upstream::run(hub.upstream(), sink, sink_stop_rx))
+    // The upstream link's switch: `--offline` starts it off; the API turns it at run time.
+    let (online_tx, online_rx) = watch::channel(!opts.offline);
+    if opts.offline {
+        tracing::warn!("--offline: upstream messages are kept in the store-and-forward queue and not delivered (`edge-dev upstream online` delivers them)");
+    }
+    if let Some((_, dash)) = &dashboard {
+        dash.watch_online(online_rx.clone());
+    }
+    let sink_task = tokio::spawn(upstream::run(hub.upstream(), sink, sink_stop_rx, online_rx));
+
+    // Control API.
+    let online_tx = Arc::new(online_tx);
+    let api = match opts.api {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                EdgeDevError::Config(format!("cannot listen on {addr} for the control API ({e}); use --api ADDR to pick another address or --no-api"))
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| EdgeDevError::Config(format!("control API: {e}")))?;
+            let url = format!("http://{bound}");
+            println!(
+                "edge-dev: control API {url} (edge-dev send / twin / invoke / upstream / monitor)"
+            );
+            let url_file = crate::api::url_file(&data_dir);
+            if let Err(e) = std::fs::write(&url_file, &url) {
+                tracing::warn!(file = %url_file.display(), error = %e, "cannot record the control API's address; the CLI commands need --api-url");
+            }
+            let state = crate::api::ApiState {
+                hub: hub.clone(),
+                online: online_tx.clone(),
+                default_module: (names.len() == 1).then(|| names[0].clone()),
+            };
+            Some((
+                tokio::spawn(crate::api::serve(
+                    listener,
+                    state,
+                    wait_true(hub_stop_rx.clone()),
+                )),
+                url_file,
+            ))
+        }
+        None => None,
     };
 
     // Modules.
@@ -431,6 +545,11 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some((d, _)) = dashboard {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
     }
+    if let Some((a, url_file)) = api {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+        let _ = std::fs::remove_file(url_file);
+    }
+    drop(online_tx);
     let _ = std::fs::remove_file(&socket);
     println!("edge-dev: stopped");
     let failed = docker_failed.borrow().clone();

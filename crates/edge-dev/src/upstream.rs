@@ -136,12 +136,50 @@ impl UpstreamSink {
     }
 }
 
-/// Drains `queue` into `sink` until `stop` becomes true. A delivery that fails (IoT Hub unreachable, disk
-/// full) is retried with back-off; the message stays queued meanwhile.
-pub async fn run(queue: UpstreamQueue, mut sink: UpstreamSink, mut stop: watch::Receiver<bool>) {
+/// Drains `queue` into `sink` until `stop` becomes true, while `online` is true. A delivery that fails
+/// (IoT Hub unreachable, disk full) is retried with back-off; the message stays queued meanwhile.
+///
+/// While `online` is false (`--offline`, or the link taken down at run time with `edge-dev upstream
+/// offline`), nothing is delivered or removed: messages stay in the store-and-forward queue, and each is
+/// handed to the sink's tap once so the dashboard still shows what would go. When the link comes up
+/// again those are given back to the queue and drain in order.
+pub async fn run(
+    queue: UpstreamQueue,
+    mut sink: UpstreamSink,
+    mut stop: watch::Receiver<bool>,
+    mut online: watch::Receiver<bool>,
+) {
+    // Messages shown while offline, to give back to the queue when the link is up again.
+    let mut shown: Vec<u64> = Vec::new();
+    // Once the sender is gone the link stays as it is.
+    let mut can_change = true;
     loop {
+        if !*online.borrow_and_update() {
+            tokio::select! {
+                m = queue.next() => {
+                    if let Some(tap) = &sink.tap {
+                        let _ = tap.send(m.clone());
+                    }
+                    shown.push(m.seq);
+                }
+                r = online.changed(), if can_change => {
+                    can_change = r.is_ok();
+                    if *online.borrow() {
+                        for seq in shown.drain(..) {
+                            queue.release(seq);
+                        }
+                    }
+                }
+                _ = crate::supervisor::stopped(&mut stop) => return,
+            }
+            continue;
+        }
         let m = tokio::select! {
             m = queue.next() => m,
+            r = online.changed(), if can_change => {
+                can_change = r.is_ok();
+                continue;
+            }
             _ = crate::supervisor::stopped(&mut stop) => return,
         };
         let mut wait = Duration::from_millis(200);
@@ -168,23 +206,6 @@ pub async fn run(queue: UpstreamQueue, mut sink: UpstreamSink, mut stop: watch::
         }
         if let Err(e) = queue.ack(m.seq) {
             tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue; it will be delivered again");
-        }
-    }
-}
-
-/// With `--offline`: hands every queued upstream message to `tap` (the dashboard) once, without
-/// delivering or removing it, so the edge still shows what it would send. Runs until `stop` becomes true.
-pub async fn hold(
-    queue: UpstreamQueue,
-    tap: broadcast::Sender<StoredMessage>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            m = queue.next() => {
-                let _ = tap.send(m);
-            }
-            _ = crate::supervisor::stopped(&mut stop) => return,
         }
     }
 }

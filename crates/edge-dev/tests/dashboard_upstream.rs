@@ -71,7 +71,13 @@ async fn delivered_averages_reach_the_dashboard() {
     let (link_tx, link_rx) = watch::channel(None);
     sink.link = Some(link_tx);
     dash.watch_link(link_rx);
-    let run = tokio::spawn(upstream::run(hub.handle.upstream(), sink, stop_rx));
+    let (_online_tx, online_rx) = watch::channel(true);
+    let run = tokio::spawn(upstream::run(
+        hub.handle.upstream(),
+        sink,
+        stop_rx,
+        online_rx,
+    ));
 
     send_average(&hub).await;
     eventually("the average on the dashboard", || {
@@ -105,7 +111,13 @@ async fn failing_deliveries_show_the_link_retrying() {
     sink.link = Some(link_tx);
     dash.watch_link(link_rx);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let run = tokio::spawn(upstream::run(hub.handle.upstream(), sink, stop_rx));
+    let (_online_tx, online_rx) = watch::channel(true);
+    let run = tokio::spawn(upstream::run(
+        hub.handle.upstream(),
+        sink,
+        stop_rx,
+        online_rx,
+    ));
 
     send_average(&hub).await;
     eventually("the link retrying", || {
@@ -127,15 +139,27 @@ async fn failing_deliveries_show_the_link_retrying() {
     hub.stop().await;
 }
 
+/// The upstream link switched off (`--offline`, or `edge-dev upstream offline` at run time): messages are
+/// shown on the dashboard but stay queued; switched on, they are delivered, in order, and the queue empties.
 #[tokio::test]
-async fn offline_hold_shows_without_delivering() {
+async fn offline_shows_without_delivering_and_online_delivers() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), ROUTES, BTreeMap::new()).await;
     let dash = dashboard(&hub, true);
     let (tap, _) = broadcast::channel(16);
     let rx = tap.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let hold = tokio::spawn(upstream::hold(hub.handle.upstream(), tap, stop_rx.clone()));
+    let (online_tx, online_rx) = watch::channel(false);
+    dash.watch_online(online_rx.clone());
+    let log = dir.path().join("up.jsonl");
+    let mut sink = UpstreamSink::new(Some(&log), None, false).unwrap();
+    sink.tap = Some(tap);
+    let run = tokio::spawn(upstream::run(
+        hub.handle.upstream(),
+        sink,
+        stop_rx.clone(),
+        online_rx,
+    ));
     let follower = tokio::spawn(dash.clone().follow(rx, async move {
         let mut s = stop_rx;
         let _ = s.wait_for(|v| *v).await;
@@ -146,9 +170,25 @@ async fn offline_hold_shows_without_delivering() {
     let health = dash.health();
     assert_eq!(health.link.state, LinkState::Offline);
     assert_eq!(health.link.upstream_depth, 1, "held, not delivered");
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "");
+
+    online_tx.send_replace(true);
+    eventually("delivered once the link is up", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 1
+    })
+    .await;
+    eventually("the queue empties", || {
+        dash.health().link.upstream_depth == 0
+    })
+    .await;
+    assert_eq!(dash.health().link.state, LinkState::Online);
 
     let _ = stop_tx.send(true);
-    tokio::time::timeout(WAIT, hold).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
     tokio::time::timeout(WAIT, follower).await.unwrap().unwrap();
     hub.stop().await;
 }

@@ -78,6 +78,17 @@ pub enum ManifestError {
     #[error("warning: module `{module}` uses image `{image}`, which means `:latest`; pin a version tag so every device runs the same build")]
     LatestTag { module: String, image: String },
 
+    #[error("{section} schemaVersion {version:?} is not one IoT Edge 1.6 reads ({accepted}); use {latest}")]
+    UnsupportedSchemaVersion {
+        section: &'static str,
+        version: String,
+        accepted: &'static str,
+        latest: &'static str,
+    },
+
+    #[error("warning: {module} uses `{image}`, an IoT Edge release whose support has ended (1.5: 2026-11-10); use the 1.6 LTS image (`:1.6`, serviced until 2028-11-14)")]
+    UnsupportedRuntime { module: String, image: String },
+
     #[error("module name `{module}` may only hold letters, digits, `_` and `-`; rename it")]
     BadModuleName { module: String },
 
@@ -150,7 +161,9 @@ impl ManifestError {
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
-            ManifestError::LatestTag { .. } | ManifestError::UnexpandedVariable { .. }
+            ManifestError::LatestTag { .. }
+                | ManifestError::UnexpandedVariable { .. }
+                | ManifestError::UnsupportedRuntime { .. }
         )
     }
 }

@@ -85,6 +85,38 @@ impl Manifest {
             }
         }
 
+        // Schema versions IoT Edge 1.6 reads: edgeAgent 1.0 and 1.1, edgeHub 1.0 to 1.2.
+        let (agent, hub) = self.schema_versions();
+        if let Some(v) = agent.filter(|v| !["1.0", "1.1"].contains(v)) {
+            problems.push(ManifestError::UnsupportedSchemaVersion {
+                section: "$edgeAgent",
+                version: v.to_owned(),
+                accepted: "1.0, 1.1",
+                latest: "1.1",
+            });
+        }
+        if let Some(v) = hub.filter(|v| !["1.0", "1.1", "1.2"].contains(v)) {
+            problems.push(ManifestError::UnsupportedSchemaVersion {
+                section: "$edgeHub",
+                version: v.to_owned(),
+                accepted: "1.0, 1.1, 1.2",
+                latest: "1.2",
+            });
+        }
+        // The runtime's own images: a release out of support is a warning.
+        for (name, settings) in self.module_settings() {
+            if name != "edgeAgent" && name != "edgeHub" {
+                continue;
+            }
+            let image = settings.get("image").and_then(|v| v.as_str()).unwrap_or("");
+            if runtime_out_of_support(image) {
+                problems.push(ManifestError::UnsupportedRuntime {
+                    module: name.to_owned(),
+                    image: image.to_owned(),
+                });
+            }
+        }
+
         // Twins of modules that do not exist (a layered deployment may add twins for modules of another layer).
         if !self.layered {
             for twin in self.twins.keys() {
@@ -308,5 +340,55 @@ mod tests {
         assert!(!is_variable_reference("p@ss$word"));
         assert!(!is_variable_reference("$ecret-pass"));
         assert!(!is_variable_reference("plain"));
+    }
+}
+
+/// Whether a system module image (`mcr.microsoft.com/azureiotedge-agent:1.5`, `...-hub:1.4.10`) is of an
+/// IoT Edge release before 1.6, whose support has ended. Other tags (`latest`, digests, private
+/// mirrors without a version) are not judged.
+pub(crate) fn runtime_out_of_support(image: &str) -> bool {
+    if !image.contains("azureiotedge-") {
+        return false;
+    }
+    let Some((_, tag)) = image.rsplit_once(':') else {
+        return false;
+    };
+    let mut parts = tag.split(['.', '-']);
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    match (major.parse::<u32>(), minor.parse::<u32>()) {
+        (Ok(major), Ok(minor)) => (major, minor) < (1, 6),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::runtime_out_of_support;
+
+    #[test]
+    fn releases_before_1_6_are_out_of_support() {
+        assert!(runtime_out_of_support(
+            "mcr.microsoft.com/azureiotedge-agent:1.5"
+        ));
+        assert!(runtime_out_of_support(
+            "mcr.microsoft.com/azureiotedge-hub:1.4.10-linux-arm32v7"
+        ));
+        assert!(!runtime_out_of_support(
+            "mcr.microsoft.com/azureiotedge-hub:1.6"
+        ));
+        assert!(!runtime_out_of_support(
+            "mcr.microsoft.com/azureiotedge-agent:1.6.2"
+        ));
+        assert!(!runtime_out_of_support(
+            "mcr.microsoft.com/azureiotedge-agent:2.0"
+        ));
+        assert!(!runtime_out_of_support(
+            "myregistry/mqtt-server:1.0.0-amd64"
+        ));
+        assert!(!runtime_out_of_support(
+            "mcr.microsoft.com/azureiotedge-agent"
+        ));
     }
 }

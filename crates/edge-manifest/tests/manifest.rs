@@ -732,7 +732,8 @@ fn iotedgedev_generated_deployment_parses() {
     let hub = m.system_modules().find(|(n, _)| *n == "edgeHub").unwrap().1;
     assert!(hub.create_options["HostConfig"]["PortBindings"]["5671/tcp"].is_array());
     // Its image kept an unset `${CONTAINER_REGISTRY_SERVER}` (lowercased): valid, with one warning.
-    assert_eq!(m.validate().map_err(|e| format!("{e:?}")), Ok(()));
+    // valid; its runtime images are of releases whose support has ended, which is a warning
+    assert_only_runtime_warnings(&m);
     let unset = m.unexpanded_variables();
     assert_eq!(unset.len(), 1, "{unset:?}");
     assert!(
@@ -751,7 +752,8 @@ fn iotedgedev_generated_deployment_parses() {
 #[test]
 fn chunked_create_options_from_the_iotedge_design_note_are_joined_in_order() {
     let m = Manifest::load(&fixtures().join("iotedge-chunked-createoptions.json")).unwrap();
-    assert_eq!(m.validate().map_err(|e| format!("{e:?}")), Ok(()));
+    // valid; its runtime images are of releases whose support has ended, which is a warning
+    assert_only_runtime_warnings(&m);
     let hub = m.system_modules().find(|(n, _)| *n == "edgeHub").unwrap().1;
     assert_eq!(
         hub.create_options,
@@ -794,7 +796,8 @@ fn chunked_create_options_from_the_iotedge_design_note_are_joined_in_order() {
 #[test]
 fn docs_manifest_with_route_priorities_parses() {
     let m = Manifest::load(&fixtures().join("docs-module-composition.json")).unwrap();
-    assert_eq!(m.validate().map_err(|e| format!("{e:?}")), Ok(()));
+    // valid; its runtime images are of releases whose support has ended, which is a warning
+    assert_only_runtime_warnings(&m);
     let routes = m.routes().unwrap();
     let r = routes.iter().find(|r| r.name == "filterToIoTHub").unwrap();
     assert_eq!((r.priority, r.time_to_live_secs), (1, Some(1800)));
@@ -1262,4 +1265,44 @@ fn create_options_strings_are_what_python_json_dumps_writes() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(ours, String::from_utf8(out.stdout).unwrap());
+}
+
+/// `validate` finds nothing but the warning that the runtime images are out of support.
+fn assert_only_runtime_warnings(m: &Manifest) {
+    if let Err(problems) = m.validate() {
+        for p in &problems {
+            assert!(
+                matches!(p, edge_manifest::ManifestError::UnsupportedRuntime { .. })
+                    && p.is_warning(),
+                "{p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn schema_versions_iot_edge_1_6_does_not_read_are_errors_and_old_runtimes_warnings() {
+    let mut doc = read_json(&fixtures().join("docs-module-composition.json"));
+    doc["modulesContent"]["$edgeHub"]["properties.desired"]["schemaVersion"] = json!("1.3");
+    doc["modulesContent"]["$edgeAgent"]["properties.desired"]["schemaVersion"] = json!("2.0");
+    let msgs = problems_of(doc);
+    assert_has(&msgs, &["$edgeHub schemaVersion \"1.3\"", "1.0, 1.1, 1.2"]);
+    assert_has(&msgs, &["$edgeAgent schemaVersion \"2.0\"", "1.0, 1.1"]);
+    assert_has(
+        &msgs,
+        &[
+            "warning: edgeAgent uses `mcr.microsoft.com/azureiotedge-agent:1.5`",
+            ":1.6",
+        ],
+    );
+}
+
+#[test]
+fn the_template_uses_the_iot_edge_1_6_runtime() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deployment.template.json"),
+    )
+    .unwrap();
+    assert!(text.contains("mcr.microsoft.com/azureiotedge-agent:1.6"));
+    assert!(text.contains("mcr.microsoft.com/azureiotedge-hub:1.6"));
 }

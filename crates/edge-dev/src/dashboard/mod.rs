@@ -169,6 +169,7 @@ struct Inner {
     events: broadcast::Sender<Point>,
     /// The upstream sink's last delivery error while deliveries fail.
     link: Mutex<Option<watch::Receiver<Option<String>>>>,
+    online: Mutex<Option<watch::Receiver<bool>>>,
 }
 
 fn now_ms() -> i64 {
@@ -187,6 +188,7 @@ impl Dashboard {
                 history,
                 events,
                 link: Mutex::new(None),
+                online: Mutex::new(None),
             }),
         }
     }
@@ -199,6 +201,11 @@ impl Dashboard {
     /// Follows the upstream sink's delivery errors (`UpstreamSink::link`) for the link state.
     pub fn watch_link(&self, errors: watch::Receiver<Option<String>>) {
         *self.inner.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(errors);
+    }
+
+    /// Follows the upstream link's on/off switch (`--offline`, `edge-dev upstream offline|online`).
+    pub fn watch_online(&self, online: watch::Receiver<bool>) {
+        *self.inner.online.lock().unwrap_or_else(|e| e.into_inner()) = Some(online);
     }
 
     /// Takes the window average out of an upstream message, if it has one, and tells the page.
@@ -320,7 +327,14 @@ impl Dashboard {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .and_then(|rx| rx.borrow().clone());
-        let state = match (&error, self.inner.opts.offline) {
+        let offline = self
+            .inner
+            .online
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(self.inner.opts.offline, |rx| !*rx.borrow());
+        let state = match (&error, offline) {
             (_, true) => LinkState::Offline,
             (Some(_), false) => LinkState::Retrying,
             (None, false) => LinkState::Online,

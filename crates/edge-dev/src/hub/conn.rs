@@ -613,19 +613,45 @@ impl Conn {
             output: &output,
         };
         let (ops, endpoints) = self.route_ops(&msg, source, &output);
+        // what `edge-dev monitor` shows (built only while someone watches)
+        let event = (inner.monitor.receiver_count() > 0).then(|| super::MonitorEvent {
+            time: chrono::Utc::now(),
+            module: self.module.clone(),
+            output: output.clone(),
+            targets: ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Enqueue { key, record } => Some(match store::record_input(record) {
+                        Some(input) if !input.is_empty() => format!("{}/{input}", key.endpoint),
+                        _ => key.endpoint.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            message: msg.clone(),
+        });
         if ops.is_empty() {
             inner.unrouted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(module = %self.module, output = %output, "no route matches; message dropped");
+            tracing::debug!(module = %self.module, output = %output, "no route matches; the message is acknowledged and dropped, as edgeHub does");
+            if let Some(e) = event {
+                let _ = inner.monitor.send(e);
+            }
             return Ok(ready(Vec::new(), puback));
         }
         let done = commit_and_announce(&self.inner, ops, endpoints);
+        let monitor = inner.monitor.clone();
         Ok(Box::pin(async move {
             match done.await {
-                Ok(Ok(())) => Action {
-                    publishes: Vec::new(),
-                    puback,
-                    fail: None,
-                },
+                Ok(Ok(())) => {
+                    if let Some(e) = event {
+                        let _ = monitor.send(e);
+                    }
+                    Action {
+                        publishes: Vec::new(),
+                        puback,
+                        fail: None,
+                    }
+                }
                 Ok(Err(e)) => Action {
                     publishes: Vec::new(),
                     puback: None,
@@ -998,7 +1024,7 @@ impl Conn {
 /// Submits `ops` and, once committed, counts the new queue entries and wakes their readers. The
 /// bookkeeping runs in its own task, so it happens even if the connection that submitted the ops
 /// closes before it could acknowledge them.
-fn commit_and_announce(
+pub(super) fn commit_and_announce(
     inner: &Arc<Inner>,
     ops: Vec<Op>,
     endpoints: Vec<String>,

@@ -147,9 +147,51 @@ pub enum HubError {
     Stopped,
 }
 
+/// The sender of messages injected with `edge-dev send` (as the monitor and the module's record show it).
+pub const INJECTED: &str = "$edgeDev";
+
 impl From<store::StoreError> for HubError {
     fn from(e: store::StoreError) -> Self {
         HubError::Store(e.0)
+    }
+}
+
+/// A message the hub took (from a module's output, or injected), and where its routes sent it.
+#[derive(Debug, Clone)]
+pub struct MonitorEvent {
+    /// When the hub stored it.
+    pub time: DateTime<Utc>,
+    /// The module that sent it (`$edgeDev` for a message injected with `edge-dev send`).
+    pub module: String,
+    pub output: String,
+    /// The endpoints it was queued for: `$upstream`, `module/{name}/{input}`; empty when no route
+    /// matched (the message was acknowledged and dropped, as edgeHub does).
+    pub targets: Vec<String>,
+    pub message: Message,
+}
+
+impl MonitorEvent {
+    /// The event as one JSON object (body as text when it is UTF-8, else base64).
+    pub fn to_json(&self) -> Value {
+        let body = match std::str::from_utf8(&self.message.body) {
+            Ok(text) => serde_json::from_str::<Value>(text)
+                .unwrap_or_else(|_| Value::String(text.to_string())),
+            Err(_) => {
+                use base64::Engine as _;
+                serde_json::json!({
+                    "base64": base64::engine::general_purpose::STANDARD.encode(&self.message.body)
+                })
+            }
+        };
+        serde_json::json!({
+            "time": self.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "module": self.module,
+            "output": self.output,
+            "targets": self.targets,
+            "properties": self.message.properties,
+            "systemProperties": self.message.system_properties(),
+            "body": body,
+        })
     }
 }
 
@@ -247,6 +289,8 @@ struct Inner {
     unrouted: AtomicU64,
     expired: AtomicU64,
     next_id: AtomicU64,
+    /// Every message the hub took, with where its routes sent it (`edge-dev monitor`).
+    monitor: tokio::sync::broadcast::Sender<MonitorEvent>,
 }
 
 impl Inner {
@@ -420,6 +464,7 @@ impl Hub {
             unrouted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            monitor: tokio::sync::broadcast::channel(1024).0,
         });
         let (stopped_tx, stopped_rx) = watch::channel(false);
         tokio::spawn(serve(inner.clone(), listeners, shutdown, stopped_tx));
@@ -576,6 +621,58 @@ async fn sweep(inner: &Arc<Inner>) {
 }
 
 impl HubHandle {
+    /// Every message the hub takes from now on, with its targets (a lagging receiver misses some).
+    pub fn monitor(&self) -> tokio::sync::broadcast::Receiver<MonitorEvent> {
+        self.inner.monitor.subscribe()
+    }
+
+    /// Queues `message` for `module`'s input `input`, durably, as a route would (what iotedgehubdev's
+    /// `POST /api/v1/messages` does); the module gets it on `.../inputs/{input}` once it subscribed.
+    pub async fn inject(
+        &self,
+        module: &str,
+        input: &str,
+        message: Message,
+    ) -> Result<(), HubError> {
+        let inner = &self.inner;
+        if !inner.modules.contains_key(module) {
+            return Err(HubError::UnknownModule(module.to_string()));
+        }
+        if input.is_empty() || input.contains(['/', '#', '+']) {
+            return Err(HubError::Config(format!(
+                "input name {input:?} must be non-empty and without `/`, `#` or `+`"
+            )));
+        }
+        let now = now_ms();
+        let endpoint = store::module_endpoint(module);
+        let record = store::Record {
+            enqueued_ms: now,
+            expiry_ms: now.saturating_add(inner.ttl_ms(None)),
+            module: INJECTED.to_string(),
+            output: String::new(),
+            input: input.to_string(),
+            message: message.clone(),
+        };
+        let ops = vec![store::Op::Enqueue {
+            key: QueueKey {
+                endpoint: endpoint.clone(),
+                priority: 0,
+                seq: inner.store.next_seq(),
+            },
+            record: store::encode_record(&record),
+        }];
+        let done = conn::commit_and_announce(inner, ops, vec![endpoint]);
+        done.await.map_err(|_| HubError::Stopped)??;
+        let _ = inner.monitor.send(MonitorEvent {
+            time: Utc::now(),
+            module: INJECTED.to_string(),
+            output: String::new(),
+            targets: vec![format!("module/{module}/{input}")],
+            message,
+        });
+        Ok(())
+    }
+
     /// The `$upstream` queue's consumer.
     pub fn upstream(&self) -> UpstreamQueue {
         UpstreamQueue {
