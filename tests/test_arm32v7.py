@@ -7,6 +7,10 @@
   as the window averages computed here.
 - The arm32v7 images (linux/arm/v7, FROM scratch) are built from those binaries, are well under 20 MB, and
   each image's own file system (interpreter and libraries) runs its binary under qemu.
+- With binfmt (scripts/enable-binfmt.sh: Debian's qemu-user-static and binfmt-support, fix-binary flag), the
+  Docker engine runs those images: `edge-dev up --docker --platform arm32v7` runs the three modules as
+  arm32v7 containers and the seed pipeline's windows come out upstream. Where the kernel refuses binfmt the
+  test is reported as skipped with the reason.
 
 The armv7 build is done once per session into target/arm32v7 (kept across runs: later runs only check it).
 The image test is skipped, with the reason printed, only where no Docker engine exists."""
@@ -156,3 +160,74 @@ def test_arm32v7_images_built_here_are_small_and_self_contained(arm_build, tmp_p
         r = subprocess.run(["qemu-arm-static", "-L", str(root), "-E", f"LD_LIBRARY_PATH={root}/lib/arm-linux-gnueabihf",
                             str(root / "usr/local/bin/module"), "--version"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and m in r.stdout, (m, r.stdout, r.stderr)
+
+
+def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp_path):
+    """The arm32v7 images on a Docker engine (under qemu through binfmt), run by `edge-dev up --docker`."""
+    import time
+
+    from test_docker import DockerEdgeDev, cleanup_docker, docker, docker_available, image
+    why = docker_available()
+    if why:
+        print(f"SKIP: {why}", file=sys.stderr)
+        pytest.skip(why)
+    r = subprocess.run(["scripts/enable-binfmt.sh"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    if r.returncode == 3:
+        print(f"SKIP: {r.stderr.strip()}", file=sys.stderr)
+        pytest.skip(r.stderr.strip())
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the images (the previous test builds them; building again only re-tags)
+    run(["scripts/build-images.sh", "--prebuilt", "--platform", "arm32v7"], timeout=1800,
+        env={"CONTAINER_REGISTRY_ADDRESS": "localhost:5000", "CARGO_TARGET_DIR": str(TARGET_DIR)})
+    arch = docker("run", "--rm", "--platform", "linux/arm/v7", "--entrypoint", "/usr/local/bin/module",
+                  image("mqtt-server", "arm32v7"), "--version")
+    assert arch.returncode == 0 and "mqtt-server" in arch.stdout, arch.stdout + arch.stderr
+
+    names = ["MqttServerModule", "AggregatorModule", "ESPSimModule"]
+    for n in names:
+        if docker("container", "inspect", n, check=False).returncode == 0:
+            pytest.fail(f"a container named {n} already exists; this test needs the module names (docker rm -f {n})")
+    network = f"edge-dev-arm-{os.getpid()}"
+    mqtt_port = free_port()
+    m = template()
+    agent = m["modulesContent"]["$edgeAgent"]["properties.desired"]
+    agent["modules"]["ESPSimModule"]["status"] = "stopped"
+    agent["modules"]["MqttServerModule"]["settings"]["createOptions"]["HostConfig"]["PortBindings"] = {
+        "1889/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(mqtt_port)}]}
+    m["modulesContent"]["AggregatorModule"]["properties.desired"]["query"] = (
+        'SELECT Avg("temp") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,2)')
+    edge = DockerEdgeDev(tmp_path, m, network, platform="arm32v7")
+    try:
+        started = time.monotonic()
+        edge.start()
+        running = ["MqttServerModule", "AggregatorModule"]
+        wait_for(lambda: all(docker("inspect", "-f", "{{.State.Running}}", n, check=False).stdout.strip() == "true"
+                             for n in running), 180, lambda: "the containers running:\n" + edge.output()[-3000:])
+        for n in running:
+            info = json.loads(docker("inspect", n).stdout)[0]
+            assert info["Config"]["Image"].endswith("-arm32v7"), info["Config"]["Image"]
+        wait_port(mqtt_port, timeout=180)
+        up_after = time.monotonic() - started
+        now = dt.datetime.now(dt.timezone.utc)
+        base = now.replace(microsecond=0) + dt.timedelta(seconds=6 - now.second % 2)
+        expected = {}
+        for off, temp in [(0.2, 36.6), (1.1, 37.4), (2.5, 38.8), (3.9, 39.2)]:
+            t = base + dt.timedelta(seconds=off)
+            end = base + dt.timedelta(seconds=2 * math.ceil(off / 2))
+            expected.setdefault(end, []).append(temp)
+            payload = json.dumps({"temp": temp, "timeCreated": t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"})
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_port), "-q", "1", "-i", "arm-sensor",
+                            "-t", "MyTopic", "-m", payload], check=True, timeout=60)
+        rows = wait_for(lambda: (lambda r: r if len(r) >= len(expected) else None)(
+            [x for x in edge.upstream() if x["output"] == "AvgTemp"]),
+            180, lambda: "the windows from the arm32v7 containers:\n" + edge.output()[-4000:])
+        got = sorted(round(r["body"]["avg"], 9) for r in rows)
+        assert got == sorted(round(sum(v) / len(v), 9) for v in expected.values()), rows
+        print(f"\narm32v7 containers under qemu: MQTT port open {up_after:.1f} s after edge-dev up --docker started")
+        assert edge.stop(timeout=120) == 0, edge.output()[-3000:]
+    finally:
+        if edge.proc is not None and edge.proc.poll() is None:
+            edge.proc.kill()
+            edge.proc.wait(timeout=30)
+        cleanup_docker(network, names)
+

@@ -114,10 +114,10 @@ def test_images_are_small_non_root_and_stop_on_sigterm(amd64_images):
 class DockerEdgeDev(EdgeDev):
     """`edge-dev up --docker` on its own network; ready once it printed where its hub listens."""
 
-    def __init__(self, workdir, manifest, network):
+    def __init__(self, workdir, manifest, network, platform="amd64"):
         super().__init__(workdir, manifest)
         self.network = network
-        self.extra_args = ["--docker", "--docker-network", network, "--platform", "amd64"]
+        self.extra_args = ["--docker", "--docker-network", network, "--platform", platform]
 
     def start(self, extra=(), wait=True):
         self.runs += 1
