@@ -162,6 +162,21 @@ def test_arm32v7_images_built_here_are_small_and_self_contained(arm_build, tmp_p
         assert r.returncode == 0 and m in r.stdout, (m, r.stdout, r.stderr)
 
 
+def mqtt_answers(port):
+    """True when an MQTT 3.1.1 CONNECT on `port` gets a CONNACK that accepts it."""
+    import socket
+    connect = bytes([0x10, 0x12, 0x00, 0x04]) + b"MQTT" + bytes([0x04, 0x02, 0x00, 0x3C, 0x00, 0x06]) + b"probe1"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(connect)
+            s.settimeout(3)
+            ack = s.recv(4)
+            s.sendall(bytes([0xE0, 0x00]))
+            return ack[:2] == bytes([0x20, 0x02]) and len(ack) == 4 and ack[3] == 0
+    except OSError:
+        return False
+
+
 def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp_path):
     """The arm32v7 images on a Docker engine (under qemu through binfmt), run by `edge-dev up --docker`."""
     import time
@@ -206,7 +221,9 @@ def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp
         for n in running:
             info = json.loads(docker("inspect", n).stdout)[0]
             assert info["Config"]["Image"].endswith("-arm32v7"), info["Config"]["Image"]
-        wait_port(mqtt_port, timeout=180)
+        # docker's port proxy accepts at once; the server under qemu answers a CONNECT once it is up
+        wait_for(lambda: mqtt_answers(mqtt_port), 180,
+                 lambda: "MqttServerModule answering CONNECT:\n" + edge.output()[-3000:], interval=0.5)
         up_after = time.monotonic() - started
         now = dt.datetime.now(dt.timezone.utc)
         base = now.replace(microsecond=0) + dt.timedelta(seconds=6 - now.second % 2)
