@@ -291,11 +291,14 @@ impl Client {
             .trim()
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        let addr: SocketAddr = host.parse().map_err(|_| {
-            EdgeDevError::Config(format!(
-                "{text:?} is not an API address like http://127.0.0.1:53000"
-            ))
-        })?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                EdgeDevError::Config(format!(
+                    "{text:?} is not an API address like http://127.0.0.1:53000"
+                ))
+            })?;
         Ok(Client { addr })
     }
 

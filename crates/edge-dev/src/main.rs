@@ -422,6 +422,9 @@ fn main() -> anyhow::Result<()> {
                 api,
             } => {
                 let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                if count == Some(0) {
+                    return Ok(());
+                }
                 let mut seen = 0u64;
                 client
                     .monitor(module.as_deref(), output.as_deref(), |line| {

@@ -333,6 +333,31 @@ fn process_start_time(pid: u32) -> Option<u64> {
     process_stat(pid).map(|(_, start)| start)
 }
 
+/// Processes of process group `pgid` that started no earlier than `start` (the group leader's start
+/// time): what a module started, still running after the module itself died.
+fn group_members(pgid: u32, start: u64) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // fields after the name: state, ppid, pgrp, ..., starttime (the 20th)
+            let pgrp = f.get(2).and_then(|v| v.parse::<u32>().ok());
+            let started = f.get(19).and_then(|v| v.parse::<u64>().ok());
+            let alive = f.first().is_some_and(|s| *s != "Z" && *s != "X");
+            alive && pgrp == Some(pgid) && started.is_some_and(|s| s >= start)
+        })
+        .collect()
+}
+
 /// True while the process recorded as `(pid, start)` exists and is not a zombie.
 fn still_running(pid: u32, start: u64) -> bool {
     matches!(process_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X')
@@ -366,6 +391,19 @@ pub fn stop_strays(run_dir: &Path) -> Vec<String> {
             ))
         });
         if let Some((pid, start)) = recorded {
+            // what the module started may outlive it (the parent-death signal reaches only the module)
+            let orphans = if pid > 1 {
+                group_members(pid, start)
+            } else {
+                Vec::new()
+            };
+            for o in orphans.iter().filter(|&&o| o != pid) {
+                tracing::warn!(module = %name, pid = o, "a process the module started outlived it; stopping it");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*o as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             if pid > 1 && still_running(pid, start) {
                 tracing::warn!(module = %name, pid,
                     "module process left running by an earlier edge-dev that did not stop cleanly (killed?); stopping it and its process group");
@@ -580,5 +618,40 @@ mod tests {
         tx.send(true).unwrap();
         sup.await.unwrap();
         assert!(!file.exists(), "pid file removed at stop");
+    }
+
+    #[test]
+    fn what_a_dead_module_started_is_stopped_too() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        // a wrapper-script module: its child runs on in the module's process group
+        let mut wrapper = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        record_pid(&run.join("Wrapped.pid"), wrapper.id(), "Wrapped");
+        let mut line = String::new();
+        std::io::BufReader::new(wrapper.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let child: u32 = line.trim().parse().unwrap();
+        // the module dies (as the parent-death signal would kill it); its child does not
+        wrapper.kill().unwrap();
+        let _ = wrapper.wait();
+        assert!(process_stat(child).is_some_and(|(s, _)| s != 'Z'));
+        stop_strays(&run);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_stat(child).is_some_and(|(s, _)| s != 'Z') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            process_stat(child).is_none_or(|(s, _)| s == 'Z'),
+            "the orphan was stopped"
+        );
     }
 }

@@ -205,6 +205,8 @@ pub async fn run(
             }
         }
         if let Err(e) = queue.ack(m.seq) {
+            // given back, so it is not stuck as handed out: delivered again (at least once)
+            queue.release(m.seq);
             tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue; it will be delivered again");
         }
     }

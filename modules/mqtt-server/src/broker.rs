@@ -235,11 +235,26 @@ impl Broker {
                     continue;
                 }
                 let mut offline = Offline::new(self.offline_total.clone());
+                let mut dropped = false;
                 for (seq, p) in l.queued {
                     max_seq = max_seq.max(seq);
                     // a smaller budget than the last run's drops what no longer fits
                     if !offline.push(seq, p, self.queue, self.offline_bytes) {
                         self.metrics.dropped("offline_queue_full");
+                        dropped = true;
+                    }
+                }
+                if dropped {
+                    // the file keeps only what memory kept
+                    sink.send(StateOp::Unqueue {
+                        client: l.client.clone(),
+                    });
+                    for (seq, p) in &offline.items {
+                        sink.send(StateOp::Queue {
+                            client: l.client.clone(),
+                            seq: *seq,
+                            record: crate::state::encode_pub(p),
+                        });
                     }
                 }
                 core.sessions.insert(
@@ -473,7 +488,9 @@ impl Broker {
             if s.persistent {
                 for p in own {
                     if let Some(link) = &s.link {
-                        let _ = link.tx.try_send(p);
+                        if link.tx.try_send(p).is_err() {
+                            self.metrics.dropped("takeover_queue_full");
+                        }
                     } else if !self.queue_offline(client_id, s, p) {
                         self.metrics.dropped("offline_queue_full");
                     }
@@ -531,9 +548,6 @@ impl Broker {
         p.dup = false;
         p.pkid = 0;
         p.props.subscription_ids = sid.iter().copied().collect();
-        if p.qos == QoS::AtMostOnce {
-            return None;
-        }
         if let Some(s) = core.sessions.get_mut(id) {
             self.deliver_to(id, s, p);
         }
@@ -817,13 +831,23 @@ fn pick_member(
             .and_then(|s| s.link.as_ref())
             .is_some_and(|l| l.tx.capacity() > 0)
     });
-    connected.or_else(|| {
-        order.clone().find(|&i| {
-            core.sessions
-                .get(&members[i].0)
-                .is_some_and(|s| s.persistent)
+    // else a persistent member queues it; else a connected member that is full (it is disconnected as
+    // a slow subscriber, as for any subscription)
+    connected
+        .or_else(|| {
+            order.clone().find(|&i| {
+                core.sessions
+                    .get(&members[i].0)
+                    .is_some_and(|s| s.persistent)
+            })
         })
-    })
+        .or_else(|| {
+            order.clone().find(|&i| {
+                core.sessions
+                    .get(&members[i].0)
+                    .is_some_and(|s| s.link.is_some())
+            })
+        })
 }
 
 trait BestSub {

@@ -305,6 +305,7 @@ pub(crate) async fn serve<S>(
         next_pkid: 1,
         session_expiry_update: None,
         inflight_in: HashSet::new(),
+        backlog: std::collections::VecDeque::new(),
     };
     let end = run_loop(
         &mut conn,
@@ -355,6 +356,11 @@ pub(crate) async fn serve<S>(
             p
         })
         .collect();
+    // what the session still owed and never sent (the replay, cut short)
+    unacked.extend(state.backlog.drain(..));
+    // closed first: a publish racing this drain then finds the link closed and queues the message in
+    // the session (or hands it to another shared-group member) instead of it being dropped with `rx`
+    rx.close();
     while let Ok(p) = rx.try_recv() {
         if p.qos != QoS::AtMostOnce {
             unacked.push(p);
@@ -404,6 +410,8 @@ struct Session {
     /// are not finished yet (PUBACK, or PUBCOMP for QoS 2, not sent); at most the Receive Maximum
     /// announced in CONNACK.
     inflight_in: HashSet<u16>,
+    /// Messages queued while the client was away, sent as the client's receive maximum allows.
+    backlog: std::collections::VecDeque<Pub>,
 }
 
 impl Session {
@@ -522,11 +530,8 @@ where
     // QoS 1/2 deliveries awaiting the client's acknowledgement (MQTT 5 receive maximum)
     let max_outgoing = usize::from(info.receive_max.unwrap_or(1024).clamp(1, 1024));
     // resend what the session still owes the client (unacknowledged ones carry DUP)
-    for p in replay {
-        if deliver(conn, state, shared, p).await.is_err() {
-            return End::Abnormal;
-        }
-    }
+    // resent as the client's receive maximum allows; what is not sent goes back to the session
+    state.backlog.extend(replay);
     let keep_alive =
         (info.keep_alive > 0).then(|| Duration::from_millis(u64::from(info.keep_alive) * 1500));
     let mut deadline = Instant::now() + keep_alive.unwrap_or(Duration::from_secs(3600));
@@ -561,7 +566,12 @@ where
                     }
                 }
             }
-            Some(p) = rx.recv(), if state.outgoing.len() < max_outgoing => {
+            _ = std::future::ready(()), if !state.backlog.is_empty() && state.outgoing.len() < max_outgoing => {
+                if let Some(p) = state.backlog.pop_front() {
+                    if deliver(conn, state, shared, p).await.is_err() { return End::Abnormal; }
+                }
+            }
+            Some(p) = rx.recv(), if state.backlog.is_empty() && state.outgoing.len() < max_outgoing => {
                 if deliver(conn, state, shared, p).await.is_err() { return End::Abnormal; }
             }
             _ = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {

@@ -16,7 +16,7 @@
 //! is logged (once a minute at most) and costs persistence only; the server goes on.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -290,7 +290,10 @@ pub fn open(path: &Path) -> Result<(StateSink, Loaded), Error> {
     let (tx, rx) = std_mpsc::channel();
     std::thread::Builder::new()
         .name("mqtt-state-writer".into())
-        .spawn(move || writer(db, rx))
+        .spawn({
+            let path = path.to_path_buf();
+            move || writer(path, db, rx)
+        })
         .map_err(|e| db_err(path, e))?;
     Ok((StateSink { tx }, loaded))
 }
@@ -352,36 +355,84 @@ fn load(db: &Database) -> Result<Loaded, redb::Error> {
     Ok(out)
 }
 
-fn writer(db: Database, rx: std_mpsc::Receiver<StateOp>) {
+/// Commits the broker's changes in order, in groups. A failed commit keeps its changes and is tried
+/// again (after an I/O error the file is closed and opened again, as redb requires) with a back-off of
+/// 250 ms doubling to 10 s, so the file never skips a change; a flush is answered only once what came
+/// before it is on disk.
+fn writer(path: PathBuf, db: Database, rx: std_mpsc::Receiver<StateOp>) {
+    let mut db = Some(db);
+    let mut pending: Vec<StateOp> = Vec::new();
+    let mut flushes: Vec<std_mpsc::Sender<()>> = Vec::new();
+    let mut wait = Duration::from_millis(250);
+    // set while commits fail: when to try again
+    let mut retry_at: Option<std::time::Instant> = None;
     let mut last_error_log: Option<std::time::Instant> = None;
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        while ops.len() < 4096 {
+    let mut open = true;
+    while open || !pending.is_empty() {
+        let next = match retry_at {
+            None => rx
+                .recv()
+                .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+        };
+        match next {
+            Ok(StateOp::Flush(tx)) => flushes.push(tx),
+            Ok(op) => pending.push(op),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                open = false;
+                if retry_at.is_some() {
+                    // the server is gone and the disk still refuses: nothing more can be done
+                    break;
+                }
+            }
+        }
+        while pending.len() < 4096 {
             match rx.try_recv() {
-                Ok(op) => ops.push(op),
+                Ok(StateOp::Flush(tx)) => flushes.push(tx),
+                Ok(op) => pending.push(op),
                 Err(_) => break,
             }
         }
-        let mut flushes = Vec::new();
-        let result = apply(&db, ops, &mut flushes);
-        if let Err(e) = result {
-            if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                tracing::error!(error = %e, "cannot save device sessions and retained messages (state_path); they live on in memory, but a restart now would lose the latest changes. Check the disk");
-                last_error_log = Some(std::time::Instant::now());
-            }
+        if retry_at.is_some_and(|at| std::time::Instant::now() < at) {
+            continue;
         }
-        for f in flushes {
-            let _ = f.send(());
+        if db.is_none() {
+            db = Database::create(&path).ok();
+        }
+        let result = match &db {
+            Some(d) => apply(d, &pending),
+            None => Err(redb::Error::PreviousIo),
+        };
+        match result {
+            Ok(()) => {
+                pending.clear();
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if retry_at.take().is_some() {
+                    tracing::info!("device sessions are saved again (state_path)");
+                }
+                wait = Duration::from_millis(250);
+            }
+            Err(e) => {
+                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                    // redb refuses every write after an I/O error until the file is opened again
+                    db = None;
+                }
+                if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::error!(error = %e, pending = pending.len(), "cannot save device sessions and retained messages (state_path); they live on in memory and are saved once the disk takes them. Check the disk");
+                    last_error_log = Some(std::time::Instant::now());
+                }
+                retry_at = Some(std::time::Instant::now() + wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
         }
     }
 }
 
 #[allow(clippy::result_large_err)]
-fn apply(
-    db: &Database,
-    ops: Vec<StateOp>,
-    flushes: &mut Vec<std_mpsc::Sender<()>>,
-) -> Result<(), redb::Error> {
+fn apply(db: &Database, ops: &[StateOp]) -> Result<(), redb::Error> {
     let mut w = db.begin_write()?;
     w.set_durability(Durability::Immediate);
     {
@@ -405,7 +456,7 @@ fn apply(
                     seq,
                     record,
                 } => {
-                    queued.insert((client.as_str(), seq), record.as_slice())?;
+                    queued.insert((client.as_str(), *seq), record.as_slice())?;
                 }
                 StateOp::Unqueue { client } => {
                     queued.retain_in(
@@ -419,7 +470,7 @@ fn apply(
                 StateOp::Unretain { topic } => {
                     retained.remove(topic.as_str())?;
                 }
-                StateOp::Flush(tx) => flushes.push(tx),
+                StateOp::Flush(_) => {}
             }
         }
     }
@@ -553,5 +604,84 @@ mod tests {
         let topics: Vec<&str> = s.queued.iter().map(|(_, p)| p.topic.as_str()).collect();
         assert_eq!(topics, vec!["t/1", "t/2"]);
         assert_eq!(loaded.retained.len(), 1);
+    }
+
+    /// A full disk: changes wait in memory (a flush says they are not on disk) and are written, none
+    /// skipped, once space returns. Needs root for a small tmpfs (CI runs as root).
+    #[test]
+    fn changes_wait_out_a_full_disk_and_none_is_skipped() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("disk");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let path = mnt.join("state.redb");
+        let big = |seq: u64| StateOp::Queue {
+            client: "c".into(),
+            seq,
+            record: vec![b'x'; 400_000],
+        };
+        {
+            let (sink, _) = open(&path).unwrap();
+            let filler = mnt.join("filler");
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&filler).unwrap();
+                let chunk = vec![0u8; 64 * 1024];
+                while f.write_all(&chunk).is_ok() {}
+                let _ = f.sync_all();
+            }
+            for seq in 1..=3 {
+                sink.send(big(seq));
+            }
+            assert!(
+                !sink.flush(Duration::from_secs(2)),
+                "not on disk while it is full"
+            );
+            std::fs::remove_file(&filler).unwrap();
+            assert!(
+                sink.flush(Duration::from_secs(30)),
+                "written once space returned"
+            );
+        }
+        // the writer thread ends with its last sender; opening may have to wait for the file
+        let mut db = None;
+        for _ in 0..100 {
+            match Database::create(&path) {
+                Ok(d) => {
+                    db = Some(d);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let db = db.unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(QUEUED).unwrap();
+        let seqs: Vec<u64> = t
+            .range(("c", 0u64)..=("c", u64::MAX))
+            .unwrap()
+            .map(|e| e.unwrap().0.value().1)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3], "every change written, none skipped");
     }
 }
