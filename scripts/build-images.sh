@@ -79,7 +79,8 @@ else
       scripts/build-arm32v7.sh
       bindir="${CARGO_TARGET_DIR:-$PWD/target/arm32v7}/armv7-unknown-linux-gnueabihf/release"; sysroot=/usr/arm-linux-gnueabihf;;
     arm64v8)
-      echo "build-images: --prebuilt supports amd64 and arm32v7 on this machine; build arm64v8 with buildx (without --prebuilt)" >&2; exit 1;;
+      scripts/build-cross.sh --platform arm64v8
+      bindir="${CARGO_TARGET_DIR:-$PWD/target/arm64v8}/aarch64-unknown-linux-gnu/release"; sysroot=/usr/aarch64-linux-gnu;;
   esac
   for m in $modules; do
     t=$(tag_of "$m")

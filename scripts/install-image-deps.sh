@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the container and arm32v7 tests need on Debian 12, from Debian's own archive (no image
+# Installs what the container and arm tests need on Debian 12, from Debian's own archive (no image
 # registry, no rustup): Debian's registry server (docker-registry), binutils (readelf) and python3-venv, and
-# with --arm32v7 the armhf cross toolchain: the armhf standard library of the installed Debian rustc-web
-# (same version), gcc-arm-linux-gnueabihf and qemu-user-static. Safe to run again; does only what is missing.
-# Usage: scripts/install-image-deps.sh [--arm32v7]
+# with --arm32v7 (--arm64v8) the armhf (arm64) cross toolchain: that architecture's standard library of the
+# installed Debian rustc-web (same version), its gcc cross compiler and C library, and qemu-user-static.
+# Usage: scripts/install-image-deps.sh [--arm32v7 | --arm64v8]
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n 2,6p "$0"; exit 0;; ""|--arm32v7) ;; *) echo "install-image-deps: unknown option $1; see --help" >&2; exit 2;; esac
+case "${1:-}" in
+  -h|--help) sed -n 2,6p "$0"; exit 0;;
+  "") arch="";;
+  --arm32v7) arch=armhf; gcc=gcc-arm-linux-gnueabihf; libc=libc6-dev-armhf-cross;;
+  --arm64v8) arch=arm64; gcc=gcc-aarch64-linux-gnu; libc=libc6-dev-arm64-cross;;
+  *) echo "install-image-deps: unknown option $1; see --help" >&2; exit 2;;
+esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,23 +34,24 @@ apt_update() {
   fi
 }
 
-if [ "${1:-}" = "--arm32v7" ]; then
-  # The armhf std must be the very version of the amd64 rustc-web (Debian's multiarch rule).
+if [ -n "$arch" ]; then
+  # The $arch std must be the very version of the amd64 rustc-web (Debian's multiarch rule).
   ver=$(dpkg-query -W -f='${Version}' rustc-web 2>/dev/null || true)
   if [ -z "$ver" ]; then
     need+=(rustc-web libstd-rust-web-dev)
   fi
-  if ! dpkg --print-foreign-architectures | grep -qx armhf; then
-    echo "install-image-deps: dpkg --add-architecture armhf"
-    $SUDO dpkg --add-architecture armhf
+  if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+    echo "install-image-deps: dpkg --add-architecture $arch"
+    $SUDO dpkg --add-architecture "$arch"
+    updated=0
   fi
   if [ -n "$ver" ]; then
-    installed libstd-rust-web-dev:armhf || need+=("libstd-rust-web-dev:armhf=$ver")
+    installed "libstd-rust-web-dev:$arch" || need+=("libstd-rust-web-dev:$arch=$ver")
   else
-    need+=(libstd-rust-web-dev:armhf)
+    need+=("libstd-rust-web-dev:$arch")
   fi
-  installed gcc-arm-linux-gnueabihf || need+=(gcc-arm-linux-gnueabihf)
-  installed libc6-dev-armhf-cross || need+=(libc6-dev-armhf-cross)
+  installed "$gcc" || need+=("$gcc")
+  installed "$libc" || need+=("$libc")
   installed qemu-user-static || need+=(qemu-user-static)
 fi
 
@@ -58,14 +65,15 @@ if [ ${#need[@]} -gt 0 ]; then
   for _ in 1 2 3; do
     apt-get install -s --no-install-recommends "${need[@]}" >"$log" 2>&1 && break
     pins=()
-    for p in $(sed -n 's/.*Depends: \([^ ]*\):armhf .*but it is not going to be installed.*/\1/p' "$log" | sort -u); do
-      v=$(apt-cache policy "$p:armhf" | sed -n 's/^ *Candidate: //p')
+    [ -n "$arch" ] || break
+    for p in $(sed -n "s/.*Depends: \([^ ]*\):$arch .*but it is not going to be installed.*/\1/p" "$log" | sort -u); do
+      v=$(apt-cache policy "$p:$arch" | sed -n 's/^ *Candidate: //p')
       if [ -n "$v" ] && [ "$v" != "(none)" ] && apt-cache madison "$p" | grep -q "| *$v *|.*amd64"; then
-        pins+=("$p=$v" "$p:armhf=$v")
+        pins+=("$p=$v" "$p:$arch=$v")
       fi
     done
     [ ${#pins[@]} -gt 0 ] || break
-    echo "install-image-deps: aligning amd64 and armhf versions: ${pins[*]}"
+    echo "install-image-deps: aligning amd64 and $arch versions: ${pins[*]}"
     need+=("${pins[@]}")
   done
   rm -f "$log"
@@ -73,7 +81,7 @@ if [ ${#need[@]} -gt 0 ]; then
     # An armhf package of a name installed for amd64 must have the same version; when the archive's
     # armhf index lags behind (seen with liblzma5), pin the armhf one to the installed amd64 version.
     cat /tmp/install-image-deps.log >&2
-    echo "install-image-deps: apt-get failed (log above); if it names a Multi-Arch version conflict, install 'PKG:armhf=<installed amd64 version>' first" >&2
+    echo "install-image-deps: apt-get failed (log above); if it names a Multi-Arch version conflict, install 'PKG:${arch:-armhf}=<installed amd64 version>' first" >&2
     exit 1
   fi
 fi

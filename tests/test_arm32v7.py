@@ -179,6 +179,13 @@ def mqtt_answers(port):
 
 def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp_path):
     """The arm32v7 images on a Docker engine (under qemu through binfmt), run by `edge-dev up --docker`."""
+    docker_pipeline("arm32v7", "linux/arm/v7", tmp_path, env={"CARGO_TARGET_DIR": str(TARGET_DIR)})
+
+
+def docker_pipeline(platform, docker_platform, tmp_path, env=None):
+    """Builds `platform`'s images (prebuilt), enables binfmt (or skips, with the kernel's reason), and runs
+    the seed pipeline from them with `edge-dev up --docker --platform PLATFORM`: the windows of readings
+    published with mosquitto_pub must come out upstream. Prints the start-up time under emulation."""
     import time
 
     from test_docker import DockerEdgeDev, cleanup_docker, docker, docker_available, image
@@ -191,18 +198,23 @@ def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp
         print(f"SKIP: {r.stderr.strip()}", file=sys.stderr)
         pytest.skip(r.stderr.strip())
     assert r.returncode == 0, r.stdout + r.stderr
-    # the images (the previous test builds them; building again only re-tags)
-    run(["scripts/build-images.sh", "--prebuilt", "--platform", "arm32v7"], timeout=1800,
-        env={"CONTAINER_REGISTRY_ADDRESS": "localhost:5000", "CARGO_TARGET_DIR": str(TARGET_DIR)})
-    arch = docker("run", "--rm", "--platform", "linux/arm/v7", "--entrypoint", "/usr/local/bin/module",
-                  image("mqtt-server", "arm32v7"), "--version")
+    # the images (built here from cross-compiled binaries; building again only re-tags)
+    out = run(["scripts/build-images.sh", "--prebuilt", "--platform", platform], timeout=2400,
+              env={"CONTAINER_REGISTRY_ADDRESS": "localhost:5000", **(env or {})})
+    print(out)
+    for m in MODULES:
+        info = json.loads(docker("image", "inspect", image(m, platform)).stdout)[0]
+        assert info["Size"] / 1e6 < 20, f"{m} is {info['Size'] / 1e6:.1f} MB"
+        assert info["Config"]["User"] == "10001:10001"
+    arch = docker("run", "--rm", "--platform", docker_platform, "--entrypoint", "/usr/local/bin/module",
+                  image("mqtt-server", platform), "--version")
     assert arch.returncode == 0 and "mqtt-server" in arch.stdout, arch.stdout + arch.stderr
 
     names = ["MqttServerModule", "AggregatorModule", "ESPSimModule"]
     for n in names:
         if docker("container", "inspect", n, check=False).returncode == 0:
             pytest.fail(f"a container named {n} already exists; this test needs the module names (docker rm -f {n})")
-    network = f"edge-dev-arm-{os.getpid()}"
+    network = f"edge-dev-{platform}-{os.getpid()}"
     mqtt_port = free_port()
     m = template()
     agent = m["modulesContent"]["$edgeAgent"]["properties.desired"]
@@ -211,7 +223,7 @@ def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp
         "1889/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(mqtt_port)}]}
     m["modulesContent"]["AggregatorModule"]["properties.desired"]["query"] = (
         'SELECT Avg("temp") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,2)')
-    edge = DockerEdgeDev(tmp_path, m, network, platform="arm32v7")
+    edge = DockerEdgeDev(tmp_path, m, network, platform=platform)
     try:
         started = time.monotonic()
         edge.start()
@@ -220,7 +232,7 @@ def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp
                              for n in running), 180, lambda: "the containers running:\n" + edge.output()[-3000:])
         for n in running:
             info = json.loads(docker("inspect", n).stdout)[0]
-            assert info["Config"]["Image"].endswith("-arm32v7"), info["Config"]["Image"]
+            assert info["Config"]["Image"].endswith("-" + platform), info["Config"]["Image"]
         # docker's port proxy accepts at once; the server under qemu answers a CONNECT once it is up
         wait_for(lambda: mqtt_answers(mqtt_port), 180,
                  lambda: "MqttServerModule answering CONNECT:\n" + edge.output()[-3000:], interval=0.5)
@@ -237,14 +249,13 @@ def test_up_docker_runs_the_seed_pipeline_from_the_arm32v7_images(arm_build, tmp
                             "-t", "MyTopic", "-m", payload], check=True, timeout=60)
         rows = wait_for(lambda: (lambda r: r if len(r) >= len(expected) else None)(
             [x for x in edge.upstream() if x["output"] == "AvgTemp"]),
-            180, lambda: "the windows from the arm32v7 containers:\n" + edge.output()[-4000:])
+            180, lambda: f"the windows from the {platform} containers:\n" + edge.output()[-4000:])
         got = sorted(round(r["body"]["avg"], 9) for r in rows)
         assert got == sorted(round(sum(v) / len(v), 9) for v in expected.values()), rows
-        print(f"\narm32v7 containers under qemu: MQTT port open {up_after:.1f} s after edge-dev up --docker started")
+        print(f"\n{platform} containers under qemu: MQTT answering {up_after:.1f} s after edge-dev up --docker started")
         assert edge.stop(timeout=120) == 0, edge.output()[-3000:]
     finally:
         if edge.proc is not None and edge.proc.poll() is None:
             edge.proc.kill()
             edge.proc.wait(timeout=30)
         cleanup_docker(network, names)
-
