@@ -9,7 +9,8 @@
   each image's own file system (interpreter and libraries) runs its binary under qemu.
 - With binfmt (scripts/enable-binfmt.sh: Debian's qemu-user-static and binfmt-support, fix-binary flag), the
   Docker engine runs those images: `edge-dev up --docker --platform arm32v7` runs the three modules as
-  arm32v7 containers and the seed pipeline's windows come out upstream. Where the kernel refuses binfmt the
+  arm32v7 containers, the windows of the test's readings come out upstream, and the simulator's readings
+  reach them too. Where the kernel refuses binfmt the
   test is reported as skipped with the reason.
 
 The armv7 build is done once per session into target/arm32v7 (kept across runs: later runs only check it).
@@ -218,16 +219,18 @@ def docker_pipeline(platform, docker_platform, tmp_path, env=None):
     mqtt_port = free_port()
     m = template()
     agent = m["modulesContent"]["$edgeAgent"]["properties.desired"]
-    agent["modules"]["ESPSimModule"]["status"] = "stopped"
     agent["modules"]["MqttServerModule"]["settings"]["createOptions"]["HostConfig"]["PortBindings"] = {
         "1889/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(mqtt_port)}]}
+    # all three modules run; per-device windows keep the test's readings apart from the simulator's
     m["modulesContent"]["AggregatorModule"]["properties.desired"]["query"] = (
-        'SELECT Avg("temp") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,2)')
+        'SELECT deviceId, Avg(temp) AS avg INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated '
+        'GROUP BY deviceId, TumblingWindow(second,2)\n'
+        'SELECT deviceId, COUNT(*) AS n INTO Seen FROM temperature GROUP BY deviceId, TumblingWindow(second,2)')
     edge = DockerEdgeDev(tmp_path, m, network, platform=platform)
     try:
         started = time.monotonic()
         edge.start()
-        running = ["MqttServerModule", "AggregatorModule"]
+        running = names
         wait_for(lambda: all(docker("inspect", "-f", "{{.State.Running}}", n, check=False).stdout.strip() == "true"
                              for n in running), 180, lambda: "the containers running:\n" + edge.output()[-3000:])
         for n in running:
@@ -248,10 +251,13 @@ def docker_pipeline(platform, docker_platform, tmp_path, env=None):
             subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_port), "-q", "1", "-i", "arm-sensor",
                             "-t", "MyTopic", "-m", payload], check=True, timeout=60)
         rows = wait_for(lambda: (lambda r: r if len(r) >= len(expected) else None)(
-            [x for x in edge.upstream() if x["output"] == "AvgTemp"]),
+            [x for x in edge.upstream() if x["output"] == "AvgTemp" and x["body"].get("deviceId") == "arm-sensor"]),
             180, lambda: f"the windows from the {platform} containers:\n" + edge.output()[-4000:])
         got = sorted(round(r["body"]["avg"], 9) for r in rows)
         assert got == sorted(round(sum(v) / len(v), 9) for v in expected.values()), rows
+        # ESPSimModule's container (MQTT_HOST=MqttServerModule) reached the MQTT server too
+        wait_for(lambda: [x for x in edge.upstream() if x["output"] == "Seen" and x["body"].get("deviceId") != "arm-sensor"],
+                 180, lambda: f"a reading of the {platform} simulator:\n" + edge.output()[-4000:])
         print(f"\n{platform} containers under qemu: MQTT answering {up_after:.1f} s after edge-dev up --docker started")
         assert edge.stop(timeout=120) == 0, edge.output()[-3000:]
     finally:
