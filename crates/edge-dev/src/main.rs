@@ -199,6 +199,15 @@ struct ApiArg {
     api_url: Option<String>,
 }
 
+impl ApiArg {
+    fn client(&self, data_dir: &std::path::Path) -> anyhow::Result<edge_dev::api::Client> {
+        Ok(edge_dev::api::Client::find(
+            data_dir,
+            self.api_url.as_deref(),
+        )?)
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LinkSwitch {
     Online,
@@ -311,7 +320,7 @@ fn main() -> anyhow::Result<()> {
                 properties,
                 api,
             } => {
-                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let client = api.client(&cli.data_dir)?;
                 let text = match (data, file) {
                     (Some(d), _) => d,
                     (None, Some(f)) => std::fs::read_to_string(&f)
@@ -344,7 +353,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             Command::Twin { module, patch, api } => {
-                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let client = api.client(&cli.data_dir)?;
                 let patch: serde_json::Value =
                     serde_json::from_str(&patch).context("--patch is not JSON")?;
                 let r = client
@@ -369,7 +378,7 @@ fn main() -> anyhow::Result<()> {
                 timeout,
                 api,
             } => {
-                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let client = api.client(&cli.data_dir)?;
                 let payload: serde_json::Value =
                     serde_json::from_str(&payload).context("--payload is not JSON")?;
                 let r = client
@@ -387,7 +396,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r["payload"])?);
             }
             Command::Upstream { state, api } => {
-                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let client = api.client(&cli.data_dir)?;
                 let r = match state {
                     Some(s) => {
                         let online = matches!(s, LinkSwitch::Online);
@@ -421,7 +430,7 @@ fn main() -> anyhow::Result<()> {
                 count,
                 api,
             } => {
-                let client = edge_dev::api::Client::find(&cli.data_dir, api.api_url.as_deref())?;
+                let client = api.client(&cli.data_dir)?;
                 if count == Some(0) {
                     return Ok(());
                 }

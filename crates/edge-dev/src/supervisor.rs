@@ -318,19 +318,35 @@ fn forget_pid(file: Option<&Path>) {
     }
 }
 
-/// `(state, start time in clock ticks since boot)` of a process, from `/proc/<pid>/stat`.
-fn process_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // the command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+/// What `/proc/<pid>/stat` says of a process: its state, its process group, and its start time (clock
+/// ticks since boot).
+struct ProcStat {
+    state: char,
+    pgrp: u32,
+    start: u64,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> Option<ProcStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // the command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(ProcStat {
+            state: fields.first()?.chars().next()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            start: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// Neither a zombie nor dead.
+    fn alive(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
 }
 
 fn process_start_time(pid: u32) -> Option<u64> {
-    process_stat(pid).map(|(_, start)| start)
+    ProcStat::read(pid).map(|s| s.start)
 }
 
 /// Processes of process group `pgid` that started no earlier than `start` (the group leader's start
@@ -342,25 +358,14 @@ fn group_members(pgid: u32, start: u64) -> Vec<u32> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // fields after the name: state, ppid, pgrp, ..., starttime (the 20th)
-            let pgrp = f.get(2).and_then(|v| v.parse::<u32>().ok());
-            let started = f.get(19).and_then(|v| v.parse::<u64>().ok());
-            let alive = f.first().is_some_and(|s| *s != "Z" && *s != "X");
-            alive && pgrp == Some(pgid) && started.is_some_and(|s| s >= start)
+            ProcStat::read(pid).is_some_and(|s| s.alive() && s.pgrp == pgid && s.start >= start)
         })
         .collect()
 }
 
 /// True while the process recorded as `(pid, start)` exists and is not a zombie.
 fn still_running(pid: u32, start: u64) -> bool {
-    matches!(process_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X')
+    ProcStat::read(pid).is_some_and(|s| s.start == start && s.alive())
 }
 
 /// Stops the module processes that an earlier `edge-dev` left running (one that was killed before it
@@ -643,14 +648,14 @@ mod tests {
         // the module dies (as the parent-death signal would kill it); its child does not
         wrapper.kill().unwrap();
         let _ = wrapper.wait();
-        assert!(process_stat(child).is_some_and(|(s, _)| s != 'Z'));
+        assert!(ProcStat::read(child).is_some_and(|s| s.alive()));
         stop_strays(&run);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while process_stat(child).is_some_and(|(s, _)| s != 'Z') && Instant::now() < deadline {
+        while ProcStat::read(child).is_some_and(|s| s.alive()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(
-            process_stat(child).is_none_or(|(s, _)| s == 'Z'),
+            !ProcStat::read(child).is_some_and(|s| s.alive()),
             "the orphan was stopped"
         );
     }

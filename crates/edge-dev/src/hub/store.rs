@@ -138,20 +138,14 @@ impl Store {
         let db = Arc::new(open_db(path)?);
         // Create the tables so that read transactions find them, and count the queues.
         let txn = db.begin_write().map_err(|e| err("begin")(&e))?;
-        let mut max_seq = 0;
-        let mut depths = HashMap::new();
-        {
+        let (depths, max_seq) = {
             let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
-            for item in q.iter().map_err(|e| err("scan queues")(&e))? {
-                let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
-                let (endpoint, _, seq) = k.value();
-                max_seq = max_seq.max(seq);
-                *depths.entry(endpoint.to_string()).or_insert(0) += 1;
-            }
+            let counted = count_queues(&q)?;
             txn.open_table(SESSIONS)
                 .map_err(|e| err("open sessions")(&e))?;
             txn.open_table(TWINS).map_err(|e| err("open twins")(&e))?;
-        }
+            counted
+        };
         txn.commit().map_err(|e| err("commit")(&e))?;
 
         let slot: Slot = Arc::new(RwLock::new(Some(db)));
@@ -430,6 +424,21 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     }
 }
 
+/// Entries per endpoint, and the highest sequence number, as the queues table holds them.
+fn count_queues(
+    q: &impl ReadableTable<(&'static str, u8, u64), &'static [u8]>,
+) -> Result<(HashMap<String, u64>, u64), StoreError> {
+    let mut depths = HashMap::new();
+    let mut max_seq = 0;
+    for item in q.iter().map_err(|e| err("scan queues")(&e))? {
+        let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
+        let (endpoint, _, seq) = k.value();
+        max_seq = max_seq.max(seq);
+        *depths.entry(endpoint.to_string()).or_insert(0) += 1;
+    }
+    Ok((depths, max_seq))
+}
+
 /// Entries added (+1) or removed (-1) per endpoint by one committed transaction.
 type Deltas = HashMap<String, i64>;
 
@@ -608,15 +617,11 @@ impl Writer {
         }
         // readers may still hold the old handle for a moment: open_db waits for them
         let db = Arc::new(open_db(&self.path)?);
-        let mut depths: HashMap<String, u64> = HashMap::new();
-        {
+        let (depths, _) = {
             let txn = db.begin_read().map_err(|e| err("read")(&e))?;
             let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
-            for item in q.iter().map_err(|e| err("scan queues")(&e))? {
-                let (k, _) = item.map_err(|e| err("scan queues")(&e))?;
-                *depths.entry(k.value().0.to_string()).or_insert(0) += 1;
-            }
-        }
+            count_queues(&q)?
+        };
         if let Ok(mut d) = self.depths.lock() {
             *d = depths;
         }
