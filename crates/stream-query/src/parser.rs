@@ -98,12 +98,23 @@ pub(crate) fn unit_micros(unit: &str) -> Option<Micros> {
     })
 }
 
+/// How deeply expressions may nest (parentheses, NOT, operators, function arguments). The
+/// parser and every recursive walk over a query (planning, evaluation) stay within this, so a
+/// hostile query gets an error instead of exhausting the stack. A debug build's parser needs
+/// about 15 KB of stack per parenthesis level (nine frames); 64 levels stay well inside a 2 MB
+/// thread stack, and no real query comes near.
+pub(crate) const MAX_DEPTH: usize = 64;
+
 const UNITS_HELP: &str = "use day (dd, d), hour (hh), minute (mi, n), second (ss, s), millisecond (ms) or microsecond (mcs)";
 const MAX_WINDOW: Micros = 7 * 86_400_000_000;
 
 pub(crate) fn parse(text: &str) -> Result<Ast, QueryError> {
     let tokens = lex(text)?;
-    let mut p = Parser { t: tokens, i: 0 };
+    let mut p = Parser {
+        t: tokens,
+        i: 0,
+        depth: 0,
+    };
     p.query()
 }
 
@@ -111,7 +122,11 @@ pub(crate) fn parse(text: &str) -> Result<Ast, QueryError> {
 #[cfg(test)]
 pub(crate) fn parse_expr(text: &str) -> Result<Expr, QueryError> {
     let tokens = lex(text)?;
-    let mut p = Parser { t: tokens, i: 0 };
+    let mut p = Parser {
+        t: tokens,
+        i: 0,
+        depth: 0,
+    };
     let e = p.expr()?;
     p.expect_eof()?;
     Ok(e)
@@ -120,6 +135,43 @@ pub(crate) fn parse_expr(text: &str) -> Result<Expr, QueryError> {
 struct Parser {
     t: Vec<Token>,
     i: usize,
+    /// Current recursion depth of expression parsing (see [`MAX_DEPTH`]).
+    depth: usize,
+}
+
+/// The height of an expression tree, counting at most `MAX_DEPTH + 1` levels (so the walk
+/// itself stays shallow).
+pub(crate) fn height(e: &Expr) -> usize {
+    fn go(e: &Expr, level: usize) -> usize {
+        if level > MAX_DEPTH {
+            return level;
+        }
+        let kids: Vec<&Expr> = match e {
+            Expr::Call { args, order, .. } => {
+                args.iter().chain(order.iter().map(|o| &o.expr)).collect()
+            }
+            Expr::Neg(x) | Expr::Not(x) | Expr::IsNull(x, _) | Expr::Cast(x, _, _) => vec![x],
+            Expr::Bin(_, a, b) | Expr::Like(a, b, _) => vec![a, b],
+            Expr::Between(a, b, c, _) => vec![a, b, c],
+            Expr::In(a, l, _) => std::iter::once(&**a).chain(l.iter()).collect(),
+            Expr::Case {
+                operand,
+                whens,
+                otherwise,
+            } => operand
+                .iter()
+                .map(|b| &**b)
+                .chain(whens.iter().flat_map(|(a, b)| [a, b]))
+                .chain(otherwise.iter().map(|b| &**b))
+                .collect(),
+            Expr::Lit(_) | Expr::Field(..) | Expr::Timestamp | Expr::Agg(_) => Vec::new(),
+        };
+        kids.into_iter()
+            .map(|k| go(k, level + 1))
+            .max()
+            .unwrap_or(level)
+    }
+    go(e, 1)
 }
 
 fn describe(t: &Tok) -> String {
@@ -688,31 +740,69 @@ impl Parser {
     // ---- expressions, lowest precedence first ----
 
     pub(crate) fn expr(&mut self) -> Result<Expr, QueryError> {
-        self.or()
+        let pos = self.pos();
+        self.enter()?;
+        let e = self.or();
+        self.depth -= 1;
+        let e = e?;
+        self.check_height(&e, pos)?;
+        Ok(e)
+    }
+
+    /// One more level of recursion; refused past [`MAX_DEPTH`].
+    fn enter(&mut self) -> Result<(), QueryError> {
+        if self.depth >= MAX_DEPTH {
+            return self.err(format!(
+                "the expression nests more than {MAX_DEPTH} levels deep (parentheses, NOT, signs or function calls); simplify it or split it into WITH steps"
+            ));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn check_height(&self, e: &Expr, pos: Pos) -> Result<(), QueryError> {
+        if height(e) > MAX_DEPTH {
+            return self.err_at(pos, format!(
+                "the expression nests more than {MAX_DEPTH} levels deep (operators, parentheses or function calls); simplify it or split it into WITH steps"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Build `l op r` in a left-associative chain, refusing a tree deeper than [`MAX_DEPTH`]
+    /// before it grows (a chain of 100,000 `+` must not become a 100,000-level tree).
+    fn chain(&self, op: BinOp, l: Expr, r: Expr, pos: Pos) -> Result<Expr, QueryError> {
+        let e = Expr::Bin(op, Box::new(l), Box::new(r));
+        self.check_height(&e, pos)?;
+        Ok(e)
     }
 
     fn or(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
         let mut l = self.and()?;
         while self.eat_word("OR") {
             let r = self.and()?;
-            l = Expr::Bin(BinOp::Or, Box::new(l), Box::new(r));
+            l = self.chain(BinOp::Or, l, r, pos)?;
         }
         Ok(l)
     }
 
     fn and(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
         let mut l = self.not()?;
         while self.eat_word("AND") {
             let r = self.not()?;
-            l = Expr::Bin(BinOp::And, Box::new(l), Box::new(r));
+            l = self.chain(BinOp::And, l, r, pos)?;
         }
         Ok(l)
     }
 
     fn not(&mut self) -> Result<Expr, QueryError> {
         if self.eat_word("NOT") {
-            let e = self.not()?;
-            return Ok(Expr::Not(Box::new(e)));
+            self.enter()?;
+            let e = self.not();
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e?)));
         }
         self.predicate()
     }
@@ -771,6 +861,7 @@ impl Parser {
     }
 
     fn additive(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
         let mut l = self.multiplicative()?;
         loop {
             let op = match self.peek() {
@@ -781,11 +872,12 @@ impl Parser {
             };
             self.next();
             let r = self.multiplicative()?;
-            l = Expr::Bin(op, Box::new(l), Box::new(r));
+            l = self.chain(op, l, r, pos)?;
         }
     }
 
     fn multiplicative(&mut self) -> Result<Expr, QueryError> {
+        let pos = self.pos();
         let mut l = self.unary()?;
         loop {
             let op = match self.peek() {
@@ -796,21 +888,26 @@ impl Parser {
             };
             self.next();
             let r = self.unary()?;
-            l = Expr::Bin(op, Box::new(l), Box::new(r));
+            l = self.chain(op, l, r, pos)?;
         }
     }
 
     fn unary(&mut self) -> Result<Expr, QueryError> {
         if self.eat_sym("-") {
-            let e = self.unary()?;
-            return Ok(match e {
+            self.enter()?;
+            let e = self.unary();
+            self.depth -= 1;
+            return Ok(match e? {
                 Expr::Lit(Val::Int(i)) => Expr::Lit(Val::Int(-i)),
                 Expr::Lit(Val::Float(f)) => Expr::Lit(Val::Float(-f)),
                 e => Expr::Neg(Box::new(e)),
             });
         }
         if self.eat_sym("+") {
-            return self.unary();
+            self.enter()?;
+            let e = self.unary();
+            self.depth -= 1;
+            return e;
         }
         self.primary()
     }
@@ -1203,6 +1300,49 @@ mod tests {
                 offset: 0
             }
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let n = 100_000;
+        let cases = [
+            format!("SELECT {}a{} INTO o FROM i", "(".repeat(n), ")".repeat(n)),
+            format!("SELECT a INTO o FROM i WHERE {}b", "NOT ".repeat(n)),
+            format!("SELECT {}a INTO o FROM i", "- ".repeat(n)),
+            format!("SELECT {}a INTO o FROM i", "+ ".repeat(n)),
+            format!("SELECT a{} INTO o FROM i", " + a".repeat(n)),
+            format!("SELECT a INTO o FROM i WHERE b{}", " AND b".repeat(n)),
+            format!("SELECT a INTO o FROM i WHERE b{}", " OR b".repeat(n)),
+            format!("SELECT a{} INTO o FROM i", " * a".repeat(n)),
+            format!(
+                "SELECT {}a{} INTO o FROM i",
+                "ABS(".repeat(n),
+                ")".repeat(n)
+            ),
+            format!(
+                "SELECT {}1{} INTO o FROM i",
+                "CASE WHEN a THEN ".repeat(n),
+                " END".repeat(n)
+            ),
+            format!(
+                "SELECT {}a{} INTO o FROM i",
+                "CAST(".repeat(n),
+                " AS float)".repeat(n)
+            ),
+        ];
+        for q in &cases {
+            let e = parse(q).unwrap_err();
+            assert!(e.message.contains("levels deep"), "{}: {e}", &q[..40]);
+        }
+        // within the limit: parses, plans and evaluates
+        let q = format!(
+            "SELECT {}a{} AS x INTO o FROM i",
+            "(".repeat(60),
+            ")".repeat(60)
+        );
+        parse(&q).unwrap();
+        let q = format!("SELECT a{} AS x INTO o FROM i", " + a".repeat(60));
+        parse(&q).unwrap();
     }
 
     #[test]

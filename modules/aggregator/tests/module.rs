@@ -205,6 +205,35 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     assert_eq!(m.output, "Echo");
     assert_eq!(body(&m)["deviceId"], json!("p2"));
 
+    // A query nested far too deep: refused with an error (no stack overflow), the previous
+    // query keeps running.
+    let deep = format!(
+        "SELECT temp INTO Echo FROM temperature WHERE {}temp > 0",
+        "NOT ".repeat(5_000)
+    );
+    rig.hub
+        .update_desired(AGG, json!({ "query": deep }))
+        .await
+        .unwrap();
+    let reported = wait_reported(&rig.hub, |r| {
+        r["query"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("levels deep"))
+    })
+    .await;
+    assert_eq!(
+        reported["runningQuery"],
+        json!("SELECT deviceId, temp INTO Echo FROM temperature")
+    );
+    feed.send_output(
+        "out",
+        Message::json(&json!({"deviceId": "p4", "temp": 38.5})),
+    )
+    .await
+    .unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(body(&m)["deviceId"], json!("p4"));
+
     // A good query replaces it live.
     rig.hub
         .update_desired(
