@@ -90,6 +90,26 @@ pub(crate) enum Expr {
     Cast(Box<Expr>, CastType, bool),
     /// After planning: the value of the n-th aggregate of the statement.
     Agg(usize),
+    /// An analytic function with its `OVER (...)`: LAG, LAST, ISFIRST and the anomaly
+    /// detection functions; `name` is upper case.
+    Analytic {
+        name: String,
+        args: Vec<Expr>,
+        over: Box<Over>,
+        pos: Pos,
+    },
+    /// After planning: the value of the n-th analytic function of the statement.
+    An(usize),
+}
+
+/// `OVER ([PARTITION BY k, ...] [LIMIT DURATION(unit, n)] [WHEN condition])` of an analytic
+/// function.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Over {
+    pub partition: Vec<Expr>,
+    /// LIMIT DURATION in microseconds.
+    pub limit: Option<Micros>,
+    pub when: Option<Expr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

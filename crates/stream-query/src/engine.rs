@@ -21,6 +21,7 @@
 //! event time and the step's watermark as their own.
 
 use crate::agg::{prepare, Acc, AggIn};
+use crate::analytic::{self, AnState};
 use crate::ast::{Expr, Window};
 use crate::error::{EventError, RestoreError};
 use crate::eval::{eval, show, truth, Ctx};
@@ -137,6 +138,10 @@ struct Pending {
     key: String,
     row: Map<String, Value>,
     ins: Vec<AggIn>,
+    /// The statement has analytic functions: `row` is the event as it came, to be evaluated
+    /// when it leaves the buffer, in event-time order.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    raw: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +177,9 @@ struct Timeline {
     sessions: BTreeMap<String, Session>,
     /// This timeline's entry in its statement's `due` index.
     due: Option<Micros>,
+    /// State of the statement's analytic functions (LAG, LAST, ISFIRST, anomaly detection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    an: AnState,
 }
 
 impl Timeline {
@@ -185,6 +193,7 @@ impl Timeline {
             slide_points: BTreeMap::new(),
             sessions: BTreeMap::new(),
             due: None,
+            an: AnState::new(),
         }
     }
 
@@ -500,6 +509,7 @@ impl Engine {
             row: obj,
             time: arrival,
             aggs: &[],
+            an: &[],
             quals: &s.quals,
         };
         // substream key (TIMESTAMP BY .. OVER)
@@ -575,7 +585,8 @@ impl Engine {
     }
 
     /// WHERE, then either the projected row (no aggregation) or the group key and aggregate
-    /// inputs. `None` when WHERE filters the event out.
+    /// inputs. `None` when WHERE filters the event out. A statement with analytic functions
+    /// keeps the event as it is until it leaves the reorder buffer (see [`resolve`]).
     fn evaluate(
         &self,
         si: usize,
@@ -583,42 +594,24 @@ impl Engine {
         t: Micros,
     ) -> Result<Option<Pending>, EventError> {
         let s = &self.query.stmts[si];
-        let ctx = Ctx {
-            row: obj,
-            time: t,
-            aggs: &[],
-            quals: &s.quals,
-        };
-        if let Some(f) = &s.filter {
-            let v = eval(f, &ctx).map_err(|m| wrong(f, m))?;
-            if truth(&v, f).map_err(|m| wrong(f, m))? != Some(true) {
-                return Ok(None);
-            }
-        }
-        if s.window.is_none() {
-            let row = project(&s.items, &ctx).map_err(|(e, m)| wrong(e, m))?;
+        if !s.analytics.is_empty() {
             return Ok(Some(Pending {
                 t,
                 seq: 0,
                 key: String::new(),
-                row,
+                row: obj.clone(),
                 ins: Vec::new(),
+                raw: true,
             }));
         }
-        let mut key = String::new();
-        for k in &s.keys {
-            let v = eval(k, &ctx).map_err(|m| wrong(k, m))?;
-            key.push_str(&v.key());
-            key.push('\u{1f}');
-        }
-        let ins = prepare(&s.aggs, &ctx)?;
-        Ok(Some(Pending {
-            t,
-            seq: 0,
-            key,
-            row: obj.clone(),
-            ins,
-        }))
+        let ctx = Ctx {
+            row: obj,
+            time: t,
+            aggs: &[],
+            an: &[],
+            quals: &s.quals,
+        };
+        shape(s, &ctx, t)
     }
 
     fn apply_input(&mut self, si: usize, plan: (String, Micros, Option<Pending>)) {
@@ -684,7 +677,7 @@ impl Engine {
             if let Some(d) = tl.due.take() {
                 due.remove(&(d, k.clone()));
             }
-            let wins = step_timeline(tl, stmt, &mut rows);
+            let wins = step_timeline(tl, stmt, &mut rows, &mut warnings);
             for w in wins {
                 match finish(stmt, w) {
                     Ok(Some(r)) => rows.push(r),
@@ -775,6 +768,77 @@ impl Engine {
     }
 }
 
+/// WHERE, then the projected row (no aggregation) or the group key and aggregate inputs.
+fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> {
+    if let Some(f) = &s.filter {
+        let v = eval(f, ctx).map_err(|m| wrong(f, m))?;
+        if truth(&v, f).map_err(|m| wrong(f, m))? != Some(true) {
+            return Ok(None);
+        }
+    }
+    if s.window.is_none() {
+        let row = project(&s.items, ctx).map_err(|(e, m)| wrong(e, m))?;
+        return Ok(Some(Pending {
+            t,
+            seq: 0,
+            key: String::new(),
+            row,
+            ins: Vec::new(),
+            raw: false,
+        }));
+    }
+    let mut key = String::new();
+    for k in &s.keys {
+        let v = eval(k, ctx).map_err(|m| wrong(k, m))?;
+        key.push_str(&v.key());
+        key.push('\u{1f}');
+    }
+    let ins = prepare(&s.aggs, ctx)?;
+    Ok(Some(Pending {
+        t,
+        seq: 0,
+        key,
+        row: ctx.row.clone(),
+        ins,
+        raw: false,
+    }))
+}
+
+/// A buffered event of a statement with analytic functions, now in event-time order: compute
+/// the analytic values (updating their state), then WHERE and the rest. `None` when WHERE
+/// filters it out or it fails (a warning says why).
+fn resolve(an: &mut AnState, s: &Stmt, p: Pending, warnings: &mut Vec<String>) -> Option<Pending> {
+    if !p.raw {
+        return Some(p);
+    }
+    let skipped = |m: String| format!("the event at {} was skipped: {m}", format_time(p.t));
+    let vals = match analytic::compute(&s.analytics, an, &p.row, p.t, &s.quals) {
+        Ok(v) => v,
+        Err(m) => {
+            warnings.push(skipped(m));
+            return None;
+        }
+    };
+    let ctx = Ctx {
+        row: &p.row,
+        time: p.t,
+        aggs: &[],
+        an: &vals,
+        quals: &s.quals,
+    };
+    match shape(s, &ctx, p.t) {
+        Ok(Some(mut q)) => {
+            q.seq = p.seq;
+            Some(q)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warnings.push(skipped(e.to_string()));
+            None
+        }
+    }
+}
+
 fn wrong(e: &Expr, m: String) -> EventError {
     EventError::WrongType {
         expression: show(e),
@@ -818,6 +882,7 @@ fn finish(s: &Stmt, w: WinOut) -> Result<Option<TimedRow>, String> {
         row: &w.rep,
         time: w.end,
         aggs: &w.aggs,
+        an: &[],
         quals: &s.quals,
     };
     if let Some(h) = &s.having {
@@ -881,21 +946,33 @@ fn step_timeline(
     tl: &mut Timeline,
     s: &Stmt,
     rows: &mut Vec<(Micros, Map<String, Value>)>,
+    warnings: &mut Vec<String>,
 ) -> Vec<WinOut> {
     let wm = tl.watermark;
+    // pass-through: an event at the watermark itself is final already; a window at the
+    // watermark may still get events at that time
+    let n = if s.window.is_none() {
+        tl.pending.partition_point(|p| p.t <= wm)
+    } else {
+        tl.pending.partition_point(|p| p.t < wm)
+    };
+    let mut released: Vec<Pending> = tl.pending.drain(..n).collect();
+    if !s.analytics.is_empty() {
+        let an = &mut tl.an;
+        released = released
+            .into_iter()
+            .filter_map(|p| resolve(an, s, p, warnings))
+            .collect();
+    }
     let window = match s.window {
         None => {
-            // pass-through: an event at the watermark itself is final already
-            let n = tl.pending.partition_point(|p| p.t <= wm);
-            for p in tl.pending.drain(..n) {
+            for p in released {
                 rows.push((p.t, p.row));
             }
             return Vec::new();
         }
         Some(w) => w,
     };
-    let n = tl.pending.partition_point(|p| p.t < wm);
-    let released: Vec<Pending> = tl.pending.drain(..n).collect();
     let mut outs = Vec::new();
     match window {
         Window::Hopping { size, hop, offset } => {
@@ -1090,6 +1167,7 @@ mod tests {
             key: String::new(),
             row: Map::new(),
             ins: Vec::new(),
+            raw: false,
         };
         let mut v = Vec::new();
         for (t, seq) in [(5, 1), (3, 2), (5, 3), (1, 4), (3, 5)] {

@@ -14,6 +14,8 @@ pub(crate) struct Ctx<'a> {
     pub time: Micros,
     /// Values of the statement's aggregates (empty outside aggregation).
     pub aggs: &'a [Val],
+    /// Values of the statement's analytic functions for this event (empty when it has none).
+    pub an: &'a [Val],
     /// Lower-case names that may qualify a field: the FROM name and its alias.
     pub quals: &'a [String],
 }
@@ -110,6 +112,11 @@ pub(crate) fn show(e: &Expr) -> String {
             t.name()
         ),
         Expr::Agg(i) => format!("aggregate #{i}"),
+        Expr::An(i) => format!("analytic function #{i}"),
+        Expr::Analytic { name, args, .. } => format!(
+            "{name}({}) OVER (...)",
+            args.iter().map(show).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -142,6 +149,10 @@ pub(crate) fn eval(e: &Expr, c: &Ctx) -> EvalResult {
             .unwrap_or(Val::Null)),
         Expr::Timestamp => Ok(Val::Time(c.time)),
         Expr::Agg(i) => Ok(c.aggs.get(*i).cloned().unwrap_or(Val::Null)),
+        Expr::An(i) => Ok(c.an.get(*i).cloned().unwrap_or(Val::Null)),
+        Expr::Analytic { name, .. } => Err(format!(
+            "{name}(...) OVER (...) cannot be used here; compute it in a WITH step and use its column"
+        )),
         Expr::Neg(x) => match eval(x, c)? {
             Val::Null => Ok(Val::Null),
             Val::Int(i) => Ok(i
@@ -772,6 +783,7 @@ mod tests {
                 row: &m,
                 time: 0,
                 aggs: &[],
+                an: &[],
                 quals: &["input".into()],
             },
         )

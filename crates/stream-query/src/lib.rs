@@ -61,6 +61,8 @@
 //! ```
 
 mod agg;
+mod analytic;
+mod anomaly;
 mod ast;
 mod engine;
 mod error;

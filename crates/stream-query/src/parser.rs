@@ -21,6 +21,16 @@ pub(crate) const AGGREGATES: [&str; 11] = [
     "PERCENTILE_CONT",
 ];
 
+/// Analytic functions (upper case) with their (min, max) argument counts; each takes
+/// `OVER (...)`.
+pub(crate) const ANALYTICS: [(&str, usize, usize); 5] = [
+    ("LAG", 1, 3),
+    ("LAST", 1, 2),
+    ("ISFIRST", 2, 2),
+    ("ANOMALYDETECTION_SPIKEANDDIP", 4, 4),
+    ("ANOMALYDETECTION_CHANGEPOINT", 3, 3),
+];
+
 /// Scalar functions (upper case) with their (min, max) argument counts.
 pub(crate) const SCALARS: [(&str, usize, usize); 30] = [
     ("ABS", 1, 1),
@@ -164,7 +174,14 @@ pub(crate) fn height(e: &Expr) -> usize {
                 .chain(whens.iter().flat_map(|(a, b)| [a, b]))
                 .chain(otherwise.iter().map(|b| &**b))
                 .collect(),
-            Expr::Lit(_) | Expr::Field(..) | Expr::Timestamp | Expr::Agg(_) => Vec::new(),
+            Expr::Analytic { args, over, .. } => args
+                .iter()
+                .chain(over.partition.iter())
+                .chain(over.when.iter())
+                .collect(),
+            Expr::Lit(_) | Expr::Field(..) | Expr::Timestamp | Expr::Agg(_) | Expr::An(_) => {
+                Vec::new()
+            }
         };
         kids.into_iter()
             .map(|k| go(k, level + 1))
@@ -1090,14 +1107,18 @@ impl Parser {
             _ => String::new(),
         };
         let up = name.to_ascii_uppercase();
+        if let Some(&(_, lo, hi)) = ANALYTICS.iter().find(|a| a.0 == up) {
+            return self.analytic_call(pos, name, up, lo, hi);
+        }
         let is_agg = AGGREGATES.contains(&up.as_str());
         let scalar = SCALARS.iter().find(|s| s.0 == up);
         if !is_agg && scalar.is_none() {
             return self.err_at(
                 pos,
                 format!(
-                "unknown function '{name}'; supported: {}, {}, System.Timestamp(), CAST, TRY_CAST",
+                "unknown function '{name}'; supported: {}, {}, {}, System.Timestamp(), CAST, TRY_CAST",
                 AGGREGATES.join(", "),
+                ANALYTICS.iter().map(|s| s.0).collect::<Vec<_>>().join(", "),
                 SCALARS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
             ),
             );
@@ -1197,6 +1218,220 @@ impl Parser {
             order,
             pos,
         })
+    }
+
+    /// `LAG(x [, offset [, default]])`, `LAST(x)`, `ISFIRST(unit, n)`,
+    /// `AnomalyDetection_SpikeAndDip(x, confidence, historySize, mode)` and
+    /// `AnomalyDetection_ChangePoint(x, confidence, historySize)`, each with
+    /// `OVER ([PARTITION BY ..] [LIMIT DURATION(unit, n)] [WHEN ..])`. Constant arguments are
+    /// checked here, so a bad one is an error before any event arrives.
+    fn analytic_call(
+        &mut self,
+        pos: Pos,
+        name: String,
+        up: String,
+        lo: usize,
+        hi: usize,
+    ) -> Result<Expr, QueryError> {
+        self.expect_sym("(", "after the function name")?;
+        let mut args = Vec::new();
+        if !self.is_sym(")") {
+            loop {
+                let e = self.expr()?;
+                let e = match (args.is_empty(), up.as_str(), e) {
+                    (true, "ISFIRST", Expr::Field(p, _)) if p.len() == 1 => {
+                        Expr::Lit(Val::Str(p[0].clone()))
+                    }
+                    (_, _, e) => e,
+                };
+                args.push(e);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        self.expect_sym(")", &format!("to close {name}(...)"))?;
+        if args.len() < lo || args.len() > hi {
+            let want = if lo == hi {
+                format!("{lo}")
+            } else {
+                format!("{lo} to {hi}")
+            };
+            return self.err_at(
+                pos,
+                format!("{name} takes {want} argument(s), not {}", args.len()),
+            );
+        }
+        let needs_limit = up != "ISFIRST";
+        let over_help = if needs_limit {
+            "OVER ([PARTITION BY key] LIMIT DURATION(unit, n) [WHEN condition])"
+        } else {
+            "OVER ([PARTITION BY key] [WHEN condition])"
+        };
+        if !self.eat_word("OVER") {
+            if needs_limit {
+                return self.err(format!("{name}(...) needs {over_help}"));
+            }
+            self.check_analytic_args(pos, &name, &up, &args)?;
+            return Ok(Expr::Analytic {
+                name: up,
+                args,
+                over: Box::new(Over {
+                    partition: Vec::new(),
+                    limit: None,
+                    when: None,
+                }),
+                pos,
+            });
+        }
+        self.expect_sym("(", &format!("after OVER in {over_help}"))?;
+        // PARTITION BY and LIMIT DURATION in either order (ASA's pages show both)
+        let mut partition = Vec::new();
+        let mut limit = None;
+        loop {
+            if self.is_word("PARTITION") && partition.is_empty() {
+                self.next();
+                self.expect_word("BY", "after PARTITION")?;
+                loop {
+                    partition.push(self.expr()?);
+                    if !self.eat_sym(",") {
+                        break;
+                    }
+                }
+            } else if self.is_word("LIMIT") && limit.is_none() {
+                let lpos = self.pos();
+                self.next();
+                if !needs_limit {
+                    return self.err_at(lpos, format!("{name} takes no LIMIT DURATION: its interval is its own argument; use {over_help}"));
+                }
+                limit = Some(self.limit_duration(lpos)?);
+            } else {
+                break;
+            }
+        }
+        if needs_limit && limit.is_none() {
+            return self.err(format!(
+                "{name}(...) needs LIMIT DURATION(unit, n) in {over_help}"
+            ));
+        }
+        let when = if self.eat_word("WHEN") {
+            Some(self.expr()?)
+        } else {
+            None
+        };
+        self.expect_sym(")", &format!("to close {over_help}"))?;
+        self.check_analytic_args(pos, &name, &up, &args)?;
+        Ok(Expr::Analytic {
+            name: up,
+            args,
+            over: Box::new(Over {
+                partition,
+                limit,
+                when,
+            }),
+            pos,
+        })
+    }
+
+    /// `DURATION(unit, n)` after LIMIT, in microseconds (at most 7 days).
+    fn limit_duration(&mut self, lpos: Pos) -> Result<Micros, QueryError> {
+        self.expect_word("DURATION", "after LIMIT")?;
+        self.expect_sym("(", "after LIMIT DURATION")?;
+        let unit = self.window_unit()?;
+        self.expect_sym(",", "in LIMIT DURATION(unit, n)")?;
+        let npos = self.pos();
+        let n = match self.next() {
+            Tok::Num(n) => n.parse::<i64>().ok().filter(|n| *n > 0),
+            _ => None,
+        };
+        let n = match n {
+            Some(n) => n,
+            None => return self.err_at(npos, "LIMIT DURATION(unit, n) needs a whole number n > 0"),
+        };
+        self.expect_sym(")", "to close LIMIT DURATION(...)")?;
+        match unit.checked_mul(n).filter(|d| *d <= MAX_WINDOW) {
+            Some(d) => Ok(d),
+            None => self.err_at(lpos, "LIMIT DURATION must not exceed 7 days"),
+        }
+    }
+
+    fn check_analytic_args(
+        &self,
+        pos: Pos,
+        name: &str,
+        up: &str,
+        args: &[Expr],
+    ) -> Result<(), QueryError> {
+        let whole = |e: &Expr| match e {
+            Expr::Lit(Val::Int(i)) => Some(*i),
+            _ => None,
+        };
+        match up {
+            "LAG" => {
+                if let Some(o) = args.get(1) {
+                    if !whole(o).is_some_and(|o| (1..=10_000).contains(&o)) {
+                        return self
+                            .err_at(pos, "LAG's offset must be a whole number from 1 to 10000");
+                    }
+                }
+            }
+            "ISFIRST" => {
+                let unit = match &args[0] {
+                    Expr::Lit(Val::Str(u)) => unit_micros(u),
+                    _ => None,
+                };
+                let n = whole(&args[1]).filter(|n| *n > 0);
+                match (unit, n) {
+                    (Some(u), Some(n)) if u.checked_mul(n).is_some_and(|d| d <= MAX_WINDOW) => {}
+                    (None, _) => {
+                        return self.err_at(pos, format!("ISFIRST(unit, n): {UNITS_HELP}"))
+                    }
+                    _ => {
+                        return self.err_at(
+                            pos,
+                            "ISFIRST(unit, n) needs a whole number n > 0, at most 7 days",
+                        )
+                    }
+                }
+            }
+            "LAST" => {}
+            _ => {
+                // anomaly detection: (x, confidence, historySize [, mode]); the caller checked
+                // the argument count
+                if args.len() < 3 {
+                    return self.err_at(
+                        pos,
+                        format!("{name} takes (expression, confidence, historySize ...)"),
+                    );
+                }
+                let conf = match &args[1] {
+                    Expr::Lit(v) => v.as_f64(),
+                    _ => None,
+                };
+                if !conf.is_some_and(|c| (1.0..=100.0).contains(&c)) {
+                    return self.err_at(
+                        pos,
+                        format!("{name}'s confidence must be a number from 1 to 100, such as 95"),
+                    );
+                }
+                if !whole(&args[2]).is_some_and(|h| (2..=10_000).contains(&h)) {
+                    return self.err_at(
+                        pos,
+                        format!("{name}'s historySize must be a whole number from 2 to 10000"),
+                    );
+                }
+                if let Some(m) = args.get(3) {
+                    let ok = matches!(m, Expr::Lit(Val::Str(s)) if ["spikes", "dips", "spikesanddips"].iter().any(|k| k.eq_ignore_ascii_case(s)));
+                    if !ok {
+                        return self.err_at(
+                            pos,
+                            format!("{name}'s mode must be 'spikes', 'dips' or 'spikesanddips'"),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn order_by(&mut self, name: &str) -> Result<Vec<OrderItem>, QueryError> {

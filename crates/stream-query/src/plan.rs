@@ -7,12 +7,14 @@
 //! does); `System.Timestamp()` -> `timestamp`; a CAST by its inner expression's name; anything
 //! else `column{N}` (N = 1-based position in the select list).
 
+use crate::analytic::{AnFunc, AnSpec};
+use crate::anomaly::Mode;
 use crate::ast::*;
 use crate::error::EventError;
 use crate::error::QueryError;
 use crate::eval::{eval, show, Ctx};
-use crate::parser::{parse, AGGREGATES};
-use crate::value::{parse_time_val, to_datetime};
+use crate::parser::{parse, unit_micros, AGGREGATES};
+use crate::value::{parse_time_val, to_datetime, Val};
 use std::sync::Arc;
 
 /// Fields ASA adds to every input event; both are the arrival time here.
@@ -79,6 +81,9 @@ pub(crate) struct Stmt {
     pub window: Option<Window>,
     pub keys: Vec<Expr>,
     pub aggs: Vec<AggSpec>,
+    /// Analytic functions (LAG, LAST, ISFIRST, anomaly detection), evaluated per event in
+    /// event-time order before WHERE.
+    pub analytics: Vec<AnSpec>,
     pub having: Option<Expr>,
     /// Indices of statements that read this one.
     pub consumers: Vec<usize>,
@@ -166,6 +171,7 @@ impl Query {
             row: obj,
             time: 0,
             aggs: &[],
+            an: &[],
             quals: &s.quals,
         };
         let v = eval(e, &ctx).map_err(|m| EventError::WrongType {
@@ -431,6 +437,15 @@ fn visit<'a>(
             visit(a, f)?;
             visit(b, f)?;
         }
+        Expr::Analytic { args, over, .. } => {
+            for a in args
+                .iter()
+                .chain(over.partition.iter())
+                .chain(over.when.iter())
+            {
+                visit(a, f)?;
+            }
+        }
         Expr::Between(a, b, c, _) => {
             visit(a, f)?;
             visit(b, f)?;
@@ -461,6 +476,183 @@ fn visit<'a>(
         _ => {}
     }
     Ok(())
+}
+
+/// Rebuild `e` with `f` applied to each direct child.
+fn map_children(
+    e: Expr,
+    f: &mut dyn FnMut(Expr) -> Result<Expr, QueryError>,
+) -> Result<Expr, QueryError> {
+    let boxed =
+        |b: Box<Expr>, f: &mut dyn FnMut(Expr) -> Result<Expr, QueryError>| f(*b).map(Box::new);
+    Ok(match e {
+        Expr::Call {
+            name,
+            args,
+            distinct,
+            star,
+            order,
+            pos,
+        } => Expr::Call {
+            name,
+            args: args.into_iter().map(&mut *f).collect::<Result<_, _>>()?,
+            distinct,
+            star,
+            order: order
+                .into_iter()
+                .map(|o| {
+                    Ok(OrderItem {
+                        expr: f(o.expr)?,
+                        desc: o.desc,
+                    })
+                })
+                .collect::<Result<_, QueryError>>()?,
+            pos,
+        },
+        Expr::Neg(x) => Expr::Neg(boxed(x, f)?),
+        Expr::Not(x) => Expr::Not(boxed(x, f)?),
+        Expr::Bin(op, l, r) => Expr::Bin(op, boxed(l, f)?, boxed(r, f)?),
+        Expr::IsNull(x, n) => Expr::IsNull(boxed(x, f)?, n),
+        Expr::Like(a, b, n) => Expr::Like(boxed(a, f)?, boxed(b, f)?, n),
+        Expr::Between(a, b, c, n) => Expr::Between(boxed(a, f)?, boxed(b, f)?, boxed(c, f)?, n),
+        Expr::In(a, l, n) => Expr::In(
+            boxed(a, f)?,
+            l.into_iter().map(&mut *f).collect::<Result<_, _>>()?,
+            n,
+        ),
+        Expr::Case {
+            operand,
+            whens,
+            otherwise,
+        } => Expr::Case {
+            operand: match operand {
+                Some(o) => Some(boxed(o, f)?),
+                None => None,
+            },
+            whens: whens
+                .into_iter()
+                .map(|(a, b)| Ok((f(a)?, f(b)?)))
+                .collect::<Result<_, QueryError>>()?,
+            otherwise: match otherwise {
+                Some(o) => Some(boxed(o, f)?),
+                None => None,
+            },
+        },
+        Expr::Cast(x, t, tr) => Expr::Cast(boxed(x, f)?, t, tr),
+        other => other,
+    })
+}
+
+/// Replace analytic function calls by `An(i)`, collecting their specs.
+fn extract_analytics(e: Expr, specs: &mut Vec<AnSpec>) -> Result<Expr, QueryError> {
+    match e {
+        Expr::Analytic {
+            name,
+            args,
+            over,
+            pos,
+        } => {
+            let text = show(&Expr::Analytic {
+                name: name.clone(),
+                args: args.clone(),
+                over: over.clone(),
+                pos,
+            });
+            for a in args
+                .iter()
+                .chain(over.partition.iter())
+                .chain(over.when.iter())
+            {
+                visit(a, &mut |x| {
+                    match x {
+                    Expr::Analytic { name: inner, pos, .. } => err(
+                        *pos,
+                        format!("{inner} is inside {name}; analytic functions cannot be nested (compute the inner one in a WITH step)"),
+                    ),
+                    Expr::Call { name: inner, pos, .. } if is_agg_call(x) => err(
+                        *pos,
+                        format!("{inner} is an aggregate and cannot be used inside {name}"),
+                    ),
+                    _ => Ok(()),
+                }
+                })?;
+            }
+            let int = |i: usize| match args.get(i) {
+                Some(Expr::Lit(v)) => v.as_f64().map(|f| f as i64),
+                _ => None,
+            };
+            let float = |i: usize| match args.get(i) {
+                Some(Expr::Lit(v)) => v.as_f64(),
+                _ => None,
+            };
+            // the parser checked the constant arguments
+            let func = match name.as_str() {
+                "LAG" => AnFunc::Lag {
+                    offset: int(1).unwrap_or(1).max(1) as usize,
+                },
+                "LAST" => AnFunc::Last,
+                "ISFIRST" => {
+                    let unit = match args.first() {
+                        Some(Expr::Lit(Val::Str(u))) => unit_micros(u).unwrap_or(60_000_000),
+                        _ => 60_000_000,
+                    };
+                    AnFunc::IsFirst {
+                        interval: unit * int(1).unwrap_or(1).max(1),
+                    }
+                }
+                "ANOMALYDETECTION_SPIKEANDDIP" => AnFunc::SpikeAndDip {
+                    confidence: float(1).unwrap_or(95.0),
+                    history: int(2).unwrap_or(120).max(2) as usize,
+                    mode: match args.get(3) {
+                        Some(Expr::Lit(Val::Str(m))) => Mode::parse(m).unwrap_or(Mode::Both),
+                        _ => Mode::Both,
+                    },
+                },
+                _ => AnFunc::ChangePoint {
+                    confidence: float(1).unwrap_or(95.0),
+                    history: int(2).unwrap_or(120).max(2) as usize,
+                },
+            };
+            let mut it = args.into_iter();
+            let (arg, default) = match name.as_str() {
+                "LAG" => {
+                    let a = it.next();
+                    (a, it.nth(1))
+                }
+                "LAST" => {
+                    let a = it.next();
+                    (a, it.next())
+                }
+                "ISFIRST" => (None, None),
+                _ => (it.next(), None),
+            };
+            let over = *over;
+            specs.push(AnSpec {
+                func,
+                arg,
+                default,
+                partition: over.partition,
+                limit: over.limit,
+                when: over.when,
+                text,
+            });
+            Ok(Expr::An(specs.len() - 1))
+        }
+        other => map_children(other, &mut |c| extract_analytics(c, specs)),
+    }
+}
+
+/// Refuse analytic functions where they cannot be evaluated per event.
+fn check_no_analytic(e: &Expr, place: &str) -> Result<(), QueryError> {
+    visit(e, &mut |x| {
+        match x {
+        Expr::Analytic { name, pos, .. } => err(
+            *pos,
+            format!("{name}(...) OVER (...) cannot be used in {place}; compute it in a WITH step and use its column"),
+        ),
+        _ => Ok(()),
+    }
+    })
 }
 
 fn check_no_agg(e: &Expr) -> Result<(), QueryError> {
@@ -505,6 +697,16 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
     }
     if let Some(t) = &sel.timestamp_by {
         check_no_agg(t)?;
+        check_no_analytic(t, "TIMESTAMP BY")?;
+    }
+    for o in &sel.over {
+        check_no_analytic(o, "TIMESTAMP BY ... OVER")?;
+    }
+    for k in &sel.group {
+        check_no_analytic(k, "GROUP BY")?;
+    }
+    if let Some(h) = &sel.having {
+        check_no_analytic(h, "HAVING")?;
     }
     for o in &sel.over {
         check_no_agg(o)?;
@@ -532,6 +734,11 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         return err(sel.pos, "aggregates, GROUP BY and HAVING need a window: add GROUP BY TumblingWindow(second, 60) (or Hopping/Sliding/Session)");
     }
     let mut aggs = Vec::new();
+    let mut analytics = Vec::new();
+    let filter = match sel.filter {
+        Some(f) => Some(extract_analytics(f, &mut analytics)?),
+        None => None,
+    };
     let mut items = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (i, it) in sel.items.into_iter().enumerate() {
@@ -552,6 +759,7 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
                     return err(pos, format!("the output column '{name}' appears twice; give one of them another name with AS"));
                 }
                 names.push(name.clone());
+                let expr = extract_analytics(expr, &mut analytics)?;
                 let e = if has_agg {
                     extract(expr, &mut aggs, false)?
                 } else {
@@ -596,7 +804,7 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
             .timestamp_by
             .iter()
             .chain(sel.over.iter())
-            .chain(sel.filter.iter())
+            .chain(filter.iter())
             .chain(sel.group.iter())
             .chain(having.iter())
         {
@@ -604,6 +812,17 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         }
         for a in &aggs {
             for e in a.arg.iter().chain(a.order.iter().map(|o| &o.expr)) {
+                check(e);
+            }
+        }
+        for a in &analytics {
+            for e in a
+                .arg
+                .iter()
+                .chain(a.default.iter())
+                .chain(a.partition.iter())
+                .chain(a.when.iter())
+            {
                 check(e);
             }
         }
@@ -615,11 +834,12 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         quals,
         timestamp_by: sel.timestamp_by,
         over: sel.over,
-        filter: sel.filter,
+        filter,
         items,
         window: sel.window.map(|w| w.0),
         keys: sel.group,
         aggs,
+        analytics,
         having,
         consumers: Vec::new(),
         arrival_fields,
@@ -693,6 +913,7 @@ fn check_grouped(e: &Expr, keys: &[Expr], pos: Pos) -> Result<(), QueryError> {
                 ))
             }
         }
+        Expr::An(_) => err(pos, "an analytic function (LAG, LAST, ISFIRST, anomaly detection) in a grouped SELECT must be inside an aggregate; or compute it in a WITH step and group that step's rows"),
         Expr::Call { args, .. } => args.iter().try_for_each(|a| check_grouped(a, keys, pos)),
         Expr::Neg(x) | Expr::Not(x) | Expr::IsNull(x, _) | Expr::Cast(x, _, _) => {
             check_grouped(x, keys, pos)
