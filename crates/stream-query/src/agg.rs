@@ -46,6 +46,9 @@ pub(crate) enum Acc {
     },
     Top(Option<(Vec<Val>, Val)>),
     Values(Vec<f64>),
+    /// Collect (all values, in event order) and CollectTop (the best n by ORDER BY, ties in
+    /// event order).
+    Items(Vec<(Vec<Val>, Val)>),
 }
 
 /// f64 in checkpoints: sums can overflow to infinity, which JSON numbers cannot carry, so
@@ -106,7 +109,9 @@ pub(crate) fn prepare(specs: &[AggSpec], c: &Ctx) -> Result<Vec<AggIn>, EventErr
             message: m,
         };
         let v = match (&s.arg, s.func) {
-            (_, AggFunc::TopOne) => Val::Record(c.row.clone()),
+            (_, AggFunc::TopOne) | (None, AggFunc::Collect | AggFunc::CollectTop) => {
+                Val::Record(c.row.clone())
+            }
             (Some(a), _) => eval(a, c).map_err(wrong)?,
             (None, _) => Val::Null,
         };
@@ -122,11 +127,12 @@ pub(crate) fn prepare(specs: &[AggSpec], c: &Ctx) -> Result<Vec<AggIn>, EventErr
         for o in &s.order {
             ord.push(eval(&o.expr, c).map_err(wrong)?);
         }
-        if s.func == AggFunc::PercentileCont {
+        if matches!(s.func, AggFunc::PercentileCont | AggFunc::PercentileDisc) {
             if let Some(x) = ord.first() {
                 if !x.is_null() && x.as_f64().is_none() {
                     return Err(wrong(format!(
-                        "Percentile_Cont orders by numbers, got {}",
+                        "{} orders by numbers, got {}",
+                        s.text,
                         x.describe()
                     )));
                 }
@@ -175,7 +181,8 @@ impl Acc {
                 m2: 0.0,
             },
             AggFunc::TopOne => Acc::Top(None),
-            AggFunc::PercentileCont => Acc::Values(Vec::new()),
+            AggFunc::PercentileCont | AggFunc::PercentileDisc => Acc::Values(Vec::new()),
+            AggFunc::Collect | AggFunc::CollectTop => Acc::Items(Vec::new()),
         }
     }
 
@@ -186,7 +193,16 @@ impl Acc {
             }
             return;
         }
-        if x.v.is_null() && !matches!(spec.func, AggFunc::TopOne | AggFunc::PercentileCont) {
+        if x.v.is_null()
+            && !matches!(
+                spec.func,
+                AggFunc::TopOne
+                    | AggFunc::PercentileCont
+                    | AggFunc::PercentileDisc
+                    | AggFunc::Collect
+                    | AggFunc::CollectTop
+            )
+        {
             return;
         }
         match self {
@@ -245,6 +261,19 @@ impl Acc {
                     v.push(f);
                 }
             }
+            Acc::Items(items) => {
+                if spec.func == AggFunc::Collect {
+                    items.push((Vec::new(), x.v.clone()));
+                    return;
+                }
+                // keep the best `top` sorted; a tie goes after the earlier events
+                let at = items
+                    .partition_point(|(k, _)| cmp_order(k, &x.order, spec) != Ordering::Greater);
+                if at < spec.top {
+                    items.insert(at, (x.order.clone(), x.v.clone()));
+                    items.truncate(spec.top);
+                }
+            }
         }
     }
 
@@ -293,6 +322,15 @@ impl Acc {
                 }
             }
             Acc::Top(v) => v.as_ref().map(|x| x.1.clone()).unwrap_or(Val::Null),
+            Acc::Items(items) => Val::Array(if spec.func == AggFunc::Collect {
+                items.iter().map(|(_, v)| v.to_json()).collect()
+            } else {
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, v))| serde_json::json!({"rank": i + 1, "value": v.to_json()}))
+                    .collect()
+            }),
             Acc::Values(v) => {
                 if v.is_empty() {
                     return Val::Null;
@@ -301,6 +339,12 @@ impl Acc {
                 s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
                 if spec.order.first().is_some_and(|o| o.desc) {
                     s.reverse();
+                }
+                if spec.func == AggFunc::PercentileDisc {
+                    // the first value whose cumulative distribution reaches the fraction
+                    let n = s.len();
+                    let k = (spec.fraction * n as f64).ceil() as usize;
+                    return finite(s[k.clamp(1, n) - 1]);
                 }
                 let rank = spec.fraction * (s.len() - 1) as f64;
                 let lo = rank.floor() as usize;

@@ -565,6 +565,65 @@ pub(crate) fn scalar(name: &str, a: Vec<Val>) -> EvalResult {
         "LOWER" => Ok(Val::Str(string(name, &x)?.to_lowercase())),
         "UPPER" => Ok(Val::Str(string(name, &x)?.to_uppercase())),
         "LTRIM" => Ok(Val::Str(string(name, &x)?.trim_start().to_string())),
+        "LEFT" | "RIGHT" => {
+            let s = string(name, &x)?;
+            let n = int(name, &a[1])?;
+            if n < 0 {
+                return Err(format!("{name}'s length must not be negative, got {n}"));
+            }
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            let count = s.chars().count();
+            Ok(Val::Str(if name == "LEFT" {
+                s.chars().take(n).collect()
+            } else {
+                s.chars().skip(count.saturating_sub(n)).collect()
+            }))
+        }
+        "REVERSE" => Ok(Val::Str(string(name, &x)?.chars().rev().collect())),
+        "PATINDEX" => {
+            // PATINDEX('%pattern%', s): 1-based start of the first match of a LIKE pattern (% and
+            // _), 0 when there is none; without a leading % the match must start at 1
+            let p = string(name, &x)?;
+            let s = string(name, &a[1])?;
+            let Some(core) = p.strip_prefix('%') else {
+                return Ok(Val::Int(i64::from(like(s, p))));
+            };
+            for (pos, (i, _)) in s.char_indices().enumerate() {
+                if like(&s[i..], core) {
+                    return Ok(Val::Int(pos as i64 + 1));
+                }
+            }
+            Ok(Val::Int(i64::from(
+                core.chars().all(|c| c == '%') && s.is_empty(),
+            )))
+        }
+        "DATETIMEFROMPARTS" => {
+            let mut p = [0i64; 7];
+            for (slot, v) in p.iter_mut().zip(a.iter()) {
+                *slot = int(name, v)?;
+            }
+            let date = u32::try_from(p[1])
+                .ok()
+                .zip(u32::try_from(p[2]).ok())
+                .and_then(|(m, d)| {
+                    chrono::NaiveDate::from_ymd_opt(i32::try_from(p[0]).ok()?, m, d)
+                });
+            let time = date.and_then(|d| {
+                d.and_hms_milli_opt(
+                    u32::try_from(p[3]).ok()?,
+                    u32::try_from(p[4]).ok()?,
+                    u32::try_from(p[5]).ok()?,
+                    u32::try_from(p[6]).ok()?,
+                )
+            });
+            match time {
+                Some(t) => Ok(Val::Time(t.and_utc().timestamp_micros())),
+                None => Err(format!(
+                    "DATETIMEFROMPARTS({}, {}, {}, {}, {}, {}, {}) is not a valid date and time",
+                    p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+                )),
+            }
+        }
         "RTRIM" => Ok(Val::Str(string(name, &x)?.trim_end().to_string())),
         "TRIM" => Ok(Val::Str(string(name, &x)?.trim().to_string())),
         "SUBSTRING" => {

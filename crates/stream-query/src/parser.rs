@@ -7,7 +7,7 @@ use crate::lexer::{lex, Tok, Token};
 use crate::value::{Micros, Val};
 
 /// Aggregate functions (upper case).
-pub(crate) const AGGREGATES: [&str; 11] = [
+pub(crate) const AGGREGATES: [&str; 14] = [
     "AVG",
     "COUNT",
     "MIN",
@@ -19,6 +19,9 @@ pub(crate) const AGGREGATES: [&str; 11] = [
     "VARP",
     "TOPONE",
     "PERCENTILE_CONT",
+    "PERCENTILE_DISC",
+    "COLLECT",
+    "COLLECTTOP",
 ];
 
 /// Analytic functions (upper case) with their (min, max) argument counts; each takes
@@ -32,7 +35,7 @@ pub(crate) const ANALYTICS: [(&str, usize, usize); 5] = [
 ];
 
 /// Scalar functions (upper case) with their (min, max) argument counts.
-pub(crate) const SCALARS: [(&str, usize, usize); 30] = [
+pub(crate) const SCALARS: [(&str, usize, usize); 35] = [
     ("ABS", 1, 1),
     ("CEILING", 1, 1),
     ("FLOOR", 1, 1),
@@ -53,6 +56,11 @@ pub(crate) const SCALARS: [(&str, usize, usize); 30] = [
     ("LTRIM", 1, 1),
     ("RTRIM", 1, 1),
     ("TRIM", 1, 1),
+    ("LEFT", 2, 2),
+    ("RIGHT", 2, 2),
+    ("REVERSE", 1, 1),
+    ("PATINDEX", 2, 2),
+    ("DATETIMEFROMPARTS", 7, 7),
     ("DATEADD", 3, 3),
     ("DATEDIFF", 3, 3),
     ("DATEPART", 2, 2),
@@ -1161,7 +1169,10 @@ impl Parser {
         }
         self.expect_sym(")", &format!("to close {name}(...)"))?;
         let mut order = Vec::new();
-        if up == "TOPONE" || up == "PERCENTILE_CONT" {
+        if matches!(
+            up.as_str(),
+            "TOPONE" | "PERCENTILE_CONT" | "PERCENTILE_DISC" | "COLLECTTOP"
+        ) {
             if self.eat_word("OVER") {
                 self.expect_sym("(", "after OVER")?;
                 order = self.order_by(&name)?;
@@ -1181,7 +1192,9 @@ impl Parser {
         let (lo, hi) = match up.as_str() {
             "COUNT" if star => (0, 0),
             "TOPONE" => (0, 0),
-            "PERCENTILE_CONT" => (1, 1),
+            "PERCENTILE_CONT" | "PERCENTILE_DISC" => (1, 1),
+            "COLLECT" => (0, 1),
+            "COLLECTTOP" => (1, 2),
             _ if is_agg => (1, 1),
             _ => scalar.map(|s| (s.1, s.2)).unwrap_or((0, 64)),
         };
@@ -1196,19 +1209,27 @@ impl Parser {
                 format!("{name} takes {want} argument(s), not {}", args.len()),
             );
         }
-        if up == "PERCENTILE_CONT" {
+        if up == "PERCENTILE_CONT" || up == "PERCENTILE_DISC" {
             if order.len() != 1 {
                 return self.err_at(
                     pos,
-                    "Percentile_Cont(p) needs exactly one ORDER BY expression",
+                    format!("{name}(p) needs exactly one ORDER BY expression"),
                 );
             }
             match &args[0] {
                 Expr::Lit(v) if v.as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)) => {}
                 _ => {
-                    return self.err_at(pos, "Percentile_Cont(p) needs a number p between 0 and 1")
+                    return self.err_at(pos, format!("{name}(p) needs a number p between 0 and 1"))
                 }
             }
+        }
+        if up == "COLLECTTOP"
+            && !matches!(&args[0], Expr::Lit(Val::Int(n)) if (1..=10_000).contains(n))
+        {
+            return self.err_at(
+                pos,
+                "CollectTop(n, ...) needs a whole number n from 1 to 10000 (how many events to keep)",
+            );
         }
         Ok(Expr::Call {
             name: up,

@@ -35,6 +35,9 @@ pub(crate) enum AggFunc {
     Varp,
     TopOne,
     PercentileCont,
+    PercentileDisc,
+    Collect,
+    CollectTop,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +46,10 @@ pub(crate) struct AggSpec {
     /// The argument (None for COUNT(*) and TopOne()).
     pub arg: Option<Expr>,
     pub order: Vec<OrderItem>,
-    /// Percentile_Cont's fraction.
+    /// Percentile_Cont's and Percentile_Disc's fraction.
     pub fraction: f64,
+    /// CollectTop's number of events.
+    pub top: usize,
     pub text: String,
 }
 
@@ -315,15 +320,26 @@ fn extract(e: Expr, aggs: &mut Vec<AggSpec>, inside: bool) -> Result<Expr, Query
                 "VAR" => AggFunc::Var,
                 "VARP" => AggFunc::Varp,
                 "TOPONE" => AggFunc::TopOne,
+                "PERCENTILE_DISC" => AggFunc::PercentileDisc,
+                "COLLECT" => AggFunc::Collect,
+                "COLLECTTOP" => AggFunc::CollectTop,
                 _ => AggFunc::PercentileCont,
             };
+            let mut top = 0;
             let (arg, fraction) = match func {
-                AggFunc::PercentileCont => {
+                AggFunc::PercentileCont | AggFunc::PercentileDisc => {
                     let f = match args.first() {
                         Some(Expr::Lit(v)) => v.as_f64().unwrap_or(0.5),
                         _ => 0.5,
                     };
                     (None, f)
+                }
+                AggFunc::CollectTop => {
+                    let mut it = args.into_iter();
+                    if let Some(Expr::Lit(v)) = it.next() {
+                        top = v.as_f64().unwrap_or(1.0).max(1.0) as usize;
+                    }
+                    (it.next(), 0.0)
                 }
                 _ => (args.into_iter().next(), 0.0),
             };
@@ -332,6 +348,7 @@ fn extract(e: Expr, aggs: &mut Vec<AggSpec>, inside: bool) -> Result<Expr, Query
                 arg,
                 order,
                 fraction,
+                top,
                 text,
             };
             let i = match aggs.iter().position(|a| *a == spec) {
