@@ -375,6 +375,7 @@ mod tests {
             arg: None,
             order: Vec::new(),
             fraction: 0.0,
+            top: 0,
             text: String::new(),
         };
         assert_eq!(back.result(&spec), Val::Null);
