@@ -155,6 +155,9 @@ pub(crate) struct Select {
     pub filter: Option<Expr>,
     pub group: Vec<Expr>,
     pub window: Option<(Window, Pos)>,
+    /// `SessionWindow(..) OVER (PARTITION BY k, ..)`: the keys that split sessions (they are
+    /// group keys too).
+    pub session_partition: Vec<Expr>,
     pub having: Option<Expr>,
 }
 

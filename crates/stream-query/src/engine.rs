@@ -2,8 +2,8 @@
 //! clock, [`Engine::flush`] at the end of a stream, [`Engine::checkpoint`]/[`Engine::restore`].
 //!
 //! Time handling (ASA's event-ordering policy, per statement that has `TIMESTAMP BY`):
-//! 1. early arrival: event time more than `early_arrival_limit` after the arrival time -> adjusted
-//!    to arrival + limit (Adjust) or dropped (Drop);
+//! 1. early arrival: event time more than `early_arrival_limit` after the arrival time -> dropped
+//!    (whatever the action, as ASA does), so it moves no watermark;
 //! 2. late arrival: event time before arrival - `late_arrival_tolerance` -> adjusted to that
 //!    bound or dropped;
 //! 3. out of order: event time before the watermark -> adjusted to the watermark or dropped.
@@ -60,8 +60,8 @@ pub struct EventPolicy {
     pub late_arrival_tolerance: Duration,
     /// Adjust (default) or Drop.
     pub action: OrderingAction,
-    /// Events whose time is more than this after their arrival time are adjusted or dropped.
-    /// Seconds in JSON (`early_arrival_limit_secs`); default 300 s (5 min).
+    /// Events whose time is more than this after their arrival time are dropped (always, as
+    /// ASA does). Seconds in JSON (`early_arrival_limit_secs`); default 300 s (5 min).
     #[serde(rename = "early_arrival_limit_secs", with = "secs")]
     pub early_arrival_limit: Duration,
 }
@@ -142,6 +142,9 @@ struct Pending {
     /// when it leaves the buffer, in event-time order.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     raw: bool,
+    /// Session windows: the partition key (empty without `OVER (PARTITION BY ..)`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    part: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +163,13 @@ struct Session {
     start: Micros,
     last: Micros,
     end_max: Micros,
-    group: Group,
+    /// The session's groups by group key.
+    #[serde(default)]
+    groups: BTreeMap<String, Group>,
+    /// Checkpoints before sessions were split by partition key only held one group per
+    /// session (keyed by group key); such a session is read as a session with that group.
+    #[serde(default, skip_serializing)]
+    group: Option<Group>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,7 +344,10 @@ impl Engine {
                 st.buffered_events += tl.pending.len();
                 st.open_groups += tl.fixed.values().map(|g| g.len()).sum::<usize>()
                     + tl.sliding.len()
-                    + tl.sessions.len();
+                    + tl.sessions
+                        .values()
+                        .map(|se| se.groups.len())
+                        .sum::<usize>();
                 if s.source == Source::Input {
                     let w = tl.watermark.max(floor);
                     wm = Some(wm.map_or(w, |x| x.min(w)));
@@ -453,8 +465,17 @@ impl Engine {
         policy: EventPolicy,
         state: &Value,
     ) -> Result<Engine, RestoreError> {
-        let st: State = serde_json::from_value(state.clone())
+        let mut st: State = serde_json::from_value(state.clone())
             .map_err(|e| RestoreError::Malformed(e.to_string()))?;
+        for stmt in st.stmts.iter_mut() {
+            for tl in stmt.timelines.values_mut() {
+                for (key, se) in tl.sessions.iter_mut() {
+                    if let Some(g) = se.group.take() {
+                        se.groups.insert(key.clone(), g);
+                    }
+                }
+            }
+        }
         if st.query != query.text {
             return Err(RestoreError::QueryChanged);
         }
@@ -542,17 +563,16 @@ impl Engine {
                     }
                 };
                 let drop = self.policy.action == OrderingAction::Drop;
+                // early arrival: always dropped, whatever the action (ASA); it changes nothing,
+                // so one sensor with a clock far ahead cannot move any watermark
                 let early = arrival.saturating_add(micros(self.policy.early_arrival_limit));
                 if t > early {
-                    if drop {
-                        return Ok(Err(format!(
-                            "event time {} is more than {} s after its arrival time {} (early arrival)",
-                            format_time(t),
-                            self.policy.early_arrival_limit.as_secs_f64(),
-                            format_time(arrival)
-                        )));
-                    }
-                    t = early;
+                    return Ok(Err(format!(
+                        "event time {} is more than {} s after its arrival time {} (early arrival; check the sender's clock)",
+                        format_time(t),
+                        self.policy.early_arrival_limit.as_secs_f64(),
+                        format_time(arrival)
+                    )));
                 }
                 let late = arrival.saturating_sub(micros(self.policy.late_arrival_tolerance));
                 if t < late {
@@ -602,6 +622,7 @@ impl Engine {
                 row: obj.clone(),
                 ins: Vec::new(),
                 raw: true,
+                part: String::new(),
             }));
         }
         let ctx = Ctx {
@@ -785,6 +806,7 @@ fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> 
             row,
             ins: Vec::new(),
             raw: false,
+            part: String::new(),
         }));
     }
     let mut key = String::new();
@@ -792,6 +814,12 @@ fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> 
         let v = eval(k, ctx).map_err(|m| wrong(k, m))?;
         key.push_str(&v.key());
         key.push('\u{1f}');
+    }
+    let mut part = String::new();
+    for k in &s.session_partition {
+        let v = eval(k, ctx).map_err(|m| wrong(k, m))?;
+        part.push_str(&v.key());
+        part.push('\u{1f}');
     }
     let ins = prepare(&s.aggs, ctx)?;
     Ok(Some(Pending {
@@ -801,6 +829,7 @@ fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> 
         row: ctx.row.clone(),
         ins,
         raw: false,
+        part,
     }))
 }
 
@@ -1091,35 +1120,50 @@ fn step_timeline(
             timeout,
             max_duration,
         } => {
+            // sessions are per partition key (one timeline for the whole input without
+            // OVER (PARTITION BY ..)); each session holds one group per group key
+            let close = |se: Session, outs: &mut Vec<WinOut>| {
+                let end = se.last.saturating_add(timeout).min(se.end_max);
+                for (key, g) in se.groups {
+                    outs.push(WinOut {
+                        end,
+                        aggs: results(&g, s),
+                        key,
+                        rep: g.rep,
+                    });
+                }
+            };
             for p in released {
                 // a session ends at its timeout, or at a max-duration check point; in the latter
                 // case the next session opens at that same point (ASA)
                 let mut start = p.t;
-                if let Some(se) = tl.sessions.get(&p.key) {
+                if let Some(se) = tl.sessions.get(&p.part) {
                     let timed_out = p.t > se.last.saturating_add(timeout);
                     if timed_out || p.t > se.end_max {
                         if !timed_out {
                             start = se.end_max;
                         }
-                        if let Some(se) = tl.sessions.remove(&p.key) {
-                            let end = se.last.saturating_add(timeout).min(se.end_max);
-                            outs.push(WinOut {
-                                end,
-                                aggs: results(&se.group, s),
-                                key: p.key.clone(),
-                                rep: se.group.rep,
-                            });
+                        if let Some(se) = tl.sessions.remove(&p.part) {
+                            close(se, &mut outs);
                         }
                     }
                 }
-                let se = tl.sessions.entry(p.key.clone()).or_insert_with(|| Session {
-                    start,
-                    last: p.t,
-                    end_max: session_end_max(start, max_duration),
-                    group: new_group(s, &p.row),
-                });
+                let se = tl
+                    .sessions
+                    .entry(p.part.clone())
+                    .or_insert_with(|| Session {
+                        start,
+                        last: p.t,
+                        end_max: session_end_max(start, max_duration),
+                        groups: BTreeMap::new(),
+                        group: None,
+                    });
                 se.last = se.last.max(p.t);
-                add(&mut se.group, s, &p.ins);
+                let g = se
+                    .groups
+                    .entry(p.key.clone())
+                    .or_insert_with(|| new_group(s, &p.row));
+                add(g, s, &p.ins);
             }
             let due: Vec<String> = tl
                 .sessions
@@ -1129,13 +1173,7 @@ fn step_timeline(
                 .collect();
             for k in due {
                 if let Some(se) = tl.sessions.remove(&k) {
-                    let end = se.last.saturating_add(timeout).min(se.end_max);
-                    outs.push(WinOut {
-                        end,
-                        aggs: results(&se.group, s),
-                        key: k,
-                        rep: se.group.rep,
-                    });
+                    close(se, &mut outs);
                 }
             }
         }
@@ -1168,6 +1206,7 @@ mod tests {
             row: Map::new(),
             ins: Vec::new(),
             raw: false,
+            part: String::new(),
         };
         let mut v = Vec::new();
         for (t, seq) in [(5, 1), (3, 2), (5, 3), (1, 4), (3, 5)] {

@@ -441,6 +441,7 @@ impl Parser {
         };
         let mut group = Vec::new();
         let mut window = None;
+        let mut session_partition = Vec::new();
         if self.is_word("GROUP") {
             self.next();
             self.expect_word("BY", "after GROUP")?;
@@ -451,7 +452,8 @@ impl Parser {
                         return self.err("GROUP BY has more than one window; keep one");
                     }
                     let (w, keys) = self.window(kind)?;
-                    group.extend(keys);
+                    group.extend(keys.iter().cloned());
+                    session_partition = keys;
                     window = Some((w, wpos));
                 } else {
                     let e = self.expr()?;
@@ -487,6 +489,7 @@ impl Parser {
             filter,
             group,
             window,
+            session_partition,
             having,
         })
     }
@@ -744,7 +747,8 @@ impl Parser {
                 }
             }
         };
-        // SessionWindow(...) OVER (PARTITION BY k, ...): the keys become group keys.
+        // SessionWindow(...) OVER (PARTITION BY k, ...): the keys split sessions and are group
+        // keys too.
         let mut keys = Vec::new();
         if kind == "SESSION" && self.is_word("OVER") {
             self.next();

@@ -85,6 +85,8 @@ pub(crate) struct Stmt {
     /// Some when the statement aggregates.
     pub window: Option<Window>,
     pub keys: Vec<Expr>,
+    /// Session windows: the partition keys (without them one session timeline spans the input).
+    pub session_partition: Vec<Expr>,
     pub aggs: Vec<AggSpec>,
     /// Analytic functions (LAG, LAST, ISFIRST, anomaly detection), evaluated per event in
     /// event-time order before WHERE.
@@ -855,6 +857,7 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         items,
         window: sel.window.map(|w| w.0),
         keys: sel.group,
+        session_partition: sel.session_partition,
         aggs,
         analytics,
         having,

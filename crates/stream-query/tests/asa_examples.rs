@@ -279,26 +279,92 @@ fn event_ordering_table_drop() {
 }
 
 #[test]
-fn early_arrival_is_adjusted_or_dropped() {
+fn early_arrival_is_dropped_whatever_the_action() {
     let q = "SELECT System.Timestamp() AS ts INTO o FROM Input TIMESTAMP BY Time";
     let ev = json!({"Time": "2023-01-01T01:00:00Z"});
-    let rows = run(
-        q,
-        EventPolicy::default(),
-        &[(ev.clone(), "2023-01-01T00:00:00Z")],
-    );
-    assert_eq!(rows[0].1["ts"], ts("00:05:00"));
+    for action in [OrderingAction::Adjust, OrderingAction::Drop] {
+        let mut e = Engine::new(
+            Query::parse(q).unwrap(),
+            EventPolicy {
+                action,
+                ..EventPolicy::default()
+            },
+        );
+        let err = e
+            .record("Input", &ev, at("2023-01-01T00:00:00Z"))
+            .unwrap_err();
+        assert!(err.to_string().contains("early arrival"), "{err}");
+        // it moved nothing: an on-time event is not adjusted
+        let rows = e
+            .record(
+                "Input",
+                &json!({"Time": "2023-01-01T00:00:01Z"}),
+                at("2023-01-01T00:00:01Z"),
+            )
+            .unwrap();
+        let mut rows: Vec<OutputRow> = rows;
+        rows.extend(e.flush());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].row["ts"], json!(ts("00:00:01")));
+    }
+}
+
+#[test]
+fn time_handling_illustration() {
+    // stream-analytics-time-handling, the illustration with an early arrival window of 5 min,
+    // a late arrival window of 5 min and a reorder window of 2 min: the third event is dropped
+    // as early and the watermark does not move; the sixth is adjusted to the watermark 12:17;
+    // the twelfth is adjusted for late arrival to 12:22 (above the watermark 12:21)
+    let table = [
+        ("12:07", "12:07", "device1"),
+        ("12:08", "12:08", "device2"),
+        ("12:17", "12:11", "device1"),
+        ("12:08", "12:13", "device3"),
+        ("12:19", "12:16", "device1"),
+        ("12:12", "12:17", "device3"),
+        ("12:17", "12:18", "device2"),
+        ("12:20", "12:19", "device2"),
+        ("12:16", "12:21", "device3"),
+        ("12:23", "12:22", "device2"),
+        ("12:22", "12:24", "device2"),
+        ("12:21", "12:27", "device3"),
+    ];
+    let policy = EventPolicy {
+        out_of_order_tolerance: Duration::from_secs(120),
+        late_arrival_tolerance: Duration::from_secs(300),
+        action: OrderingAction::Adjust,
+        early_arrival_limit: Duration::from_secs(300),
+    };
     let mut e = Engine::new(
-        Query::parse(q).unwrap(),
-        EventPolicy {
-            action: OrderingAction::Drop,
-            ..EventPolicy::default()
-        },
+        Query::parse("SELECT n, DeviceId, System.Timestamp() AS ts FROM Input TIMESTAMP BY Time")
+            .unwrap(),
+        policy,
     );
-    let err = e
-        .record("Input", &ev, at("2023-01-01T00:00:00Z"))
-        .unwrap_err();
-    assert!(err.to_string().contains("early arrival"), "{err}");
+    let mut rows = Vec::new();
+    let mut dropped = Vec::new();
+    for (n, (t, arrival, dev)) in table.iter().enumerate() {
+        let ev = json!({"n": n + 1, "DeviceId": dev, "Time": format!("2023-01-01T{t}:00Z")});
+        match e.record("Input", &ev, at(&format!("2023-01-01T{arrival}:00Z"))) {
+            Ok(r) => rows.extend(r),
+            Err(err) => dropped.push((n + 1, err.to_string())),
+        }
+    }
+    rows.extend(e.flush());
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0].0, 3);
+    let ts_of = |n: usize| {
+        rows.iter()
+            .find(|r| r.row["n"] == json!(n))
+            .map(|r| r.row["ts"].clone())
+            .unwrap()
+    };
+    let hm = |s: &str| json!(format!("2023-01-01T{s}:00.0000000Z"));
+    assert_eq!(ts_of(1), hm("12:07"));
+    assert_eq!(ts_of(2), hm("12:08"));
+    assert_eq!(ts_of(4), hm("12:08"));
+    assert_eq!(ts_of(6), hm("12:17"));
+    assert_eq!(ts_of(12), hm("12:22"));
+    assert_eq!(rows.len(), 11);
 }
 
 #[test]
@@ -520,4 +586,45 @@ fn event_ordering_with_eight_seconds_out_of_order() {
     .map(|(n, t)| (*n, ts(t)))
     .collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn session_without_partition_spans_the_input_and_partition_splits_it() {
+    // session-window reference: "When a partition key is provided, the events are grouped
+    // together by the key and session window is applied to each group independently"; without
+    // one, an event of any key extends the one session, and GROUP BY k only splits its rows
+    let evs = events(vec![
+        on_time(json!({"k": "a"}), "00:00:01"),
+        on_time(json!({"k": "b"}), "00:00:04"),
+        on_time(json!({"k": "a"}), "00:00:08"),
+    ]);
+    let shared = run(
+        "SELECT k, COUNT(*) AS n, System.Timestamp() AS t INTO o FROM Input TIMESTAMP BY Time
+         GROUP BY k, SessionWindow(second, 5, 60)",
+        EventPolicy::default(),
+        &refs(&evs),
+    );
+    let rows: Vec<Value> = shared.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            json!({"k": "a", "n": 2, "t": ts("00:00:13")}),
+            json!({"k": "b", "n": 1, "t": ts("00:00:13")}),
+        ]
+    );
+    let split = run(
+        "SELECT k, COUNT(*) AS n, System.Timestamp() AS t INTO o FROM Input TIMESTAMP BY Time
+         GROUP BY k, SessionWindow(second, 5, 60) OVER (PARTITION BY k)",
+        EventPolicy::default(),
+        &refs(&evs),
+    );
+    let rows: Vec<Value> = split.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            json!({"k": "a", "n": 1, "t": ts("00:00:06")}),
+            json!({"k": "b", "n": 1, "t": ts("00:00:09")}),
+            json!({"k": "a", "n": 1, "t": ts("00:00:13")}),
+        ]
+    );
 }
