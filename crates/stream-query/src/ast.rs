@@ -114,8 +114,9 @@ pub(crate) struct Over {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum SelectItem {
-    /// `*` or `alias.*`
-    Star,
+    /// `*`, or `path.*` (`alias.*` for one side of a JOIN, `record.*` for a nested record's
+    /// fields)
+    Star(Option<Vec<String>>),
     Expr {
         expr: Expr,
         alias: Option<String>,
@@ -142,6 +143,38 @@ pub(crate) enum Window {
     Snapshot,
 }
 
+/// `INNER JOIN` (the default) or `LEFT [OUTER] JOIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinKind {
+    Inner,
+    LeftOuter,
+}
+
+/// The right side of `FROM a [AS x] [TIMESTAMP BY ..] {INNER | LEFT [OUTER]} JOIN b [AS y]
+/// [TIMESTAMP BY ..] ON condition`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Join {
+    pub kind: JoinKind,
+    pub from: String,
+    pub from_pos: Pos,
+    pub alias: Option<String>,
+    pub timestamp_by: Option<Expr>,
+    pub over: Vec<Expr>,
+    pub on: Expr,
+    pub pos: Pos,
+}
+
+/// `CROSS APPLY GetArrayElements(x) AS name` (or `OUTER APPLY`, or `GetRecordProperties`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Apply {
+    pub outer: bool,
+    /// GetArrayElements (true) or GetRecordProperties (false).
+    pub array: bool,
+    pub arg: Expr,
+    pub name: String,
+    pub pos: Pos,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Select {
     pub pos: Pos,
@@ -152,6 +185,9 @@ pub(crate) struct Select {
     pub alias: Option<String>,
     pub timestamp_by: Option<Expr>,
     pub over: Vec<Expr>,
+    /// JOINs in order: `FROM a JOIN b ON .. JOIN c ON ..` joins c with the result of a and b.
+    pub join: Vec<Join>,
+    pub apply: Vec<Apply>,
     pub filter: Option<Expr>,
     pub group: Vec<Expr>,
     pub window: Option<(Window, Pos)>,
@@ -165,11 +201,13 @@ pub(crate) struct Select {
 pub(crate) struct Step {
     pub name: String,
     pub pos: Pos,
-    pub select: Select,
+    /// The step's SELECT and those it UNIONs.
+    pub selects: Vec<Select>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Ast {
     pub steps: Vec<Step>,
-    pub selects: Vec<Select>,
+    /// Each statement with the SELECTs it UNIONs (at least one).
+    pub selects: Vec<Vec<Select>>,
 }

@@ -22,10 +22,11 @@
 
 use crate::agg::{prepare, Acc, AggIn};
 use crate::analytic::{self, AnState};
+use crate::ast::JoinKind;
 use crate::ast::{Expr, Window};
 use crate::error::{EventError, RestoreError};
 use crate::eval::{eval, show, truth, Ctx};
-use crate::plan::{OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
+use crate::plan::{JoinSpec, OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
 use crate::value::{format_time, from_datetime, parse_time_val, to_datetime, Micros, Val};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -231,11 +232,38 @@ impl Timeline {
     }
 }
 
+/// One buffered row of a JOIN side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct JoinRow {
+    t: Micros,
+    seq: u64,
+    row: Map<String, Value>,
+    matched: bool,
+}
+
+/// The rows of a JOIN's two sides that may still match, by equality key, with an index by the
+/// time each stops being able to match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+struct JoinState {
+    left: BTreeMap<String, Vec<JoinRow>>,
+    right: BTreeMap<String, Vec<JoinRow>>,
+    /// (last time a row can match, seq, key)
+    left_expiry: BTreeSet<(Micros, u64, String)>,
+    right_expiry: BTreeSet<(Micros, u64, String)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 struct StmtState {
     timelines: BTreeMap<String, Timeline>,
-    /// For statements that read a step: the step's watermark.
+    /// For statements that read other statements (a step, UNION members, JOIN sides): each
+    /// producer's watermark.
+    #[serde(default)]
+    upstream: BTreeMap<usize, Micros>,
+    /// Checkpoints before UNION and JOIN kept one upstream watermark.
+    #[serde(default, skip_serializing)]
     upstream_watermark: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    join: Option<JoinState>,
     /// (time, timeline key): the timeline has work once its watermark is above that time. With
     /// `OVER deviceId` there is a timeline per device, and this index keeps an event's cost
     /// independent of the number of devices.
@@ -252,6 +280,15 @@ struct State {
     stmts: Vec<StmtState>,
 }
 
+/// Reference data of one name: its rows, and for each JOIN that reads it an index by the JOIN's
+/// equality keys.
+#[derive(Debug, Default)]
+struct Reference {
+    rows: Vec<Map<String, Value>>,
+    /// statement index -> key -> row indices
+    index: BTreeMap<usize, BTreeMap<String, Vec<usize>>>,
+}
+
 /// The synchronous engine. No IO, no clock: the caller passes arrival and wall-clock times.
 #[derive(Debug)]
 pub struct Engine {
@@ -260,7 +297,12 @@ pub struct Engine {
     state: State,
     warnings: Vec<String>,
     warnings_lost: u64,
+    /// Reference data by lower-case name ([`Engine::set_reference`]); not in checkpoints.
+    references: BTreeMap<String, Reference>,
 }
+
+/// At most this many rows come out of one event's APPLYs.
+const MAX_APPLY_ROWS: usize = 100_000;
 
 /// A closed window of one group, before SELECT/HAVING.
 struct WinOut {
@@ -291,7 +333,60 @@ impl Engine {
             state,
             warnings: Vec::new(),
             warnings_lost: 0,
+            references: BTreeMap::new(),
         }
+    }
+
+    /// Replace the rows of reference data `name` (a JOIN without a time bound reads it). Rows
+    /// that are not JSON objects are refused with their position. The JOIN's equality keys are
+    /// indexed here, so a lookup costs what the matches cost. Reference data does not move time:
+    /// the new rows apply to events recorded from now on.
+    pub fn set_reference(&mut self, name: &str, rows: Vec<Value>) -> Result<(), String> {
+        let mut objs = Vec::with_capacity(rows.len());
+        for (i, r) in rows.into_iter().enumerate() {
+            match r {
+                Value::Object(m) => objs.push(m),
+                other => {
+                    return Err(format!(
+                        "row {} of reference data '{name}' is not a JSON object but {}",
+                        i + 1,
+                        Val::from_json(&other).describe()
+                    ))
+                }
+            }
+        }
+        let mut r = Reference {
+            rows: objs,
+            index: BTreeMap::new(),
+        };
+        for (si, s) in self.query.stmts.iter().enumerate() {
+            let Some(j) = &s.join else { continue };
+            if !j
+                .reference
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            let quals = vec![j.right_name.to_ascii_lowercase(), name.to_ascii_lowercase()];
+            let mut idx: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (ri, row) in r.rows.iter().enumerate() {
+                // a row whose key cannot be computed matches nothing
+                if let Ok(k) = join_key(&j.right_keys, row, &quals) {
+                    idx.entry(k).or_default().push(ri);
+                }
+            }
+            r.index.insert(si, idx);
+        }
+        self.references.insert(name.to_ascii_lowercase(), r);
+        Ok(())
+    }
+
+    /// How many rows reference data `name` holds (None before [`Engine::set_reference`]).
+    pub fn reference_len(&self, name: &str) -> Option<usize> {
+        self.references
+            .get(&name.to_ascii_lowercase())
+            .map(|r| r.rows.len())
     }
 
     pub fn query(&self) -> &Query {
@@ -338,7 +433,7 @@ impl Engine {
         for (s, state) in self.query.stmts.iter().zip(self.state.stmts.iter()) {
             let floor = match s.source {
                 Source::Input => self.floor_now(s),
-                Source::Step(_) => state.upstream_watermark.unwrap_or(MIN_T),
+                Source::Step(_) => upstream_wm(s, state),
             };
             for tl in state.timelines.values() {
                 st.buffered_events += tl.pending.len();
@@ -482,12 +577,20 @@ impl Engine {
         if st.stmts.len() != query.stmts.len() {
             return Err(RestoreError::Malformed("statement count differs".into()));
         }
+        for (i, stmt) in st.stmts.iter_mut().enumerate() {
+            if let (Some(w), Some(s)) = (stmt.upstream_watermark.take(), query.stmts.get(i)) {
+                for &p in &s.producers {
+                    stmt.upstream.insert(p, w);
+                }
+            }
+        }
         Ok(Engine {
             query,
             policy,
             state: st,
             warnings: Vec::new(),
             warnings_lost: 0,
+            references: BTreeMap::new(),
         })
     }
 
@@ -511,7 +614,7 @@ impl Engine {
         obj: &Map<String, Value>,
         arrival: Micros,
         max_arrival: Option<Micros>,
-    ) -> Result<Result<(String, Micros, Option<Pending>), String>, EventError> {
+    ) -> Result<Result<(String, Micros, Vec<Pending>), String>, EventError> {
         let s = &self.query.stmts[si];
         let with_arrival;
         let obj = if s.arrival_fields {
@@ -612,30 +715,44 @@ impl Engine {
         si: usize,
         obj: &Map<String, Value>,
         t: Micros,
-    ) -> Result<Option<Pending>, EventError> {
+    ) -> Result<Vec<Pending>, EventError> {
         let s = &self.query.stmts[si];
-        if !s.analytics.is_empty() {
-            return Ok(Some(Pending {
-                t,
-                seq: 0,
-                key: String::new(),
-                row: obj.clone(),
-                ins: Vec::new(),
-                raw: true,
-                part: String::new(),
-            }));
-        }
-        let ctx = Ctx {
-            row: obj,
-            time: t,
-            aggs: &[],
-            an: &[],
-            quals: &s.quals,
+        let applied;
+        let rows: &[Map<String, Value>] = if s.apply.is_empty() {
+            std::slice::from_ref(obj)
+        } else {
+            applied = expand(s, obj)?;
+            &applied
         };
-        shape(s, &ctx, t)
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !s.analytics.is_empty() {
+                out.push(Pending {
+                    t,
+                    seq: 0,
+                    key: String::new(),
+                    row: row.clone(),
+                    ins: Vec::new(),
+                    raw: true,
+                    part: String::new(),
+                });
+                continue;
+            }
+            let ctx = Ctx {
+                row,
+                time: t,
+                aggs: &[],
+                an: &[],
+                quals: &s.quals,
+            };
+            if let Some(p) = shape(s, &ctx, t)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
-    fn apply_input(&mut self, si: usize, plan: (String, Micros, Option<Pending>)) {
+    fn apply_input(&mut self, si: usize, plan: (String, Micros, Vec<Pending>)) {
         let (sub, t, pending) = plan;
         let floor = self.floor(si, self.state.max_arrival);
         let st = &mut self.state.stmts[si];
@@ -645,7 +762,7 @@ impl Engine {
             .entry(sub)
             .or_insert_with(|| Timeline::new(floor));
         tl.max_event = Some(tl.max_event.map_or(t, |m| m.max(t)));
-        if let Some(mut p) = pending {
+        for mut p in pending {
             self.state.seq += 1;
             p.seq = self.state.seq;
             insert_sorted(&mut tl.pending, p);
@@ -667,6 +784,9 @@ impl Engine {
     fn settle(&mut self, si: usize, floor: Micros, out: &mut Vec<OutputRow>) {
         let stmts = Arc::clone(&self.query.stmts);
         let stmt = &stmts[si];
+        if let Some(j) = &stmt.join {
+            self.join_expire(si, j);
+        }
         let ooo = micros(self.policy.out_of_order_tolerance);
         let mut rows: Vec<(Micros, Map<String, Value>)> = Vec::new();
         let mut warnings = Vec::new();
@@ -737,15 +857,16 @@ impl Engine {
             Sink::Step(_) => {
                 for &c in &stmt.consumers {
                     for (t, row) in &rows {
-                        self.feed(c, row, *t);
+                        self.feed(c, si, row, *t);
                     }
                 }
             }
         }
         for &c in &stmt.consumers {
             let st = &mut self.state.stmts[c];
-            let wm = st.upstream_watermark.map_or(stmt_wm, |w| w.max(stmt_wm));
-            st.upstream_watermark = Some(wm);
+            let w = st.upstream.get(&si).map_or(stmt_wm, |w| (*w).max(stmt_wm));
+            st.upstream.insert(si, w);
+            let wm = upstream_wm(&stmts[c], st);
             self.settle(c, wm, out);
         }
     }
@@ -760,33 +881,327 @@ impl Engine {
         }
     }
 
-    /// A row of a WITH step reaches statement `ci`.
-    fn feed(&mut self, ci: usize, row: &Map<String, Value>, t: Micros) {
-        let wm = self.state.stmts[ci].upstream_watermark.unwrap_or(MIN_T);
+    /// A row of statement `from` (a WITH step, a UNION member or a JOIN side) reaches
+    /// statement `ci`.
+    fn feed(&mut self, ci: usize, from: usize, row: &Map<String, Value>, t: Micros) {
+        let stmts = Arc::clone(&self.query.stmts);
+        let s = &stmts[ci];
+        let wm = upstream_wm(s, &self.state.stmts[ci]);
         let t = t.max(wm);
+        let joined = match &s.join {
+            None => vec![(t, row.clone())],
+            Some(j) => match self.join_rows(ci, j, from, row, t) {
+                Ok(v) => v,
+                Err(m) => {
+                    self.warn(format!(
+                        "a row of the JOIN in statement {} was skipped: {m}",
+                        ci + 1
+                    ));
+                    return;
+                }
+            },
+        };
+        for (t, row) in joined {
+            self.push_row(ci, &row, t.max(wm));
+        }
+    }
+
+    /// Evaluate a row for statement `ci` and buffer what it gives.
+    fn push_row(&mut self, ci: usize, row: &Map<String, Value>, t: Micros) {
         match self.evaluate(ci, row, t) {
-            Ok(Some(mut p)) => {
-                self.state.seq += 1;
-                p.seq = self.state.seq;
-                let st = &mut self.state.stmts[ci];
-                st.dirty.insert(String::new());
-                let tl = st
-                    .timelines
-                    .entry(String::new())
-                    .or_insert_with(|| Timeline::new(wm));
-                tl.max_event = Some(tl.max_event.map_or(t, |m| m.max(t)));
-                insert_sorted(&mut tl.pending, p);
+            Ok(ps) => {
+                let wm = upstream_wm(&self.query.stmts[ci], &self.state.stmts[ci]);
+                for mut p in ps {
+                    self.state.seq += 1;
+                    p.seq = self.state.seq;
+                    let st = &mut self.state.stmts[ci];
+                    st.dirty.insert(String::new());
+                    let tl = st
+                        .timelines
+                        .entry(String::new())
+                        .or_insert_with(|| Timeline::new(wm));
+                    tl.max_event = Some(tl.max_event.map_or(t, |m| m.max(t)));
+                    insert_sorted(&mut tl.pending, p);
+                }
             }
-            Ok(None) => {}
             Err(e) => {
-                let w = format!(
-                    "a row of step '{}' was skipped: {e}",
-                    self.query.stmts[ci].from
-                );
+                let w = format!("a row of '{}' was skipped: {e}", self.query.stmts[ci].from);
                 self.warn(w);
             }
         }
     }
+
+    /// A row of one side of JOIN statement `ci`: buffer it and return the joined rows it makes
+    /// with the other side (with their times).
+    fn join_rows(
+        &mut self,
+        ci: usize,
+        j: &JoinSpec,
+        from: usize,
+        row: &Map<String, Value>,
+        t: Micros,
+    ) -> Result<Vec<TimedRow>, String> {
+        let stmts = Arc::clone(&self.query.stmts);
+        let side_quals = |si: usize| stmts.get(si).map(|s| s.quals.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        if let Some(refname) = &j.reference {
+            // reference data: match now, nothing is buffered
+            let key = join_key(&j.left_keys, row, &side_quals(j.left))?;
+            let reference = self.references.get(&refname.to_ascii_lowercase());
+            let hits: Vec<&Map<String, Value>> = match reference {
+                Some(r) => r
+                    .index
+                    .get(&ci)
+                    .and_then(|ix| ix.get(&key))
+                    .map(|v| v.iter().filter_map(|&i| r.rows.get(i)).collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let mut matched = false;
+            for r in hits {
+                let c = combine(j, row, Some(r));
+                if on_holds(j, &c)? {
+                    matched = true;
+                    out.push((t, c));
+                }
+            }
+            if !matched && j.kind == JoinKind::LeftOuter {
+                out.push((t, combine(j, row, None)));
+            }
+            return Ok(out);
+        }
+        let (lo, hi) = j.bound.unwrap_or((0, 0));
+        let is_left = from == j.left;
+        let keys = if is_left { &j.left_keys } else { &j.right_keys };
+        let key = join_key(keys, row, &side_quals(from))?;
+        self.state.seq += 1;
+        let seq = self.state.seq;
+        let js = self.state.stmts[ci]
+            .join
+            .get_or_insert_with(JoinState::default);
+        let mut entry = JoinRow {
+            t,
+            seq,
+            row: row.clone(),
+            matched: false,
+        };
+        let others = if is_left { &mut js.right } else { &mut js.left };
+        if let Some(bucket) = others.get_mut(&key) {
+            for o in bucket.iter_mut() {
+                let (lt, rt) = if is_left { (t, o.t) } else { (o.t, t) };
+                let d = rt - lt;
+                if d < lo || d > hi {
+                    continue;
+                }
+                let c = if is_left {
+                    combine(j, row, Some(&o.row))
+                } else {
+                    combine(j, &o.row, Some(row))
+                };
+                if on_holds(j, &c)? {
+                    o.matched = true;
+                    entry.matched = true;
+                    out.push((lt.max(rt), c));
+                }
+            }
+        }
+        if is_left {
+            js.left_expiry
+                .insert((t.saturating_add(hi), seq, key.clone()));
+            js.left.entry(key).or_default().push(entry);
+        } else {
+            js.right_expiry
+                .insert((t.saturating_sub(lo), seq, key.clone()));
+            js.right.entry(key).or_default().push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Drop JOIN rows that can no longer match (the other side's watermark passed them); an
+    /// unmatched left row of a LEFT OUTER JOIN comes out then, with NULL for the right side, at
+    /// its time plus the bound's upper end (the last time a match could have had).
+    fn join_expire(&mut self, ci: usize, j: &JoinSpec) {
+        let Some(right) = j.right else { return };
+        let st = &self.state.stmts[ci];
+        let wm_right = st.upstream.get(&right).copied().unwrap_or(MIN_T);
+        let wm_left = st.upstream.get(&j.left).copied().unwrap_or(MIN_T);
+        let Some(js) = self.state.stmts[ci].join.as_mut() else {
+            return;
+        };
+        let mut unmatched = Vec::new();
+        while let Some(first) = js.left_expiry.first().cloned() {
+            if first.0 >= wm_right {
+                break;
+            }
+            js.left_expiry.remove(&first);
+            let (expiry, seq, key) = first;
+            if let Some(bucket) = js.left.get_mut(&key) {
+                if let Some(i) = bucket.iter().position(|r| r.seq == seq) {
+                    let r = bucket.remove(i);
+                    if !r.matched && j.kind == JoinKind::LeftOuter {
+                        unmatched.push((expiry, r.row));
+                    }
+                }
+                if bucket.is_empty() {
+                    js.left.remove(&key);
+                }
+            }
+        }
+        while let Some(first) = js.right_expiry.first().cloned() {
+            if first.0 >= wm_left {
+                break;
+            }
+            js.right_expiry.remove(&first);
+            let (_, seq, key) = first;
+            if let Some(bucket) = js.right.get_mut(&key) {
+                bucket.retain(|r| r.seq != seq);
+                if bucket.is_empty() {
+                    js.right.remove(&key);
+                }
+            }
+        }
+        for (t, row) in unmatched {
+            let c = combine(j, &row, None);
+            self.push_row(ci, &c, t);
+        }
+    }
+}
+
+/// The watermark of a statement that reads other statements: the lowest of its producers'
+/// (MIN_T until each has one).
+fn upstream_wm(s: &Stmt, st: &StmtState) -> Micros {
+    s.producers
+        .iter()
+        .map(|p| st.upstream.get(p).copied().unwrap_or(MIN_T))
+        .min()
+        .unwrap_or(MIN_T)
+}
+
+/// The equality key of a JOIN row.
+fn join_key(keys: &[Expr], row: &Map<String, Value>, quals: &[String]) -> Result<String, String> {
+    let ctx = Ctx {
+        row,
+        time: 0,
+        aggs: &[],
+        an: &[],
+        quals,
+    };
+    let mut k = String::new();
+    for e in keys {
+        let v = eval(e, &ctx).map_err(|m| format!("{}: {m}", show(e)))?;
+        k.push_str(&v.key());
+        k.push('\u{1f}');
+    }
+    Ok(k)
+}
+
+/// A joined row: each source under its name (`I1.x`), and the fields of both at the top level
+/// for unqualified names (the left side wins a clash). A missing right side is NULL. The left
+/// row of a chained JOIN already carries its sources under their names.
+fn combine(
+    j: &JoinSpec,
+    left: &Map<String, Value>,
+    right: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(r) = right {
+        for (k, v) in r {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in left {
+        m.insert(k.clone(), v.clone());
+    }
+    if j.nest_left {
+        m.insert(j.left_name.clone(), Value::Object(left.clone()));
+    }
+    m.insert(
+        j.right_name.clone(),
+        right.map_or(Value::Null, |r| Value::Object(r.clone())),
+    );
+    m
+}
+
+/// The rest of a JOIN's ON (beyond its time bound and equality keys) on a joined row.
+fn on_holds(j: &JoinSpec, row: &Map<String, Value>) -> Result<bool, String> {
+    let Some(on) = &j.on else { return Ok(true) };
+    let ctx = Ctx {
+        row,
+        time: 0,
+        aggs: &[],
+        an: &[],
+        quals: &[],
+    };
+    let v = eval(on, &ctx).map_err(|m| format!("ON {}: {m}", show(on)))?;
+    Ok(truth(&v, on)? == Some(true))
+}
+
+/// The rows of `CROSS/OUTER APPLY GetArrayElements(x) AS e` (and GetRecordProperties): the event
+/// with `e` set to `{ArrayIndex, ArrayValue}` (`{PropertyName, PropertyValue}`) for each element.
+/// CROSS APPLY of an empty or null value gives no row, OUTER APPLY one row with `e` NULL.
+fn expand(s: &Stmt, obj: &Map<String, Value>) -> Result<Vec<Map<String, Value>>, EventError> {
+    let mut rows = vec![obj.clone()];
+    for a in &s.apply {
+        let mut next = Vec::new();
+        for row in rows {
+            let ctx = Ctx {
+                row: &row,
+                time: 0,
+                aggs: &[],
+                an: &[],
+                quals: &s.quals,
+            };
+            let v = eval(&a.arg, &ctx).map_err(|m| wrong(&a.arg, m))?;
+            let elems: Vec<Value> = match (a.array, v) {
+                (_, Val::Null) => Vec::new(),
+                (true, Val::Array(items)) => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| serde_json::json!({"ArrayIndex": i, "ArrayValue": v}))
+                    .collect(),
+                (false, Val::Record(m)) => m
+                    .into_iter()
+                    .map(|(k, v)| serde_json::json!({"PropertyName": k, "PropertyValue": v}))
+                    .collect(),
+                (array, other) => {
+                    return Err(wrong(
+                        &a.arg,
+                        format!(
+                            "{} needs {}, got {}",
+                            if array {
+                                "GetArrayElements"
+                            } else {
+                                "GetRecordProperties"
+                            },
+                            if array { "an array" } else { "a record" },
+                            other.describe()
+                        ),
+                    ))
+                }
+            };
+            if elems.is_empty() {
+                if a.outer {
+                    let mut r = row.clone();
+                    r.insert(a.name.clone(), Value::Null);
+                    next.push(r);
+                }
+                continue;
+            }
+            for e in elems {
+                let mut r = row.clone();
+                r.insert(a.name.clone(), e);
+                next.push(r);
+                if next.len() > MAX_APPLY_ROWS {
+                    return Err(EventError::WrongType {
+                        expression: format!("APPLY ... AS {}", a.name),
+                        message: format!("the event expands to more than {MAX_APPLY_ROWS} rows; split the array upstream"),
+                    });
+                }
+            }
+        }
+        rows = next;
+    }
+    Ok(rows)
 }
 
 /// WHERE, then the projected row (no aggregation) or the group key and aggregate inputs.
@@ -885,8 +1300,22 @@ fn project<'e>(items: &'e [OutItem], c: &Ctx) -> Result<Map<String, Value>, (&'e
     let mut m = Map::new();
     for it in items {
         match it {
-            OutItem::Star => {
-                for (k, v) in c.row {
+            OutItem::Star(path) => {
+                let fields = match path.as_deref() {
+                    None => c.row,
+                    // the FROM name or alias alone: the whole row
+                    Some([q])
+                        if c.quals.iter().any(|x| x.eq_ignore_ascii_case(q))
+                            && crate::eval::lookup(c.row, q).is_none() =>
+                    {
+                        c.row
+                    }
+                    Some(p) => match crate::eval::field(c.row, p, c.quals) {
+                        Some(Value::Object(m)) => m,
+                        _ => continue,
+                    },
+                };
+                for (k, v) in fields {
                     if !m.contains_key(k) {
                         m.insert(k.clone(), v.clone());
                     }

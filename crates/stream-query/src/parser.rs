@@ -34,6 +34,21 @@ pub(crate) const ANALYTICS: [(&str, usize, usize); 5] = [
     ("ANOMALYDETECTION_CHANGEPOINT", 3, 3),
 ];
 
+/// Functions of the ASA reference this engine leaves out, with why (see the crate docs).
+const LEFT_OUT: [(&str, &str); 11] = [
+    ("GETMETADATAPROPERTYVALUE", "message properties do not reach the engine; have the module copy what you need into the body"),
+    ("ST_DISTANCE", "geospatial functions are left out on this gateway"),
+    ("ST_WITHIN", "geospatial functions are left out on this gateway"),
+    ("ST_INTERSECTS", "geospatial functions are left out on this gateway"),
+    ("ST_OVERLAPS", "geospatial functions are left out on this gateway"),
+    ("CREATEPOINT", "geospatial functions are left out on this gateway"),
+    ("CREATEPOLYGON", "geospatial functions are left out on this gateway"),
+    ("CREATELINESTRING", "geospatial functions are left out on this gateway"),
+    ("REGEXMATCH", "use LIKE or PATINDEX"),
+    ("ANOMALYDETECTION", "it was retired by ASA; use AnomalyDetection_SpikeAndDip or AnomalyDetection_ChangePoint"),
+    ("GETTYPE", "CAST or TRY_CAST to the type you expect"),
+];
+
 /// Scalar functions (upper case) with their (min, max) argument counts.
 pub(crate) const SCALARS: [(&str, usize, usize); 35] = [
     ("ABS", 1, 1),
@@ -322,9 +337,9 @@ impl Parser {
                 let name = self.name("a step name after WITH")?;
                 self.expect_word("AS", "after the step name (WITH name AS (SELECT ...))")?;
                 self.expect_sym("(", "before the step's SELECT")?;
-                let select = self.select(true)?;
+                let selects = self.union(true)?;
                 self.expect_sym(")", "after the step's SELECT")?;
-                steps.push(Step { name, pos, select });
+                steps.push(Step { name, pos, selects });
                 if !self.eat_sym(",") {
                     break;
                 }
@@ -336,19 +351,193 @@ impl Parser {
             if matches!(self.peek(), Tok::Eof) {
                 break;
             }
+            if self.is_word("CREATE") {
+                return self.err("CREATE TABLE is not supported: inputs are JSON without a declared schema; remove it and CAST fields where a type matters");
+            }
             if !self.is_word("SELECT") {
                 return self.err(format!(
                     "expected SELECT, found {}; every statement is SELECT ... INTO ... FROM ...",
                     describe(self.peek())
                 ));
             }
-            selects.push(self.select(false)?);
+            selects.push(self.union(false)?);
         }
         if selects.is_empty() {
             return self
                 .err("the query has no SELECT statement; write SELECT ... INTO output FROM input");
         }
         Ok(Ast { steps, selects })
+    }
+
+    /// `SELECT .. [UNION SELECT ..]*`: later SELECTs of a UNION write where the first one does
+    /// (they take no INTO of their own).
+    fn union(&mut self, in_step: bool) -> Result<Vec<Select>, QueryError> {
+        let mut v = vec![self.select(in_step)?];
+        while self.is_word("UNION") {
+            self.next();
+            if self.is_word("ALL") {
+                self.next();
+            }
+            let pos = self.pos();
+            let sel = self.select(true).map_err(|e| {
+                if e.message.contains("cannot have INTO") {
+                    QueryError::new(
+                        pos.line,
+                        pos.col,
+                        "only the first SELECT of a UNION has INTO; remove it from the later ones",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            v.push(sel);
+        }
+        Ok(v)
+    }
+
+    /// `a.b.*` ahead: the number of names before `.*`.
+    fn star_path_len(&self) -> Option<usize> {
+        let mut n = 0;
+        loop {
+            if !self.is_name(2 * n) || !matches!(self.peek_at(2 * n + 1), Tok::Sym(".")) {
+                return None;
+            }
+            n += 1;
+            if matches!(self.peek_at(2 * n), Tok::Sym("*")) {
+                return Some(n);
+            }
+        }
+    }
+
+    /// A word that starts a JOIN or APPLY after a FROM source (so it is not read as an alias).
+    fn at_join_word(&self) -> bool {
+        ["JOIN", "INNER", "LEFT", "RIGHT", "FULL", "CROSS", "OUTER"]
+            .iter()
+            .any(|w| self.is_word(w))
+    }
+
+    /// `[AS] alias` after a FROM or JOIN source.
+    fn source_alias(&mut self) -> Result<Option<String>, QueryError> {
+        if self.eat_word("AS") {
+            Ok(Some(self.name("an alias after AS")?))
+        } else if self.is_name(0) && !self.at_join_word() {
+            Ok(Some(self.name("an alias")?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// `TIMESTAMP BY expr [OVER k, ..]` and `PARTITION BY ..` after a source.
+    fn source_time(&mut self) -> Result<(Option<Expr>, Vec<Expr>), QueryError> {
+        let mut timestamp_by = None;
+        let mut over = Vec::new();
+        if self.is_word("TIMESTAMP") && self.is_word_at(1, "BY") {
+            self.next();
+            self.next();
+            timestamp_by = Some(self.expr()?);
+            if self.eat_word("OVER") {
+                loop {
+                    over.push(self.expr()?);
+                    if !self.eat_sym(",") {
+                        break;
+                    }
+                }
+            }
+        }
+        if self.is_word("PARTITION") && self.is_word_at(1, "BY") {
+            // PARTITION BY PartitionId only matters for cloud scale-out; a single edge engine ignores it.
+            self.next();
+            self.next();
+            self.expr()?;
+        }
+        Ok((timestamp_by, over))
+    }
+
+    /// `{INNER | LEFT [OUTER]} JOIN source [AS alias] [TIMESTAMP BY ..] ON condition`.
+    fn join(&mut self) -> Result<Option<Join>, QueryError> {
+        let pos = self.pos();
+        let kind = if self.eat_word("INNER") {
+            JoinKind::Inner
+        } else if self.is_word("LEFT") {
+            self.next();
+            self.eat_word("OUTER");
+            JoinKind::LeftOuter
+        } else if self.is_word("RIGHT") || self.is_word("FULL") {
+            return self.err(format!(
+                "{} JOIN is not supported (ASA has INNER and LEFT OUTER JOIN); swap the sources and use LEFT OUTER JOIN",
+                describe(self.peek()).trim_matches('\'')
+            ));
+        } else if self.is_word("JOIN") {
+            JoinKind::Inner
+        } else {
+            return Ok(None);
+        };
+        self.expect_word("JOIN", "(INNER JOIN or LEFT OUTER JOIN)")?;
+        let from_pos = self.pos();
+        let from = self.name("an input or step name after JOIN")?;
+        let alias = self.source_alias()?;
+        let (timestamp_by, over) = self.source_time()?;
+        self.expect_word("ON", "after the joined source (JOIN b ON condition)")?;
+        let on = self.expr()?;
+        Ok(Some(Join {
+            kind,
+            from,
+            from_pos,
+            alias,
+            timestamp_by,
+            over,
+            on,
+            pos,
+        }))
+    }
+
+    /// `{CROSS | OUTER} APPLY {GetArrayElements | GetRecordProperties}(expr) AS name`.
+    fn apply(&mut self) -> Result<Option<Apply>, QueryError> {
+        let pos = self.pos();
+        let outer = if self.is_word("CROSS") && self.is_word_at(1, "APPLY") {
+            false
+        } else if self.is_word("OUTER") && self.is_word_at(1, "APPLY") {
+            true
+        } else {
+            return Ok(None);
+        };
+        self.next();
+        self.next();
+        let fpos = self.pos();
+        let f = match self.next() {
+            Tok::Word(w) => w.to_ascii_uppercase(),
+            other => {
+                return self.err_at(
+                    fpos,
+                    format!(
+                        "expected GetArrayElements or GetRecordProperties after APPLY, found {}",
+                        describe(&other)
+                    ),
+                )
+            }
+        };
+        let array = match f.as_str() {
+            "GETARRAYELEMENTS" => true,
+            "GETRECORDPROPERTIES" => false,
+            _ => {
+                return self.err_at(
+                    fpos,
+                    format!("APPLY supports GetArrayElements and GetRecordProperties, not {f}"),
+                )
+            }
+        };
+        self.expect_sym("(", "after the function name")?;
+        let arg = self.expr()?;
+        self.expect_sym(")", "to close the APPLY function's argument")?;
+        self.expect_word("AS", "in APPLY GetArrayElements(x) AS name")?;
+        let name = self.name("a name for the applied elements")?;
+        Ok(Some(Apply {
+            outer,
+            array,
+            arg,
+            name,
+            pos,
+        }))
     }
 
     fn select(&mut self, in_step: bool) -> Result<Select, QueryError> {
@@ -361,19 +550,28 @@ impl Parser {
         let mut items = Vec::new();
         loop {
             if self.eat_sym("*") {
-                items.push(SelectItem::Star);
-            } else if self.is_name(0)
-                && matches!(self.peek_at(1), Tok::Sym("."))
-                && matches!(self.peek_at(2), Tok::Sym("*"))
-            {
-                self.next();
-                self.next();
-                self.next();
-                items.push(SelectItem::Star);
+                items.push(SelectItem::Star(None));
+            } else if let Some(n) = self.star_path_len() {
+                let mut path = Vec::new();
+                for _ in 0..n {
+                    if let Tok::Word(w) | Tok::Quoted(w) = self.next() {
+                        path.push(w);
+                    }
+                    self.next(); // '.'
+                }
+                self.next(); // '*'
+                items.push(SelectItem::Star(Some(path)));
             } else {
                 let expr = self.expr()?;
                 let alias = if self.eat_word("AS") {
-                    Some(self.name("a column name after AS")?)
+                    // AS 'name' is accepted too (ASA's examples use it)
+                    match self.peek().clone() {
+                        Tok::Str(n) => {
+                            self.next();
+                            Some(n)
+                        }
+                        _ => Some(self.name("a column name after AS")?),
+                    }
                 } else if self.is_name(0) {
                     Some(self.name("a column name")?)
                 } else {
@@ -397,42 +595,27 @@ impl Parser {
         self.expect_word("FROM", "after the select list")?;
         let from_pos = self.pos();
         let from = self.name("an input name after FROM")?;
-        let alias = if self.eat_word("AS") {
-            Some(self.name("an alias after AS")?)
-        } else if self.is_name(0) {
-            Some(self.name("an alias")?)
-        } else {
-            None
-        };
-        let mut timestamp_by = None;
-        let mut over = Vec::new();
-        if self.is_word("TIMESTAMP") && self.is_word_at(1, "BY") {
-            self.next();
-            self.next();
-            timestamp_by = Some(self.expr()?);
-            if self.eat_word("OVER") {
-                loop {
-                    over.push(self.expr()?);
-                    if !self.eat_sym(",") {
-                        break;
-                    }
-                }
+        let alias = self.source_alias()?;
+        let (timestamp_by, over) = self.source_time()?;
+        let mut join = Vec::new();
+        while let Some(j) = self.join()? {
+            join.push(j);
+        }
+        let mut apply = Vec::new();
+        while let Some(a) = self.apply()? {
+            if !join.is_empty() {
+                return self.err_at(
+                    a.pos,
+                    "APPLY cannot be combined with JOIN in one SELECT; apply in a WITH step first",
+                );
             }
+            apply.push(a);
         }
-        if self.is_word("PARTITION") && self.is_word_at(1, "BY") {
-            // PARTITION BY PartitionId only matters for cloud scale-out; a single edge engine ignores it.
-            self.next();
-            self.next();
-            self.expr()?;
+        if self.is_sym(",") {
+            return self.err("FROM takes one source (a comma join is not supported); use JOIN ... ON with a DATEDIFF time bound");
         }
-        if self.is_word("JOIN")
-            || self.is_word("INNER")
-            || self.is_word("LEFT")
-            || self.is_word("UNION")
-            || self.is_sym(",")
-        {
-            return self
-                .err("JOIN and UNION are not supported by this engine; use one input per SELECT");
+        if self.is_word("MATCH_RECOGNIZE") {
+            return self.err("MATCH_RECOGNIZE is not supported by this engine; express the pattern with LAG/LAST or a JOIN of WITH steps");
         }
         let filter = if self.eat_word("WHERE") {
             Some(self.expr()?)
@@ -486,6 +669,8 @@ impl Parser {
             alias,
             timestamp_by,
             over,
+            join,
+            apply,
             filter,
             group,
             window,
@@ -1122,6 +1307,12 @@ impl Parser {
         if let Some(&(_, lo, hi)) = ANALYTICS.iter().find(|a| a.0 == up) {
             return self.analytic_call(pos, name, up, lo, hi);
         }
+        if let Some((_, why)) = LEFT_OUT.iter().find(|f| f.0 == up) {
+            return self.err_at(
+                pos,
+                format!("{name} is not supported by this engine: {why}"),
+            );
+        }
         let is_agg = AGGREGATES.contains(&up.as_str());
         let scalar = SCALARS.iter().find(|s| s.0 == up);
         if !is_agg && scalar.is_none() {
@@ -1501,7 +1692,7 @@ mod tests {
     #[test]
     fn seed_query_parses() {
         let ast = parse("SELECT Avg(\"temp\") INTO AvgTemp FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(second,60)").unwrap();
-        let s = &ast.selects[0];
+        let s = &ast.selects[0][0];
         assert_eq!(s.into.as_deref(), Some("AvgTemp"));
         assert_eq!(s.from, "temperature");
         assert_eq!(
@@ -1519,7 +1710,7 @@ mod tests {
         let w = |q: &str| {
             parse(&format!("SELECT COUNT(*) INTO o FROM i GROUP BY {q}"))
                 .unwrap()
-                .selects[0]
+                .selects[0][0]
                 .window
                 .unwrap()
                 .0

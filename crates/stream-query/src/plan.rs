@@ -14,7 +14,7 @@ use crate::error::EventError;
 use crate::error::QueryError;
 use crate::eval::{eval, show, Ctx};
 use crate::parser::{parse, unit_micros, AGGREGATES};
-use crate::value::{parse_time_val, to_datetime, Val};
+use crate::value::{parse_time_val, to_datetime, Micros, Val};
 use std::sync::Arc;
 
 /// Fields ASA adds to every input event; both are the arrival time here.
@@ -55,7 +55,9 @@ pub(crate) struct AggSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum OutItem {
-    Star,
+    /// `*`, or `path.*`: the fields of the record at `path` (an alias alone: the whole row, or
+    /// in a JOIN that side's fields).
+    Star(Option<Vec<String>>),
     Col(String, Expr),
 }
 
@@ -94,9 +96,38 @@ pub(crate) struct Stmt {
     pub having: Option<Expr>,
     /// Indices of statements that read this one.
     pub consumers: Vec<usize>,
+    /// Indices of the statements this one reads (a WITH step, its UNION members, or the two
+    /// sides of a JOIN); empty for a statement that reads an input.
+    pub producers: Vec<usize>,
+    /// A JOIN (its sides are statements of their own, in `producers`).
+    pub join: Option<JoinSpec>,
+    /// `CROSS/OUTER APPLY`, applied in order to each input row.
+    pub apply: Vec<Apply>,
     /// The statement reads `EventProcessedUtcTime` or `EventEnqueuedUtcTime`, which ASA adds to
     /// every input event; the engine fills in the arrival time when the event lacks them.
     pub arrival_fields: bool,
+}
+
+/// A planned JOIN: the time bound is on `right time - left time`, inclusive, in microseconds
+/// (elapsed time, as DATEDIFF in ON measures it); None for a reference data JOIN.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JoinSpec {
+    pub kind: JoinKind,
+    pub left: usize,
+    pub right: Option<usize>,
+    /// The reference data input of a JOIN without a time bound.
+    pub reference: Option<String>,
+    /// The left side is a source of its own (its row goes under `left_name`); false when it
+    /// is an earlier JOIN of a chain, whose rows already carry each source under its name.
+    pub nest_left: bool,
+    pub left_name: String,
+    pub right_name: String,
+    pub bound: Option<(Micros, Micros)>,
+    /// `left expression = right expression` parts of ON: matched through an index.
+    pub left_keys: Vec<Expr>,
+    pub right_keys: Vec<Expr>,
+    /// The rest of ON, on the joined row.
+    pub on: Option<Expr>,
 }
 
 /// A parsed and planned query, ready for [`crate::Engine::new`].
@@ -132,6 +163,20 @@ impl Query {
             if let Sink::Output(o) = &s.sink {
                 if !v.contains(o) {
                     v.push(o.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// The reference data the query JOINs without a time bound (load them with
+    /// [`crate::Engine::set_reference`]), in order of first use.
+    pub fn references(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for s in self.stmts.iter() {
+            if let Some(r) = s.join.as_ref().and_then(|j| j.reference.as_ref()) {
+                if !v.iter().any(|x| x.eq_ignore_ascii_case(r)) {
+                    v.push(r.clone());
                 }
             }
         }
@@ -202,70 +247,463 @@ fn err<T>(p: Pos, msg: impl Into<String>) -> Result<T, QueryError> {
     Err(QueryError::new(p.line.max(1), p.col.max(1), msg))
 }
 
+/// Where the rows of a statement come from.
+fn resolve_source(
+    name: &str,
+    pos: Pos,
+    steps: &[(String, Vec<usize>)],
+    all_steps: &[String],
+) -> Result<(Source, Vec<usize>), QueryError> {
+    if let Some((_, idx)) = steps.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        return Ok((Source::Step(idx[0]), idx.clone()));
+    }
+    if all_steps.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return err(
+            pos,
+            format!("step '{name}' is read before it is defined; a WITH step can only read inputs and earlier steps"),
+        );
+    }
+    Ok((Source::Input, Vec::new()))
+}
+
 fn plan(text: &str, ast: Ast) -> Result<Query, QueryError> {
     let mut stmts: Vec<Stmt> = Vec::new();
-    let mut step_names: Vec<String> = Vec::new();
-    let all: Vec<(Option<(String, Pos)>, Select)> = ast
+    // step name -> the statements that write it (more than one with UNION)
+    let mut steps: Vec<(String, Vec<usize>)> = Vec::new();
+    type Named = (Option<(String, Pos)>, Vec<Select>);
+    let all: Vec<Named> = ast
         .steps
         .into_iter()
-        .map(|s| (Some((s.name, s.pos)), s.select))
+        .map(|s| (Some((s.name, s.pos)), s.selects))
         .chain(ast.selects.into_iter().map(|s| (None, s)))
         .collect();
     let all_steps: Vec<String> = all
         .iter()
         .filter_map(|(s, _)| s.as_ref().map(|s| s.0.clone()))
         .collect();
-    for (idx, (step, sel)) in all.into_iter().enumerate() {
+    for (step, selects) in all {
         if let Some((name, pos)) = &step {
-            if step_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if steps.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
                 return err(
                     *pos,
                     format!("step '{name}' is defined twice; give each WITH step its own name"),
                 );
             }
         }
-        let source = match step_names
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(&sel.from))
-        {
-            Some(i) => Source::Step(i),
-            None => {
-                if all_steps.iter().any(|n| n.eq_ignore_ascii_case(&sel.from)) {
-                    return err(
-                        sel.from_pos,
-                        format!(
-                            "step '{}' is read before it is defined; a WITH step can only read inputs and earlier steps",
-                            sel.from
-                        ),
-                    );
-                }
-                Source::Input
-            }
-        };
-        if let Source::Step(_) = source {
-            if sel.timestamp_by.is_some() {
-                return err(sel.from_pos, format!(
-                    "'{}' is a WITH step, whose rows already carry System.Timestamp(); remove TIMESTAMP BY",
-                    sel.from
-                ));
-            }
-        }
         let sink = match &step {
             Some((n, _)) => Sink::Step(n.clone()),
-            None => Sink::Output(sel.into.clone().unwrap_or_else(|| "output".to_string())),
+            None => Sink::Output(
+                selects
+                    .first()
+                    .and_then(|s| s.into.clone())
+                    .unwrap_or_else(|| "output".to_string()),
+            ),
         };
-        let stmt = plan_select(sel, source.clone(), sink)?;
-        if let Source::Step(i) = source {
-            stmts[i].consumers.push(idx);
+        let mut written = Vec::new();
+        for sel in selects {
+            let idx = plan_statement(sel, sink.clone(), &steps, &all_steps, &mut stmts)?;
+            written.push(idx);
         }
-        stmts.push(stmt);
         if let Some((name, _)) = step {
-            step_names.push(name);
+            steps.push((name, written));
         }
     }
     Ok(Query {
         text: text.to_string(),
         stmts: Arc::new(stmts),
+    })
+}
+
+/// Push a statement that reads `name` (an input or a step) and register it with its producers.
+fn push_stmt(stmts: &mut Vec<Stmt>, mut stmt: Stmt, producers: Vec<usize>) -> usize {
+    let idx = stmts.len();
+    for &p in &producers {
+        stmts[p].consumers.push(idx);
+    }
+    stmt.producers = producers;
+    stmts.push(stmt);
+    idx
+}
+
+/// A pass-through side of a JOIN: `SELECT * FROM source [TIMESTAMP BY ..]`, so each side keeps
+/// its own event time, reorder buffer and watermark.
+fn side_select(
+    from: String,
+    from_pos: Pos,
+    alias: Option<String>,
+    timestamp_by: Option<Expr>,
+    over: Vec<Expr>,
+    pos: Pos,
+) -> Select {
+    Select {
+        pos,
+        items: vec![SelectItem::Star(None)],
+        into: None,
+        from,
+        from_pos,
+        alias,
+        timestamp_by,
+        over,
+        join: Vec::new(),
+        apply: Vec::new(),
+        filter: None,
+        group: Vec::new(),
+        window: None,
+        session_partition: Vec::new(),
+        having: None,
+    }
+}
+
+/// Plan one SELECT (with its JOIN sides, if any); returns the index of the statement whose rows
+/// go to `sink`.
+fn plan_statement(
+    mut sel: Select,
+    sink: Sink,
+    steps: &[(String, Vec<usize>)],
+    all_steps: &[String],
+    stmts: &mut Vec<Stmt>,
+) -> Result<usize, QueryError> {
+    let (source, producers) = resolve_source(&sel.from, sel.from_pos, steps, all_steps)?;
+    if source != Source::Input && sel.timestamp_by.is_some() {
+        return err(
+            sel.from_pos,
+            format!(
+            "'{}' is a WITH step, whose rows already carry System.Timestamp(); remove TIMESTAMP BY",
+            sel.from
+        ),
+        );
+    }
+    let joins = std::mem::take(&mut sel.join);
+    if joins.is_empty() {
+        let stmt = plan_select(sel, source, sink)?;
+        return Ok(push_stmt(stmts, stmt, producers));
+    }
+    if sel.items.contains(&SelectItem::Star(None)) {
+        return err(
+            sel.pos,
+            "SELECT * cannot be used with JOIN; list the columns, or use alias.* for one side",
+        );
+    }
+    let left_name = sel.alias.clone().unwrap_or_else(|| sel.from.clone());
+    let left_side = side_select(
+        sel.from.clone(),
+        sel.from_pos,
+        sel.alias.clone(),
+        sel.timestamp_by.take(),
+        std::mem::take(&mut sel.over),
+        sel.pos,
+    );
+    let left_stmt = plan_select(
+        left_side,
+        source,
+        Sink::Step(format!("{left_name} (JOIN left side)")),
+    )?;
+    let mut left = push_stmt(stmts, left_stmt, producers);
+    let mut left_names = vec![left_name];
+    let n = joins.len();
+    let mut sel = Some(sel);
+    for (k, join) in joins.into_iter().enumerate() {
+        let right_name = join.alias.clone().unwrap_or_else(|| join.from.clone());
+        if left_names
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(&right_name))
+        {
+            return err(join.from_pos, format!(
+                "two sources of the JOIN are called '{right_name}'; give them different aliases (FROM s a JOIN s b)"
+            ));
+        }
+        let spec = split_join_condition(&join, &left_names, &right_name)?;
+        let (right_src, right_producers) =
+            resolve_source(&join.from, join.from_pos, steps, all_steps)?;
+        let (right, reference) = match spec.bound {
+            Some(_) => {
+                if right_src != Source::Input && join.timestamp_by.is_some() {
+                    return err(join.from_pos, format!(
+                        "'{}' is a WITH step, whose rows already carry System.Timestamp(); remove TIMESTAMP BY",
+                        join.from
+                    ));
+                }
+                let right_side = side_select(
+                    join.from.clone(),
+                    join.from_pos,
+                    join.alias.clone(),
+                    join.timestamp_by.clone(),
+                    join.over.clone(),
+                    join.pos,
+                );
+                let right_stmt = plan_select(
+                    right_side,
+                    right_src,
+                    Sink::Step(format!("{right_name} (JOIN right side)")),
+                )?;
+                (Some(push_stmt(stmts, right_stmt, right_producers)), None)
+            }
+            None => {
+                // no time bound: reference data, which must not be a stream of this query
+                if right_src != Source::Input {
+                    return err(join.from_pos, format!(
+                        "'{}' is a WITH step (a stream); a JOIN of two streams needs a time bound: add AND DATEDIFF(second, {}, {right_name}) BETWEEN 0 AND 60 to ON",
+                        join.from, left_names[0]
+                    ));
+                }
+                if join.timestamp_by.is_some() {
+                    return err(join.from_pos, format!(
+                        "'{}' is joined without a DATEDIFF time bound, so it is reference data, which has no TIMESTAMP BY; add a DATEDIFF bound to ON if it is a stream",
+                        join.from
+                    ));
+                }
+                (None, Some(join.from.clone()))
+            }
+        };
+        let last = k + 1 == n;
+        let mut stmt = if last {
+            match sel.take() {
+                Some(sel) => plan_select(sel, Source::Step(left), sink.clone())?,
+                None => return err(join.pos, "internal: the JOIN's SELECT was planned twice"),
+            }
+        } else {
+            // an inner JOIN of a chain: its joined rows feed the next JOIN
+            let pass = side_select(
+                left_names[0].clone(),
+                join.pos,
+                None,
+                None,
+                Vec::new(),
+                join.pos,
+            );
+            plan_select(
+                pass,
+                Source::Step(left),
+                Sink::Step(format!("{right_name} (JOIN)")),
+            )?
+        };
+        stmt.quals = Vec::new();
+        stmt.join = Some(JoinSpec {
+            kind: join.kind,
+            left,
+            right,
+            reference,
+            nest_left: k == 0,
+            left_name: left_names[0].clone(),
+            right_name: right_name.clone(),
+            bound: spec.bound,
+            left_keys: spec.left_keys,
+            right_keys: spec.right_keys,
+            on: spec.on,
+        });
+        let producers = std::iter::once(left).chain(right).collect();
+        left = push_stmt(stmts, stmt, producers);
+        left_names.push(right_name);
+    }
+    Ok(left)
+}
+
+struct JoinCondition {
+    bound: Option<(Micros, Micros)>,
+    left_keys: Vec<Expr>,
+    right_keys: Vec<Expr>,
+    on: Option<Expr>,
+}
+
+fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
+    match e {
+        Expr::Bin(BinOp::And, a, b) => {
+            conjuncts(*a, out);
+            conjuncts(*b, out);
+        }
+        other => out.push(other),
+    }
+}
+
+/// Which sides an expression's fields name: (left, right, other).
+fn sides(e: &Expr, left: &[String], right: &str) -> (bool, bool, bool) {
+    let (mut l, mut r, mut o) = (false, false, false);
+    let _ = visit(e, &mut |x| {
+        match x {
+            Expr::Field(p, _)
+                if p.len() > 1 && left.iter().any(|n| p[0].eq_ignore_ascii_case(n)) =>
+            {
+                l = true
+            }
+            Expr::Field(p, _) if p.len() > 1 && p[0].eq_ignore_ascii_case(right) => r = true,
+            Expr::Field(..) => o = true,
+            Expr::Timestamp | Expr::Analytic { .. } => o = true,
+            Expr::Call { .. } if is_agg_call(x) => o = true,
+            _ => {}
+        }
+        Ok(())
+    });
+    (l, r, o)
+}
+
+/// `DATEDIFF(unit, a, b)` where a and b name the two sides: the unit in microseconds and whether
+/// it measures right minus left (false: left minus right).
+fn datediff_of_sides(e: &Expr, left: &[String], right: &str) -> Option<(Micros, bool)> {
+    if let Expr::Call { name, args, .. } = e {
+        if name == "DATEDIFF" && args.len() == 3 {
+            let unit = match &args[0] {
+                Expr::Lit(Val::Str(u)) => unit_micros(u)?,
+                _ => return None,
+            };
+            let side = |x: &Expr| match x {
+                Expr::Field(p, _) if p.len() == 1 => Some(p[0].to_ascii_lowercase()),
+                _ => None,
+            };
+            let (a, b) = (side(&args[1])?, side(&args[2])?);
+            let is_left = |x: &str| left.iter().any(|n| n.eq_ignore_ascii_case(x));
+            let r = right.to_ascii_lowercase();
+            if is_left(&a) && b == r {
+                return Some((unit, true));
+            }
+            if a == r && is_left(&b) {
+                return Some((unit, false));
+            }
+        }
+    }
+    None
+}
+
+fn lit_int(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Lit(Val::Int(i)) => Some(*i),
+        Expr::Lit(Val::Float(f)) if f.fract() == 0.0 => Some(*f as i64),
+        _ => None,
+    }
+}
+
+/// Split a JOIN's ON into its time bound (on right time minus left time), equality keys
+/// (left expression = right expression) and the rest.
+fn split_join_condition(
+    join: &Join,
+    left: &[String],
+    right: &str,
+) -> Result<JoinCondition, QueryError> {
+    const WEEK: Micros = 7 * 86_400_000_000;
+    let mut parts = Vec::new();
+    conjuncts(join.on.clone(), &mut parts);
+    let (mut lo, mut hi): (Option<Micros>, Option<Micros>) = (None, None);
+    let mut tighten = |l: Option<Micros>, h: Option<Micros>| {
+        if let Some(l) = l {
+            lo = Some(lo.map_or(l, |x| x.max(l)));
+        }
+        if let Some(h) = h {
+            hi = Some(hi.map_or(h, |x| x.min(h)));
+        }
+    };
+    let (mut left_keys, mut right_keys, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for c in parts {
+        // DATEDIFF(unit, a, b) BETWEEN x AND y, or compared with a whole number
+        let bound = match &c {
+            Expr::Between(d, x, y, false) => datediff_of_sides(d, left, right)
+                .and_then(|(u, fwd)| Some((u, fwd, lit_int(x)?, lit_int(y)?))),
+            _ => None,
+        };
+        if let Some((u, fwd, x, y)) = bound {
+            let (x, y) = (x.saturating_mul(u), y.saturating_mul(u));
+            if fwd {
+                tighten(Some(x), Some(y));
+            } else {
+                tighten(Some(y.saturating_neg()), Some(x.saturating_neg()));
+            }
+            continue;
+        }
+        if let Expr::Bin(op, a, b) = &c {
+            let cmp = match (
+                datediff_of_sides(a, left, right),
+                lit_int(b),
+                datediff_of_sides(b, left, right),
+                lit_int(a),
+            ) {
+                (Some((u, fwd)), Some(n), _, _) => Some((u, fwd, *op, n)),
+                (_, _, Some((u, fwd)), Some(n)) => {
+                    // n op DATEDIFF -> DATEDIFF op' n
+                    let flipped = match op {
+                        BinOp::Lt => BinOp::Gt,
+                        BinOp::Le => BinOp::Ge,
+                        BinOp::Gt => BinOp::Lt,
+                        BinOp::Ge => BinOp::Le,
+                        o => *o,
+                    };
+                    Some((u, fwd, flipped, n))
+                }
+                _ => None,
+            };
+            if let Some((u, fwd, op, n)) = cmp {
+                // the bound on DATEDIFF, in microseconds (elapsed time)
+                let v = n.saturating_mul(u);
+                let (l, h) = match op {
+                    BinOp::Le => (None, Some(v)),
+                    BinOp::Lt => (None, Some(v - 1)),
+                    BinOp::Ge => (Some(v), None),
+                    BinOp::Gt => (Some(v + 1), None),
+                    BinOp::Eq => (Some(v), Some(v)),
+                    _ => {
+                        return err(
+                            join.pos,
+                            "DATEDIFF in ON can be compared with =, <, <=, >, >= or BETWEEN",
+                        )
+                    }
+                };
+                if fwd {
+                    tighten(l, h);
+                } else {
+                    tighten(h.map(|h| -h), l.map(|l| -l));
+                }
+                continue;
+            }
+            if *op == BinOp::Eq {
+                let (al, ar, ao) = sides(a, left, right);
+                let (bl, br, bo) = sides(b, left, right);
+                if !ao && !bo {
+                    if al && !ar && br && !bl {
+                        left_keys.push((**a).clone());
+                        right_keys.push((**b).clone());
+                        continue;
+                    }
+                    if ar && !al && bl && !br {
+                        left_keys.push((**b).clone());
+                        right_keys.push((**a).clone());
+                        continue;
+                    }
+                }
+            }
+        }
+        rest.push(c);
+    }
+    let bound = match (lo, hi) {
+        (None, None) => None,
+        // an upper bound alone: the right event at or after the left one
+        (None, Some(h)) if h >= 0 => Some((0, h)),
+        (None, Some(_)) => {
+            return err(join.pos, "the JOIN's DATEDIFF bound has only a negative upper bound; give both ends: DATEDIFF(unit, a, b) BETWEEN low AND high")
+        }
+        (Some(_), None) => {
+            return err(join.pos, "the JOIN's DATEDIFF bound has no upper end; give both ends: DATEDIFF(unit, a, b) BETWEEN low AND high")
+        }
+        (Some(l), Some(h)) => Some((l, h)),
+    };
+    if let Some((l, h)) = bound {
+        if l > h {
+            return err(
+                join.pos,
+                "the JOIN's DATEDIFF bound is empty (its low end is above its high end)",
+            );
+        }
+        if l < -WEEK || h > WEEK {
+            return err(
+                join.pos,
+                "the JOIN's DATEDIFF bound must stay within 7 days",
+            );
+        }
+    }
+    let on = rest
+        .into_iter()
+        .reduce(|a, b| Expr::Bin(BinOp::And, Box::new(a), Box::new(b)));
+    Ok(JoinCondition {
+        bound,
+        left_keys,
+        right_keys,
+        on,
     })
 }
 
@@ -721,6 +1159,11 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
     for o in &sel.over {
         check_no_analytic(o, "TIMESTAMP BY ... OVER")?;
     }
+    for a in &sel.apply {
+        check_no_agg(&a.arg)?;
+        check_no_analytic(&a.arg, "APPLY")?;
+    }
+    let apply = sel.apply;
     for k in &sel.group {
         check_no_analytic(k, "GROUP BY")?;
     }
@@ -745,7 +1188,7 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
             });
             found
         }
-        SelectItem::Star => false,
+        SelectItem::Star(_) => false,
     }) || sel.having.is_some()
         || !sel.group.is_empty()
         || sel.window.is_some();
@@ -762,14 +1205,14 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
     let mut names: Vec<String> = Vec::new();
     for (i, it) in sel.items.into_iter().enumerate() {
         match it {
-            SelectItem::Star => {
+            SelectItem::Star(q) => {
                 if has_agg {
                     return err(
                         sel.pos,
                         "SELECT * cannot be used with GROUP BY; list the group keys and aggregates",
                     );
                 }
-                items.push(OutItem::Star);
+                items.push(OutItem::Star(q));
             }
             SelectItem::Expr { expr, alias } => {
                 let name = alias.unwrap_or_else(|| column_name(&expr, i));
@@ -862,6 +1305,9 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         analytics,
         having,
         consumers: Vec::new(),
+        producers: Vec::new(),
+        join: None,
+        apply,
         arrival_fields,
     })
 }
