@@ -2,7 +2,9 @@
 //!
 //! Parts:
 //! - [`settings`]: process settings (environment allow-list) and twin settings (`query`, `eventPolicy`,
-//!   `deadLetterOutput`, live from the module twin's desired properties).
+//!   `deadLetterOutput`, `referenceData`, live from the module twin's desired properties).
+//! - [`reference`]: reference data for JOINs without a time bound, from CSV or JSON lines files
+//!   (reloaded when they change) or inline in the twin; a bad file keeps the previous rows.
 //! - [`processor`]: the synchronous core around the [`stream_query`] engine: input bodies to events, the
 //!   dead-letter decision, query reloads that keep the previous query on error, checkpoints.
 //! - [`run`]: the thin async shell: one `select!` over edgeHub events, a timer and shutdown. Input messages
@@ -11,6 +13,7 @@
 //! - [`replay`]: the same engine over a file of JSON events (`aggregator replay`), ASA's "Test query".
 
 pub mod processor;
+pub mod reference;
 pub mod replay;
 pub mod settings;
 
@@ -134,6 +137,9 @@ pub async fn run(
                     held_warned = tokio::time::Instant::now();
                     tracing::warn!(held = held.len(), status = ?processor.status(),
                         "inputs are held until a query is in force: set the desired property `query` of AggregatorModule (see its reported `query` status)");
+                }
+                if processor.refresh_references() {
+                    report(&client, &processor, &unknown).await;
                 }
                 let rows = processor.on_tick(Utc::now());
                 if let Err(e) = send_rows(&client, &rows).await { break Err(e) }

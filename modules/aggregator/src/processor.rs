@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stream_query::{Engine, OutputRow, Query};
 
+use crate::reference::References;
 use crate::settings::TwinSettings;
 use crate::AggregatorError;
 
@@ -57,6 +58,8 @@ pub struct Processor {
     dead_letter_output: String,
     checkpoint_path: PathBuf,
     last_status: QueryStatus,
+    references: References,
+    last_refresh: Option<std::time::Instant>,
     pub events_in: u64,
     pub rows_out: u64,
     pub dead_letters: u64,
@@ -75,6 +78,8 @@ impl Processor {
                 line: None,
                 column: None,
             },
+            references: References::default(),
+            last_refresh: None,
             events_in: 0,
             rows_out: 0,
             dead_letters: 0,
@@ -104,6 +109,8 @@ impl Processor {
         settings: TwinSettings,
     ) -> Result<Option<Vec<OutputRow>>, AggregatorError> {
         self.dead_letter_output = settings.dead_letter_output.clone();
+        let changed = self.references.configure(&settings.reference_data);
+        self.give_references(&changed);
         let Some(text) = settings.query.clone() else {
             return Ok(None);
         };
@@ -157,6 +164,8 @@ impl Processor {
             settings,
             engine,
         });
+        let all = self.references.names();
+        self.give_references(&all);
         self.last_status = QueryStatus {
             status: "running",
             error: None,
@@ -182,6 +191,50 @@ impl Processor {
                 None
             }
         }
+    }
+
+    /// Hand the named reference data sets to the running query's engine.
+    fn give_references(&mut self, names: &[String]) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        for name in names {
+            let Some(rows) = self.references.rows(name) else {
+                continue;
+            };
+            if let Err(e) = a.engine.set_reference(name, rows.clone()) {
+                self.references.set_error(name, e);
+            }
+        }
+    }
+
+    /// Reload reference files that changed (at most every [`crate::reference::REFRESH_EVERY`]).
+    /// True when what the twin reports about them changed (rows loaded or an error).
+    pub fn refresh_references(&mut self) -> bool {
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= crate::reference::REFRESH_EVERY);
+        if !due {
+            return false;
+        }
+        self.last_refresh = Some(std::time::Instant::now());
+        let before = self.references.reported();
+        let changed = self.references.refresh();
+        self.give_references(&changed);
+        self.references.reported() != before
+    }
+
+    /// Reference data the running query joins that the twin does not provide.
+    fn missing_references(&self) -> Vec<String> {
+        let Some(a) = &self.active else {
+            return Vec::new();
+        };
+        a.engine
+            .query()
+            .references()
+            .into_iter()
+            .filter(|r| a.engine.reference_len(r).is_none())
+            .collect()
     }
 
     /// One input message. `input` is the edgeHub input name, which is the query's `FROM` name.
@@ -311,6 +364,8 @@ impl Processor {
             "outputs": outputs,
             "deadLetterOutput": self.dead_letter_output,
             "ignoredDesiredProperties": unknown_keys,
+            "referenceData": self.references.reported(),
+            "missingReferenceData": self.missing_references(),
         })
     }
 }

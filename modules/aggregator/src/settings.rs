@@ -111,6 +111,11 @@ pub struct TwinSettings {
     /// Output that receives input messages that cannot be used, with the reason. Default `deadletter`.
     #[serde(default = "default_dead_letter")]
     pub dead_letter_output: String,
+    /// Reference data for the query's JOINs without a time bound, by the name the query joins:
+    /// `{"patients": {"path": "/data/patients.csv"}}` or `{"patients": {"rows": [...]}}`. Default:
+    /// none. See [`crate::reference`].
+    #[serde(default)]
+    pub reference_data: std::collections::BTreeMap<String, crate::reference::ReferenceSetting>,
 }
 
 fn default_dead_letter() -> String {
@@ -130,7 +135,8 @@ pub struct PolicySettings {
     /// What happens to events outside the tolerances: `Adjust` (their timestamp is moved, default) or `Drop`.
     #[serde(default = "default_action")]
     pub action: String,
-    /// Events more than this many seconds ahead of their arrival are adjusted or dropped too. Default 300.
+    /// Events more than this many seconds ahead of their arrival are dropped (always, as in ASA);
+    /// they go to the dead-letter output with the reason. Default 300.
     #[serde(default = "default_early")]
     pub early_arrival_limit_secs: u64,
 }
@@ -188,7 +194,7 @@ impl TwinSettings {
         if let Some(obj) = desired.as_object() {
             for (k, v) in obj {
                 match k.as_str() {
-                    "query" | "eventPolicy" | "deadLetterOutput" => {
+                    "query" | "eventPolicy" | "deadLetterOutput" | "referenceData" => {
                         if !v.is_null() {
                             known.insert(k.clone(), v.clone());
                         }
@@ -204,6 +210,13 @@ impl TwinSettings {
                 message: e.to_string(),
             })?;
         settings.event_policy.to_policy()?;
+        for (name, r) in &settings.reference_data {
+            r.validate(name)
+                .map_err(|message| AggregatorError::Settings {
+                    key: format!("referenceData.{name}"),
+                    message,
+                })?;
+        }
         if settings.dead_letter_output.is_empty() {
             return Err(AggregatorError::Settings {
                 key: "deadLetterOutput".into(),

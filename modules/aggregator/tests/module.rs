@@ -346,3 +346,91 @@ async fn inputs_delivered_before_the_query_is_applied_are_held_not_dead_lettered
     assert_eq!(rig.hub.stats().modules[AGG].queue_depth, 0);
     feed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_old_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("patients.csv");
+    std::fs::write(&file, "deviceId,feverC\np1,37.5\n").unwrap();
+    let query = "SELECT s.deviceId, s.temp, r.feverC INTO Fever
+        FROM temperature s JOIN patients r ON s.deviceId = r.deviceId
+        WHERE s.temp >= r.feverC";
+    let rig = start_hub(dir.path(), "SELECT * INTO o FROM temperature").await;
+    rig.hub
+        .update_desired(
+            AGG,
+            json!({"query": query, "referenceData": {"patients": {"path": file}}}),
+        )
+        .await
+        .unwrap();
+    let _agg = start_aggregator(&rig, &dir.path().join("state"));
+    wait_reported(&rig.hub, |r| {
+        r["referenceData"]["patients"]["rows"] == json!(1)
+    })
+    .await;
+    let feed = feeder(&rig).await;
+    let send = |d: &'static str, t: f64| {
+        let feed = &feed;
+        async move {
+            feed.send_output("out", Message::json(&json!({"deviceId": d, "temp": t})))
+                .await
+                .unwrap();
+        }
+    };
+    send("p1", 37.6).await;
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(m.output, "Fever");
+    assert_eq!(
+        body(&m),
+        json!({"deviceId": "p1", "temp": 37.6, "feverC": 37.5})
+    );
+
+    // a malformed file: reported, the previous rows stay in use
+    std::fs::write(&file, "deviceId,feverC\np1,37.5,extra\n").unwrap();
+    let r = wait_reported(&rig.hub, |r| {
+        r["referenceData"]["patients"]["error"].is_string()
+    })
+    .await;
+    assert!(
+        r["referenceData"]["patients"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("CSV row 2"),
+        "{r}"
+    );
+    send("p1", 37.7).await;
+    assert_eq!(body(&next_upstream(&rig.hub).await)["temp"], json!(37.7));
+
+    // fixed and extended: reloaded without a restart
+    std::fs::write(&file, "deviceId,feverC\np1,37.5\np2,38.5\n").unwrap();
+    wait_reported(&rig.hub, |r| {
+        r["referenceData"]["patients"]["rows"] == json!(2)
+    })
+    .await;
+    send("p2", 38.4).await; // below p2's threshold
+    send("p2", 38.6).await;
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(
+        body(&m),
+        json!({"deviceId": "p2", "temp": 38.6, "feverC": 38.5})
+    );
+
+    // inline in the twin instead of the file
+    rig.hub
+        .update_desired(
+            AGG,
+            json!({"referenceData": {"patients": {"path": null, "rows": [{"deviceId": "p3", "feverC": 36.0}]}}}),
+        )
+        .await
+        .unwrap();
+    wait_reported(&rig.hub, |r| {
+        r["referenceData"]["patients"]["source"] == json!("twin")
+    })
+    .await;
+    send("p3", 36.5).await;
+    assert_eq!(
+        body(&next_upstream(&rig.hub).await)["deviceId"],
+        json!("p3")
+    );
+    feed.shutdown().await;
+}
