@@ -113,8 +113,9 @@ def test_dashboard_shows_a_window_and_a_fever_alert_live(edge_dev_factory, brows
     def agg_row():
         return browser.execute_script("""
             const r = document.querySelector('tr[data-module="AggregatorModule"]');
-            return r !== null && r.textContent.includes('running') && Number(r.querySelector('[data-field="messagesIn"]').textContent) >= 3;""")
-    wait_for(agg_row, 30, "AggregatorModule running with its messages counted")
+            return r !== null && r.textContent.includes('running') && Number(r.querySelector('[data-field="sent"]').textContent) >= 3
+                && Number(r.querySelector('[data-field="received"]').textContent) >= 3;""")
+    wait_for(agg_row, 30, "AggregatorModule running with its messages counted (received and sent)")
     assert browser.find_element("id", "link").get_attribute("data-state") == "online"
 
     # MqttServerModule's own metrics, linked from its row and passed on by the dashboard.

@@ -27,7 +27,18 @@
     let series = state.devices.get(p.device);
     if (!series) { series = new Map(); state.devices.set(p.device, series); }
     series.set(p.t, p);
-    if (p.alert) state.alerts.set(p.device + "@" + p.t, p);
+  }
+
+  const alertKey = (a) => a.kind + "|" + a.device + "@" + a.t;
+  function addAlert(a) { state.alerts.set(alertKey(a), a); }
+
+  // The values that triggered an alert, as text: temperatures in °C, other numbers as they are.
+  function describe(values) {
+    return Object.entries(values || {}).map(([k, v]) => {
+      if (typeof v === "number") return `${k} ${/temp|fever|avg|max|min/i.test(k) ? fmt(v) : String(Math.round(v * 1000) / 1000)}`;
+      if (typeof v === "string") return `${k} ${v}`;
+      return `${k} ${JSON.stringify(v)}`;
+    }).join(", ");
   }
 
   function span() {
@@ -147,22 +158,23 @@
   function renderAlerts() {
     const all = [...state.alerts.values()].sort((a, b) => b.t - a.t);
     const alerts = all.slice(0, SHOWN_ALERTS);
-    patch($("alerts"), alerts, (a) => a.device + "@" + a.t, (a) => {
-      const li = el("li", { "data-device": a.device, "data-t": a.t });
-      li.append(el("strong", {}, a.device), document.createTextNode(` averaged ${fmt(a.value)} in the window ending ${new Date(a.t).toLocaleString()}`));
+    patch($("alerts"), alerts, alertKey, (a) => {
+      const li = el("li", { "data-device": a.device, "data-t": a.t, "data-kind": a.kind });
+      li.append(el("strong", {}, a.device), document.createTextNode(" "), el("span", { class: "kind" }, a.kind),
+        document.createTextNode(` at ${new Date(a.t).toLocaleString()}: ${describe(a.values)}`));
       return li;
     }, () => {});
     $("no-alerts").hidden = alerts.length > 0;
     const more = $("more-alerts");
     more.hidden = all.length <= SHOWN_ALERTS;
-    more.textContent = `${all.length - SHOWN_ALERTS} older alerts are kept; the charts mark them in red.`;
+    more.textContent = `${all.length - SHOWN_ALERTS} older alerts are kept (GET /api/alerts); the charts mark fever windows in red.`;
   }
 
   function createRow(m) {
     const r = el("tr", { "data-module": m.name });
     r.append(el("th", { scope: "row" }, m.name));
-    for (const field of ["process", "restarts", "connection", "messagesIn", "messagesOut", "queueDepth", "metrics"]) {
-      const numeric = ["restarts", "messagesIn", "messagesOut", "queueDepth"].includes(field);
+    for (const field of ["process", "restarts", "connection", "received", "sent", "queueDepth", "metrics"]) {
+      const numeric = ["restarts", "received", "sent", "queueDepth"].includes(field);
       r.append(el("td", numeric ? { class: "num", "data-field": field } : { "data-field": field }));
     }
     return r;
@@ -180,8 +192,8 @@
     // A module edge-dev does not run (stopped in the deployment, or --external) is not expected to connect.
     cell("connection").textContent = m.connected ? "connected" : "not connected";
     cell("connection").className = m.connected ? "state-ok" : m.supervised ? "state-bad" : "";
-    cell("messagesIn").textContent = m.messagesIn;
-    cell("messagesOut").textContent = m.messagesOut;
+    cell("received").textContent = m.received;
+    cell("sent").textContent = m.sent;
     cell("queueDepth").textContent = m.queueDepth;
     const mt = cell("metrics");
     const a = mt.querySelector("a");
@@ -212,7 +224,7 @@
     state.threshold = s.threshold;
     $("device-id").textContent = s.deviceId ? "— " + s.deviceId : "";
     for (const d of s.devices) for (const p of d.points) addPoint(p);
-    for (const a of s.alerts) addPoint(a);
+    for (const a of s.alerts) addAlert(a);
     renderHealth(s.health);
     renderDevices();
     renderAlerts();
@@ -233,10 +245,12 @@
     });
     es.addEventListener("error", () => setLive(false, "Reconnecting…"));
     es.addEventListener("reading", (e) => {
-      const p = JSON.parse(e.data);
-      addPoint(p);
+      addPoint(JSON.parse(e.data));
       renderDevices();
-      if (p.alert) renderAlerts();
+    });
+    es.addEventListener("alert", (e) => {
+      addAlert(JSON.parse(e.data));
+      renderAlerts();
     });
     es.addEventListener("health", (e) => renderHealth(JSON.parse(e.data)));
     es.addEventListener("resync", () => loadSnapshot().catch(() => {}));

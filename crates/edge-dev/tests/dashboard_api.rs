@@ -225,11 +225,12 @@ async fn snapshot_has_series_alerts_and_module_health() {
     );
     assert_eq!(
         (
-            agg["messagesIn"].clone(),
-            agg["messagesOut"].clone(),
+            agg["received"].clone(),
+            agg["sent"].clone(),
             agg["queueDepth"].clone()
         ),
-        (json!(12), json!(30), json!(2))
+        // the hub took 12 messages in from the module (it sent them) and gave it 30
+        (json!(30), json!(12), json!(2))
     );
     assert_eq!(health["modules"][1]["name"], "Outside");
     assert_eq!(health["modules"][1]["supervised"], false);
@@ -263,7 +264,8 @@ async fn offline_link_and_metrics() {
     for line in [
         "edge_dev_module_running{module=\"AggregatorModule\"} 1",
         "edge_dev_module_restarts_total{module=\"AggregatorModule\"} 3",
-        "edge_dev_module_messages_in_total{module=\"AggregatorModule\"} 12",
+        "edge_dev_module_messages_sent_total{module=\"AggregatorModule\"} 12",
+        "edge_dev_module_messages_received_total{module=\"AggregatorModule\"} 30",
         "edge_dev_module_queue_depth{module=\"AggregatorModule\"} 2",
         "edge_dev_module_connected{module=\"Outside\"} 0",
         "edge_dev_upstream_queue_depth 5",

@@ -65,8 +65,8 @@ pub fn render(
     type Get = fn(&super::ModuleHealth) -> Option<f64>;
     let per_module: [(&str, &str, &str, Get); 7] = [
         ("edge_dev_module_connected", "gauge", "Whether the module is connected to the hub (1) or not (0).", |m| Some(b(m.connected))),
-        ("edge_dev_module_messages_in_total", "counter", "Messages the module sent to its outputs.", |m| Some(m.messages_in as f64)),
-        ("edge_dev_module_messages_out_total", "counter", "Messages delivered to the module's inputs and acknowledged by it.", |m| Some(m.messages_out as f64)),
+        ("edge_dev_module_messages_received_total", "counter", "Messages delivered to the module's inputs and acknowledged by it.", |m| Some(m.received as f64)),
+        ("edge_dev_module_messages_sent_total", "counter", "Messages the module sent to its outputs.", |m| Some(m.sent as f64)),
         ("edge_dev_module_queue_depth", "gauge", "Messages waiting in the module's input queue (store and forward), in flight included.", |m| Some(m.queue_depth as f64)),
         ("edge_dev_module_running", "gauge", "Whether the supervisor has the module's process running (1) or not (0); absent for modules it does not run.", |m| m.supervised.then(|| b(m.running))),
         ("edge_dev_module_restarts_total", "counter", "Restarts of the module's process by the supervisor.", |m| m.supervised.then_some(m.restarts as f64)),
@@ -175,8 +175,8 @@ mod tests {
                     running: true,
                     restarts: 3,
                     connected: true,
-                    messages_in: 10,
-                    messages_out: 4,
+                    received: 4,
+                    sent: 10,
                     queue_depth: 1,
                     ..ModuleHealth::default()
                 },
@@ -191,8 +191,8 @@ mod tests {
         for line in [
             "edge_dev_module_connected{module=\"Agg\"} 1",
             "edge_dev_module_connected{module=\"Ext\"} 0",
-            "edge_dev_module_messages_in_total{module=\"Agg\"} 10",
-            "edge_dev_module_messages_out_total{module=\"Agg\"} 4",
+            "edge_dev_module_messages_received_total{module=\"Agg\"} 4",
+            "edge_dev_module_messages_sent_total{module=\"Agg\"} 10",
             "edge_dev_module_queue_depth{module=\"Agg\"} 1",
             "edge_dev_module_running{module=\"Agg\"} 1",
             "edge_dev_module_restarts_total{module=\"Agg\"} 3",

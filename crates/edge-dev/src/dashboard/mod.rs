@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
@@ -36,7 +37,7 @@ use crate::hub::{HubStats, StoredMessage};
 use crate::supervisor::StatusMap;
 use crate::EdgeDevError;
 
-pub use model::{Limits, Point, ALL_DEVICES};
+pub use model::{Alert, Limits, Point, ALL_DEVICES};
 
 /// The default address of the dashboard.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -112,10 +113,10 @@ pub struct ModuleHealth {
     pub given_up: Option<String>,
     /// Connected to the hub.
     pub connected: bool,
+    /// Messages delivered to its inputs and acknowledged by it (what it received).
+    pub received: u64,
     /// Messages it sent to its outputs.
-    pub messages_in: u64,
-    /// Messages delivered to its inputs and acknowledged.
-    pub messages_out: u64,
+    pub sent: u64,
     /// Messages waiting in its input queue.
     pub queue_depth: u64,
     /// `/metrics/modules/{name}` when the module serves its own metrics.
@@ -152,7 +153,14 @@ pub struct Snapshot {
     pub health: Health,
     pub devices: Vec<DeviceSeries>,
     /// Oldest first.
-    pub alerts: Vec<Point>,
+    pub alerts: Vec<Alert>,
+}
+
+/// What the page is told about as it happens (`GET /api/events`: `reading` and `alert`).
+#[derive(Debug, Clone)]
+enum PageEvent {
+    Reading(Point),
+    Alert(Alert),
 }
 
 /// The dashboard's state; cheap to clone.
@@ -166,7 +174,7 @@ struct Inner {
     stats: StatsSource,
     status: StatusMap,
     history: Mutex<model::History>,
-    events: broadcast::Sender<Point>,
+    events: broadcast::Sender<PageEvent>,
     /// The upstream sink's last delivery error while deliveries fail.
     link: Mutex<Option<watch::Receiver<Option<String>>>>,
     online: Mutex<Option<watch::Receiver<bool>>>,
@@ -208,15 +216,26 @@ impl Dashboard {
         *self.inner.online.lock().unwrap_or_else(|e| e.into_inner()) = Some(online);
     }
 
-    /// Takes the window average out of an upstream message, if it has one, and tells the page.
+    /// Takes the window average and the alert out of an upstream message, if it has them, and
+    /// tells the page. Returns the point as kept.
     pub fn record(&self, m: &StoredMessage) -> Option<Point> {
+        if let Some(a) = model::alert_from_message(m) {
+            self.record_alert(a);
+        }
         self.record_point(model::from_message(m)?)
     }
 
     /// Records a point and tells the page; `None` if it was not kept (too old, too many devices).
     pub fn record_point(&self, p: Point) -> Option<Point> {
         let stored = self.history().record(p, now_ms())?;
-        let _ = self.inner.events.send(stored.clone());
+        let _ = self.inner.events.send(PageEvent::Reading(stored.clone()));
+        Some(stored)
+    }
+
+    /// Records an alert and tells the page; `None` if it was not kept (too old, already known).
+    pub fn record_alert(&self, a: Alert) -> Option<Alert> {
+        let stored = self.history().record_alert(a, now_ms())?;
+        let _ = self.inner.events.send(PageEvent::Alert(stored.clone()));
         Some(stored)
     }
 
@@ -247,10 +266,13 @@ impl Dashboard {
         let mut h = self.history();
         let mut kept = 0;
         for line in lines {
-            let point = serde_json::from_str(line)
-                .ok()
-                .and_then(|v| model::from_log_line(&v));
-            if let Some(p) = point {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if let Some(a) = model::alert_from_log_line(&v) {
+                h.record_alert(a, now);
+            }
+            if let Some(p) = model::from_log_line(&v) {
                 if h.record(p, now).is_some() {
                     kept += 1;
                 }
@@ -308,8 +330,10 @@ impl Dashboard {
                     last_exit: sup.and_then(|s| s.last_exit.clone()),
                     given_up: sup.and_then(|s| s.given_up.clone()),
                     connected: hub.connected,
-                    messages_in: hub.messages_in,
-                    messages_out: hub.messages_out,
+                    // the hub counts from its side: what it took in from the module is what the
+                    // module sent, what it gave out is what the module received
+                    received: hub.messages_out,
+                    sent: hub.messages_in,
                     queue_depth: hub.queue_depth,
                     metrics: self
                         .inner
@@ -504,7 +528,8 @@ async fn events(
             let event = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return None,
                 r = rx.recv() => match r {
-                    Ok(p) => Event::default().event("reading").data(serde_json::to_string(&p).unwrap_or_default()),
+                    Ok(PageEvent::Reading(p)) => Event::default().event("reading").data(serde_json::to_string(&p).unwrap_or_default()),
+                    Ok(PageEvent::Alert(a)) => Event::default().event("alert").data(serde_json::to_string(&a).unwrap_or_default()),
                     Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },

@@ -1,7 +1,7 @@
 //! The dashboard's memory of what went upstream: per device, the window averages of the last hours, and the
-//! latest alerts. Pure logic without IO, so it is tested beside itself.
+//! latest alerts of every kind. Pure logic without IO, so it is tested beside itself.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -83,10 +83,87 @@ pub fn extract(
     })
 }
 
-/// [`extract`] for a message of the `$upstream` queue.
-pub fn from_message(m: &StoredMessage) -> Option<Point> {
+/// One alert taken from an upstream message: a row of an output whose name contains `alert` (any
+/// case), such as the template's `FeverAlert`, `SustainedFeverAlert`, `RapidRiseAlert`,
+/// `SilentSensorAlert` and `SpikeAlert`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// The row's `alert` text if it has one (the template's rules name their kind there), else the
+    /// output name.
+    pub kind: String,
+    /// `deviceId` of the row (or the property), else [`ALL_DEVICES`].
+    pub device: String,
+    /// When it happened, in milliseconds since the Unix epoch: the row's `windowEnd`, else the
+    /// property `timestamp` (the row's `System.Timestamp()`), else when the hub enqueued it.
+    pub t: i64,
+    pub time: String,
+    /// The row's other fields: the values that triggered it.
+    pub values: serde_json::Map<String, Value>,
+    pub module: String,
+    pub output: String,
+}
+
+/// Reads an alert from one upstream message (see [`Alert`]); `None` for rows of other outputs.
+pub fn extract_alert(
+    module: &str,
+    output: &str,
+    properties: &BTreeMap<String, String>,
+    body: &Value,
+    enqueued: DateTime<Utc>,
+) -> Option<Alert> {
+    if !output.to_ascii_lowercase().contains("alert") {
+        return None;
+    }
+    let obj = body.as_object()?;
+    let field = |name: &str| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let prop = |name: &str| {
+        properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let kind = match field("alert") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => output.to_string(),
+    };
+    let device = match field("deviceId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => prop("deviceId")
+            .filter(|s| !s.is_empty())
+            .unwrap_or(ALL_DEVICES)
+            .to_string(),
+    };
+    let time = field("windowEnd")
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+        .or_else(|| prop("timestamp").and_then(parse_time))
+        .unwrap_or(enqueued);
+    let values = obj
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("deviceId") && !k.eq_ignore_ascii_case("alert"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Alert {
+        kind,
+        device,
+        t: time.timestamp_millis(),
+        time: time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        values,
+        module: module.to_string(),
+        output: output.to_string(),
+    })
+}
+
+/// [`extract_alert`] for a message of the `$upstream` queue.
+pub fn alert_from_message(m: &StoredMessage) -> Option<Alert> {
     let body: Value = serde_json::from_slice(&m.message.body).ok()?;
-    extract(
+    extract_alert(
         &m.module,
         &m.output,
         &m.message.properties,
@@ -95,8 +172,15 @@ pub fn from_message(m: &StoredMessage) -> Option<Point> {
     )
 }
 
-/// [`extract`] for a line of the upstream log (`upstream::log_line`).
-pub fn from_log_line(line: &Value) -> Option<Point> {
+/// [`extract`] and [`extract_alert`] for a line of the upstream log (`upstream::log_line`).
+pub fn alert_from_log_line(line: &Value) -> Option<Alert> {
+    let (module, output, properties, enqueued) = log_line_parts(line)?;
+    extract_alert(module, output, &properties, line.get("body")?, enqueued)
+}
+
+type LogParts<'a> = (&'a str, &'a str, BTreeMap<String, String>, DateTime<Utc>);
+
+fn log_line_parts(line: &Value) -> Option<LogParts<'_>> {
     let module = line.get("module")?.as_str()?;
     let output = line.get("output")?.as_str()?;
     let enqueued = line
@@ -112,6 +196,24 @@ pub fn from_log_line(line: &Value) -> Option<Point> {
                 .collect()
         })
         .unwrap_or_default();
+    Some((module, output, properties, enqueued))
+}
+
+/// [`extract`] for a message of the `$upstream` queue.
+pub fn from_message(m: &StoredMessage) -> Option<Point> {
+    let body: Value = serde_json::from_slice(&m.message.body).ok()?;
+    extract(
+        &m.module,
+        &m.output,
+        &m.message.properties,
+        &body,
+        m.enqueued_time,
+    )
+}
+
+/// [`extract`] for a line of the upstream log (`upstream::log_line`).
+pub fn from_log_line(line: &Value) -> Option<Point> {
+    let (module, output, properties, enqueued) = log_line_parts(line)?;
     extract(module, output, &properties, line.get("body")?, enqueued)
 }
 
@@ -154,7 +256,9 @@ impl Default for Limits {
 pub struct History {
     limits: Limits,
     devices: BTreeMap<String, BTreeMap<i64, Point>>,
-    alerts: VecDeque<Point>,
+    alerts: VecDeque<Alert>,
+    /// (time, kind, device) of the kept alerts: the same alert again is not a new one.
+    alert_keys: BTreeSet<(i64, String, String)>,
     /// Readings recorded and alerts recorded since start (for the metrics).
     pub readings_total: u64,
     pub alerts_total: u64,
@@ -181,15 +285,6 @@ impl History {
         }
         self.readings_total += 1;
         let series = self.devices.entry(p.device.clone()).or_default();
-        // The same alert again (a log refill, a redelivery after a crash) is not a new alert.
-        let known_alert = series.get(&p.t).is_some_and(|old| old.alert);
-        if p.alert && !known_alert {
-            self.alerts_total += 1;
-            self.alerts.push_back(p.clone());
-            while self.alerts.len() > self.limits.max_alerts {
-                self.alerts.pop_front();
-            }
-        }
         let stored = match series.get_mut(&p.t) {
             Some(old) => {
                 let alert = old.alert || p.alert;
@@ -211,6 +306,29 @@ impl History {
         Some(stored)
     }
 
+    /// Records an alert at wall-clock `now_ms`; `None` when it is too old or already known (a log
+    /// refill, a redelivery after a crash).
+    pub fn record_alert(&mut self, a: Alert, now_ms: i64) -> Option<Alert> {
+        self.prune(now_ms);
+        if a.t < now_ms.saturating_sub(self.limits.retention_ms) {
+            return None;
+        }
+        if !self
+            .alert_keys
+            .insert((a.t, a.kind.clone(), a.device.clone()))
+        {
+            return None;
+        }
+        self.alerts_total += 1;
+        self.alerts.push_back(a.clone());
+        while self.alerts.len() > self.limits.max_alerts {
+            if let Some(old) = self.alerts.pop_front() {
+                self.alert_keys.remove(&(old.t, old.kind, old.device));
+            }
+        }
+        Some(a)
+    }
+
     /// Drops points and alerts older than the retention.
     pub fn prune(&mut self, now_ms: i64) {
         let cut = now_ms.saturating_sub(self.limits.retention_ms);
@@ -221,7 +339,9 @@ impl History {
         }
         self.devices.retain(|_, s| !s.is_empty());
         while self.alerts.front().is_some_and(|a| a.t < cut) {
-            self.alerts.pop_front();
+            if let Some(old) = self.alerts.pop_front() {
+                self.alert_keys.remove(&(old.t, old.kind, old.device));
+            }
         }
     }
 
@@ -238,7 +358,7 @@ impl History {
     }
 
     /// The kept alerts, oldest first.
-    pub fn alerts(&self) -> impl Iterator<Item = &Point> {
+    pub fn alerts(&self) -> impl Iterator<Item = &Alert> {
         self.alerts.iter()
     }
 
@@ -386,11 +506,55 @@ mod tests {
         let merged = h.record(point("b", 1000, 39.0, false), 2000).unwrap();
         assert!(merged.alert);
         assert_eq!(h.devices().map(|(_, s)| s.count()).sum::<usize>(), 2);
-        assert_eq!(h.alerts().count(), 2);
-        assert_eq!((h.readings_total, h.alerts_total), (4, 2));
-        // A repeated alert row is no new alert.
-        h.record(point("b", 1000, 39.0, true), 2000);
-        assert_eq!(h.alerts().count(), 2);
+        assert_eq!(h.readings_total, 4);
+    }
+
+    fn alert(kind: &str, device: &str, t: i64) -> Alert {
+        Alert {
+            kind: kind.into(),
+            device: device.into(),
+            t,
+            time: String::new(),
+            values: serde_json::Map::new(),
+            module: "m".into(),
+            output: "o".into(),
+        }
+    }
+
+    #[test]
+    fn alerts_of_every_kind_and_their_values() {
+        let now = at("2026-11-24T09:00:05Z");
+        let a = extract_alert(
+            "AggregatorModule",
+            "SilentSensorAlert",
+            &props(&[("timestamp", "2026-11-24T09:00:04Z")]),
+            &json!({"deviceId": "bed-3", "alert": "silentSensor", "lastSeen": "2026-11-24T08:55:04Z"}),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.kind.as_str(), a.device.as_str()),
+            ("silentSensor", "bed-3")
+        );
+        assert_eq!(a.t, at("2026-11-24T09:00:04Z").timestamp_millis());
+        assert_eq!(a.values["lastSeen"], json!("2026-11-24T08:55:04Z"));
+        assert!(!a.values.contains_key("alert"));
+        // without an `alert` field the output names the kind; other outputs give none
+        let a = extract_alert("m", "SpikeAlert", &props(&[]), &json!({"temp": 39.9}), now).unwrap();
+        assert_eq!(
+            (a.kind.as_str(), a.device.as_str()),
+            ("SpikeAlert", ALL_DEVICES)
+        );
+        assert!(extract_alert("m", "AvgTemp", &props(&[]), &json!({"avg": 37.0}), now).is_none());
+        let mut h = History::new(Limits::default());
+        let t = now.timestamp_millis();
+        assert!(h.record_alert(alert("fever", "a", t), t).is_some());
+        assert!(h.record_alert(alert("sustainedFever", "a", t), t).is_some());
+        assert!(
+            h.record_alert(alert("fever", "a", t), t).is_none(),
+            "the same alert again"
+        );
+        assert_eq!((h.alerts().count(), h.alerts_total), (2, 2));
     }
 
     #[test]
@@ -410,6 +574,7 @@ mod tests {
         );
         for i in 0..5 {
             h.record(point("a", now - 5 + i, i as f64, true), now);
+            h.record_alert(alert("fever", "a", now - 5 + i), now);
         }
         let a: Vec<f64> = h
             .devices()
