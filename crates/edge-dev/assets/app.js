@@ -6,7 +6,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const state = { threshold: 38.0, devices: new Map(), alerts: new Map(), health: null };
   const $ = (id) => document.getElementById(id);
-  const SHOWN_ALERTS = 8;
+  const SHOWN_ALERTS = 20;
 
   function el(tag, attrs, text) {
     const e = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);

@@ -159,32 +159,44 @@ fn our_template_expands_and_validates() {
     assert_eq!(to_cloud.sink, edge_routes::Sink::Upstream);
     assert_eq!(m.store_and_forward_ttl_secs(), 7200);
 
-    // The seed's query, byte for byte, is the first statement; the fever alert follows.
+    // The seed's query, byte for byte, is one statement (on a line of its own) among the rules.
     let query = m.module_twin_desired("AggregatorModule").unwrap()["query"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(query.starts_with(SEED_QUERY), "{query}");
-    let rest = &query[SEED_QUERY.len()..];
     assert!(
-        rest.starts_with(char::is_whitespace),
-        "statements are separated by whitespace: {rest:?}"
+        query.lines().any(|l| l == SEED_QUERY),
+        "the seed's query, verbatim, on a line of its own: {query}"
     );
+    for output in [
+        "INTO PatientAvg",
+        "INTO FeverAlert",
+        "INTO SustainedFeverAlert",
+        "INTO RapidRiseAlert",
+        "INTO SilentSensorAlert",
+        "INTO SpikeAlert",
+    ] {
+        assert!(query.contains(output), "{output}: {query}");
+    }
     assert!(
-        rest.contains("INTO FeverAlert") && rest.contains("HAVING Avg(temp) >= 38.0"),
-        "{rest}"
+        query.contains("TIMESTAMP BY timeCreated OVER deviceId"),
+        "each patient on their own timeline: {query}"
     );
-    assert!(
-        rest.contains("GROUP BY deviceId, TumblingWindow(second,60)"),
-        "{rest}"
-    );
-    // The FeverAlert statement groups by deviceId, which the seed's sensors do not send: the MQTT server
-    // adds the client id as deviceId.
+    let reference = &m.module_twin_desired("AggregatorModule").unwrap()["referenceData"];
+    assert!(reference["patients"]["rows"].as_array().unwrap().len() >= 2);
+    // The rules group by deviceId: the MQTT server adds the client id as deviceId for sensors that do
+    // not send one (the seed's do not).
     assert_eq!(
         m.module_twin_desired("MqttServerModule"),
         Some(&json!({"output": "output1", "enrichDeviceId": true}))
     );
-    assert_eq!(m.module_twin_desired("ESPSimModule"), Some(&json!({})));
+    // A home with four simulated patients, whose ids the reference data lists.
+    assert_eq!(
+        m.module_twin_desired("ESPSimModule"),
+        Some(
+            &json!({"mode": "fleet", "devices": 4, "client_id_prefix": "patient", "interval_ms": 2000})
+        )
+    );
 }
 
 #[test]
