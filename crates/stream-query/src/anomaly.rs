@@ -63,6 +63,9 @@ pub(crate) struct Point {
     pub t: i64,
     pub x: f64,
     pub log_pilot: f64,
+    /// `exp(-log_pilot / 2)`: the kernel's width factor before the geometric-mean scaling.
+    #[serde(default)]
+    pub scale: f64,
 }
 
 /// A partition's history for the anomaly functions.
@@ -77,11 +80,30 @@ pub(crate) struct History {
     log_m: f64,
 }
 
-const SQRT_2: f64 = std::f64::consts::SQRT_2;
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
+/// The standard normal distribution function. Abramowitz and Stegun 7.1.26 for erf (absolute
+/// error below 1.5e-7, one exponential): far below what a confidence threshold looks at, and four
+/// times faster than a full-precision erfc, which matters at 600 kernels per event.
 fn phi(z: f64) -> f64 {
-    0.5 * libm::erfc(-z / SQRT_2)
+    // beyond 6 standard deviations the tail is below 1e-9
+    if z > 6.0 {
+        return 1.0;
+    }
+    if z < -6.0 {
+        return 0.0;
+    }
+    let x = z.abs() * std::f64::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let tail = 0.5 * poly * (-x * x).exp(); // P(Z > |z|)
+    if z >= 0.0 {
+        1.0 - tail
+    } else {
+        tail
+    }
 }
 
 impl History {
@@ -114,7 +136,12 @@ impl History {
     /// Add a value, keeping at most `cap` values.
     pub(crate) fn push(&mut self, t: i64, x: f64, cap: usize) {
         let log_pilot = self.pilot_density(x).max(f64::MIN_POSITIVE).ln();
-        self.points.push_back(Point { t, x, log_pilot });
+        self.points.push_back(Point {
+            t,
+            x,
+            log_pilot,
+            scale: (-0.5 * log_pilot).exp(),
+        });
         self.sum += x;
         self.sum_sq += x * x;
         self.sum_log_pilot += log_pilot;
@@ -148,7 +175,11 @@ impl History {
             .iter()
             .map(|p| {
                 let z = (x - p.x) / h;
-                (-0.5 * z * z).exp()
+                if z.abs() > 8.0 {
+                    0.0
+                } else {
+                    (-0.5 * z * z).exp()
+                }
             })
             .sum();
         s * INV_SQRT_2PI / (h * self.points.len() as f64)
@@ -159,9 +190,16 @@ impl History {
         let n = self.points.len() as f64;
         let h = self.bandwidth();
         let log_g = self.sum_log_pilot / n;
+        // lambda_i = (f(x_i) / g)^(-1/2) = scale_i * g^(1/2)
+        let root_g = (0.5 * log_g).exp();
         let (mut up, mut down) = (0.0, 0.0);
         for p in &self.points {
-            let lambda = (-0.5 * (p.log_pilot - log_g)).exp().clamp(0.1, 10.0);
+            let scale = if p.scale > 0.0 {
+                p.scale
+            } else {
+                (-0.5 * p.log_pilot).exp() // a checkpoint from before `scale` was kept
+            };
+            let lambda = (scale * root_g).clamp(0.1, 10.0);
             let c = phi((x - p.x) / (h * lambda));
             down += c;
             up += 1.0 - c;
@@ -293,6 +331,21 @@ mod tests {
         }
         assert!(!h.spike_and_dip(5.0, 95.0, Mode::Both).1);
         assert!(h.spike_and_dip(6.0, 95.0, Mode::Both).1);
+    }
+
+    #[test]
+    fn normal_distribution_function() {
+        for (z, want) in [
+            (0.0, 0.5),
+            (1.959_963_985, 0.975),
+            (-1.0, 0.158_655_254),
+            (-3.0, 0.001_349_898),
+            (-5.0, 2.866_515_7e-7),
+            (-6.5, 0.0),
+            (9.0, 1.0),
+        ] {
+            assert!((phi(z) - want).abs() < 2e-7, "phi({z}) = {} not {want}", phi(z));
+        }
     }
 
     #[test]
