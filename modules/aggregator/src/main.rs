@@ -46,6 +46,9 @@ enum Command {
         /// Early-arrival limit in seconds (ASA: 300).
         #[arg(long, default_value_t = 300)]
         early_arrival_limit_secs: u64,
+        /// Reference data the query JOINs, as NAME=FILE (CSV, or JSON lines); repeat for each.
+        #[arg(long = "reference", value_name = "NAME=FILE")]
+        references: Vec<String>,
     },
 }
 
@@ -68,7 +71,19 @@ fn main() -> anyhow::Result<()> {
             late_arrival_tolerance_secs,
             action,
             early_arrival_limit_secs,
+            references,
         } => {
+            let mut refs = Vec::new();
+            for r in &references {
+                let (name, path) = r.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--reference {r:?}: write NAME=FILE, e.g. patients=patients.csv"
+                    )
+                })?;
+                let rows = aggregator::reference::read_file(std::path::Path::new(path))
+                    .map_err(|e| anyhow::anyhow!("--reference {name}: {e}"))?;
+                refs.push((name.to_string(), rows));
+            }
             let text = match std::fs::read_to_string(&query) {
                 Ok(t) => t,
                 Err(_) => query,
@@ -89,6 +104,7 @@ fn main() -> anyhow::Result<()> {
                     q,
                     policy,
                     from.as_deref(),
+                    &refs,
                     std::io::stdin().lock(),
                     stdout.lock(),
                     stderr.lock(),
@@ -100,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                     q,
                     policy,
                     from.as_deref(),
+                    &refs,
                     BufReader::new(f),
                     stdout.lock(),
                     stderr.lock(),

@@ -24,11 +24,13 @@ pub struct ReplaySummary {
 }
 
 /// Replays `input` (JSON lines) through `query` into `out`; problems with single events go to `err`.
-/// `from` names the query input the events belong to (default: the query's first `FROM` name).
+/// `from` names the query input the events belong to (default: the query's first `FROM` name);
+/// `references` gives the reference data the query JOINs, by name.
 pub fn replay(
     query: Query,
     policy: EventPolicy,
     from: Option<&str>,
+    references: &[(String, Vec<Value>)],
     input: impl BufRead,
     mut out: impl Write,
     mut err: impl Write,
@@ -48,6 +50,18 @@ pub fn replay(
     }
     let io = |e: std::io::Error| AggregatorError::Replay(format!("I/O: {e}"));
     let mut engine = Engine::new(query.clone(), policy);
+    for (name, rows) in references {
+        engine
+            .set_reference(name, rows.clone())
+            .map_err(|e| AggregatorError::Replay(format!("--reference {name}: {e}")))?;
+    }
+    for name in query.references() {
+        if engine.reference_len(&name).is_none() {
+            return Err(AggregatorError::Replay(format!(
+                "the query joins reference data {name:?}: give it with --reference {name}=FILE (CSV or JSON lines)"
+            )));
+        }
+    }
     let mut summary = ReplaySummary::default();
     let mut last_arrival: Option<DateTime<Utc>> = None;
     for (n, line) in input.lines().enumerate() {

@@ -173,7 +173,7 @@ fn replay_prints_rows_and_closes_every_window_at_the_end() {
     let policy = PolicySettings::default().to_policy().unwrap();
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let summary = replay(q, policy, None, input.as_bytes(), &mut out, &mut err).unwrap();
+    let summary = replay(q, policy, None, &[], input.as_bytes(), &mut out, &mut err).unwrap();
     let lines: Vec<serde_json::Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -189,6 +189,51 @@ fn replay_prints_rows_and_closes_every_window_at_the_end() {
     assert_eq!(summary.events, 5);
     assert_eq!(summary.rejected, 1);
     assert!(String::from_utf8(err).unwrap().contains("line 5"));
+}
+
+#[test]
+fn replay_joins_reference_data_and_asks_for_it_when_missing() {
+    let q = "SELECT s.deviceId, r.feverC INTO Fever FROM temperature s TIMESTAMP BY timeCreated
+        JOIN patients r ON s.deviceId = r.deviceId WHERE s.temp >= r.feverC";
+    let input = [
+        json!({"deviceId": "p1", "temp": 37.9, "timeCreated": "2026-11-24T08:00:10Z"}),
+        json!({"deviceId": "p2", "temp": 37.9, "timeCreated": "2026-11-24T08:00:11Z"}),
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let policy = PolicySettings::default().to_policy().unwrap();
+    let refs = vec![(
+        "patients".to_string(),
+        aggregator::reference::parse_csv(b"deviceId,feverC\np1,37.8\np2,38.5\n").unwrap(),
+    )];
+    let mut out = Vec::new();
+    replay(
+        stream_query::Query::parse(q).unwrap(),
+        policy,
+        None,
+        &refs,
+        input.as_bytes(),
+        &mut out,
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim(),
+        json!({"output": "Fever", "row": {"deviceId": "p1", "feverC": 37.8}}).to_string()
+    );
+    let e = replay(
+        stream_query::Query::parse(q).unwrap(),
+        policy,
+        None,
+        &[],
+        input.as_bytes(),
+        Vec::new(),
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("--reference patients=FILE"), "{e}");
 }
 
 #[test]
