@@ -78,7 +78,40 @@ pub(crate) struct Part {
 }
 
 /// The analytic state of one timeline: per function, per partition key.
-pub(crate) type AnState = Vec<BTreeMap<String, Part>>;
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub(crate) struct AnState {
+    parts: Vec<BTreeMap<String, Part>>,
+    /// Event time of the last sweep of partitions that hold nothing any more.
+    #[serde(default)]
+    swept: Micros,
+}
+
+impl AnState {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.iter().all(BTreeMap::is_empty)
+    }
+}
+
+/// Partitions whose state has expired are dropped at most this often (event time), so a
+/// high-cardinality PARTITION BY does not keep every key it ever saw.
+const SWEEP_EVERY: Micros = 60_000_000;
+
+/// Whether a partition still holds anything that can affect a later event at `t`.
+fn alive(spec: &AnSpec, part: &Part, t: Micros) -> bool {
+    let oldest = spec.limit.map_or(Micros::MIN, |l| t.saturating_sub(l));
+    match &spec.func {
+        AnFunc::Lag { .. } | AnFunc::Last => {
+            part.values.back().is_some_and(|(pt, _)| *pt >= oldest)
+        }
+        // a later event is in a later interval: it is first anyway
+        AnFunc::IsFirst { .. } => part.interval.is_some_and(|end| end >= t),
+        AnFunc::SpikeAndDip { .. } | AnFunc::ChangePoint { .. } => part
+            .history
+            .as_ref()
+            .and_then(|h| h.points.back())
+            .is_some_and(|p| p.t >= oldest),
+    }
+}
 
 /// Compute the statement's analytic values for one event at time `t` (in event-time order),
 /// updating `state`. `Err` names the failing expression.
@@ -89,8 +122,14 @@ pub(crate) fn compute(
     t: Micros,
     quals: &[String],
 ) -> Result<Vec<Val>, String> {
-    if state.len() != specs.len() {
-        state.resize_with(specs.len(), BTreeMap::new);
+    if state.parts.len() != specs.len() {
+        state.parts.resize_with(specs.len(), BTreeMap::new);
+    }
+    if t.saturating_sub(state.swept) >= SWEEP_EVERY {
+        state.swept = t;
+        for (spec, parts) in specs.iter().zip(state.parts.iter_mut()) {
+            parts.retain(|_, p| alive(spec, p, t));
+        }
     }
     let ctx = Ctx {
         row,
@@ -100,7 +139,7 @@ pub(crate) fn compute(
         quals,
     };
     let mut out = Vec::with_capacity(specs.len());
-    for (spec, parts) in specs.iter().zip(state.iter_mut()) {
+    for (spec, parts) in specs.iter().zip(state.parts.iter_mut()) {
         out.push(step(spec, parts, &ctx, t).map_err(|m| format!("{}: {m}", spec.text))?);
     }
     Ok(out)
@@ -199,9 +238,7 @@ fn step(
             if x.is_null() {
                 return Ok(Val::Null);
             }
-            let f = x
-                .as_f64()
-                .ok_or_else(|| format!("needs a number, got {}", x.describe()))?;
+            let f = finite(&x)?;
             if !counted {
                 let (score, hit) = h.spike_and_dip(f, *confidence, *mode);
                 return Ok(anomaly_record(score, hit));
@@ -219,9 +256,7 @@ fn step(
             if x.is_null() {
                 return Ok(Val::Null);
             }
-            let f = x
-                .as_f64()
-                .ok_or_else(|| format!("needs a number, got {}", x.describe()))?;
+            let f = finite(&x)?;
             if !counted {
                 return Ok(anomaly_record(1.0, false));
             }
@@ -234,6 +269,15 @@ fn step(
         }
     };
     Ok(v)
+}
+
+/// A number the anomaly models can square and sum over a history without overflowing.
+fn finite(x: &Val) -> Result<f64, String> {
+    match x.as_f64() {
+        Some(f) if f.is_finite() && f.abs() <= 1e100 => Ok(f),
+        Some(f) => Err(format!("needs a number within +-1e100, got {f}")),
+        None => Err(format!("needs a number, got {}", x.describe())),
+    }
 }
 
 fn anomaly_record(score: f64, hit: bool) -> Val {

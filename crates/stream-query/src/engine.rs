@@ -188,7 +188,7 @@ struct Timeline {
     /// This timeline's entry in its statement's `due` index.
     due: Option<Micros>,
     /// State of the statement's analytic functions (LAG, LAST, ISFIRST, anomaly detection).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "AnState::is_empty")]
     an: AnState,
 }
 
@@ -203,7 +203,7 @@ impl Timeline {
             slide_points: BTreeMap::new(),
             sessions: BTreeMap::new(),
             due: None,
-            an: AnState::new(),
+            an: AnState::default(),
         }
     }
 
@@ -303,6 +303,9 @@ pub struct Engine {
 
 /// At most this many rows come out of one event's APPLYs.
 const MAX_APPLY_ROWS: usize = 100_000;
+/// At most this many bytes (the event's JSON size times the rows) come out of one event's APPLYs:
+/// each row is a copy of the event, so a large array must not multiply a large event.
+const MAX_APPLY_BYTES: usize = 64 * 1024 * 1024;
 
 /// A closed window of one group, before SELECT/HAVING.
 struct WinOut {
@@ -382,6 +385,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Forget reference data `name`: its JOINs match nothing until it is set again.
+    pub fn remove_reference(&mut self, name: &str) {
+        self.references.remove(&name.to_ascii_lowercase());
+    }
+
     /// How many rows reference data `name` holds (None before [`Engine::set_reference`]).
     pub fn reference_len(&self, name: &str) -> Option<usize> {
         self.references
@@ -407,7 +415,15 @@ impl Engine {
             .iter()
             .zip(self.state.stmts.iter())
             .filter_map(|(s, st)| {
-                let due = st.due.iter().next()?.0;
+                // a LEFT OUTER row waiting for the right side's watermark is due too
+                let join_due = st
+                    .join
+                    .as_ref()
+                    .and_then(|js| js.left_expiry.first().map(|e| e.0));
+                let due = match (st.due.iter().next().map(|d| d.0), join_due) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b)?,
+                };
                 // statements that read a step move with the input-reading statement at the root
                 let mut root = s;
                 let mut hops = 0;
@@ -562,11 +578,36 @@ impl Engine {
     ) -> Result<Engine, RestoreError> {
         let mut st: State = serde_json::from_value(state.clone())
             .map_err(|e| RestoreError::Malformed(e.to_string()))?;
-        for stmt in st.stmts.iter_mut() {
+        for (stmt, q) in st.stmts.iter_mut().zip(query.stmts.iter()) {
             for tl in stmt.timelines.values_mut() {
                 for (key, se) in tl.sessions.iter_mut() {
                     if let Some(g) = se.group.take() {
                         se.groups.insert(key.clone(), g);
+                    }
+                }
+                // sessions were kept per group key; without OVER (PARTITION BY) they are one
+                // timeline now: merge them into one session
+                if let (Some(Window::Session { max_duration, .. }), true) =
+                    (q.window, q.session_partition.is_empty())
+                {
+                    if tl.sessions.keys().any(|k| !k.is_empty()) {
+                        let old = std::mem::take(&mut tl.sessions);
+                        let mut merged: Option<Session> = None;
+                        for (_, se) in old {
+                            merged = Some(match merged {
+                                None => se,
+                                Some(mut m) => {
+                                    m.start = m.start.min(se.start);
+                                    m.last = m.last.max(se.last);
+                                    m.groups.extend(se.groups);
+                                    m
+                                }
+                            });
+                        }
+                        if let Some(mut m) = merged {
+                            m.end_max = session_end_max(m.start, max_duration);
+                            tl.sessions.insert(String::new(), m);
+                        }
                     }
                 }
             }
@@ -784,8 +825,20 @@ impl Engine {
     fn settle(&mut self, si: usize, floor: Micros, out: &mut Vec<OutputRow>) {
         let stmts = Arc::clone(&self.query.stmts);
         let stmt = &stmts[si];
+        let mut floor = floor;
         if let Some(j) = &stmt.join {
             self.join_expire(si, j);
+            // a LEFT OUTER row still waiting for its NULL row holds the watermark back, so that row
+            // comes out at its own time (left time plus the bound), not behind the watermark
+            if j.kind == JoinKind::LeftOuter {
+                if let Some(e) = self.state.stmts[si]
+                    .join
+                    .as_ref()
+                    .and_then(|js| js.left_expiry.first())
+                {
+                    floor = floor.min(e.0);
+                }
+            }
         }
         let ooo = micros(self.policy.out_of_order_tolerance);
         let mut rows: Vec<(Micros, Map<String, Value>)> = Vec::new();
@@ -906,8 +959,15 @@ impl Engine {
         }
     }
 
-    /// Evaluate a row for statement `ci` and buffer what it gives.
+    /// Evaluate a row for statement `ci` and buffer what it gives (never behind the watermark of
+    /// the statement's timeline).
     fn push_row(&mut self, ci: usize, row: &Map<String, Value>, t: Micros) {
+        let t = t.max(
+            self.state.stmts[ci]
+                .timelines
+                .get("")
+                .map_or(MIN_T, |tl| tl.watermark),
+        );
         match self.evaluate(ci, row, t) {
             Ok(ps) => {
                 let wm = upstream_wm(&self.query.stmts[ci], &self.state.stmts[ci]);
@@ -957,10 +1017,11 @@ impl Engine {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
+            let combined: Vec<Map<String, Value>> =
+                hits.into_iter().map(|r| combine(j, row, Some(r))).collect();
             let mut matched = false;
-            for r in hits {
-                let c = combine(j, row, Some(r));
-                if on_holds(j, &c)? {
+            for c in combined {
+                if self.on_holds_or_warn(j, &c) {
                     matched = true;
                     out.push((t, c));
                 }
@@ -986,10 +1047,13 @@ impl Engine {
             matched: false,
         };
         let others = if is_left { &mut js.right } else { &mut js.left };
+        // an ON that cannot be evaluated for a pair is no match for that pair (with a warning);
+        // both rows stay, so nothing is lost
+        let mut failures = Vec::new();
         if let Some(bucket) = others.get_mut(&key) {
             for o in bucket.iter_mut() {
                 let (lt, rt) = if is_left { (t, o.t) } else { (o.t, t) };
-                let d = rt - lt;
+                let d = rt.saturating_sub(lt);
                 if d < lo || d > hi {
                     continue;
                 }
@@ -998,10 +1062,14 @@ impl Engine {
                 } else {
                     combine(j, &o.row, Some(row))
                 };
-                if on_holds(j, &c)? {
-                    o.matched = true;
-                    entry.matched = true;
-                    out.push((lt.max(rt), c));
+                match on_holds(j, &c) {
+                    Ok(true) => {
+                        o.matched = true;
+                        entry.matched = true;
+                        out.push((lt.max(rt), c));
+                    }
+                    Ok(false) => {}
+                    Err(m) => failures.push(m),
                 }
             }
         }
@@ -1014,7 +1082,20 @@ impl Engine {
                 .insert((t.saturating_sub(lo), seq, key.clone()));
             js.right.entry(key).or_default().push(entry);
         }
+        for m in failures {
+            self.warn(format!("a pair of JOIN rows did not match because {m}"));
+        }
         Ok(out)
+    }
+
+    fn on_holds_or_warn(&mut self, j: &JoinSpec, row: &Map<String, Value>) -> bool {
+        match on_holds(j, row) {
+            Ok(b) => b,
+            Err(m) => {
+                self.warn(format!("a pair of JOIN rows did not match because {m}"));
+                false
+            }
+        }
     }
 
     /// Drop JOIN rows that can no longer match (the other side's watermark passed them); an
@@ -1039,7 +1120,8 @@ impl Engine {
                 if let Some(i) = bucket.iter().position(|r| r.seq == seq) {
                     let r = bucket.remove(i);
                     if !r.matched && j.kind == JoinKind::LeftOuter {
-                        unmatched.push((expiry, r.row));
+                        // never before the left event itself (a bound may end before it)
+                        unmatched.push((expiry.max(r.t), r.row));
                     }
                 }
                 if bucket.is_empty() {
@@ -1140,6 +1222,8 @@ fn on_holds(j: &JoinSpec, row: &Map<String, Value>) -> Result<bool, String> {
 /// with `e` set to `{ArrayIndex, ArrayValue}` (`{PropertyName, PropertyValue}`) for each element.
 /// CROSS APPLY of an empty or null value gives no row, OUTER APPLY one row with `e` NULL.
 fn expand(s: &Stmt, obj: &Map<String, Value>) -> Result<Vec<Map<String, Value>>, EventError> {
+    let event_bytes = serde_json::to_vec(obj).map_or(1, |v| v.len().max(1));
+    let max_rows = MAX_APPLY_ROWS.min(MAX_APPLY_BYTES / event_bytes).max(1);
     let mut rows = vec![obj.clone()];
     for a in &s.apply {
         let mut next = Vec::new();
@@ -1187,16 +1271,18 @@ fn expand(s: &Stmt, obj: &Map<String, Value>) -> Result<Vec<Map<String, Value>>,
                 }
                 continue;
             }
+            if next.len() + elems.len() > max_rows {
+                return Err(EventError::WrongType {
+                    expression: format!("APPLY ... AS {}", a.name),
+                    message: format!(
+                        "the event ({event_bytes} bytes) expands to more than {max_rows} rows (at most {MAX_APPLY_ROWS} rows and {MAX_APPLY_BYTES} bytes of rows per event); split the array upstream"
+                    ),
+                });
+            }
             for e in elems {
                 let mut r = row.clone();
                 r.insert(a.name.clone(), e);
                 next.push(r);
-                if next.len() > MAX_APPLY_ROWS {
-                    return Err(EventError::WrongType {
-                        expression: format!("APPLY ... AS {}", a.name),
-                        message: format!("the event expands to more than {MAX_APPLY_ROWS} rows; split the array upstream"),
-                    });
-                }
             }
         }
         rows = next;

@@ -375,6 +375,10 @@ pub(crate) fn text(v: &Val) -> String {
 pub(crate) fn like(s: &str, p: &str) -> bool {
     let s: Vec<char> = s.chars().collect();
     let p: Vec<char> = p.chars().collect();
+    like_chars(&s, &p)
+}
+
+fn like_chars(s: &[char], p: &[char]) -> bool {
     // iterative matcher with backtracking on the last '%'
     let (mut i, mut j) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
@@ -588,19 +592,32 @@ pub(crate) fn scalar(name: &str, a: Vec<Val>) -> EvalResult {
             let Some(core) = p.strip_prefix('%') else {
                 return Ok(Val::Int(i64::from(like(s, p))));
             };
-            for (pos, (i, _)) in s.char_indices().enumerate() {
-                if like(&s[i..], core) {
+            let chars: Vec<char> = s.chars().collect();
+            let core: Vec<char> = core.chars().collect();
+            // the first literal character of the pattern, to skip positions that cannot match
+            let first = core.first().copied().filter(|c| *c != '%' && *c != '_');
+            for pos in 0..chars.len() {
+                if first.is_some_and(|f| chars[pos] != f) {
+                    continue;
+                }
+                if like_chars(&chars[pos..], &core) {
                     return Ok(Val::Int(pos as i64 + 1));
                 }
             }
             Ok(Val::Int(i64::from(
-                core.chars().all(|c| c == '%') && s.is_empty(),
+                core.iter().all(|c| *c == '%') && chars.is_empty(),
             )))
         }
         "DATETIMEFROMPARTS" => {
             let mut p = [0i64; 7];
             for (slot, v) in p.iter_mut().zip(a.iter()) {
                 *slot = int(name, v)?;
+            }
+            if !(1..=9999).contains(&p[0]) || !(0..=999).contains(&p[6]) {
+                return Err(format!(
+                    "DATETIMEFROMPARTS needs a year from 1 to 9999 and milliseconds from 0 to 999, got {} and {}",
+                    p[0], p[6]
+                ));
             }
             let date = u32::try_from(p[1])
                 .ok()

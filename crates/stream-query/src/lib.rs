@@ -50,7 +50,11 @@
 //! ON are matched through an index. Without a time bound the right side is reference data
 //! ([`Query::references`], [`Engine::set_reference`]), matched when the left event arrives. A
 //! joined row holds each source under its name (`x.field`) and, for unqualified names, the
-//! fields of both (the left wins a clash). SELECT * is refused in a JOIN (as in ASA); `x.*` is
+//! fields of both (the left wins a clash). In a chain (`a JOIN b .. JOIN c ..`) the left side of a
+//! later JOIN is the earlier JOIN's rows, timestamped at the later of their sources: a DATEDIFF
+//! that names `a` or `b` against `c` measures from that time. An ON that cannot be evaluated for
+//! a pair (a type error) is no match for that pair, with a warning; no row is lost. A bound
+//! outside 7 days, or a DATEDIFF of the two sides in another form, is a planning error. SELECT * is refused in a JOIN (as in ASA); `x.*` is
 //! one side's fields.
 //!
 //! `CROSS APPLY GetArrayElements(a) AS e` gives a row per element with `e.ArrayIndex` (from 0)

@@ -599,7 +599,13 @@ fn split_join_condition(
             _ => None,
         };
         if let Some((u, fwd, x, y)) = bound {
-            let (x, y) = (x.saturating_mul(u), y.saturating_mul(u));
+            if x.unsigned_abs() > (WEEK / u) as u64 || y.unsigned_abs() > (WEEK / u) as u64 {
+                return err(
+                    join.pos,
+                    "the JOIN's DATEDIFF bound must stay within 7 days",
+                );
+            }
+            let (x, y) = (x * u, y * u);
             if fwd {
                 tighten(Some(x), Some(y));
             } else {
@@ -629,8 +635,14 @@ fn split_join_condition(
                 _ => None,
             };
             if let Some((u, fwd, op, n)) = cmp {
+                if n.unsigned_abs() > (WEEK / u) as u64 {
+                    return err(
+                        join.pos,
+                        "the JOIN's DATEDIFF bound must stay within 7 days",
+                    );
+                }
                 // the bound on DATEDIFF, in microseconds (elapsed time)
-                let v = n.saturating_mul(u);
+                let v = n * u;
                 let (l, h) = match op {
                     BinOp::Le => (None, Some(v)),
                     BinOp::Lt => (None, Some(v - 1)),
@@ -668,6 +680,19 @@ fn split_join_condition(
                 }
             }
         }
+        // a DATEDIFF of the two sides that is not one of the forms above would be taken for
+        // "no time bound" (reference data): refuse it instead
+        let mut odd = false;
+        let _ = visit(&c, &mut |x| {
+            odd |= datediff_of_sides(x, left, right).is_some();
+            Ok(())
+        });
+        if odd {
+            return err(join.pos, format!(
+                "the JOIN's time bound is not understood; write it as its own AND term: DATEDIFF(unit, {}, {right}) BETWEEN low AND high, with whole numbers (or compared with one: <=, <, >=, >, =)",
+                left[left.len() - 1]
+            ));
+        }
         rest.push(c);
     }
     let bound = match (lo, hi) {
@@ -699,6 +724,13 @@ fn split_join_condition(
     let on = rest
         .into_iter()
         .reduce(|a, b| Expr::Bin(BinOp::And, Box::new(a), Box::new(b)));
+    if let Some(o) = &on {
+        check_no_agg(o)?;
+        check_no_analytic(o, "a JOIN's ON")?;
+    }
+    for k in &left_keys {
+        check_no_analytic(k, "a JOIN's ON")?;
+    }
     Ok(JoinCondition {
         bound,
         left_keys,
@@ -1164,7 +1196,7 @@ fn plan_select(sel: Select, source: Source, sink: Sink) -> Result<Stmt, QueryErr
         check_no_analytic(&a.arg, "APPLY")?;
     }
     let apply = sel.apply;
-    for k in &sel.group {
+    for k in sel.group.iter().chain(sel.session_partition.iter()) {
         check_no_analytic(k, "GROUP BY")?;
     }
     if let Some(h) = &sel.having {

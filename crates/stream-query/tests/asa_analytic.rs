@@ -426,3 +426,52 @@ fn analytic_syntax_errors_are_clear() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_huge_value_is_refused_and_the_checkpoint_still_restores() {
+    let q = "SELECT AnomalyDetection_SpikeAndDip(temp, 95, 10, 'spikes') OVER (LIMIT DURATION(minute, 5)) AS s
+        FROM Input TIMESTAMP BY Time";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let mut evs = series(&[37.0, 37.1, 1e200, 37.0, 36.9], "p1");
+    evs.push((
+        json!({"temp": 37.0, "Time": "2026-11-24T08:00:06Z"}),
+        "2026-11-24T08:00:06Z".into(),
+    ));
+    for (ev, t) in &evs {
+        e.record("Input", ev, at(t)).unwrap();
+    }
+    e.advance(at("2026-11-24T08:00:30Z"));
+    let w = e.take_warnings();
+    assert!(w.iter().any(|w| w.contains("within +-1e100")), "{w:?}");
+    Engine::restore(
+        Query::parse(q).unwrap(),
+        EventPolicy::default(),
+        &e.checkpoint(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn partitions_that_hold_nothing_are_swept() {
+    let q = "SELECT LAG(v) OVER (PARTITION BY k LIMIT DURATION(second, 10)) AS p FROM Input TIMESTAMP BY Time";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let t0 = at("2026-11-24T08:00:00Z");
+    for i in 0..5_000 {
+        let t = t0 + Dur::milliseconds(i);
+        e.record("Input", &json!({"k": i, "v": 1, "Time": t.to_rfc3339()}), t)
+            .unwrap();
+    }
+    e.advance(t0 + Dur::seconds(20));
+    let full = e.checkpoint().to_string().len();
+    // two minutes later one more event: the sweep drops the 5,000 expired partitions
+    let t = t0 + Dur::seconds(130);
+    e.record(
+        "Input",
+        &json!({"k": "new", "v": 1, "Time": t.to_rfc3339()}),
+        t,
+    )
+    .unwrap();
+    e.advance(t + Dur::seconds(10));
+    let swept = e.checkpoint().to_string().len();
+    assert!(swept * 20 < full, "{swept} vs {full}");
+}

@@ -135,3 +135,29 @@ fn collect_and_collecttop() {
             .unwrap_err();
     assert!(e.message.contains("CollectTop(n"), "{e}");
 }
+
+#[test]
+fn datetimefromparts_refuses_what_tsql_refuses() {
+    let mut e = Engine::new(
+        Query::parse("SELECT DATETIMEFROMPARTS(y, 1, 1, 0, 0, 59, ms) AS t FROM Input").unwrap(),
+        EventPolicy::default(),
+    );
+    for ev in [
+        json!({"y": 2026, "ms": 1500}),
+        json!({"y": 0, "ms": 0}),
+        json!({"y": 10000, "ms": 0}),
+    ] {
+        let err = e.record("Input", &ev, Utc::now()).unwrap_err();
+        assert!(err.to_string().contains("DATETIMEFROMPARTS"), "{err}");
+    }
+}
+
+#[test]
+fn patindex_on_a_long_text_is_not_quadratic_in_practice() {
+    let text = format!("{}100", "ab".repeat(100_000));
+    let out = run(
+        "SELECT PATINDEX('%100%', s) AS p FROM Input",
+        vec![json!({ "s": text })],
+    );
+    assert_eq!(out, vec![json!({"p": 200_001})]);
+}

@@ -561,3 +561,111 @@ fn join_planning_errors_are_clear() {
         assert!(e.message.contains(want), "{q}: {e}");
     }
 }
+
+#[test]
+fn a_large_event_times_a_large_array_is_refused_not_expanded() {
+    let q = "SELECT id, e.ArrayValue AS v FROM input CROSS APPLY GetArrayElements(a) AS e";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let big = "x".repeat(200_000);
+    let arr: Vec<i64> = (0..1000).collect();
+    let err = e
+        .record("input", &json!({"id": 1, "pad": big, "a": arr}), at(T))
+        .unwrap_err();
+    assert!(err.to_string().contains("expands to more than"), "{err}");
+    // the same array in a small event is fine
+    let rows = e
+        .record("input", &json!({"id": 2, "a": arr}), at(T))
+        .unwrap();
+    let rows: usize = rows.len() + e.flush().len();
+    assert_eq!(rows, 1000);
+}
+
+#[test]
+fn left_outer_rows_with_a_bound_before_the_left_event_come_out_once_in_order() {
+    // the right event must come 5..10 s *before* the left one; unmatched left rows must not land
+    // behind the watermark (a window over them would come out twice)
+    let q = "SELECT COUNT(*) AS n, System.Timestamp() AS t INTO o
+        FROM a TIMESTAMP BY t LEFT OUTER JOIN b TIMESTAMP BY t
+        ON DATEDIFF(second, b, a) BETWEEN 5 AND 10
+        GROUP BY TumblingWindow(second, 5)";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let mut out = Vec::new();
+    for s in 0..60 {
+        let t = format!("2026-01-01T10:00:{s:02}Z");
+        out.extend(e.record("a", &json!({"t": t}), at(&t)).unwrap());
+        if s % 7 == 0 {
+            out.extend(e.record("b", &json!({"t": t}), at(&t)).unwrap());
+        }
+    }
+    out.extend(e.advance(at("2026-01-01T10:02:00Z")));
+    let ends: Vec<String> = out.iter().map(|r| format_timestamp(r.timestamp)).collect();
+    let mut sorted = ends.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ends, sorted, "each window once, in order");
+    let total: i64 = out.iter().map(|r| r.row["n"].as_i64().unwrap()).sum();
+    assert!(
+        total >= 60,
+        "every left event is counted, matched or not: {total}"
+    );
+}
+
+#[test]
+fn an_on_that_fails_for_one_pair_loses_no_row() {
+    let q = "SELECT a.id, b.v INTO o FROM a TIMESTAMP BY t LEFT OUTER JOIN b TIMESTAMP BY t
+        ON DATEDIFF(second, a, b) BETWEEN 0 AND 5 AND b.v - a.off > 0";
+    let mut e = Engine::new(Query::parse(q).unwrap(), EventPolicy::default());
+    let t = |s: u32| format!("2026-01-01T10:00:{s:02}Z");
+    let mut out = Vec::new();
+    out.extend(
+        e.record("a", &json!({"id": 1, "off": 1, "t": t(1)}), at(&t(1)))
+            .unwrap(),
+    );
+    out.extend(
+        e.record("a", &json!({"id": 2, "off": "x", "t": t(1)}), at(&t(1)))
+            .unwrap(),
+    );
+    out.extend(
+        e.record("b", &json!({"v": 5, "t": t(2)}), at(&t(2)))
+            .unwrap(),
+    );
+    out.extend(e.advance(at("2026-01-01T10:01:00Z")));
+    let mut got: Vec<(i64, Value)> = out
+        .iter()
+        .map(|r| (r.row["id"].as_i64().unwrap(), r.row["v"].clone()))
+        .collect();
+    got.sort_by_key(|g| g.0);
+    // id 1 matched; id 2's ON could not be evaluated: no match, so its NULL row comes out
+    assert_eq!(got, vec![(1, json!(5)), (2, json!(null))]);
+    let w = e.take_warnings();
+    assert!(w.iter().any(|w| w.contains("did not match")), "{w:?}");
+}
+
+#[test]
+fn hostile_join_bounds_are_errors_not_panics() {
+    for q in [
+        "SELECT a.x FROM a JOIN b ON DATEDIFF(second, a, b) > 10000000000000000000 AND DATEDIFF(second, a, b) < 5",
+        "SELECT a.x FROM a JOIN b ON DATEDIFF(second, b, a) >= -9223372036854775807 AND DATEDIFF(second, a, b) < 5",
+        "SELECT a.x FROM a JOIN b ON DATEDIFF(day, a, b) BETWEEN -9223372036854775807 AND 9223372036854775807",
+        "SELECT a.x FROM a JOIN b ON DATEDIFF(second, a, b) BETWEEN 0 AND 2.5",
+        "SELECT a.x FROM a JOIN b ON DATEDIFF(second, a, b) < 10 + 0",
+        "SELECT a.x FROM a JOIN b ON a.k = b.k AND (DATEDIFF(second, a, b) < 5 OR a.k = 1)",
+        "SELECT a.x FROM a JOIN b ON a.k = b.k AND LAG(a.k) OVER (LIMIT DURATION(s, 1)) = 1 AND DATEDIFF(s, a, b) BETWEEN 0 AND 1",
+    ] {
+        assert!(Query::parse(q).is_err(), "{q}");
+    }
+    let e = Query::parse("SELECT a.x FROM a JOIN b ON DATEDIFF(second, a, b) BETWEEN 0 AND 2.5")
+        .unwrap_err();
+    assert!(e.message.contains("not understood"), "{e}");
+}
+
+#[test]
+fn removed_reference_data_matches_nothing() {
+    let q = Query::parse("SELECT s.id INTO o FROM s JOIN r ON s.id = r.id").unwrap();
+    let mut e = Engine::new(q, EventPolicy::default());
+    e.set_reference("r", vec![json!({"id": 1})]).unwrap();
+    assert_eq!(e.record("s", &json!({"id": 1}), at(T)).unwrap().len(), 1);
+    e.remove_reference("R");
+    assert_eq!(e.reference_len("r"), None);
+    assert!(e.record("s", &json!({"id": 1}), at(T)).unwrap().is_empty());
+}

@@ -8,9 +8,9 @@
 //! }
 //! ```
 //!
-//! A file is CSV when its name ends in `.csv` (a header row names the columns; a value that reads
-//! as a number becomes a number, everything else stays text), otherwise JSON: one object per
-//! line (JSON lines), or one array of objects. Files are checked for changes every
+//! A file is CSV when its name ends in `.csv` (a header row names the columns; every value is text,
+//! as in ASA: `TRY_CAST(r.feverC AS float)` where a number is needed), otherwise JSON: one object
+//! per line (JSON lines), or one array of objects. Files are checked for changes every
 //! [`REFRESH_EVERY`] and reloaded when their size or modification time changes. A missing,
 //! malformed or oversized file (more than [`MAX_FILE_BYTES`] or [`MAX_ROWS`] rows) does not
 //! replace what was loaded before: the previous rows stay in use and the error is reported in
@@ -71,13 +71,24 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct References {
     entries: BTreeMap<String, Entry>,
+    /// Names dropped from the twin since the last [`References::take_removed`].
+    removed: Vec<String>,
 }
 
 impl References {
     /// Take the twin's `referenceData`; returns the names whose rows changed (to give to the
-    /// engine). Entries no longer configured are dropped.
+    /// engine). Entries no longer configured are dropped (see [`References::take_removed`]).
     pub fn configure(&mut self, settings: &BTreeMap<String, ReferenceSetting>) -> Vec<String> {
-        self.entries.retain(|k, _| settings.contains_key(k));
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !settings.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.entries.remove(&k);
+            self.removed.push(k);
+        }
         let mut changed = Vec::new();
         for (name, setting) in settings {
             let e = self.entries.entry(name.clone()).or_default();
@@ -110,6 +121,11 @@ impl References {
             }
         }
         changed
+    }
+
+    /// The names dropped from the twin since the last call (to take from the engine).
+    pub fn take_removed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.removed)
     }
 
     /// The rows of `name`, once loaded.
@@ -248,7 +264,8 @@ pub fn parse_json(bytes: &[u8]) -> Result<Vec<Value>, String> {
     Ok(rows)
 }
 
-/// CSV with a header row; numbers become numbers.
+/// CSV with a header row; every value is text, as in ASA's CSV reference data (CAST where a number
+/// is needed: an id like `007` must stay `007`).
 pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Value>, String> {
     let mut r = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
     let headers = r.headers().map_err(|e| format!("CSV header: {e}"))?.clone();
@@ -257,7 +274,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Value>, String> {
         let rec = rec.map_err(|e| format!("CSV row {}: {e}", i + 2))?;
         let mut m = serde_json::Map::new();
         for (h, v) in headers.iter().zip(rec.iter()) {
-            m.insert(h.to_string(), cell(v));
+            m.insert(h.to_string(), Value::String(v.to_string()));
         }
         rows.push(Value::Object(m));
         if rows.len() > MAX_ROWS {
@@ -267,19 +284,6 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Value>, String> {
     Ok(rows)
 }
 
-fn cell(v: &str) -> Value {
-    let t = v.trim();
-    if let Ok(i) = t.parse::<i64>() {
-        return Value::from(i);
-    }
-    if let Ok(f) = t.parse::<f64>() {
-        if f.is_finite() {
-            return Value::from(f);
-        }
-    }
-    Value::String(v.to_string())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -287,12 +291,12 @@ mod tests {
 
     #[test]
     fn csv_and_json_lines() {
-        let rows = parse_csv(b"deviceId,feverC,name\np1,37.8,Ann\np2,38,\"Bo, Jr\"\n").unwrap();
+        let rows = parse_csv(b"deviceId,feverC,name\n007,37.8,Ann\np2,38,\"Bo, Jr\"\n").unwrap();
         assert_eq!(
             rows,
             vec![
-                json!({"deviceId": "p1", "feverC": 37.8, "name": "Ann"}),
-                json!({"deviceId": "p2", "feverC": 38, "name": "Bo, Jr"}),
+                json!({"deviceId": "007", "feverC": "37.8", "name": "Ann"}),
+                json!({"deviceId": "p2", "feverC": "38", "name": "Bo, Jr"}),
             ]
         );
         assert!(parse_csv(b"a,b\n1\n").unwrap_err().contains("CSV row 2"));

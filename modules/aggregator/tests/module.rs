@@ -352,9 +352,10 @@ async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("patients.csv");
     std::fs::write(&file, "deviceId,feverC\np1,37.5\n").unwrap();
-    let query = "SELECT s.deviceId, s.temp, r.feverC INTO Fever
+    // CSV values are text (as in ASA): the query casts the threshold
+    let query = "SELECT s.deviceId, s.temp, TRY_CAST(r.feverC AS float) AS feverC INTO Fever
         FROM temperature s JOIN patients r ON s.deviceId = r.deviceId
-        WHERE s.temp >= r.feverC";
+        WHERE s.temp >= TRY_CAST(r.feverC AS float)";
     let rig = start_hub(dir.path(), "SELECT * INTO o FROM temperature").await;
     rig.hub
         .update_desired(

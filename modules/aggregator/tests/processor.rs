@@ -194,7 +194,7 @@ fn replay_prints_rows_and_closes_every_window_at_the_end() {
 #[test]
 fn replay_joins_reference_data_and_asks_for_it_when_missing() {
     let q = "SELECT s.deviceId, r.feverC INTO Fever FROM temperature s TIMESTAMP BY timeCreated
-        JOIN patients r ON s.deviceId = r.deviceId WHERE s.temp >= r.feverC";
+        JOIN patients r ON s.deviceId = r.deviceId WHERE s.temp >= CAST(r.feverC AS float)";
     let input = [
         json!({"deviceId": "p1", "temp": 37.9, "timeCreated": "2026-11-24T08:00:10Z"}),
         json!({"deviceId": "p2", "temp": 37.9, "timeCreated": "2026-11-24T08:00:11Z"}),
@@ -221,7 +221,7 @@ fn replay_joins_reference_data_and_asks_for_it_when_missing() {
     .unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap().trim(),
-        json!({"output": "Fever", "row": {"deviceId": "p1", "feverC": 37.8}}).to_string()
+        json!({"output": "Fever", "row": {"deviceId": "p1", "feverC": "37.8"}}).to_string()
     );
     let e = replay(
         stream_query::Query::parse(q).unwrap(),
