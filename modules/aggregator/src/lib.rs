@@ -274,7 +274,16 @@ async fn commit(
     if pending.is_empty() && !processor.has_query() {
         return Ok(());
     }
-    processor.checkpoint()?;
+    // serialising needs the engine (here); the write and fsync go to a blocking thread, so a slow
+    // SD card does not hold up the task that talks to edgeHub (keep-alives, deliveries)
+    if let Some(cp) = processor.checkpoint_bytes()? {
+        tokio::task::spawn_blocking(move || cp.write())
+            .await
+            .map_err(|e| AggregatorError::Checkpoint {
+                path: PathBuf::from("checkpoint"),
+                source: std::io::Error::other(e),
+            })??;
+    }
     for input in pending.drain(..) {
         input.ack();
     }

@@ -30,9 +30,20 @@ struct Active {
     engine: Engine,
 }
 
+/// The checkpoint format this module writes. Format 1 (before the field existed) and 2 have the
+/// same shape and are both read; a later format is refused with a warning (start with empty
+/// windows rather than misread a newer module's state).
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
 /// The state written to disk so that a restart or redeploy keeps the open windows.
 #[derive(Debug, Serialize, Deserialize)]
 struct Checkpoint {
+    #[serde(default = "format_1")]
+    format: u32,
     query: String,
     settings: TwinSettings,
     engine: Value,
@@ -178,6 +189,11 @@ impl Processor {
     fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<Value> {
         let bytes = std::fs::read(&self.checkpoint_path).ok()?;
         match serde_json::from_slice::<Checkpoint>(&bytes) {
+            Ok(cp) if cp.format > CHECKPOINT_FORMAT => {
+                tracing::warn!(path = %self.checkpoint_path.display(), format = cp.format,
+                    "the checkpoint was written by a newer AggregatorModule (format {}; this one reads up to {CHECKPOINT_FORMAT}); starting with empty windows. Roll the module forward again, or delete the file to silence this", cp.format);
+                None
+            }
             Ok(cp) if cp.query == text && cp.settings.event_policy == settings.event_policy => {
                 Some(cp.engine)
             }
@@ -325,30 +341,33 @@ impl Processor {
 
     /// Writes the checkpoint atomically (temporary file, fsync, rename).
     pub fn checkpoint(&self) -> Result<(), AggregatorError> {
-        let Some(a) = &self.active else { return Ok(()) };
+        match self.checkpoint_bytes()? {
+            Some(cp) => cp.write(),
+            None => Ok(()),
+        }
+    }
+
+    /// The checkpoint, serialised, ready for [`PendingCheckpoint::write`] (which may run on
+    /// another thread, so the disk work does not hold up the task that talks to edgeHub).
+    pub fn checkpoint_bytes(&self) -> Result<Option<PendingCheckpoint>, AggregatorError> {
+        let Some(a) = &self.active else {
+            return Ok(None);
+        };
         let cp = Checkpoint {
+            format: CHECKPOINT_FORMAT,
             query: a.text.clone(),
             settings: a.settings.clone(),
             engine: a.engine.checkpoint(),
             written: Utc::now(),
         };
-        let io = |e: std::io::Error| AggregatorError::Checkpoint {
+        let bytes = serde_json::to_vec(&cp).map_err(|e| AggregatorError::Checkpoint {
             path: self.checkpoint_path.clone(),
-            source: e,
-        };
-        if let Some(dir) = self.checkpoint_path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = self.checkpoint_path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&cp).map_err(|e| io(std::io::Error::other(e)))?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.checkpoint_path).map_err(io)?;
-        Ok(())
+            source: std::io::Error::other(e),
+        })?;
+        Ok(Some(PendingCheckpoint {
+            path: self.checkpoint_path.clone(),
+            bytes,
+        }))
     }
 
     /// The reported properties that describe this module's state.
@@ -367,6 +386,44 @@ impl Processor {
             "referenceData": self.references.reported(),
             "missingReferenceData": self.missing_references(),
         })
+    }
+}
+
+/// A serialised checkpoint and where it goes.
+#[derive(Debug)]
+pub struct PendingCheckpoint {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl PendingCheckpoint {
+    /// Write it atomically: a temporary file, fsync, rename (blocking IO).
+    pub fn write(&self) -> Result<(), AggregatorError> {
+        let io = |e: std::io::Error| AggregatorError::Checkpoint {
+            path: self.path.clone(),
+            source: e,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&self.bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 }
 

@@ -157,6 +157,39 @@ fn a_checkpoint_keeps_open_windows_across_a_restart() {
 }
 
 #[test]
+fn checkpoint_formats_old_is_read_newer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut p = Processor::new(dir.path());
+        p.apply(settings(SEED)).unwrap();
+        p.on_input("temperature", &reading(36.0, t(5)), t(5));
+        p.checkpoint().unwrap();
+    }
+    let path = dir.path().join("checkpoint.json");
+    let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        cp["format"],
+        json!(aggregator::processor::CHECKPOINT_FORMAT)
+    );
+    // format 1 had no "format" field: read
+    cp.as_object_mut().unwrap().remove("format");
+    std::fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    let mut p = Processor::new(dir.path());
+    p.apply(settings(SEED)).unwrap();
+    assert_eq!(
+        p.on_tick(t(70)).len(),
+        1,
+        "the format-1 window was restored"
+    );
+    // a newer format: refused (empty windows), not misread
+    cp["format"] = json!(99);
+    std::fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    let mut p = Processor::new(dir.path());
+    p.apply(settings(SEED)).unwrap();
+    assert!(p.on_tick(t(70)).is_empty());
+}
+
+#[test]
 fn replay_prints_rows_and_closes_every_window_at_the_end() {
     let input = [
         json!({"temp": 36, "timeCreated": "2026-11-24T08:00:10Z"}),
