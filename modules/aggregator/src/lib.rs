@@ -16,6 +16,7 @@ pub mod processor;
 pub mod reference;
 pub mod replay;
 pub mod settings;
+pub mod wal;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -90,7 +91,7 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             _ = sleep_until_some(commit_at) => {
                 commit_at = None;
-                if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
+                if let Err(e) = commit(&mut processor, &mut pending).await { break Err(e) }
             }
             ev = events.recv() => match ev {
                 None => break Ok(()),
@@ -146,13 +147,13 @@ pub async fn run(
                 // An idle tick that closed nothing leaves the windows as the last checkpoint has them.
                 if !rows.is_empty() || !pending.is_empty() {
                     commit_at = None;
-                    if let Err(e) = commit(&processor, &mut pending).await { break Err(e) }
+                    if let Err(e) = commit(&mut processor, &mut pending).await { break Err(e) }
                 }
             }
         }
     };
     // Keep what was processed: the checkpoint first, then the acknowledgements.
-    let committed = commit(&processor, &mut pending).await;
+    let committed = commit(&mut processor, &mut pending).await;
     client.shutdown().await;
     result.and(committed)
 }
@@ -268,21 +269,23 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 /// Writes the checkpoint, then acknowledges the inputs whose effect it holds.
 async fn commit(
-    processor: &Processor,
+    processor: &mut Processor,
     pending: &mut Vec<InputMessage>,
 ) -> Result<(), AggregatorError> {
     if pending.is_empty() && !processor.has_query() {
         return Ok(());
     }
-    // serialising needs the engine (here); the write and fsync go to a blocking thread, so a slow
-    // SD card does not hold up the task that talks to edgeHub (keep-alives, deliveries)
-    if let Some(cp) = processor.checkpoint_bytes()? {
-        tokio::task::spawn_blocking(move || cp.write())
+    // serialising needs the engine (here); the writes and fsync go to a blocking thread, so a
+    // slow SD card does not hold up the task that talks to edgeHub (keep-alives, deliveries)
+    if let Some(work) = processor.commit_work()? {
+        tokio::task::spawn_blocking(move || work.run())
             .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
             .map_err(|e| AggregatorError::Checkpoint {
-                path: PathBuf::from("checkpoint"),
-                source: std::io::Error::other(e),
-            })??;
+                path: PathBuf::from("the state folder (inputs.log, checkpoint.json)"),
+                source: e,
+            })?;
     }
     for input in pending.drain(..) {
         input.ack();

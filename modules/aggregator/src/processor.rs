@@ -11,6 +11,7 @@ use stream_query::{Engine, OutputRow, Query};
 
 use crate::reference::References;
 use crate::settings::TwinSettings;
+use crate::wal;
 use crate::AggregatorError;
 
 /// What one input message produced.
@@ -30,10 +31,10 @@ struct Active {
     engine: Engine,
 }
 
-/// The checkpoint format this module writes. Format 1 (before the field existed) and 2 have the
-/// same shape and are both read; a later format is refused with a warning (start with empty
-/// windows rather than misread a newer module's state).
-pub const CHECKPOINT_FORMAT: u32 = 2;
+/// The checkpoint (snapshot) format this module writes. Formats 1 (before the field existed) and
+/// 2 are read too (they have no input log: `walSeq` 0); a later format is refused with a warning
+/// (start with empty windows rather than misread a newer module's state).
+pub const CHECKPOINT_FORMAT: u32 = 3;
 
 fn format_1() -> u32 {
     1
@@ -44,6 +45,9 @@ fn format_1() -> u32 {
 struct Checkpoint {
     #[serde(default = "format_1")]
     format: u32,
+    /// The last input-log record this snapshot holds (see [`crate::wal`]).
+    #[serde(default)]
+    wal_seq: u64,
     query: String,
     settings: TwinSettings,
     engine: Value,
@@ -71,6 +75,18 @@ pub struct Processor {
     last_status: QueryStatus,
     references: References,
     last_refresh: Option<std::time::Instant>,
+    wal_path: PathBuf,
+    /// The last input-log sequence number given out.
+    wal_seq: u64,
+    /// Records not yet handed to a commit.
+    unsynced: Vec<u8>,
+    /// Bytes in the log since the last snapshot.
+    log_bytes: u64,
+    /// The next commit writes a snapshot (a new query, a log of another version).
+    snapshot_due: bool,
+    last_snapshot: std::time::Instant,
+    /// Bytes handed to the disk by commits (input log and snapshots), for the metrics.
+    pub bytes_committed: u64,
     pub events_in: u64,
     pub rows_out: u64,
     pub dead_letters: u64,
@@ -91,6 +107,13 @@ impl Processor {
             },
             references: References::default(),
             last_refresh: None,
+            wal_path: state_dir.join("inputs.log"),
+            wal_seq: 0,
+            unsynced: Vec::new(),
+            log_bytes: 0,
+            snapshot_due: true,
+            last_snapshot: std::time::Instant::now(),
+            bytes_committed: 0,
             events_in: 0,
             rows_out: 0,
             dead_letters: 0,
@@ -148,10 +171,15 @@ impl Processor {
             }
         };
         let restored = self.load_checkpoint(&text, &settings);
+        // a new query starts a new snapshot and log; a restored one continues its log
+        self.snapshot_due = true;
+        self.unsynced.clear();
         let engine = match restored {
-            Some(state) => match Engine::restore(query.clone(), policy, &state) {
-                Ok(engine) => {
-                    tracing::info!(path = %self.checkpoint_path.display(), "restored open windows from the checkpoint");
+            Some((state, wal_seq)) => match Engine::restore(query.clone(), policy, &state) {
+                Ok(mut engine) => {
+                    let replayed = self.replay_log(&mut engine, wal_seq);
+                    tracing::info!(path = %self.checkpoint_path.display(), replayed,
+                        "restored open windows from the snapshot and the input log");
                     engine
                 }
                 Err(e) => {
@@ -186,7 +214,57 @@ impl Processor {
         Ok(Some(flushed))
     }
 
-    fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<Value> {
+    /// Apply the input-log records after snapshot `wal_seq` to `engine` (their rows were sent
+    /// before the restart). Returns how many were applied.
+    fn replay_log(&mut self, engine: &mut Engine, wal_seq: u64) -> usize {
+        self.wal_seq = wal_seq;
+        let log = match wal::read_and_repair(&self.wal_path) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::warn!(path = %self.wal_path.display(), error = %e,
+                    "the input log cannot be used; the snapshot alone is restored (inputs acknowledged after it are lost)");
+                return 0;
+            }
+        };
+        if let Some(why) = &log.torn {
+            tracing::warn!(path = %self.wal_path.display(), why, kept = log.records.len(),
+                "the input log ends in a torn or corrupt record (a crash during a write?); using the records before it");
+        }
+        let mut applied = 0;
+        for rec in log.records {
+            if rec.seq() <= wal_seq {
+                continue;
+            }
+            self.wal_seq = rec.seq();
+            applied += 1;
+            match rec {
+                wal::Record::Input {
+                    input,
+                    arrival_us,
+                    body,
+                    ..
+                } => {
+                    let arrival =
+                        DateTime::<Utc>::from_timestamp_micros(arrival_us).unwrap_or_default();
+                    if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                        let _ = engine.record(&input, &v, arrival);
+                    }
+                }
+                wal::Record::Tick { now_us, .. } => {
+                    let now = DateTime::<Utc>::from_timestamp_micros(now_us).unwrap_or_default();
+                    let _ = engine.advance(now);
+                }
+            }
+        }
+        let _ = engine.take_warnings();
+        // the log goes on where the valid records end
+        self.snapshot_due = false;
+        self.log_bytes = log.valid_len;
+        self.last_snapshot = std::time::Instant::now();
+        applied
+    }
+
+    fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<(Value, u64)> {
         let bytes = std::fs::read(&self.checkpoint_path).ok()?;
         match serde_json::from_slice::<Checkpoint>(&bytes) {
             Ok(cp) if cp.format > CHECKPOINT_FORMAT => {
@@ -195,7 +273,7 @@ impl Processor {
                 None
             }
             Ok(cp) if cp.query == text && cp.settings.event_policy == settings.event_policy => {
-                Some(cp.engine)
+                Some((cp.engine, cp.wal_seq))
             }
             Ok(_) => {
                 tracing::info!("checkpoint belongs to another query or policy; not restored");
@@ -209,11 +287,16 @@ impl Processor {
         }
     }
 
-    /// Hand the named reference data sets to the running query's engine.
+    /// Hand the named reference data sets to the running query's engine (and take away those the
+    /// twin no longer names).
     fn give_references(&mut self, names: &[String]) {
+        let removed = self.references.take_removed();
         let Some(a) = self.active.as_mut() else {
             return;
         };
+        for name in removed {
+            a.engine.remove_reference(&name);
+        }
         for name in names {
             let Some(rows) = self.references.rows(name) else {
                 continue;
@@ -284,6 +367,16 @@ impl Processor {
         }
         match result {
             Ok(rows) => {
+                // the engine took it: log it (a refused input changed nothing)
+                self.wal_seq += 1;
+                let text = std::str::from_utf8(body).unwrap_or("null");
+                wal::encode_input(
+                    &mut self.unsynced,
+                    self.wal_seq,
+                    input,
+                    arrival.timestamp_micros(),
+                    text,
+                );
                 self.rows_out += rows.len() as u64;
                 Outcome {
                     rows,
@@ -328,10 +421,17 @@ impl Processor {
     }
 
     /// Advances the watermark with the wall clock, closing the windows that are due.
+    /// A tick that closed windows is logged (its rows are sent before the next commit); one that
+    /// closed nothing is not: the next input or tick catches up on it, so replay gives the same
+    /// state.
     pub fn on_tick(&mut self, now: DateTime<Utc>) -> Vec<OutputRow> {
         match self.active.as_mut() {
             Some(a) => {
                 let rows = a.engine.advance(now);
+                if !rows.is_empty() {
+                    self.wal_seq += 1;
+                    wal::encode_tick(&mut self.unsynced, self.wal_seq, now.timestamp_micros());
+                }
                 self.rows_out += rows.len() as u64;
                 rows
             }
@@ -339,35 +439,79 @@ impl Processor {
         }
     }
 
-    /// Writes the checkpoint atomically (temporary file, fsync, rename).
-    pub fn checkpoint(&self) -> Result<(), AggregatorError> {
-        match self.checkpoint_bytes()? {
-            Some(cp) => cp.write(),
+    /// Commits now, on this thread: what [`Processor::commit_work`] gives, done.
+    pub fn checkpoint(&mut self) -> Result<(), AggregatorError> {
+        match self.commit_work()? {
+            Some(w) => w.run().map_err(|e| AggregatorError::Checkpoint {
+                path: self.wal_path.clone(),
+                source: e,
+            }),
             None => Ok(()),
         }
     }
 
-    /// The checkpoint, serialised, ready for [`PendingCheckpoint::write`] (which may run on
-    /// another thread, so the disk work does not hold up the task that talks to edgeHub).
-    pub fn checkpoint_bytes(&self) -> Result<Option<PendingCheckpoint>, AggregatorError> {
+    /// The running engine's state as JSON (tests compare restored and uninterrupted runs) and
+    /// the last input-log sequence number it holds.
+    pub fn engine_state(&self) -> Option<(Value, u64)> {
+        self.active
+            .as_ref()
+            .map(|a| (a.engine.checkpoint(), self.wal_seq))
+    }
+
+    /// Forces the next commit to write a snapshot (tests, benchmarks).
+    pub fn snapshot_next(&mut self) {
+        self.snapshot_due = true;
+    }
+
+    /// The disk work that makes everything processed so far durable: usually the input-log
+    /// records since the last commit (group commit, O(what changed)); every
+    /// [`wal::SNAPSHOT_EVERY`] or [`wal::SNAPSHOT_BYTES`] of log, or after a query change, a
+    /// snapshot of the engine state that starts the log again. Serialising happens here; the
+    /// returned work (writes, fsync) may run on another thread, so the disk does not hold up the
+    /// task that talks to edgeHub.
+    pub fn commit_work(&mut self) -> Result<Option<wal::Work>, AggregatorError> {
         let Some(a) = &self.active else {
             return Ok(None);
         };
+        let snapshot = self.snapshot_due
+            || self.log_bytes + self.unsynced.len() as u64 >= wal::SNAPSHOT_BYTES
+            || (self.last_snapshot.elapsed() >= wal::SNAPSHOT_EVERY && !self.unsynced.is_empty());
+        if !snapshot {
+            if self.unsynced.is_empty() {
+                return Ok(None);
+            }
+            let bytes = std::mem::take(&mut self.unsynced);
+            self.log_bytes += bytes.len() as u64;
+            let work = wal::Work::Append {
+                log: self.wal_path.clone(),
+                bytes,
+            };
+            self.bytes_committed += work.bytes() as u64;
+            return Ok(Some(work));
+        }
         let cp = Checkpoint {
             format: CHECKPOINT_FORMAT,
+            wal_seq: self.wal_seq,
             query: a.text.clone(),
             settings: a.settings.clone(),
             engine: a.engine.checkpoint(),
             written: Utc::now(),
         };
-        let bytes = serde_json::to_vec(&cp).map_err(|e| AggregatorError::Checkpoint {
+        let snapshot = serde_json::to_vec(&cp).map_err(|e| AggregatorError::Checkpoint {
             path: self.checkpoint_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        Ok(Some(PendingCheckpoint {
-            path: self.checkpoint_path.clone(),
-            bytes,
-        }))
+        self.unsynced.clear();
+        self.log_bytes = wal::HEADER.len() as u64;
+        self.snapshot_due = false;
+        self.last_snapshot = std::time::Instant::now();
+        let work = wal::Work::Snapshot {
+            checkpoint: self.checkpoint_path.clone(),
+            snapshot,
+            log: self.wal_path.clone(),
+        };
+        self.bytes_committed += work.bytes() as u64;
+        Ok(Some(work))
     }
 
     /// The reported properties that describe this module's state.
@@ -386,44 +530,6 @@ impl Processor {
             "referenceData": self.references.reported(),
             "missingReferenceData": self.missing_references(),
         })
-    }
-}
-
-/// A serialised checkpoint and where it goes.
-#[derive(Debug)]
-pub struct PendingCheckpoint {
-    path: PathBuf,
-    bytes: Vec<u8>,
-}
-
-impl PendingCheckpoint {
-    /// Write it atomically: a temporary file, fsync, rename (blocking IO).
-    pub fn write(&self) -> Result<(), AggregatorError> {
-        let io = |e: std::io::Error| AggregatorError::Checkpoint {
-            path: self.path.clone(),
-            source: e,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&self.bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        Ok(())
-    }
-
-    /// Its size in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
     }
 }
 

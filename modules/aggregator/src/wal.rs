@@ -1,0 +1,341 @@
+//! The input log: what makes an acknowledgement durable without rewriting the whole window state.
+//!
+//! Every input the engine accepted, and every clock tick, is appended to `inputs.log` in the state
+//! folder; a commit appends what came since the last one and fsyncs once (group commit), then the
+//! inputs are acknowledged. Now and then (see [`SNAPSHOT_EVERY`], [`SNAPSHOT_BYTES`]) the whole
+//! engine state is written as a snapshot (`checkpoint.json`, which records the last log sequence it
+//! holds) and the log starts again. A restart restores the snapshot and replays the log records
+//! after it through the engine, which is deterministic: the same records in the same order give the
+//! same state. The bytes written per input are the record (about the body plus 60 bytes), not the
+//! state.
+//!
+//! File format (version 1): the 8-byte header `AGGLOG1\n`, then records
+//! `[u32 LE payload length][u32 LE CRC-32 of the payload][payload]`; the payload is JSON:
+//! `{"s": seq, "i": "<input>", "a": <arrival, microseconds since the epoch>, "b": <the body>}` for
+//! an input, `{"s": seq, "t": <microseconds>}` for a tick. A torn or corrupt tail (a crash in the
+//! middle of a write, a bad sector) ends the log: the records before it are used, the rest is cut
+//! off with a warning. A file with another header is refused with a warning (it was written by
+//! another version; the snapshot alone is used).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The log file's first bytes.
+pub const HEADER: &[u8; 8] = b"AGGLOG1\n";
+/// A snapshot is written at least this often (while inputs come).
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+/// ... or once the log holds this many bytes.
+pub const SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024;
+/// A record larger than this is corruption (an input is at most 256 KiB).
+const MAX_RECORD: usize = 4 * 1024 * 1024;
+
+/// One record of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Input {
+        seq: u64,
+        input: String,
+        arrival_us: i64,
+        body: String,
+    },
+    Tick {
+        seq: u64,
+        now_us: i64,
+    },
+}
+
+impl Record {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Input { seq, .. } | Record::Tick { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Frame an input record. `body` must be JSON text (the engine accepted it).
+pub fn encode_input(out: &mut Vec<u8>, seq: u64, input: &str, arrival_us: i64, body: &str) {
+    let input = serde_json::to_string(input).unwrap_or_else(|_| "\"\"".into());
+    let payload = format!("{{\"s\":{seq},\"i\":{input},\"a\":{arrival_us},\"b\":{body}}}");
+    frame(out, payload.as_bytes());
+}
+
+/// Frame a tick record.
+pub fn encode_tick(out: &mut Vec<u8>, seq: u64, now_us: i64) {
+    let payload = format!("{{\"s\":{seq},\"t\":{now_us}}}");
+    frame(out, payload.as_bytes());
+}
+
+fn frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    s: u64,
+    #[serde(default)]
+    i: Option<String>,
+    #[serde(default)]
+    a: Option<i64>,
+    #[serde(default, borrow)]
+    b: Option<&'a RawValue>,
+    #[serde(default)]
+    t: Option<i64>,
+}
+
+/// What reading a log found.
+#[derive(Debug, Default)]
+pub struct ReadLog {
+    pub records: Vec<Record>,
+    /// Bytes of whole, valid records (with the header): where the next record goes.
+    pub valid_len: u64,
+    /// Why the log ended before the end of the file, if it did.
+    pub torn: Option<String>,
+}
+
+/// Decode a whole log file's bytes.
+pub fn decode(bytes: &[u8]) -> Result<ReadLog, String> {
+    if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
+        return Err(format!(
+            "the input log does not start with {:?}: it was written by another version",
+            String::from_utf8_lossy(HEADER).trim()
+        ));
+    }
+    let mut log = ReadLog {
+        valid_len: HEADER.len() as u64,
+        ..ReadLog::default()
+    };
+    let mut at = HEADER.len();
+    while at < bytes.len() {
+        let torn = |why: &str| Some(format!("{why} at byte {at} of {}", bytes.len()));
+        if bytes.len() - at < 8 {
+            log.torn = torn("a record header is cut short");
+            break;
+        }
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if len > MAX_RECORD || bytes.len() - at - 8 < len {
+            log.torn = torn("a record is cut short");
+            break;
+        }
+        let payload = &bytes[at + 8..at + 8 + len];
+        if crc32fast::hash(payload) != crc {
+            log.torn = torn("a record's checksum does not match");
+            break;
+        }
+        let rec = match serde_json::from_slice::<Payload>(payload) {
+            Ok(Payload {
+                s,
+                i: Some(input),
+                a: Some(arrival_us),
+                b: Some(body),
+                ..
+            }) => Record::Input {
+                seq: s,
+                input,
+                arrival_us,
+                body: body.get().to_string(),
+            },
+            Ok(Payload {
+                s, t: Some(now_us), ..
+            }) => Record::Tick { seq: s, now_us },
+            _ => {
+                log.torn = torn("a record is not one this version writes");
+                break;
+            }
+        };
+        log.records.push(rec);
+        at += 8 + len;
+        log.valid_len = at as u64;
+    }
+    Ok(log)
+}
+
+/// Read the log at `path` (missing: empty) and cut a torn tail off the file, so that later
+/// appends follow the last whole record.
+pub fn read_and_repair(path: &Path) -> Result<ReadLog, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadLog::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let log = decode(&bytes)?;
+    if log.torn.is_some() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
+        f.set_len(log.valid_len)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
+    }
+    Ok(log)
+}
+
+/// Disk work of one commit, done on a blocking thread.
+#[derive(Debug)]
+pub enum Work {
+    /// Append records to the log and fsync.
+    Append { log: PathBuf, bytes: Vec<u8> },
+    /// Write a snapshot (temporary file, fsync, rename), then start the log again.
+    Snapshot {
+        checkpoint: PathBuf,
+        snapshot: Vec<u8>,
+        log: PathBuf,
+    },
+}
+
+impl Work {
+    /// Bytes it writes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Work::Append { bytes, .. } => bytes.len(),
+            Work::Snapshot { snapshot, .. } => snapshot.len() + HEADER.len(),
+        }
+    }
+
+    /// Do it (blocking IO).
+    pub fn run(&self) -> std::io::Result<()> {
+        match self {
+            Work::Append { log, bytes } => {
+                if bytes.is_empty() {
+                    return Ok(());
+                }
+                let fresh = !log.exists();
+                if let Some(dir) = log.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?;
+                if fresh {
+                    f.write_all(HEADER)?;
+                }
+                f.write_all(bytes)?;
+                f.sync_data()
+            }
+            Work::Snapshot {
+                checkpoint,
+                snapshot,
+                log,
+            } => {
+                if let Some(dir) = checkpoint.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                atomic_write(checkpoint, snapshot)?;
+                atomic_write(log, HEADER)
+            }
+        }
+    }
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // the rename itself is durable once the folder is synced
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut v = HEADER.to_vec();
+        encode_input(
+            &mut v,
+            1,
+            "temperature",
+            10,
+            r#"{"temp": 37.5, "deviceId": "p\"1"}"#,
+        );
+        encode_tick(&mut v, 2, 20);
+        encode_input(&mut v, 3, "temperature", 30, "{}");
+        v
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let log = decode(&sample()).unwrap();
+        assert!(log.torn.is_none());
+        assert_eq!(log.records.len(), 3);
+        assert_eq!(
+            log.records[0],
+            Record::Input {
+                seq: 1,
+                input: "temperature".into(),
+                arrival_us: 10,
+                body: r#"{"temp": 37.5, "deviceId": "p\"1"}"#.into()
+            }
+        );
+        assert_eq!(log.records[1], Record::Tick { seq: 2, now_us: 20 });
+    }
+
+    #[test]
+    fn a_log_cut_anywhere_keeps_every_whole_record_before_the_cut() {
+        let full = sample();
+        let whole = decode(&full).unwrap();
+        for cut in HEADER.len()..full.len() {
+            let log = decode(&full[..cut]).unwrap();
+            let n = log.records.len();
+            assert_eq!(log.records[..], whole.records[..n], "cut at {cut}");
+            assert!(log.valid_len as usize <= cut);
+            if (log.valid_len as usize) < cut {
+                assert!(log.torn.is_some(), "cut at {cut}");
+            }
+        }
+        // a flipped bit ends the log at that record
+        let mut bad = full.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 0x40;
+        let log = decode(&bad).unwrap();
+        assert_eq!(log.records.len(), 2);
+        assert!(log.torn.unwrap().contains("checksum"));
+        // another version's file is refused
+        assert!(decode(b"AGGLOG9\nxxxx")
+            .unwrap_err()
+            .contains("another version"));
+    }
+
+    #[test]
+    fn repair_cuts_the_torn_tail_so_appends_follow_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inputs.log");
+        let full = sample();
+        std::fs::write(&path, &full[..full.len() - 3]).unwrap();
+        let log = read_and_repair(&path).unwrap();
+        assert_eq!(log.records.len(), 2);
+        let mut more = Vec::new();
+        encode_tick(&mut more, 4, 40);
+        Work::Append {
+            log: path.clone(),
+            bytes: more,
+        }
+        .run()
+        .unwrap();
+        let log = read_and_repair(&path).unwrap();
+        assert!(log.torn.is_none());
+        assert_eq!(
+            log.records.iter().map(Record::seq).collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
+    }
+}
