@@ -177,6 +177,12 @@ impl Processor {
         let engine = match restored {
             Some((state, wal_seq)) => match Engine::restore(query.clone(), policy, &state) {
                 Ok(mut engine) => {
+                    // the log's JOINs need their reference data as they run again
+                    for name in self.references.names() {
+                        if let Some(rows) = self.references.rows(&name) {
+                            let _ = engine.set_reference(&name, rows.clone());
+                        }
+                    }
                     let replayed = self.replay_log(&mut engine, wal_seq);
                     tracing::info!(path = %self.checkpoint_path.display(), replayed,
                         "restored open windows from the snapshot and the input log");
