@@ -49,6 +49,24 @@ def test_create_options_that_are_not_json_name_the_module(tmp_path):
     assert "MqttServerModule" in r.stderr and "createOptions" in r.stderr, r.stderr
 
 
+def test_a_dashboard_beyond_loopback_without_a_token_is_refused(tmp_path):
+    """Patients' data must not be served to the network without a secret: `--dashboard 0.0.0.0:PORT`
+    without a token stops edge-dev with what to do, before the dashboard binds anything."""
+    import json
+    path = tmp_path / "deployment.template.json"
+    path.write_text(json.dumps(template()))
+    r = subprocess.run(
+        [str(EDGE_DEV), "--data-dir", str(tmp_path / "data"), "up", "--manifest", str(path),
+         "--modules-dir", str(REPO / "modules"), "--hub-listen", f"127.0.0.1:{free_port()}",
+         "--api", "127.0.0.1:0", "--dashboard", f"0.0.0.0:{free_port()}", "--duration", "1"],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in __import__("os").environ.items() if k != "EDGE_DEV_DASHBOARD_TOKEN"})
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "give it a token" in r.stderr and "--dashboard-token" in r.stderr, r.stderr
+    assert "panicked" not in r.stderr
+    assert "dashboard http://" not in r.stdout
+
+
 def test_a_crashing_module_is_restarted_with_back_off_and_the_rest_keeps_running(edge_dev_factory):
     m = template()
     agent = m["modulesContent"]["$edgeAgent"]["properties.desired"]

@@ -81,6 +81,10 @@ enum Command {
         /// Do not serve the dashboard.
         #[arg(long, conflicts_with = "dashboard")]
         no_dashboard: bool,
+        /// A secret the dashboard asks of every request (open /?token=... once); required when
+        /// --dashboard is not a loopback address. At least 16 characters.
+        #[arg(long, env = "EDGE_DEV_DASHBOARD_TOKEN", hide_env_values = true)]
+        dashboard_token: Option<String>,
         /// Run the modules as containers from their images (built by scripts/build-images.sh) on a
         /// user-defined network, with createOptions applied and the hub reachable as `edgeHub`.
         #[arg(long)]
@@ -244,6 +248,7 @@ fn main() -> anyhow::Result<()> {
                 offline,
                 dashboard,
                 no_dashboard,
+                dashboard_token,
                 docker,
                 docker_network,
                 api,
@@ -279,6 +284,7 @@ fn main() -> anyhow::Result<()> {
                     offline,
                     backoff: Default::default(),
                     dashboard: (!no_dashboard).then_some(dashboard),
+                    dashboard_token,
                     docker: docker.then(|| edge_dev::docker::DockerOptions {
                         network: docker_network,
                         ..Default::default()

@@ -67,6 +67,9 @@ pub struct UpOptions {
     /// Where the dashboard (web page, JSON API, `/metrics`) listens; `None`: no dashboard. Default
     /// 127.0.0.1:8080 ([`crate::dashboard::DEFAULT_ADDR`]); port 0 picks a free port.
     pub dashboard: Option<SocketAddr>,
+    /// The dashboard's token (see [`crate::dashboard::DashboardOptions::token`]); required when
+    /// `dashboard` is not a loopback address.
+    pub dashboard_token: Option<String>,
     /// Run the modules as containers from their images (`--docker`, see [`crate::docker`]) instead of as
     /// local processes. `None`: processes.
     pub docker: Option<crate::docker::DockerOptions>,
@@ -343,6 +346,8 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let status: StatusMap = Arc::default();
     let dashboard = match opts.dashboard {
         Some(addr) => {
+            dashboard::check_exposure(addr, opts.dashboard_token.as_deref())
+                .map_err(EdgeDevError::Config)?;
             let module_metrics =
                 dashboard::scrape::urls_from_env(manifest.modules().map(|(n, s)| (n, &s.env)));
             Some(
@@ -583,6 +588,7 @@ async fn start_dashboard(
             device_id: device_id.to_string(),
             offline: opts.offline,
             module_metrics,
+            token: opts.dashboard_token.clone(),
             ..Default::default()
         },
         Arc::new(move || stats_hub.stats()),

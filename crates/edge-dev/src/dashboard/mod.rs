@@ -18,6 +18,7 @@ pub mod scrape;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -59,6 +60,109 @@ pub struct DashboardOptions {
     /// Module -> URL of its own Prometheus metrics, served again under `/metrics/modules/{module}`.
     /// Default none; `edge-dev up` finds them with [`scrape::urls_from_env`].
     pub module_metrics: std::collections::BTreeMap<String, String>,
+    /// A secret every request must carry (`Authorization: Bearer <token>`, the cookie
+    /// `edge_dev_token`, or `?token=` once, which sets the cookie). Required when the dashboard
+    /// listens beyond loopback ([`check_exposure`]); default none (loopback only).
+    pub token: Option<String>,
+}
+
+/// The shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A dashboard shows patients' temperatures: it may listen beyond this machine (an address that is
+/// not loopback) only with a token of at least [`MIN_TOKEN_LEN`] characters.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), String> {
+    match token {
+        Some(t) if t.chars().count() < MIN_TOKEN_LEN => Err(format!(
+            "the dashboard token is {} characters; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)",
+            t.chars().count()
+        )),
+        None if !addr.ip().is_loopback() => Err(format!(
+            "the dashboard would listen on {addr}, beyond this machine, and it shows patients' data: give it a token (--dashboard-token or EDGE_DEV_DASHBOARD_TOKEN, at least {MIN_TOKEN_LEN} characters, e.g. `openssl rand -hex 16`), or keep it on 127.0.0.1"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Constant-time comparison of two secrets (the time does not tell how much matched).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token a request carries, if any: the bearer header, the cookie, or `?token=`.
+fn presented_token(req: &axum::extract::Request) -> (Option<String>, bool) {
+    let headers = req.headers();
+    if let Some(t) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return (Some(t.trim().to_string()), false);
+    }
+    if let Some(q) = req.uri().query() {
+        for (k, v) in url_pairs(q) {
+            if k == "token" {
+                return (Some(v), true);
+            }
+        }
+    }
+    for c in headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for part in c.split(';') {
+            if let Some(t) = part.trim().strip_prefix("edge_dev_token=") {
+                return (Some(t.to_string()), false);
+            }
+        }
+    }
+    (None, false)
+}
+
+/// `a=b&c=d` with %-escapes decoded.
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            Some((dec(k), dec(v)))
+        })
+        .collect()
+}
+
+/// The dashboard's gate when it has a token: 401 without it; `?token=` sets the cookie, so the
+/// page's own requests (the API, the event stream) carry it.
+async fn require_token(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(want) = s.dash.inner.opts.token.clone() else {
+        return next.run(req).await;
+    };
+    let (got, from_query) = presented_token(&req);
+    if !got.is_some_and(|g| same_secret(g.as_bytes(), want.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "this dashboard needs its token: open /?token=<token> once (a cookie keeps it), or send Authorization: Bearer <token>\n",
+        )
+            .into_response();
+    }
+    let mut resp = next.run(req).await;
+    if from_query {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "edge_dev_token={want}; Path=/; HttpOnly; SameSite=Strict"
+        )) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 impl Default for DashboardOptions {
@@ -70,6 +174,7 @@ impl Default for DashboardOptions {
             device_id: String::new(),
             offline: false,
             module_metrics: Default::default(),
+            token: None,
         }
     }
 }
@@ -451,6 +556,13 @@ impl Dashboard {
                 }),
             )
             .route("/metrics/modules/{module}", get(module_metrics))
+            .layer(axum::middleware::from_fn_with_state(
+                AppState {
+                    dash: self.clone(),
+                    stop: stop.clone(),
+                },
+                require_token,
+            ))
             .with_state(AppState {
                 dash: self.clone(),
                 stop,
@@ -547,6 +659,10 @@ pub async fn serve(
     dashboard: Dashboard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        check_exposure(addr, dashboard.inner.opts.token.as_deref())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
     let (tx, rx) = watch::channel(false);
     let app = dashboard.router(rx);
     axum::serve(listener, app)
