@@ -112,15 +112,44 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Usernames and password digests for optional client authentication.
+/// How a user's password is stored.
+#[derive(Debug, Clone)]
+enum Secret {
+    /// `sha256:<hex>` (unsalted; kept for old files) or a plain-text line (when allowed).
+    Sha256([u8; 32]),
+    /// Mosquitto 2's `$7$<iterations>$<salt>$<hash>`: PBKDF2-HMAC-SHA512.
+    Pbkdf2 {
+        iterations: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+    /// Mosquitto 1's `$6$<salt>$<hash>`: SHA-512 of the password and then the salt.
+    Sha512 { salt: Vec<u8>, hash: Vec<u8> },
+}
+
+/// Equal without an early exit (the time does not tell how much matched).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Usernames and password hashes for optional client authentication: Mosquitto's password file
+/// format, so `mosquitto_passwd` (Debian's `mosquitto` package) manages it.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    users: HashMap<String, [u8; 32]>,
+    users: HashMap<String, Secret>,
 }
 
 impl Auth {
-    /// Parses `username:password` or `username:sha256:<64 hex>` lines; `#` starts a comment.
-    pub fn parse(text: &str) -> Result<Auth, Error> {
+    /// Parses `username:$7$...` / `username:$6$...` lines (as `mosquitto_passwd` writes them),
+    /// `username:sha256:<64 hex>`, and, with `allow_plain`, `username:password`; `#` starts a
+    /// comment. A plain-text line without `allow_plain` is an error that says how to hash it.
+    pub fn parse_with(text: &str, allow_plain: bool) -> Result<Auth, Error> {
+        use base64::Engine as _;
+        let b64 = |s: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok()
+        };
         let mut users = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -134,21 +163,57 @@ impl Auth {
             let (user, secret) = line
                 .split_once(':')
                 .ok_or_else(|| bad("expected username:password"))?;
-            let digest = match secret.strip_prefix("sha256:") {
-                Some(hex) => parse_hex32(hex)
-                    .ok_or_else(|| bad("sha256: must be followed by 64 hex digits"))?,
-                None => Sha256::digest(secret.as_bytes()).into(),
+            let parsed = if let Some(rest) = secret.strip_prefix("$7$") {
+                let mut it = rest.splitn(3, '$');
+                let (iter, salt, hash) = (it.next(), it.next(), it.next());
+                match (
+                    iter.and_then(|i| i.parse::<u32>().ok()).filter(|i| (1..=10_000_000).contains(i)),
+                    salt.and_then(b64),
+                    hash.and_then(b64),
+                ) {
+                    (Some(iterations), Some(salt), Some(hash)) if !hash.is_empty() => {
+                        Secret::Pbkdf2 {
+                            iterations,
+                            salt,
+                            hash,
+                        }
+                    }
+                    _ => return Err(bad("a $7$ line must be $7$<iterations>$<base64 salt>$<base64 hash>, as mosquitto_passwd writes it")),
+                }
+            } else if let Some(rest) = secret.strip_prefix("$6$") {
+                match rest.split_once('$').map(|(s, h)| (b64(s), b64(h))) {
+                    Some((Some(salt), Some(hash))) if hash.len() == 64 => {
+                        Secret::Sha512 { salt, hash }
+                    }
+                    _ => return Err(bad("a $6$ line must be $6$<base64 salt>$<base64 SHA-512>")),
+                }
+            } else if let Some(hex) = secret.strip_prefix("sha256:") {
+                Secret::Sha256(
+                    parse_hex32(hex)
+                        .ok_or_else(|| bad("sha256: must be followed by 64 hex digits"))?,
+                )
+            } else if allow_plain {
+                Secret::Sha256(Sha256::digest(secret.as_bytes()).into())
+            } else {
+                return Err(bad(&format!(
+                    "the password of {user:?} is plain text; hash the file with `mosquitto_passwd -U FILE` (or add users with `mosquitto_passwd FILE USER`), or set MQTT_AUTH_ALLOW_PLAIN=true"
+                )));
             };
-            users.insert(user.to_string(), digest);
+            users.insert(user.to_string(), parsed);
         }
         if users.is_empty() {
             return Err(Error::Setting {
                 name: "auth_file".into(),
-                reason: "no users in the file; add username:password lines or unset MQTT_AUTH_FILE"
+                reason: "no users in the file; add users with `mosquitto_passwd FILE USER` or unset MQTT_AUTH_FILE"
                     .into(),
             });
         }
         Ok(Auth { users })
+    }
+
+    /// [`Auth::parse_with`] allowing plain-text lines (the old behaviour).
+    pub fn parse(text: &str) -> Result<Auth, Error> {
+        Auth::parse_with(text, true)
     }
 
     /// True when the credentials match a user.
@@ -156,15 +221,30 @@ impl Auth {
         let (Some(u), Some(p)) = (username, password) else {
             return false;
         };
-        let Some(expected) = self.users.get(u) else {
+        let Some(secret) = self.users.get(u) else {
             return false;
         };
-        let got: [u8; 32] = Sha256::digest(p.as_bytes()).into();
-        // compare digests without an early exit
-        got.iter()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        match secret {
+            Secret::Sha256(expected) => {
+                let got: [u8; 32] = Sha256::digest(p.as_bytes()).into();
+                same(&got, expected)
+            }
+            Secret::Pbkdf2 {
+                iterations,
+                salt,
+                hash,
+            } => {
+                let mut got = vec![0u8; hash.len()];
+                pbkdf2::pbkdf2_hmac::<sha2::Sha512>(p.as_bytes(), salt, *iterations, &mut got);
+                same(&got, hash)
+            }
+            Secret::Sha512 { salt, hash } => {
+                let mut h = sha2::Sha512::new();
+                h.update(p.as_bytes());
+                h.update(salt);
+                same(&h.finalize(), hash)
+            }
+        }
     }
 }
 
@@ -262,7 +342,7 @@ impl Server {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                Some(Auth::parse(&text)?)
+                Some(Auth::parse_with(&text, settings.auth_allow_plain)?)
             }
             None => None,
         };
@@ -582,5 +662,28 @@ mod tests {
         assert!(!a.check(None, None));
         assert!(Auth::parse("").is_err());
         assert!(Auth::parse("u:sha256:zz").is_err());
+    }
+
+    #[test]
+    fn auth_reads_mosquitto_passwd_files_and_refuses_plain_text_unless_allowed() {
+        // written by Debian's mosquitto_passwd 2.0.11 (`-b -c`, and `-H sha512` for the $6$ line)
+        let file = "sensor-1:$7$101$9Zyo7sr0DYoPSz5V$1GqtGkb5ouJqIpFzmc2vY8+w0Hw6MQFEQsIWscAI7Ji+OL9+PJP7mRP3YCw/3F2k+VVglZAUvjNfw+SxXGdGWw==\n\
+            old-sensor:$6$3Smah4xGYAwwlnmv$z/t5mlQq2BCuC43Joy+uJKYrr/mJy4Ab04s97h0Rv123hokHVow4wv9gVfTYHqewzgF9MVa+rUZG/eOjgwrd7A==\n";
+        let a = Auth::parse_with(file, false).expect("parses");
+        assert!(a.check(Some("sensor-1"), Some("s3cret-pass")));
+        assert!(!a.check(Some("sensor-1"), Some("s3cret-pasS")));
+        assert!(a.check(Some("old-sensor"), Some("older-pass")));
+        assert!(!a.check(Some("old-sensor"), Some("s3cret-pass")));
+        let e = Auth::parse_with("esp:pw\n", false)
+            .expect_err("plain text is refused")
+            .to_string();
+        assert!(
+            e.contains("plain text") && e.contains("mosquitto_passwd -U"),
+            "{e}"
+        );
+        assert!(Auth::parse_with("esp:pw\n", true).is_ok());
+        assert!(Auth::parse_with("u:$7$abc$$\n", false).is_err());
+        assert!(Auth::parse_with("u:$7$0$c2FsdA==$aGFzaA==\n", false).is_err());
+        assert!(Auth::parse_with("u:$6$c2FsdA==$aGFzaA==\n", false).is_err());
     }
 }

@@ -89,9 +89,13 @@ pub struct Settings {
     /// Seconds a persistent session survives after its client left. Default 86,400 (1 day).
     /// Env `MQTT_SESSION_EXPIRY`.
     pub session_expiry_secs: u64,
-    /// File of `username:password` lines (or `username:sha256:<hex>`); when set, every client must
-    /// log in. Default none. Env `MQTT_AUTH_FILE`.
+    /// Mosquitto's password file (`mosquitto_passwd` manages it: `user:$7$...` lines, or `$6$`),
+    /// or `user:sha256:<hex>` lines; when set, every client must log in. Default none. Env
+    /// `MQTT_AUTH_FILE`.
     pub auth_file: Option<PathBuf>,
+    /// Accept plain-text passwords in the auth file. Default false: only hashed lines
+    /// (`mosquitto_passwd`'s `$7$` and `$6$`, or `sha256:<hex>`). Env `MQTT_AUTH_ALLOW_PLAIN`.
+    pub auth_allow_plain: bool,
     /// File of the durable spool (redb). When set, a device's QoS 1/2 publish is acknowledged
     /// once committed there (not only after edgeHub acknowledged it), and what a crash left is
     /// forwarded at the next start. Default none (memory only). Env `MQTT_SPOOL_PATH`.
@@ -133,6 +137,7 @@ impl Default for Settings {
             max_retained: 10_000,
             session_expiry_secs: 86_400,
             auth_file: None,
+            auth_allow_plain: false,
             spool_path: None,
             state_path: None,
             shutdown_grace_secs: 5,
@@ -166,6 +171,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_MAX_RETAINED",
     "MQTT_SESSION_EXPIRY",
     "MQTT_AUTH_FILE",
+    "MQTT_AUTH_ALLOW_PLAIN",
     "MQTT_SPOOL_PATH",
     "MQTT_STATE_PATH",
     "MQTT_SHUTDOWN_GRACE",
@@ -249,6 +255,7 @@ impl Settings {
                 "MQTT_MAX_RETAINED" => self.max_retained = parse(var, &v)?,
                 "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
                 "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
+                "MQTT_AUTH_ALLOW_PLAIN" => self.auth_allow_plain = parse_bool(var, &v)?,
                 "MQTT_SPOOL_PATH" => self.spool_path = Some(PathBuf::from(v)),
                 "MQTT_STATE_PATH" => self.state_path = Some(PathBuf::from(v)),
                 "MQTT_SHUTDOWN_GRACE" => self.shutdown_grace_secs = parse(var, &v)?,
@@ -532,6 +539,7 @@ mod tests {
             ("MQTT_MAX_RETAINED", "13"),
             ("MQTT_SESSION_EXPIRY", "60"),
             ("MQTT_AUTH_FILE", "/auth"),
+            ("MQTT_AUTH_ALLOW_PLAIN", "true"),
             ("MQTT_SPOOL_PATH", "/data/spool.redb"),
             ("MQTT_STATE_PATH", "/data/state.redb"),
             ("MQTT_SHUTDOWN_GRACE", "1"),
@@ -576,6 +584,7 @@ mod tests {
             max_retained: 13,
             session_expiry_secs: 60,
             auth_file: Some("/auth".into()),
+            auth_allow_plain: true,
             spool_path: Some("/data/spool.redb".into()),
             state_path: Some("/data/state.redb".into()),
             shutdown_grace_secs: 1,

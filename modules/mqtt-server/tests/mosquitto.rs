@@ -274,6 +274,7 @@ async fn username_password_when_configured() {
     std::fs::write(&file, "esp:pw1\n").expect("write");
     let h = Harness::start(mqtt_server::Settings {
         auth_file: Some(file),
+        auth_allow_plain: true,
         ..test_settings()
     })
     .await;
@@ -381,4 +382,78 @@ async fn twin_topic_mapping_and_enrichment() {
     assert_eq!(got[1].0, "output1");
     assert_eq!(&got[1].1.body[..], br#"{"temp":36,"deviceId":"d"}"#);
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_file_made_by_mosquitto_passwd() {
+    // Debian's mosquitto_passwd writes the file ($7$: salted PBKDF2-SHA512); a plain-text file
+    // is refused at start unless allowed
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("passwords");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&file)
+        .args(["bed-7", "correct horse"])
+        .status()
+        .expect("mosquitto_passwd runs (apt: mosquitto)");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.starts_with("bed-7:$7$"), "{text}");
+    let h = Harness::start(mqtt_server::Settings {
+        auth_file: Some(file),
+        ..test_settings()
+    })
+    .await;
+    let (ok, _, _) = pub_(
+        &h,
+        &[
+            "-q",
+            "1",
+            "-i",
+            "guess",
+            "-u",
+            "bed-7",
+            "-P",
+            "correct-horse",
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok, "a wrong password is refused");
+    let (ok, _, err) = pub_(
+        &h,
+        &[
+            "-q",
+            "1",
+            "-u",
+            "bed-7",
+            "-P",
+            "correct horse",
+            "-t",
+            "t",
+            "-m",
+            "37.2",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    h.recorder.wait_for(1, T).await;
+    assert_eq!(h.recorder.bodies(), vec!["37.2".to_string()]);
+    h.stop().await;
+
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "bed-7:correct horse\n").expect("write");
+    let e = mqtt_server::Server::new(
+        mqtt_server::Settings {
+            auth_file: Some(plain),
+            ..test_settings()
+        },
+        std::sync::Arc::new(common::Recorder::default()),
+    )
+    .err()
+    .expect("a plain-text file is refused");
+    assert!(e.to_string().contains("mosquitto_passwd -U"), "{e}");
 }
