@@ -239,12 +239,11 @@ fn step(
                 return Ok(Val::Null);
             }
             let f = finite(&x)?;
-            if !counted {
-                let (score, hit) = h.spike_and_dip(f, *confidence, *mode);
-                return Ok(anomaly_record(score, hit));
-            }
             let (score, hit) = h.spike_and_dip(f, *confidence, *mode);
-            h.push(t, f, *history);
+            // only an event whose WHEN holds joins the history
+            if counted {
+                h.push(t, f, *history);
+            }
             anomaly_record(score, hit)
         }
         AnFunc::ChangePoint {

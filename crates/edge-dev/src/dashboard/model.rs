@@ -53,25 +53,7 @@ pub fn extract(
     if !value.is_finite() {
         return None;
     }
-    let prop = |name: &str| {
-        properties
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let device = match field(&["deviceId"]) {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => prop("deviceId")
-            .filter(|s| !s.is_empty())
-            .unwrap_or(ALL_DEVICES)
-            .to_string(),
-    };
-    let time = field(&["windowEnd"])
-        .and_then(Value::as_str)
-        .and_then(parse_time)
-        .or_else(|| prop("timestamp").and_then(parse_time))
-        .unwrap_or(enqueued);
+    let (device, time) = device_and_time(obj, properties, enqueued);
     Some(Point {
         device,
         t: time.timestamp_millis(),
@@ -116,34 +98,11 @@ pub fn extract_alert(
         return None;
     }
     let obj = body.as_object()?;
-    let field = |name: &str| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
-    let prop = |name: &str| {
-        properties
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let kind = match field("alert") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+    let kind = match obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("alert")) {
+        Some((_, Value::String(s))) if !s.is_empty() => s.clone(),
         _ => output.to_string(),
     };
-    let device = match field("deviceId") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => prop("deviceId")
-            .filter(|s| !s.is_empty())
-            .unwrap_or(ALL_DEVICES)
-            .to_string(),
-    };
-    let time = field("windowEnd")
-        .and_then(Value::as_str)
-        .and_then(parse_time)
-        .or_else(|| prop("timestamp").and_then(parse_time))
-        .unwrap_or(enqueued);
+    let (device, time) = device_and_time(obj, properties, enqueued);
     let values = obj
         .iter()
         .filter(|(k, _)| !k.eq_ignore_ascii_case("deviceId") && !k.eq_ignore_ascii_case("alert"))
@@ -197,6 +156,41 @@ fn log_line_parts(line: &Value) -> Option<LogParts<'_>> {
         })
         .unwrap_or_default();
     Some((module, output, properties, enqueued))
+}
+
+/// The device and time of an upstream row, for a point and an alert alike: the body's `deviceId`
+/// (else the property `deviceId`, else [`ALL_DEVICES`]) and its `windowEnd` (else the property
+/// `timestamp`, else when the hub enqueued it); names match in any case.
+fn device_and_time(
+    obj: &serde_json::Map<String, Value>,
+    properties: &BTreeMap<String, String>,
+    enqueued: DateTime<Utc>,
+) -> (String, DateTime<Utc>) {
+    let field = |name: &str| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let prop = |name: &str| {
+        properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let device = match field("deviceId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => prop("deviceId")
+            .filter(|s| !s.is_empty())
+            .unwrap_or(ALL_DEVICES)
+            .to_string(),
+    };
+    let time = field("windowEnd")
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+        .or_else(|| prop("timestamp").and_then(parse_time))
+        .unwrap_or(enqueued);
+    (device, time)
 }
 
 /// [`extract`] for a message of the `$upstream` queue.
