@@ -16,6 +16,9 @@
 //! - [`broker`]: sessions, subscriptions (shared, with identifiers), retained messages for device
 //!   subscribers; [`state`]: their optional persistence (redb).
 //! - [`limits`]: what a device may send so that every forwarded message fits edgeHub.
+//! - [`acl`]: the optional Mosquitto-style ACL file (`MQTT_ACL_FILE`): who may publish and
+//!   subscribe where (file format, matching rules, `%c`/`%u` patterns and how each refusal looks
+//!   to a device are documented there and in the README, "Access control").
 //! - `connection`: one client connection's state machine.
 //! - [`metrics`]: Prometheus counters, served on `:9600/metrics`.
 //! - [`Server`] / [`run`]: accept loops (plain and optional TLS), shutdown; [`ServerHandle`]
@@ -69,6 +72,7 @@
 //! - Sessions, subscriptions and retained messages live in memory and survive reconnects; with
 //!   `state_path` ([`state`]) they are also kept on disk and survive restarts.
 
+pub mod acl;
 pub mod broker;
 pub mod codec;
 mod connection;
