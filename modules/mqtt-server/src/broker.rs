@@ -176,7 +176,7 @@ pub fn shared_parts(f: &str) -> Option<(&str, &str)> {
 
 /// Whether a subscription filter is acceptable: a valid filter, or a shared subscription with a
 /// non-empty group name without wildcards and a valid filter.
-fn valid_subscription(f: &str) -> bool {
+pub(crate) fn valid_subscription(f: &str) -> bool {
     if f.starts_with("$share/") {
         return match shared_parts(f) {
             Some((group, filter)) => {

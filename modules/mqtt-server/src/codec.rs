@@ -162,13 +162,25 @@ pub enum Refusal {
 }
 
 /// Why a QoS 1/2 publish is refused in its PUBACK/PUBREC (MQTT 5 only; 3.1.1 acknowledgements carry
-/// no reason, so a 3.1.1 client is disconnected instead).
+/// no reason: a 3.1.1 client is disconnected instead, or, for the ACL, acknowledged without the
+/// message being forwarded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PubRefusal {
     /// 0x90 Topic Name invalid.
     TopicNameInvalid,
     /// 0x97 Quota exceeded.
     QuotaExceeded,
+    /// 0x87 Not authorized: the ACL file gives the client no write access to the topic.
+    NotAuthorized,
+}
+
+/// Why one filter of a SUBSCRIBE is refused (MQTT 3.1.1 SUBACK says 0x80 Failure for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubRefusal {
+    /// MQTT 5 0x8F Topic Filter invalid (also a bad shared subscription name).
+    TopicFilterInvalid,
+    /// MQTT 5 0x87 Not authorized: the ACL file gives the client no read access to the filter.
+    NotAuthorized,
 }
 
 /// Why the server disconnects a client (sent as an MQTT 5 DISCONNECT reason; 3.1.1 just closes).
@@ -205,10 +217,10 @@ pub enum Outbound {
     PubRecRefused(u16, PubRefusal),
     PubRel(u16),
     PubComp(u16),
-    /// One entry per filter: granted QoS, or None for failure.
+    /// One entry per filter: the granted QoS, or why it was refused.
     SubAck {
         pkid: u16,
-        granted: Vec<Option<QoS>>,
+        granted: Vec<Result<QoS, SubRefusal>>,
     },
     UnsubAck {
         pkid: u16,
@@ -667,8 +679,8 @@ impl ServerCodec {
                 granted
                     .into_iter()
                     .map(|g| match g {
-                        Some(q) => v4::SubscribeReasonCode::Success(q),
-                        None => v4::SubscribeReasonCode::Failure,
+                        Ok(q) => v4::SubscribeReasonCode::Success(q),
+                        Err(_) => v4::SubscribeReasonCode::Failure,
                     })
                     .collect(),
             )),
@@ -759,6 +771,7 @@ impl ServerCodec {
                 reason: match why {
                     PubRefusal::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
                     PubRefusal::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
+                    PubRefusal::NotAuthorized => v5::PubAckReason::NotAuthorized,
                 },
                 properties: None,
             }),
@@ -767,6 +780,7 @@ impl ServerCodec {
                 reason: match why {
                     PubRefusal::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
                     PubRefusal::QuotaExceeded => v5::PubRecReason::QuotaExceeded,
+                    PubRefusal::NotAuthorized => v5::PubRecReason::NotAuthorized,
                 },
                 properties: None,
             }),
@@ -777,8 +791,11 @@ impl ServerCodec {
                 return_codes: granted
                     .into_iter()
                     .map(|g| match g {
-                        Some(q) => v5::SubscribeReasonCode::Success(q5(q)),
-                        None => v5::SubscribeReasonCode::TopicFilterInvalid,
+                        Ok(q) => v5::SubscribeReasonCode::Success(q5(q)),
+                        Err(SubRefusal::TopicFilterInvalid) => {
+                            v5::SubscribeReasonCode::TopicFilterInvalid
+                        }
+                        Err(SubRefusal::NotAuthorized) => v5::SubscribeReasonCode::NotAuthorized,
                     })
                     .collect(),
                 properties: None,
@@ -1022,5 +1039,49 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(buf.is_empty(), "nothing left over");
+    }
+
+    #[test]
+    fn acl_refusals_are_0x87_in_mqtt5_and_0x80_in_a_311_suback() {
+        let mut c = ServerCodec::for_version(Version::V5);
+        let mut buf = BytesMut::new();
+        c.encode(
+            Outbound::PubAckRefused(7, PubRefusal::NotAuthorized),
+            &mut buf,
+        )
+        .expect("encodes");
+        assert_eq!(&buf[..], &[0x40, 0x04, 0x00, 0x07, 0x87, 0x00]);
+        buf.clear();
+        c.encode(
+            Outbound::PubRecRefused(8, PubRefusal::NotAuthorized),
+            &mut buf,
+        )
+        .expect("encodes");
+        assert_eq!(&buf[..], &[0x50, 0x04, 0x00, 0x08, 0x87, 0x00]);
+        buf.clear();
+        c.encode(
+            Outbound::SubAck {
+                pkid: 9,
+                granted: vec![
+                    Ok(QoS::AtLeastOnce),
+                    Err(SubRefusal::NotAuthorized),
+                    Err(SubRefusal::TopicFilterInvalid),
+                ],
+            },
+            &mut buf,
+        )
+        .expect("encodes");
+        assert_eq!(&buf[buf.len() - 3..], &[0x01, 0x87, 0x8F]);
+        let mut c = ServerCodec::for_version(Version::V311);
+        buf.clear();
+        c.encode(
+            Outbound::SubAck {
+                pkid: 9,
+                granted: vec![Err(SubRefusal::NotAuthorized), Ok(QoS::AtMostOnce)],
+            },
+            &mut buf,
+        )
+        .expect("encodes");
+        assert_eq!(&buf[..], &[0x90, 0x04, 0x00, 0x09, 0x80, 0x00]);
     }
 }

@@ -16,10 +16,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 
+use crate::acl::{self, ClientAcl, Denied, Kind};
 use crate::broker::Attached;
 use crate::codec::{
     CodecError, ConnectInfo, DisconnectReason, Inbound, Outbound, Pub, PubRefusal, Refusal,
-    ServerCodec, ServerLimits, Version,
+    ServerCodec, ServerLimits, SubFilter, SubRefusal, Version,
 };
 use crate::forward::Pipeline;
 use crate::limits::{self, Exceeded};
@@ -218,6 +219,29 @@ pub(crate) async fn serve<S>(
             conn.refuse_connect(Refusal::NotAuthorized).await;
             return;
         }
+    }
+    // the lines of the ACL file that apply to this connection
+    let client_acl: Option<ClientAcl> = shared
+        .acl
+        .as_ref()
+        .map(|a| a.for_client(&client, info.username.as_deref()));
+    // A will the client may not write is dropped and the connection accepted, as Mosquitto does (it
+    // checks the will when it would publish it, and drops it then). The file does not change while
+    // the server runs, so deciding now gives the same outcome, with the warning while the client
+    // is there to see it.
+    let will_denied = match (&client_acl, &info.will) {
+        (Some(a), Some(w)) => a
+            .check_write(&w.topic)
+            .err()
+            .map(|why| (why, w.topic.clone())),
+        _ => None,
+    };
+    if let Some((why, topic)) = will_denied {
+        shared.metrics.refused("not_authorized_will");
+        log_acl_refusal(&shared, &client, peer, Kind::Will, &topic, why);
+        info.will = None;
+    }
+    if let Some(w) = &info.will {
         // the will is forwarded like any publish: it must fit edgeHub too
         let will = Pub {
             topic: w.topic.clone(),
@@ -300,6 +324,7 @@ pub(crate) async fn serve<S>(
         keep_alive = info.keep_alive, session_present, "client connected");
 
     let mut state = Session {
+        acl: client_acl,
         qos2: incoming_qos2,
         outgoing: BTreeMap::new(),
         next_pkid: 1,
@@ -400,6 +425,8 @@ fn publish_will_message(
 }
 
 struct Session {
+    /// The ACL file's lines for this connection; `None` without an ACL file (everything allowed).
+    acl: Option<ClientAcl>,
     /// QoS 2 packet ids received (PUBREC sent or pending) and not yet released.
     qos2: HashSet<u16>,
     /// Outgoing QoS 1/2 deliveries awaiting PUBACK / PUBREC+PUBCOMP: pkid -> (message, released).
@@ -450,6 +477,16 @@ async fn deliver<W: AsyncWrite + Unpin>(
     shared: &Shared,
     mut p: Pub,
 ) -> Result<(), ()> {
+    // the ACL file: a subscription it covers may still match topics a deny line takes away, and a
+    // session may hold subscriptions or messages from before the file changed
+    if let Some(acl) = &state.acl {
+        if acl.check_read(&p.topic).is_err() {
+            shared.metrics.dropped("not_authorized");
+            tracing::debug!(client = %conn.client, topic = %truncated(&p.topic),
+                "not delivered: the ACL file gives this client no read access to the topic");
+            return Ok(());
+        }
+    }
     // MQTT 5 message expiry: drop what expired while queued, send the remaining lifetime
     if let Some(at) = p.props.expires_at {
         let now = std::time::Instant::now();
@@ -619,12 +656,7 @@ where
                         if conn.send(Outbound::PubRel(pkid)).await.is_err() { return End::Abnormal; }
                     }
                     Inbound::Subscribe { pkid, filters } => {
-                        let (granted, retained) = shared.broker.subscribe(&client, &filters);
-                        for (f, g) in filters.iter().zip(&granted) {
-                            if g.is_none() {
-                                tracing::warn!(client = %client, filter = ?f.filter, "refusing subscription: invalid or unsupported topic filter");
-                            }
-                        }
+                        let (granted, retained) = subscribe(state, shared, &client, conn.peer, &filters);
                         if conn.send(Outbound::SubAck { pkid, granted }).await.is_err() { return End::Abnormal; }
                         for p in retained {
                             if deliver(conn, state, shared, p).await.is_err() { return End::Abnormal; }
@@ -657,6 +689,109 @@ where
             }
         }
     }
+}
+
+/// Adds the subscriptions the ACL file allows (all of them without one) to the session; returns
+/// the SUBACK entries and the retained messages to send.
+fn subscribe(
+    state: &Session,
+    shared: &Shared,
+    client: &str,
+    peer: SocketAddr,
+    filters: &[SubFilter],
+) -> (Vec<Result<QoS, SubRefusal>>, Vec<Pub>) {
+    // an invalid filter is reported as invalid, whatever the ACL says
+    let verdicts: Vec<Result<(), Denied>> = filters
+        .iter()
+        .map(|f| match &state.acl {
+            Some(a) if crate::broker::valid_subscription(&f.filter) => a.check_subscribe(&f.filter),
+            _ => Ok(()),
+        })
+        .collect();
+    let (from_broker, retained) = if verdicts.iter().all(Result::is_ok) {
+        shared.broker.subscribe(client, filters)
+    } else {
+        let permitted: Vec<SubFilter> = filters
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| v.is_ok())
+            .map(|(f, _)| f.clone())
+            .collect();
+        if permitted.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            shared.broker.subscribe(client, &permitted)
+        }
+    };
+    let mut from_broker = from_broker.into_iter();
+    let mut granted = Vec::with_capacity(filters.len());
+    for (f, v) in filters.iter().zip(verdicts) {
+        match v {
+            Err(why) => {
+                shared.metrics.refused("not_authorized_subscribe");
+                log_acl_refusal(shared, client, peer, Kind::Subscribe, &f.filter, why);
+                granted.push(Err(SubRefusal::NotAuthorized));
+            }
+            Ok(()) => match from_broker.next().flatten() {
+                Some(q) => granted.push(Ok(q)),
+                None => {
+                    tracing::warn!(client = %client, filter = ?f.filter, "refusing subscription: invalid or unsupported topic filter");
+                    granted.push(Err(SubRefusal::TopicFilterInvalid));
+                }
+            },
+        }
+    }
+    (granted, retained)
+}
+
+/// One warning for a refusal by the ACL file, unless this client (or all clients together) had
+/// one too recently ([`acl::RefusalLog`]); every refusal is counted in the metrics by the caller.
+fn log_acl_refusal(
+    shared: &Shared,
+    client: &str,
+    peer: SocketAddr,
+    kind: Kind,
+    topic: &str,
+    why: Denied,
+) {
+    let Some(not_logged) = shared.acl_log.admit(client, std::time::Instant::now()) else {
+        return;
+    };
+    let what = match kind {
+        Kind::Publish => "refusing a publish (not forwarded to edgeHub, not delivered)",
+        Kind::Subscribe => "refusing a subscription",
+        Kind::Will => "dropping the client's will message (it will not be published)",
+    };
+    let topic = truncated(topic);
+    let fix = acl::advice(kind, &topic, why);
+    tracing::warn!(client = %truncated(client), %peer, topic = %topic, not_logged_since_last_warning = not_logged,
+        "{what}: not authorized, {why}; {fix}. (This client's next ACL refusals are logged at most every {} minutes; all are counted in mqtt_refused_total.)",
+        acl::RefusalLog::PER_CLIENT.as_secs() / 60);
+}
+
+/// A publish the ACL file does not allow: neither forwarded nor delivered. As Mosquitto does: MQTT
+/// 5 QoS 1/2 get PUBACK/PUBREC 0x87 Not authorized; MQTT 3.1.1 QoS 1/2 get a plain PUBACK/PUBREC
+/// (3.1.1 has no way to say no, and a client that got no acknowledgement would resend for ever);
+/// QoS 0 is dropped.
+fn refuse_unauthorized_publish(
+    peer: SocketAddr,
+    v5: bool,
+    shared: &Shared,
+    client: &str,
+    p: &Pub,
+    why: Denied,
+) -> Option<AckFuture> {
+    shared.metrics.refused("not_authorized_publish");
+    log_acl_refusal(shared, client, peer, Kind::Publish, &p.topic, why);
+    let pkid = p.pkid;
+    let pkt = match (p.qos, v5) {
+        (QoS::AtMostOnce, _) => return None,
+        (QoS::AtLeastOnce, true) => Outbound::PubAckRefused(pkid, PubRefusal::NotAuthorized),
+        (QoS::ExactlyOnce, true) => Outbound::PubRecRefused(pkid, PubRefusal::NotAuthorized),
+        (QoS::AtLeastOnce, false) => Outbound::PubAck(pkid),
+        (QoS::ExactlyOnce, false) => Outbound::PubRec(pkid),
+    };
+    Some(Box::pin(async move { Some(pkt) }))
 }
 
 async fn refuse<W: AsyncWrite + Unpin>(
@@ -705,9 +840,9 @@ async fn refuse_publish<W: AsyncWrite + Unpin>(
     Err(refuse(
         conn,
         v5,
-        match why {
-            PubRefusal::TopicNameInvalid => DisconnectReason::TopicNameInvalid,
-            PubRefusal::QuotaExceeded => DisconnectReason::QuotaExceeded,
+        match r.exceeded {
+            Exceeded::Topic => DisconnectReason::TopicNameInvalid,
+            _ => DisconnectReason::QuotaExceeded,
         },
     )
     .await)
@@ -717,6 +852,7 @@ fn pub_refusal_code(why: PubRefusal) -> u8 {
     match why {
         PubRefusal::TopicNameInvalid => 0x90,
         PubRefusal::QuotaExceeded => 0x97,
+        PubRefusal::NotAuthorized => 0x87,
     }
 }
 
@@ -782,6 +918,16 @@ async fn on_publish<W: AsyncWrite + Unpin>(
             shared.metrics.refused("receive_maximum_exceeded");
             return Err(refuse(conn, v5, DisconnectReason::ReceiveMaximumExceeded).await);
         }
+    }
+    // the ACL file, before anyone (subscribers, edgeHub, the spool) has seen the message
+    if let Some(why) = state
+        .acl
+        .as_ref()
+        .and_then(|a| a.check_write(&p.topic).err())
+    {
+        return Ok(refuse_unauthorized_publish(
+            conn.peer, v5, shared, client, &p, why,
+        ));
     }
     // what can never reach edgeHub is refused now, before anyone (subscribers, the spool, the device's
     // acknowledgement) has seen it

@@ -110,6 +110,8 @@ pub enum Error {
     Setting { name: String, reason: String },
     #[error("cannot read {path}: {reason}; check the file exists and is readable by the module")]
     File { path: String, reason: String },
+    #[error("ACL file {path}, {error}; fix that line and start the module again (or unset MQTT_ACL_FILE to turn access control off)")]
+    Acl { path: String, error: acl::AclError },
     #[error("TLS setup failed: {0}; check MQTT_TLS_CERT / MQTT_TLS_KEY are PEM files of a matching certificate and key")]
     Tls(String),
     #[error("socket error: {0}; check the port is free and the address exists")]
@@ -220,6 +222,11 @@ impl Auth {
         Auth::parse_with(text, true)
     }
 
+    /// True when the file has a line for `username`.
+    pub fn has_user(&self, username: &str) -> bool {
+        self.users.contains_key(username)
+    }
+
     /// True when the credentials match a user.
     pub fn check(&self, username: Option<&str>, password: Option<&str>) -> bool {
         let (Some(u), Some(p)) = (username, password) else {
@@ -271,6 +278,9 @@ pub(crate) struct Shared {
     pub(crate) broker: Broker,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) auth: Option<Auth>,
+    pub(crate) acl: Option<acl::Acl>,
+    /// Keeps ACL refusal warnings few (per client and overall).
+    pub(crate) acl_log: acl::RefusalLog,
 }
 
 impl Shared {
@@ -337,19 +347,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates `settings` and loads the auth file; nothing starts yet.
+    /// Validates `settings` and loads the auth and ACL files; nothing starts yet.
     pub fn new(settings: Settings, forwarder: Arc<dyn Forwarder>) -> Result<Server, Error> {
         settings.validate()?;
-        let auth = match &settings.auth_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                Some(Auth::parse_with(&text, settings.auth_allow_plain)?)
-            }
-            None => None,
-        };
+        let (auth, acl) = load_access_files(&settings)?;
+        if let Some(acl) = &acl {
+            log_acl_summary(acl, auth.as_ref());
+        }
         let spool = match &settings.spool_path {
             Some(path) => {
                 let (s, left) = spool::Spool::open(path)?;
@@ -373,6 +377,8 @@ impl Server {
             broker,
             metrics,
             auth,
+            acl,
+            acl_log: acl::RefusalLog::default(),
             settings,
         });
         Ok(Server {
@@ -530,6 +536,69 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads and checks the password file and the ACL file the settings name.
+fn load_access_files(settings: &Settings) -> Result<(Option<Auth>, Option<acl::Acl>), Error> {
+    let auth = match &settings.auth_file {
+        Some(path) => Some(Auth::parse_with(
+            &read_file(path)?,
+            settings.auth_allow_plain,
+        )?),
+        None => None,
+    };
+    let acl = match &settings.acl_file {
+        Some(path) => Some(
+            acl::Acl::parse(&read_file(path)?).map_err(|error| Error::Acl {
+                path: path.display().to_string(),
+                error,
+            })?,
+        ),
+        None => None,
+    };
+    Ok((auth, acl))
+}
+
+/// Checks the files the settings name (password file, ACL file) without starting anything, so that
+/// the binary stops on a mistake in them before it connects to edgeHub.
+pub fn check_files(settings: &Settings) -> Result<(), Error> {
+    load_access_files(settings).map(|_| ())
+}
+
+/// What the ACL file holds, and what in it will probably not do what was meant.
+fn log_acl_summary(acl: &acl::Acl, auth: Option<&Auth>) {
+    let (users, anonymous, patterns) = acl.summary();
+    tracing::info!(
+        users,
+        anonymous_lines = anonymous,
+        patterns,
+        "access control on: clients may publish and subscribe only where the ACL file allows"
+    );
+    for w in acl.warnings() {
+        tracing::warn!("{w}");
+    }
+    match auth {
+        None => tracing::warn!(
+            "the ACL file is used without MQTT_AUTH_FILE: usernames are not checked, so any client can claim a `user` block's rights (and %c is always what the client claims); set MQTT_AUTH_FILE"
+        ),
+        Some(auth) => {
+            if acl.has_anonymous_lines() {
+                tracing::warn!("the ACL file has topic lines before any `user` line; they are for clients without a username, and with MQTT_AUTH_FILE every client logs in, so they never apply");
+            }
+            let mut missing: Vec<&str> = acl.usernames().filter(|u| !auth.has_user(u)).collect();
+            missing.sort_unstable();
+            if !missing.is_empty() {
+                tracing::warn!(users = ?missing, "the ACL file has `user` blocks for usernames the password file does not have; nobody can log in as them");
+            }
+        }
     }
 }
 

@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
     };
     settings.apply_env(|k| std::env::var(k).ok())?;
     settings.validate()?;
+    // a mistake in the password or ACL file stops the module now, not after it reached edgeHub
+    mqtt_server::check_files(&settings)?;
 
     let mqtt = TcpListener::bind((settings.bind_address.as_str(), settings.port))
         .await

@@ -96,6 +96,13 @@ pub struct Settings {
     /// Accept plain-text passwords in the auth file. Default false: only hashed lines
     /// (`mosquitto_passwd`'s `$7$` and `$6$`, or `sha256:<hex>`). Env `MQTT_AUTH_ALLOW_PLAIN`.
     pub auth_allow_plain: bool,
+    /// Mosquitto's ACL file (`user <name>`, `topic [read|write|readwrite|deny] <filter>` and
+    /// `pattern ...` lines with `%c`/`%u`; the rules are in [`crate::acl`] and the README's
+    /// "Access control"); when set, a client may publish and subscribe only where its lines allow,
+    /// and a file that cannot be read stops the module at start naming the line. Default none
+    /// (no access control: every client may publish and subscribe to every topic). Env
+    /// `MQTT_ACL_FILE`.
+    pub acl_file: Option<PathBuf>,
     /// File of the durable spool (redb). When set, a device's QoS 1/2 publish is acknowledged
     /// once committed there (not only after edgeHub acknowledged it), and what a crash left is
     /// forwarded at the next start. Default none (memory only). Env `MQTT_SPOOL_PATH`.
@@ -138,6 +145,7 @@ impl Default for Settings {
             session_expiry_secs: 86_400,
             auth_file: None,
             auth_allow_plain: false,
+            acl_file: None,
             spool_path: None,
             state_path: None,
             shutdown_grace_secs: 5,
@@ -172,6 +180,7 @@ pub const ENV_VARS: &[&str] = &[
     "MQTT_SESSION_EXPIRY",
     "MQTT_AUTH_FILE",
     "MQTT_AUTH_ALLOW_PLAIN",
+    "MQTT_ACL_FILE",
     "MQTT_SPOOL_PATH",
     "MQTT_STATE_PATH",
     "MQTT_SHUTDOWN_GRACE",
@@ -256,6 +265,7 @@ impl Settings {
                 "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
                 "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
                 "MQTT_AUTH_ALLOW_PLAIN" => self.auth_allow_plain = parse_bool(var, &v)?,
+                "MQTT_ACL_FILE" => self.acl_file = Some(PathBuf::from(v)),
                 "MQTT_SPOOL_PATH" => self.spool_path = Some(PathBuf::from(v)),
                 "MQTT_STATE_PATH" => self.state_path = Some(PathBuf::from(v)),
                 "MQTT_SHUTDOWN_GRACE" => self.shutdown_grace_secs = parse(var, &v)?,
@@ -540,6 +550,7 @@ mod tests {
             ("MQTT_SESSION_EXPIRY", "60"),
             ("MQTT_AUTH_FILE", "/auth"),
             ("MQTT_AUTH_ALLOW_PLAIN", "true"),
+            ("MQTT_ACL_FILE", "/acl"),
             ("MQTT_SPOOL_PATH", "/data/spool.redb"),
             ("MQTT_STATE_PATH", "/data/state.redb"),
             ("MQTT_SHUTDOWN_GRACE", "1"),
@@ -585,6 +596,7 @@ mod tests {
             session_expiry_secs: 60,
             auth_file: Some("/auth".into()),
             auth_allow_plain: true,
+            acl_file: Some("/acl".into()),
             spool_path: Some("/data/spool.redb".into()),
             state_path: Some("/data/state.redb".into()),
             shutdown_grace_secs: 1,
