@@ -1,6 +1,6 @@
 """The benchmark run behind scripts/bench.sh: the pipeline's throughput, latency and footprint, side by side
-with the peers a user would pick instead (Mosquitto for MQTT ingest, bytewax for windowed aggregation), on
-this machine, in one run. Writes bench/results/<date>.json and prints a table.
+with the peers a user would pick instead (Mosquitto for MQTT ingest, bytewax and DuckDB for windowed
+aggregation), on this machine, in one run. Writes bench/results/<date>.json and prints a table.
 
 Sections (each figure is the median of several runs, with min and max):
 1. end to end: esp-sim load mode -> MqttServerModule -> edge-dev hub -> AggregatorModule -> upstream log,
@@ -14,9 +14,14 @@ Sections (each figure is the median of several runs, with min and max):
 2. MQTT ingest: the same esp-sim load against MqttServerModule (`--sink stdout`, no edgeHub, acknowledges
    once the sink took the message) and Mosquitto (with one QoS 1 subscriber, mosquitto_sub, taking every
    message, the equivalent of a forwarder); messages/s at saturation, and CPU at a fixed rate.
-3. aggregation: `aggregator replay` (the stream-query engine) vs bytewax over the same generated events
-   file, the seed's 60 s tumbling-window average; both outputs are compared.
+3. aggregation: `aggregator replay` (the stream-query engine) vs bytewax and DuckDB over the same generated
+   events files, three workloads (AGG_WORKLOADS): A the seed's 60 s tumbling-window average (200 devices),
+   B per-device avg/max/count in 60 s tumbling windows (1,000 devices), C the same in 60 s windows hopping
+   by 10 s (10,000 devices); the three outputs of each are compared.
 4. footprint: RSS idle and under load, CPU per 1,000 msg/s, binary and image sizes.
+5. patient groups: the pipeline with a per-device 60 s window (GROUPS_QUERY) and 1,000 then 10,000 devices
+   at a fixed total rate: AggregatorModule's CPU, RSS, bytes written to disk per message and state folder,
+   the hub's bytes written per message, and whether every window came out.
 
 Everything listens on 127.0.0.1 only; every wait is bounded. Usage: see scripts/bench.sh.
 """
@@ -113,6 +118,39 @@ def proc_rss_kb(pid):
             return int(f.read().split()[1]) * PAGE_KB
     except (OSError, IndexError, ValueError):
         return None
+
+
+def proc_io(pid):
+    """/proc/<pid>/io of a process (all its threads): rchar/wchar (bytes passed to read/write calls, page cache
+    included) and read_bytes/write_bytes (bytes the process caused to be fetched from / sent to the storage
+    layer: for writes, counted when a page is dirtied, so rewriting a page after each fsync counts it again)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return {k: int(v) for k, v in (line.split(":") for line in f if ":" in line)}
+    except (OSError, ValueError):
+        return None
+
+
+def io_delta(a, b):
+    if not a or not b:
+        return None
+    return {k: b[k] - a[k] for k in ("rchar", "wchar", "read_bytes", "write_bytes", "cancelled_write_bytes") if k in a}
+
+
+def dir_size(path):
+    """Bytes (apparent size) and files under a folder, or None if there is none."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return None
+    total, files = 0, 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+                files += 1
+        except OSError:
+            pass
+    return {"bytes": total, "files": files}
 
 
 class Sampler:
@@ -249,7 +287,7 @@ def comm(pid):
 # ---------------------------------------------------------------- edge-dev
 
 class EdgeDev:
-    def __init__(self, bins, workdir, query, mqtt_port, aggregator_env=None):
+    def __init__(self, bins, workdir, query, mqtt_port, aggregator_env=None, mqtt_env=None):
         self.bins = bins
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +302,8 @@ class EdgeDev:
         env["MQTT_PORT"] = {"value": str(mqtt_port)}
         env["MQTT_BIND_ADDRESS"] = {"value": "127.0.0.1"}
         env["MQTT_METRICS_PORT"] = {"value": "0"}
+        for k, v in (mqtt_env or {}).items():
+            env[k] = {"value": str(v)}
         m["modulesContent"]["AggregatorModule"]["properties.desired"]["query"] = query
         if aggregator_env:
             aenv = agent["modules"]["AggregatorModule"].setdefault("env", {})
@@ -564,6 +604,152 @@ def bench_latency(bins, work, args, name, aggregator_env, rate, devices):
     }
 
 
+GROUPS_QUERY = ("SELECT deviceId, Avg(temp) AS avg, Max(temp) AS max, Count(*) AS n, System.Timestamp() AS windowEnd "
+                "INTO PatientAvg FROM temperature TIMESTAMP BY timeCreated GROUP BY deviceId, TumblingWindow(second,60)")
+
+
+def patient_rows(edge, prefix):
+    """Sum of n and number of rows over the PatientAvg rows upstream of devices whose id starts with `prefix`."""
+    n, rows = 0, 0
+    for r in edge.upstream():
+        if r.get("output") != "PatientAvg":
+            continue
+        body = r.get("body") or {}
+        if str(body.get("deviceId", "")).startswith(prefix):
+            n += int(body.get("n", 0))
+            rows += 1
+    return n, rows
+
+
+def bench_groups(bins, work, args):
+    """Section 5: the pipeline with many patient groups. edge-dev runs the template with AggregatorModule's query
+    replaced by GROUPS_QUERY (one 60 s window per device); esp-sim (load mode) sends a fixed total rate from
+    1,000 and then 10,000 devices (one MQTT connection each). Per run: AggregatorModule's CPU per 1,000 msg/s
+    (over the sending; `cpu_s_whole_run` also counts the closing of the windows), its RSS, the bytes it and the hub wrote (/proc/<pid>/io, from just before the sending
+    until every window of the run came out) per message, and the size of its state folder; and whether every
+    acknowledged message was counted in a window upstream (sum of n)."""
+    rate = args.groups_rate
+    log(f"== 5. many patient groups: {GROUPS_QUERY}")
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        soft = hard = None
+    out = {"query": GROUPS_QUERY, "rate": rate, "duration_s": args.groups_duration, "runs": args.runs,
+           "nofile_limit": [soft, hard], "by_devices": {},
+           "how": "esp-sim --mode load --devices N --rate R --qos 1 (one MQTT connection per device, a message every "
+                  "N/R s per device) through MqttServerModule -> hub -> AggregatorModule -> upstream. CPU from "
+                  "/proc/<pid>/stat over the sending; write_bytes/wchar from /proc/<pid>/io from just before the "
+                  "sending until every window of the run is upstream, divided by the messages counted upstream "
+                  "(sum of n, = the messages AggregatorModule received); the state folder is AggregatorModule's "
+                  "AGGREGATOR_STATE_DIR (default ./aggregator-state in its working folder, "
+                  "<data>/modules/AggregatorModule under edge-dev)"}
+    names = ["MqttServerModule", "edge-dev hub", "AggregatorModule"]
+    for devices in [int(x) for x in args.groups_devices.split(",") if x]:
+        log(f"  {devices:,} devices at {rate:,} msg/s ({devices / rate:.2f} s between two messages of a device), "
+            f"{args.groups_duration} s per run")
+        edge = EdgeDev(bins, work / f"groups-{devices}", GROUPS_QUERY, free_port(),
+                       mqtt_env={"MQTT_MAX_CONNECTIONS": devices + 100})
+        rec = {"devices": devices, "runs": []}
+        out["by_devices"][str(devices)] = rec
+        try:
+            edge.start()
+            state_dir = edge.workdir / "data" / "modules" / "AggregatorModule" / "aggregator-state"
+            rec["state_dir"] = str(state_dir.relative_to(edge.workdir))
+            time.sleep(2)
+            idle = Sampler(edge.pids).start()
+            time.sleep(3)
+            idle.stop()
+            rec["idle_rss_kb"] = {n: idle.rss_max_kb(n) for n in edge.pids}
+            for k in range(args.runs):
+                tag = f"g{devices}r{k}"
+                io0 = {n: proc_io(pid) for n, pid in edge.pids.items()}
+                ticks0 = {n: proc_cpu_ticks(pid) for n, pid in edge.pids.items()}
+                try:
+                    s, sampler = esp_sim_sampled(bins, edge.mqtt_port, devices, rate, args.groups_duration, tag, edge.pids)
+                except RuntimeError as e:
+                    log(f"    run {k + 1}: esp-sim failed: {e}")
+                    rec["runs"].append({"error": str(e)[-1500:]})
+                    break
+                io_send = {n: proc_io(pid) for n, pid in edge.pids.items()}
+                state_send = dir_size(state_dir)
+                # The run's last windows end at the next minute and close 5 s after (late-arrival tolerance),
+                # with the wall clock as the watermark once the input is silent.
+                deadline = s["_t1"] + 60 + 5 + args.groups_wait
+                acked = s["acked"]
+                got, nrows = patient_rows(edge, tag + "-")
+                while got < acked and time.time() < deadline:
+                    time.sleep(1.0)
+                    got, nrows = patient_rows(edge, tag + "-")
+                time.sleep(1.0)
+                got, nrows = patient_rows(edge, tag + "-")
+                done_s = time.time() - s["_t1"]
+                io1 = {n: proc_io(pid) for n, pid in edge.pids.items()}
+                ticks1 = {n: proc_cpu_ticks(pid) for n, pid in edge.pids.items()}
+                state_end = dir_size(state_dir)
+                achieved = s["achieved_rate"]
+                per_msg = got or acked or 1
+                run = {
+                    "target_rate": rate, "achieved_rate": round(achieved, 1), "published": s["published"],
+                    "acked": acked, "unacked": s["unacked"], "connects": s.get("connects"),
+                    "disconnects": s.get("disconnects"), "counted_upstream": got, "rows_upstream": nrows,
+                    "every_window_out": got == acked and s["unacked"] == 0,
+                    "windows_out_after_s": round(done_s, 1),
+                    "kept_rate": achieved >= 0.95 * rate,
+                    "cpu_pct": {n: sampler.cpu_pct(n) for n in edge.pids},
+                    "cpu_pct_per_1000_msgs": {
+                        n: None if sampler.cpu_pct(n) is None or not achieved else
+                        round(sampler.cpu_pct(n) / (achieved / 1000.0), 2) for n in edge.pids},
+                    "cpu_s_whole_run": {
+                        n: None if ticks0[n] is None or ticks1[n] is None else
+                        round((ticks1[n] - ticks0[n]) / CLK_TCK, 2) for n in edge.pids},
+                    "rss_max_kb": {n: sampler.rss_max_kb(n) for n in edge.pids},
+                    "esp_sim_cpu_pct": None if s["_sim_cpu_s"] is None else round(100.0 * s["_sim_cpu_s"] / sampler.wall, 1),
+                    "esp_sim_rss_max_kb": s["_sim_rss_max_kb"],
+                    "io_sending": {n: io_delta(io0[n], io_send[n]) for n in edge.pids},
+                    "io": {n: io_delta(io0[n], io1[n]) for n in edge.pids},
+                    "write_bytes_per_msg": {
+                        n: None if io_delta(io0[n], io1[n]) is None else
+                        round(io_delta(io0[n], io1[n])["write_bytes"] / per_msg, 1) for n in edge.pids},
+                    "wchar_per_msg": {
+                        n: None if io_delta(io0[n], io1[n]) is None else
+                        round(io_delta(io0[n], io1[n])["wchar"] / per_msg, 1) for n in edge.pids},
+                    "state_dir_at_end_of_sending": state_send, "state_dir_after_windows": state_end,
+                    "window_s": round(sampler.wall, 2),
+                }
+                rec["runs"].append(run)
+                a = run["io"]["AggregatorModule"] or {}
+                h = run["io"]["edge-dev hub"] or {}
+                log(f"    run {k + 1}: achieved {achieved:,.1f}/s, acked {acked}, counted upstream {got} in {nrows} rows "
+                    f"({'every window out' if run['every_window_out'] else 'MISSING ' + str(acked - got)}, "
+                    f"{done_s:.0f} s after sending); AggregatorModule CPU {run['cpu_pct']['AggregatorModule'] or 0:.1f} % "
+                    f"RSS {(run['rss_max_kb']['AggregatorModule'] or 0) / 1024:.1f} MB, write_bytes "
+                    f"{a.get('write_bytes', 0) / per_msg:.0f} B/msg, wchar {a.get('wchar', 0) / per_msg:.0f} B/msg, "
+                    f"state {state_send and state_send['bytes']} B -> {state_end and state_end['bytes']} B; hub write_bytes "
+                    f"{h.get('write_bytes', 0) / per_msg:.0f} B/msg; esp-sim CPU {run['esp_sim_cpu_pct']} %, "
+                    f"connects {run['connects']}")
+        except RuntimeError as e:
+            log(f"    {devices} devices: {e}")
+            rec["error"] = str(e)[-1500:]
+        finally:
+            edge.stop()
+        ok = [r for r in rec["runs"] if "error" not in r]
+        if ok:
+            rec["summary"] = {
+                "runs": len(ok), "every_window_out_runs": sum(1 for r in ok if r["every_window_out"]),
+                "kept_rate_runs": sum(1 for r in ok if r["kept_rate"]),
+                "achieved_rate": spread([r["achieved_rate"] for r in ok]),
+                "cpu_pct_per_1000_msgs": {n: spread([r["cpu_pct_per_1000_msgs"].get(n) for r in ok]) for n in names},
+                "rss_max_kb": {n: spread([r["rss_max_kb"].get(n) for r in ok]) for n in names},
+                "write_bytes_per_msg": {n: spread([r["write_bytes_per_msg"].get(n) for r in ok]) for n in names},
+                "wchar_per_msg": {n: spread([r["wchar_per_msg"].get(n) for r in ok]) for n in names},
+                "state_dir_bytes_at_end_of_sending": spread([(r["state_dir_at_end_of_sending"] or {}).get("bytes") for r in ok]),
+                "state_dir_bytes_after_windows": spread([(r["state_dir_after_windows"] or {}).get("bytes") for r in ok]),
+                "esp_sim_cpu_pct": spread([r["esp_sim_cpu_pct"] for r in ok]),
+            }
+    return out
+
+
 # ---------------------------------------------------------------- 2. MQTT ingest
 
 def start_ours(bins, work, port):
@@ -660,20 +846,28 @@ def bench_ingest(bins, work, args):
 
 # ---------------------------------------------------------------- 3. aggregation
 
-def generate_events(path, n):
-    """n events, 200 devices, 1,000 events per second of event time, none exactly on a window edge
-    (ASA windows are (start, end], bytewax's [start, end): the edge is the one place they differ)."""
+def generate_events(path, n, devices=200):
+    """n events of `devices` devices (device i % devices), 1,000 events per second of event time, none exactly
+    on a 10 s (so none on a 60 s) window edge: ASA windows are (start, end], bytewax's and DuckDB's
+    time_bucket's [start, end), and the edge is the one place they differ. Each device's events are `devices`
+    ms apart, and its temperatures vary. (The file of the 2026-11-24 runs had the same events and times, but
+    moved events only off 60 s edges, and gave each device one constant temperature.)"""
     start = dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc)
     start_ms = int(start.timestamp() * 1000)
+    width = max(3, len(str(devices - 1)))
+    names = ["dev-%0*d" % (width, k) for k in range(devices)]
+    sec, prefix = None, ""
     with open(path, "w") as f:
         for i in range(n):
             ms = start_ms + i + 1
-            if ms % 60000 == 0:
+            if ms % 10000 == 0:
                 ms += 1  # off the edge; the next event has the same millisecond, still in order
-            t = dt.datetime.fromtimestamp(ms / 1000.0, dt.timezone.utc)
-            temp = 36.0 + ((i * 7919) % 50) / 10.0
-            f.write('{"deviceId":"dev-%03d","temp":%.1f,"timeCreated":"%s"}\n'
-                    % (i % 200, temp, t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000)))
+            if ms // 1000 != sec:
+                sec = ms // 1000
+                prefix = dt.datetime.fromtimestamp(sec, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+            temp = 36.0 + ((i * 7919 + (i // devices) * 7) % 50) / 10.0  # 36.0-40.9, varying per device
+            f.write('{"deviceId":"%s","temp":%.1f,"timeCreated":"%s%03dZ"}\n'
+                    % (names[i % devices], temp, prefix, ms % 1000))
 
 
 def vm_hwm_kb(pid):
@@ -713,46 +907,160 @@ def timed_run(cmd, stdout_path, env=None):
         err = err_f.read().decode(errors="replace")
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited with {p.returncode}: {err[-2000:]}")
-    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_kb": peak[0]}
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_kb": peak[0], "stderr": err[-4000:]}
+
+
+AGG_STATS = ("SELECT deviceId, Avg(temp) AS avg, Max(temp) AS max, Count(*) AS n, System.Timestamp() AS windowEnd "
+             "INTO Out FROM temperature TIMESTAMP BY timeCreated GROUP BY deviceId, ")
+# The aggregation workloads: the query `aggregator replay` runs, and the devices in the events file. B and C
+# select System.Timestamp() AS windowEnd so that their rows can be matched with the peers' (a row of ours
+# carries no window end unless the query selects it); A is the seed's statement verbatim, its rows (one per
+# window, in window order) are matched by order.
+AGG_WORKLOADS = {
+    "A": {"query": SEED_QUERY, "devices": 200,
+          "what": "seed query: 60 s tumbling avg of all devices"},
+    "B": {"query": AGG_STATS + "TumblingWindow(second,60)", "devices": 1000,
+          "what": "per device avg, max, count, 60 s tumbling"},
+    "C": {"query": AGG_STATS + "HoppingWindow(second,60,10)", "devices": 10000,
+          "what": "per device avg, max, count, 60 s hopping by 10 s"},
+}
+AGG_PEER_HOW = {
+    "bytewax": "bytewax 1 worker (bench/bytewax_avg.py): FileSource -> json.loads -> EventClock(timeCreated, event time "
+               "only) -> TumblingWindower(60 s) (A, B) or SlidingWindower(60 s, offset 10 s) (C), keyed by deviceId in "
+               "B and C -> fold_window(sum, count[, max])",
+    "duckdb": "DuckDB 1 thread (bench/duckdb_agg.py): read_json of the whole file, time_bucket GROUP BY; the query's own "
+              "time (without Python's start and the output) is printed on stderr",
+}
+
+
+def _window_end_key(cache, s):
+    """A window end as whole epoch seconds, whatever the writer's format (`...T00:01:00Z`, `...:00.0000000Z`)."""
+    k = cache.get(s)
+    if k is None:
+        k = cache[s] = round(parse_time(s).timestamp())
+    return k
+
+
+def read_agg_rows(path, ours):
+    """The rows of one output file as a list of dicts {windowEnd (epoch s or None), deviceId, avg, max, n}."""
+    cache, rows = {}, []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if ours:
+                r = r["row"]
+            r = {k.lower() if k.lower() in ("avg", "max", "n") else k: v for k, v in r.items()}
+            end = r.get("windowEnd")
+            rows.append({"windowEnd": _window_end_key(cache, end) if end is not None else None,
+                         "deviceId": r.get("deviceId"), "avg": r.get("avg"), "max": r.get("max"), "n": r.get("n")})
+    return rows
+
+
+def compare_agg(workload, outputs):
+    """Whether the outputs (name -> rows) are the same: the same (windowEnd, deviceId) rows, avg within 1e-9,
+    max and n equal. Our A rows carry no window end: they are matched by order with the peers' rows in window
+    order. Returns (identical, details)."""
+    names = list(outputs)
+    keyed = {}
+    for name in names:
+        rows = outputs[name]
+        if workload == "A" and rows and rows[0]["windowEnd"] is None:
+            ref = next((outputs[m] for m in names if outputs[m] and outputs[m][0]["windowEnd"] is not None), None)
+            if ref is None or len(ref) != len(rows):
+                keyed[name] = {("row", i): r for i, r in enumerate(rows)}
+                continue
+            ends = sorted(r["windowEnd"] for r in ref)
+            rows = [dict(r, windowEnd=e) for r, e in zip(rows, ends)]
+        keyed[name] = {(r["windowEnd"], r["deviceId"]): r for r in rows}
+    base_name = names[0]
+    base = keyed[base_name]
+    details = {"rows": {n: len(outputs[n]) for n in names}}
+    identical = True
+    for name in names[1:]:
+        other = keyed[name]
+        missing, extra = len(base.keys() - other.keys()), len(other.keys() - base.keys())
+        avg_diff, max_diff, n_diff, worst = 0, 0, 0, 0.0
+        for k in base.keys() & other.keys():
+            a, b = base[k], other[k]
+            if a["avg"] is None or b["avg"] is None:
+                avg_diff += a["avg"] != b["avg"]
+            else:
+                d = abs(a["avg"] - b["avg"])
+                worst = max(worst, d)
+                avg_diff += d > 1e-9
+            if workload != "A":
+                max_diff += a["max"] != b["max"]
+                n_diff += a["n"] != b["n"]
+        same = not (missing or extra or avg_diff or max_diff or n_diff)
+        identical = identical and same
+        details[f"{base_name}_vs_{name}"] = {"same": same, "rows_only_in_" + base_name: missing,
+                                             "rows_only_in_" + name: extra, "avg_differs": avg_diff,
+                                             "max_differs": max_diff, "n_differs": n_diff,
+                                             "largest_avg_difference": worst}
+    return identical, details
 
 
 def bench_aggregation(bins, work, args):
-    log(f"== 3. aggregation: stream-query (aggregator replay) vs bytewax, {args.events:,} events")
+    peers = [p for p in args.agg_peers.split(",") if p]
+    workloads = [w for w in args.workloads.split(",") if w]
+    log(f"== 3. aggregation: stream-query (aggregator replay) vs {', '.join(peers)}, {args.events:,} events, "
+        f"workloads {', '.join(workloads)}")
     d = work / "aggregation"
     d.mkdir(parents=True, exist_ok=True)
-    events = d / "events.jsonl"
-    generate_events(events, args.events)
-    ours, peer = [], []
     env = dict(os.environ)
     env["RUST_LOG"] = "warn"
-    for k in range(args.runs):
-        r = timed_run([str(bins / "aggregator"), "replay", "--query", SEED_QUERY, "--input", str(events)],
-                      d / "ours.jsonl", env)
-        ours.append(r)
-        log(f"  stream-query run {k + 1}: {r['wall_s']:.2f} s, {args.events / r['wall_s']:,.0f} events/s")
-        r = timed_run([args.python, str(REPO / "bench" / "bytewax_avg.py"), str(events)], d / "bytewax.jsonl")
-        peer.append(r)
-        log(f"  bytewax      run {k + 1}: {r['wall_s']:.2f} s, {args.events / r['wall_s']:,.0f} events/s")
-    a = [json.loads(line)["row"]["avg"] for line in open(d / "ours.jsonl") if line.strip()]
-    b = [json.loads(line)["avg"] for line in open(d / "bytewax.jsonl") if line.strip()]
-    same = len(a) == len(b) and all(abs(x - y) < 1e-9 for x, y in zip(a, b))
-    if not same:
-        log(f"  WARNING: the outputs differ: {len(a)} rows vs {len(b)} rows")
-    eps_ours = spread([round(args.events / r["wall_s"]) for r in ours])
-    eps_peer = spread([round(args.events / r["wall_s"]) for r in peer])
-    return {
-        "query": SEED_QUERY, "events": args.events, "windows": len(a), "outputs_identical": same,
-        "stream_query": {"events_per_s": eps_ours, "cpu_s": spread([round(r["cpu_s"], 3) for r in ours]),
-                         "max_rss_kb": spread([r["max_rss_kb"] for r in ours]),
-                         "wall_s": spread([round(r["wall_s"], 3) for r in ours])},
-        "bytewax": {"events_per_s": eps_peer, "cpu_s": spread([round(r["cpu_s"], 3) for r in peer]),
-                    "max_rss_kb": spread([r["max_rss_kb"] for r in peer]),
-                    "wall_s": spread([round(r["wall_s"], 3) for r in peer])},
-        "ratio_events_per_s_ours_over_bytewax": round(eps_ours["median"] / eps_peer["median"], 2),
-        "how": "wall time of the whole process (start, JSON parsing, windows, output) over the same file; "
-               "bytewax 1 worker, FileSource -> json.loads -> EventClock(timeCreated) -> TumblingWindower(60 s) "
-               "-> fold_window(sum, count)",
-    }
+    out = {"events": args.events, "runs": args.runs, "workloads": {},
+           "how": "events/s = the file's events over the wall time of the whole process (start, JSON parsing, "
+                  "windows, output) over the same file; CPU s = user + system of the process (wait4); peak RSS "
+                  "= VmHWM; `aggregator replay --query Q --input FILE` runs the stream-query engine on one core",
+           "peers": {p: AGG_PEER_HOW[p] for p in peers}}
+    for w in workloads:
+        spec = AGG_WORKLOADS[w]
+        events = d / f"events-{spec['devices']}.jsonl"
+        if not events.exists():
+            generate_events(events, args.events, spec["devices"])
+        log(f"  workload {w} ({spec['what']}, {spec['devices']:,} devices): {spec['query']}")
+        cmds = {"stream_query": [str(bins / "aggregator"), "replay", "--query", spec["query"], "--input", str(events)],
+                "bytewax": [args.python, str(REPO / "bench" / "bytewax_avg.py"), str(events), w],
+                "duckdb": [args.python, str(REPO / "bench" / "duckdb_agg.py"), str(events), w]}
+        tools = ["stream_query"] + peers
+        runs = {t: [] for t in tools}
+        for k in range(args.runs):
+            for t in tools:  # interleaved, so a busy moment of the machine hits every tool
+                r = timed_run(cmds[t], d / f"{w}-{t}.jsonl", env if t == "stream_query" else None)
+                if t == "duckdb":
+                    q = [line for line in r["stderr"].splitlines() if line.startswith("duckdb query:")]
+                    r["query_s"] = float(q[-1].split()[2]) if q else None
+                r.pop("stderr", None)
+                runs[t].append(r)
+                extra = f" (query alone {r['query_s']:.2f} s)" if r.get("query_s") is not None else ""
+                log(f"    {t:12} run {k + 1}: {r['wall_s']:6.2f} s, {args.events / r['wall_s']:>10,.0f} events/s, "
+                    f"CPU {r['cpu_s']:.2f} s, peak RSS {r['max_rss_kb'] / 1024 if r['max_rss_kb'] else 0:.1f} MB{extra}")
+        rows = {t: read_agg_rows(d / f"{w}-{t}.jsonl", t == "stream_query") for t in tools}
+        same, details = compare_agg(w, rows)
+        log(f"    outputs of {', '.join(tools)}: {'identical' if same else 'DIFFERENT'} "
+            f"({', '.join(f'{t} {len(r):,} rows' for t, r in rows.items())})")
+        if not same:
+            log(f"    WARNING: the outputs differ: {json.dumps(details)}")
+        res = {"query": spec["query"], "devices": spec["devices"], "what": spec["what"], "rows": len(rows["stream_query"]),
+               "outputs_identical": same, "comparison": details}
+        for t in tools:
+            rs = runs[t]
+            res[t] = {"events_per_s": spread([round(args.events / r["wall_s"]) for r in rs]),
+                      "cpu_s": spread([round(r["cpu_s"], 3) for r in rs]),
+                      "max_rss_kb": spread([r["max_rss_kb"] for r in rs]),
+                      "wall_s": spread([round(r["wall_s"], 3) for r in rs])}
+            if t == "duckdb":
+                res[t]["query_s"] = spread([r["query_s"] for r in rs])
+                res[t]["events_per_s_query_alone"] = spread(
+                    [round(args.events / r["query_s"]) if r["query_s"] else None for r in rs])
+            if t != "stream_query":
+                a, b = res["stream_query"]["events_per_s"]["median"], res[t]["events_per_s"]["median"]
+                res[f"ratio_events_per_s_ours_over_{t}"] = round(a / b, 2) if a and b else None
+        out["workloads"][w] = res
+    return out
 
 
 # ---------------------------------------------------------------- 4. sizes, machine
@@ -846,6 +1154,77 @@ def sp(s, unit="", digits=0, scale=1.0):
             f"({fmt(s['min'] * scale, '', digits)}-{fmt(s['max'] * scale, '', digits)})")
 
 
+PEER_NAMES = {"bytewax": "bytewax", "duckdb": "DuckDB"}
+
+
+def aggregation_rows(agg):
+    """Section 3's table rows: per workload, ours against each peer (events/s, CPU, peak RSS), DuckDB's query
+    time alone, and whether the outputs were the same."""
+    rows = []
+    first = True
+    for w, r in agg["workloads"].items():
+        peers = [p for p in ("bytewax", "duckdb") if p in r]
+        ours = r["stream_query"]
+        head = "3 aggregation" if first else ""
+        first = False
+        label = (f"{w} ({r['what']}, {r['devices']:,} devices)" if w != "A" else
+                 f"A (seed query, 60 s tumbling avg, {r['devices']:,} devices)")
+        for i, p in enumerate(peers):
+            rows.append((head if i == 0 else "", (f"{label}: events/s, {agg['events']:,} events" if i == 0 else
+                                                  f"{w}: events/s vs {PEER_NAMES[p]}"),
+                         sp(ours["events_per_s"]), f"{PEER_NAMES[p]} {sp(r[p]['events_per_s'])}",
+                         fmt(r.get(f"ratio_events_per_s_ours_over_{p}"), "x", 1)))
+        if "duckdb" in r and r["duckdb"].get("events_per_s_query_alone"):
+            q = r["duckdb"]
+            rows.append(("", f"{w}: DuckDB's query alone (no Python start, no output): events/s / s", "",
+                         f"DuckDB {sp(q['events_per_s_query_alone'])} / {sp(q['query_s'], ' s', 2)}", ""))
+        rows.append(("", f"{w}: CPU s", sp(ours["cpu_s"], " s", 2),
+                     " / ".join(f"{PEER_NAMES[p]} {sp(r[p]['cpu_s'], ' s', 2)}" for p in peers), ""))
+        rows.append(("", f"{w}: peak RSS", sp(ours["max_rss_kb"], " MB", 1, 1 / 1024),
+                     " / ".join(f"{PEER_NAMES[p]} {sp(r[p]['max_rss_kb'], ' MB', 1, 1 / 1024)}" for p in peers), ""))
+        rows.append(("", f"{w}: same output rows ({r['rows']:,} rows; avg within 1e-9, max and n equal)",
+                     "yes" if r["outputs_identical"] else "NO", ", ".join(PEER_NAMES[p] for p in peers), ""))
+    return rows
+
+
+def groups_rows(grp):
+    """Section 5's table rows: per number of devices, whether every window came out, AggregatorModule's CPU,
+    RSS, bytes written per message and state folder, and the hub's bytes written per message."""
+    rows = []
+    head = "5 patient groups"
+    for devices, rec in grp["by_devices"].items():
+        sm = rec.get("summary")
+        label = f"{int(devices):,} devices at {grp['rate']:,} msg/s"
+        if not sm:
+            rows.append((head, f"{label}: not measured", (rec.get("error") or
+                         next((r["error"] for r in rec.get("runs", []) if "error" in r), "no run"))[:120], ""))
+            head = ""
+            continue
+        a = "AggregatorModule"
+        rows.append((head, f"{label}: achieved, runs with every window out (sum of n = acked)",
+                     f"{sp(sm['achieved_rate'], ' msg/s', 1)}, {sm['every_window_out_runs']}/{sm['runs']} runs"
+                     + ("" if sm["kept_rate_runs"] == sm["runs"] else f" ({sm['runs'] - sm['kept_rate_runs']} under 95 % of the rate)"),
+                     ""))
+        head = ""
+        rows.append(("", f"{label}: {a} CPU per 1,000 msg/s", sp(sm["cpu_pct_per_1000_msgs"][a], " % of a core", 1), ""))
+        idle = (rec.get("idle_rss_kb") or {}).get(a)
+        rows.append(("", f"{label}: {a} RSS idle / max", f"{fmt(idle / 1024 if idle else None, ' MB', 1)} / "
+                     f"{sp(sm['rss_max_kb'][a], ' MB', 1, 1 / 1024)}", ""))
+        rows.append(("", f"{label}: {a} disk writes per message (write_bytes / wchar)",
+                     f"{sp(sm['write_bytes_per_msg'][a], ' B', 0)} / {sp(sm['wchar_per_msg'][a], ' B', 0)}", ""))
+        rows.append(("", f"{label}: {a} state folder at end of sending / after the last window",
+                     f"{sp(sm['state_dir_bytes_at_end_of_sending'], ' kB', 0, 1 / 1024)} / "
+                     f"{sp(sm['state_dir_bytes_after_windows'], ' kB', 0, 1 / 1024)}", ""))
+        rows.append(("", f"{label}: edge-dev hub disk writes per message (write_bytes / wchar)",
+                     f"{sp(sm['write_bytes_per_msg']['edge-dev hub'], ' B', 0)} / "
+                     f"{sp(sm['wchar_per_msg']['edge-dev hub'], ' B', 0)}", ""))
+        rows.append(("", f"{label}: CPU per 1,000 msg/s of MqttServerModule / hub",
+                     f"{sp(sm['cpu_pct_per_1000_msgs']['MqttServerModule'], ' %', 1)} / "
+                     f"{sp(sm['cpu_pct_per_1000_msgs']['edge-dev hub'], ' %', 1)}", ""))
+        rows.append(("", f"{label}: esp-sim (load generator) CPU", sp(sm["esp_sim_cpu_pct"], " % of a core", 0), ""))
+    return rows
+
+
 def table(res):
     rows = []
     e2e, lats, ing, agg = res.get("e2e") or {}, res.get("latency") or {}, res.get("mqtt_ingest"), res.get("aggregation")
@@ -885,7 +1264,9 @@ def table(res):
                      f"{sp(m['fixed_ack_p50_us'], ' us')} / {sp(m['fixed_ack_p99_us'], ' us')}", ""))
         rows.append(("", "RSS idle / at saturation", f"{fmt(o['idle_rss_kb'] / 1024, ' MB', 1)} / {sp(o['saturation_rss_max_kb'], ' MB', 1, 1 / 1024)}",
                      f"{fmt(m['idle_rss_kb'] / 1024, ' MB', 1)} / {sp(m['saturation_rss_max_kb'], ' MB', 1, 1 / 1024)}", ""))
-    if agg:
+    if agg and "workloads" in agg:
+        rows.extend(aggregation_rows(agg))
+    elif agg:  # a result file of the 2026-11-24 runs: the seed query against bytewax
         rows.append(("3 aggregation", f"events/s, 60 s tumbling avg, {agg['events']:,} events",
                      sp(agg["stream_query"]["events_per_s"]), sp(agg["bytewax"]["events_per_s"]),
                      fmt(agg["ratio_events_per_s_ours_over_bytewax"], "x", 1)))
@@ -911,7 +1292,7 @@ def table(res):
                 rows.append(("", f"{n} CPU per 1,000 msg/s (at {f['rate']} msg/s)", sp(f["cpu_pct_per_1000_msgs"][n], " % of a core", 1), ""))
         if f:
             rows.append(("", f"esp-sim (load generator) CPU per 1,000 msg/s (at {f['rate']} msg/s)", sp(f["esp_sim_cpu_pct_per_1000_msgs"], " % of a core", 1), ""))
-    rows.append(("", "binaries (release, not stripped)",
+    rows.append(("" if e else "4 footprint", "binaries (release, not stripped)",
                  ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in res["binaries_bytes"].items()), ""))
     img = res["images"]
     if isinstance(img, str):
@@ -920,6 +1301,8 @@ def table(res):
         for k, v in sorted(img.items()):
             rows.append(("", f"image {k}", v, ""))
 
+    if res.get("groups"):
+        rows.extend(groups_rows(res["groups"]))
     header = ("section", "figure", "ours (median (min-max))", "peer", "ratio")
     rows = [r + ("",) * (5 - len(r)) for r in rows]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
@@ -933,11 +1316,12 @@ def table(res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default=str(REPO / "target" / "release"))
-    ap.add_argument("--python", default=sys.executable, help="the Python that has bytewax")
+    ap.add_argument("--python", default=sys.executable, help="the Python that has bytewax and duckdb")
     ap.add_argument("--out", default=None, help="result file (default bench/results/<UTC date and time>.json)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="short runs, to try the script (figures not for publishing)")
-    ap.add_argument("--only", default="e2e,latency,ingest,aggregation", help="comma-separated sections")
+    ap.add_argument("--only", default="e2e,latency,ingest,aggregation,groups",
+                    help="comma-separated sections: e2e, latency, ingest, aggregation, groups")
     ap.add_argument("--configs", default="shipped",
                     help="end-to-end configurations: shipped (the deployment as it is), tick10 (AGGREGATOR_TICK_MS=10)")
     ap.add_argument("--shipped-rates", default="500,1000,2000,4000,8000")
@@ -953,7 +1337,16 @@ def main():
     ap.add_argument("--ingest-rate", type=int, default=5000)
     ap.add_argument("--saturation-rate", type=int, default=100000)
     ap.add_argument("--ingest-duration", type=int, default=8)
-    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--events", type=int, default=1_000_000, help="events in each aggregation file")
+    ap.add_argument("--workloads", default="A,B,C", help="aggregation workloads (A: the seed query, 200 devices; "
+                    "B: per device avg/max/count, 60 s tumbling, 1,000 devices; C: the same, 60 s hopping by 10 s, "
+                    "10,000 devices)")
+    ap.add_argument("--agg-peers", default="bytewax,duckdb", help="aggregation peers: bytewax, duckdb")
+    ap.add_argument("--groups-devices", default="1000,10000", help="devices of the patient-groups runs, in turn")
+    ap.add_argument("--groups-rate", type=int, default=5000, help="total msg/s of the patient-groups runs")
+    ap.add_argument("--groups-duration", type=int, default=60, help="seconds of sending per patient-groups run")
+    ap.add_argument("--groups-wait", type=int, default=20,
+                    help="seconds past the last window's close (its end + 5 s) to wait for it upstream")
     ap.add_argument("--table-from", default=None, help="print the table of an earlier result file and stop")
     args = ap.parse_args()
     if args.table_from:
@@ -969,9 +1362,21 @@ def main():
     if args.quick:
         args.runs, args.e2e_duration, args.latency_duration, args.ingest_duration = 1, 4, 4, 3
         args.events = 100_000
+        args.groups_duration = 15
         for c in configs.values():
             c["rates"] = c["rates"][:3]
     only = set(args.only.split(","))
+    unknown = only - {"e2e", "latency", "ingest", "aggregation", "groups"}
+    if unknown:
+        sys.exit(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
+    # Each simulated device is a socket in esp-sim and in MqttServerModule, which inherits our limit.
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
     bins = pathlib.Path(args.bin_dir)
     for b in ("edge-dev", "mqtt-server", "aggregator", "esp-sim"):
         if not (bins / b).exists():
@@ -986,6 +1391,12 @@ def main():
             capture_output=True, text=True, timeout=60).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         res["machine"]["bytewax"] = None
+    try:
+        res["machine"]["duckdb"] = subprocess.run(
+            [args.python, "-c", "import importlib.metadata as m; print(m.version('duckdb'))"],
+            capture_output=True, text=True, timeout=60).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        res["machine"]["duckdb"] = None
     res["binaries_bytes"] = {b: (bins / b).stat().st_size for b in ("mqtt-server", "aggregator", "esp-sim", "edge-dev")}
     res["images"] = images()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -1001,6 +1412,8 @@ def main():
                                                                     e2e_devices(rate, args.e2e_devices))
         if "aggregation" in only:
             res["aggregation"] = bench_aggregation(bins, work, args)
+        if "groups" in only:
+            res["groups"] = bench_groups(bins, work, args)
     res["loadavg_end"] = loadavg()
     res["elapsed_s"] = round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1)
     res["table"] = table(res)
