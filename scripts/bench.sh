@@ -35,12 +35,14 @@ fi
 # 10,000 simulated devices are 10,000 sockets in esp-sim and in MqttServerModule (which inherits this limit).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
+BIN_ARGS=()
 case " $* " in
   *" --bin-dir "*|*" --bin-dir="*|*" --table-from "*|*" --table-from="*) ;;  # binaries given, or no run
   *)
+    BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
+    BIN_ARGS=(--bin-dir "$BIN_DIR")
     echo "bench: cargo build --release (edge-dev, mqtt-server, aggregator, esp-sim) into $BIN_DIR" >&2
     cargo build --release -q -p edge-dev -p mqtt-server -p aggregator -p esp-sim --bins ;;
 esac
 
-exec "$VENV/bin/python" bench/run.py --python "$VENV/bin/python" --bin-dir "$BIN_DIR" "$@"
+exec "$VENV/bin/python" bench/run.py --python "$VENV/bin/python" "${BIN_ARGS[@]}" "$@"
