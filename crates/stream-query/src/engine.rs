@@ -31,9 +31,13 @@ use crate::value::{format_time, from_datetime, parse_time_val, to_datetime, Micr
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// An event or row, shared (not copied) between the reorder buffer, the groups that keep it as
+/// their representative row, and the statements that read it.
+type Row = Arc<Map<String, Value>>;
 
 /// What to do with an event outside the tolerances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -137,7 +141,7 @@ struct Pending {
     t: Micros,
     seq: u64,
     key: String,
-    row: Map<String, Value>,
+    row: Row,
     ins: Vec<AggIn>,
     /// The statement has analytic functions: `row` is the event as it came, to be evaluated
     /// when it leaves the buffer, in event-time order.
@@ -150,13 +154,13 @@ struct Pending {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Group {
-    rep: Map<String, Value>,
+    rep: Row,
     accs: Vec<Acc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 struct Slide {
-    events: VecDeque<(Micros, Vec<AggIn>, Map<String, Value>)>,
+    events: VecDeque<(Micros, Vec<AggIn>, Row)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,7 +184,8 @@ struct Timeline {
     /// Reorder buffer, sorted by (t, seq).
     pending: Vec<Pending>,
     /// Tumbling/hopping windows by window start, then group key.
-    fixed: BTreeMap<Micros, BTreeMap<String, Group>>,
+    /// (Hashed: a group is found in one probe; closed windows' rows are sorted by key.)
+    fixed: BTreeMap<Micros, HashMap<String, Group>>,
     sliding: BTreeMap<String, Slide>,
     /// Sliding windows: the times at which a group's content changes, with those groups.
     slide_points: BTreeMap<Micros, BTreeSet<String>>,
@@ -311,7 +316,7 @@ const MAX_APPLY_BYTES: usize = 64 * 1024 * 1024;
 struct WinOut {
     end: Micros,
     key: String,
-    rep: Map<String, Value>,
+    rep: Row,
     aggs: Vec<Val>,
 }
 
@@ -502,6 +507,31 @@ impl Engine {
         event: &Value,
         arrival: DateTime<Utc>,
     ) -> Result<Vec<OutputRow>, EventError> {
+        let readers = self.readers(input)?;
+        let obj = match event {
+            Value::Object(m) => Arc::new(m.clone()),
+            _ => return Err(EventError::NotAnObject),
+        };
+        self.record_row(readers, obj, arrival)
+    }
+
+    /// [`Engine::record`] for an event the caller no longer needs: it is kept without a copy.
+    pub fn record_owned(
+        &mut self,
+        input: &str,
+        event: Value,
+        arrival: DateTime<Utc>,
+    ) -> Result<Vec<OutputRow>, EventError> {
+        let readers = self.readers(input)?;
+        let obj = match event {
+            Value::Object(m) => Arc::new(m),
+            _ => return Err(EventError::NotAnObject),
+        };
+        self.record_row(readers, obj, arrival)
+    }
+
+    /// The statements that read input `input`.
+    fn readers(&self, input: &str) -> Result<Vec<usize>, EventError> {
         let readers: Vec<usize> = (0..self.query.stmts.len())
             .filter(|&i| {
                 let s = &self.query.stmts[i];
@@ -514,17 +544,22 @@ impl Engine {
                 known: self.query.inputs().join(", "),
             });
         }
-        let obj = match event {
-            Value::Object(m) => m,
-            _ => return Err(EventError::NotAnObject),
-        };
+        Ok(readers)
+    }
+
+    fn record_row(
+        &mut self,
+        readers: Vec<usize>,
+        obj: Row,
+        arrival: DateTime<Utc>,
+    ) -> Result<Vec<OutputRow>, EventError> {
         let a = from_datetime(arrival);
         let max_arrival = Some(self.state.max_arrival.map_or(a, |m| m.max(a)));
         // 1. validate and evaluate everything first, so a bad event changes nothing
         let mut plans = Vec::with_capacity(readers.len());
         let mut dropped = Vec::new();
         for &si in &readers {
-            match self.prepare_input(si, obj, a, max_arrival)? {
+            match self.prepare_input(si, &obj, a, max_arrival)? {
                 Ok(p) => plans.push((si, p)),
                 Err(reason) => dropped.push(reason),
             }
@@ -652,20 +687,20 @@ impl Engine {
     fn prepare_input(
         &self,
         si: usize,
-        obj: &Map<String, Value>,
+        obj: &Row,
         arrival: Micros,
         max_arrival: Option<Micros>,
     ) -> Result<Result<(String, Micros, Vec<Pending>), String>, EventError> {
         let s = &self.query.stmts[si];
         let with_arrival;
         let obj = if s.arrival_fields {
-            let mut m = obj.clone();
+            let mut m = Map::clone(obj);
             for f in ARRIVAL_FIELDS {
                 if crate::eval::lookup(&m, f).is_none() {
                     m.insert(f.to_string(), Value::String(format_time(arrival)));
                 }
             }
-            with_arrival = m;
+            with_arrival = Arc::new(m);
             &with_arrival
         } else {
             obj
@@ -751,18 +786,13 @@ impl Engine {
     /// WHERE, then either the projected row (no aggregation) or the group key and aggregate
     /// inputs. `None` when WHERE filters the event out. A statement with analytic functions
     /// keeps the event as it is until it leaves the reorder buffer (see [`resolve`]).
-    fn evaluate(
-        &self,
-        si: usize,
-        obj: &Map<String, Value>,
-        t: Micros,
-    ) -> Result<Vec<Pending>, EventError> {
+    fn evaluate(&self, si: usize, obj: &Row, t: Micros) -> Result<Vec<Pending>, EventError> {
         let s = &self.query.stmts[si];
-        let applied;
-        let rows: &[Map<String, Value>] = if s.apply.is_empty() {
+        let applied: Vec<Row>;
+        let rows: &[Row] = if s.apply.is_empty() {
             std::slice::from_ref(obj)
         } else {
-            applied = expand(s, obj)?;
+            applied = expand(s, obj)?.into_iter().map(Arc::new).collect();
             &applied
         };
         let mut out = Vec::with_capacity(rows.len());
@@ -772,7 +802,7 @@ impl Engine {
                     t,
                     seq: 0,
                     key: String::new(),
-                    row: row.clone(),
+                    row: Arc::clone(row),
                     ins: Vec::new(),
                     raw: true,
                     part: String::new(),
@@ -786,7 +816,7 @@ impl Engine {
                 an: &[],
                 quals: &s.quals,
             };
-            if let Some(p) = shape(s, &ctx, t)? {
+            if let Some(p) = shape(s, &ctx, row, t)? {
                 out.push(p);
             }
         }
@@ -868,9 +898,7 @@ impl Engine {
                 _ => MIN_T,
             };
             tl.watermark = tl.watermark.max(floor).max(own);
-            if let Some(d) = tl.due.take() {
-                due.remove(&(d, k.clone()));
-            }
+            let was_due = tl.due;
             let wins = step_timeline(tl, stmt, &mut rows, &mut warnings);
             for w in wins {
                 match finish(stmt, w) {
@@ -879,9 +907,16 @@ impl Engine {
                     Err(m) => warnings.push(m),
                 }
             }
-            tl.due = tl.due_at(stmt);
-            if let Some(d) = tl.due {
-                due.insert((d, k));
+            // the index changes only when this timeline's next due time does
+            let now_due = tl.due_at(stmt);
+            if now_due != was_due {
+                if let Some(d) = was_due {
+                    due.remove(&(d, k.clone()));
+                }
+                if let Some(d) = now_due {
+                    due.insert((d, k));
+                }
+                tl.due = now_due;
             }
         }
         let stmt_wm = if stmt.consumers.is_empty() {
@@ -968,7 +1003,7 @@ impl Engine {
                 .get("")
                 .map_or(MIN_T, |tl| tl.watermark),
         );
-        match self.evaluate(ci, row, t) {
+        match self.evaluate(ci, &Arc::new(row.clone()), t) {
             Ok(ps) => {
                 let wm = upstream_wm(&self.query.stmts[ci], &self.state.stmts[ci]);
                 for mut p in ps {
@@ -1291,7 +1326,7 @@ fn expand(s: &Stmt, obj: &Map<String, Value>) -> Result<Vec<Map<String, Value>>,
 }
 
 /// WHERE, then the projected row (no aggregation) or the group key and aggregate inputs.
-fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> {
+fn shape(s: &Stmt, ctx: &Ctx, row: &Row, t: Micros) -> Result<Option<Pending>, EventError> {
     if let Some(f) = &s.filter {
         let v = eval(f, ctx).map_err(|m| wrong(f, m))?;
         if truth(&v, f).map_err(|m| wrong(f, m))? != Some(true) {
@@ -1304,7 +1339,7 @@ fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> 
             t,
             seq: 0,
             key: String::new(),
-            row,
+            row: Arc::new(row),
             ins: Vec::new(),
             raw: false,
             part: String::new(),
@@ -1327,7 +1362,7 @@ fn shape(s: &Stmt, ctx: &Ctx, t: Micros) -> Result<Option<Pending>, EventError> 
         t,
         seq: 0,
         key,
-        row: ctx.row.clone(),
+        row: Arc::clone(row),
         ins,
         raw: false,
         part,
@@ -1356,7 +1391,7 @@ fn resolve(an: &mut AnState, s: &Stmt, p: Pending, warnings: &mut Vec<String>) -
         an: &vals,
         quals: &s.quals,
     };
-    match shape(s, &ctx, p.t) {
+    match shape(s, &ctx, &p.row, p.t) {
         Ok(Some(mut q)) => {
             q.seq = p.seq;
             Some(q)
@@ -1452,10 +1487,22 @@ fn finish(s: &Stmt, w: WinOut) -> Result<Option<TimedRow>, String> {
     Ok(Some((w.end, row)))
 }
 
-fn new_group(s: &Stmt, rep: &Map<String, Value>) -> Group {
+fn new_group(s: &Stmt, rep: &Row) -> Group {
     Group {
-        rep: rep.clone(),
+        rep: Arc::clone(rep),
         accs: s.aggs.iter().map(|a| Acc::new(a.func)).collect(),
+    }
+}
+
+/// Add a buffered event to its group of a window (a new group keeps the event as its
+/// representative row); the key is copied only for a new group.
+fn add_to(groups: &mut HashMap<String, Group>, s: &Stmt, p: &Pending) {
+    if let Some(g) = groups.get_mut(&p.key) {
+        add(g, s, &p.ins);
+    } else {
+        let mut g = new_group(s, &p.row);
+        add(&mut g, s, &p.ins);
+        groups.insert(p.key.clone(), g);
     }
 }
 
@@ -1511,7 +1558,7 @@ fn step_timeline(
     let window = match s.window {
         None => {
             for p in released {
-                rows.push((p.t, p.row));
+                rows.push((p.t, Arc::unwrap_or_clone(p.row)));
             }
             return Vec::new();
         }
@@ -1523,13 +1570,7 @@ fn step_timeline(
             for p in released {
                 let mut e = p.t + (offset - p.t).rem_euclid(hop);
                 while e < p.t.saturating_add(size) {
-                    let g = tl
-                        .fixed
-                        .entry(e - size)
-                        .or_default()
-                        .entry(p.key.clone())
-                        .or_insert_with(|| new_group(s, &p.row));
-                    add(g, s, &p.ins);
+                    add_to(tl.fixed.entry(e - size).or_default(), s, &p);
                     e += hop;
                 }
             }
@@ -1551,13 +1592,7 @@ fn step_timeline(
         }
         Window::Snapshot => {
             for p in released {
-                let g = tl
-                    .fixed
-                    .entry(p.t)
-                    .or_default()
-                    .entry(p.key.clone())
-                    .or_insert_with(|| new_group(s, &p.row));
-                add(g, s, &p.ins);
+                add_to(tl.fixed.entry(p.t).or_default(), s, &p);
             }
             while let Some((&t, _)) = tl.fixed.iter().next() {
                 if t >= wm {
@@ -1606,7 +1641,7 @@ fn step_timeline(
                     for (t, ins, row) in sl.events.iter() {
                         if *t > point.saturating_sub(size) && *t <= point {
                             let g = g.get_or_insert_with(|| new_group(s, row));
-                            g.rep = row.clone();
+                            g.rep = Arc::clone(row);
                             add(g, s, ins);
                         }
                     }
@@ -1718,7 +1753,7 @@ mod tests {
             t,
             seq,
             key: String::new(),
-            row: Map::new(),
+            row: Arc::new(Map::new()),
             ins: Vec::new(),
             raw: false,
             part: String::new(),
