@@ -114,6 +114,7 @@ mod ast;
 mod engine;
 mod error;
 mod eval;
+mod event;
 mod lexer;
 mod parser;
 mod plan;
@@ -122,6 +123,18 @@ mod value;
 pub use engine::{Engine, EngineStats, EventPolicy, OrderingAction, OutputRow};
 pub use error::{EventError, QueryError, RestoreError};
 pub use plan::Query;
+
+/// Read an event from JSON text keeping only `fields` of the top-level object (as
+/// [`Query::fields_read`] gives them; `None` keeps everything). The fields left out are skipped by
+/// the JSON reader, not built and dropped; the text is still checked as a whole (a syntax error
+/// anywhere is an error). A field that is kept may nest at most 128 levels deep (serde_json's
+/// limit); a skipped one is stepped over without recursion, at any depth.
+pub fn parse_event(
+    text: &str,
+    fields: Option<&[String]>,
+) -> Result<serde_json::Value, serde_json::Error> {
+    event::parse(text, fields)
+}
 
 /// Format a time the way output rows carry it (`2026-11-24T08:01:00.0000000Z`).
 pub fn format_timestamp(t: chrono::DateTime<chrono::Utc>) -> String {

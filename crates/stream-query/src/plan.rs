@@ -183,6 +183,22 @@ impl Query {
         v
     }
 
+    /// The top-level fields of an `input` event that the query can read (lower case), or `None`
+    /// when it may read the whole event (`SELECT *`, `x.*`, `TopOne()`, `Collect()`, the input
+    /// named alone, ...). A caller may leave every other field out of the events it passes to
+    /// [`crate::Engine::record`] without changing any output: see [`crate::parse_event`].
+    pub fn fields_read(&self, input: &str) -> Option<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for s in self.stmts.iter() {
+            if s.source == Source::Input && s.from.eq_ignore_ascii_case(input) {
+                stmt_fields(s, &mut out)?;
+            }
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
+
     /// The query text as given.
     pub fn text(&self) -> &str {
         &self.text
@@ -905,6 +921,75 @@ fn extract(e: Expr, aggs: &mut Vec<AggSpec>, inside: bool) -> Result<Expr, Query
         Expr::Cast(x, t, tr) => Expr::Cast(Box::new(extract(*x, aggs, inside)?), t, tr),
         other => other,
     })
+}
+
+/// The event fields statement `s` (which reads an input) can read, added to `out` in lower
+/// case; `None` when it may read the whole event. Conservative: a name that is both a field and
+/// an alias counts as both.
+fn stmt_fields(s: &Stmt, out: &mut Vec<String>) -> Option<()> {
+    let is_qual = |n: &str| s.quals.iter().any(|q| q.eq_ignore_ascii_case(n));
+    if s.arrival_fields {
+        out.extend(ARRIVAL_FIELDS.iter().map(|f| f.to_ascii_lowercase()));
+    }
+    let mut exprs: Vec<&Expr> = Vec::new();
+    exprs.extend(s.timestamp_by.iter());
+    exprs.extend(s.over.iter());
+    exprs.extend(s.filter.iter());
+    exprs.extend(s.having.iter());
+    exprs.extend(s.keys.iter());
+    exprs.extend(s.session_partition.iter());
+    exprs.extend(s.apply.iter().map(|a| &a.arg));
+    for it in &s.items {
+        match it {
+            OutItem::Col(_, e) => exprs.push(e),
+            OutItem::Star(None) => return None,
+            OutItem::Star(Some(p)) => match p.as_slice() {
+                [] => return None,
+                [q] if is_qual(q) => return None,
+                [q, f, ..] if is_qual(q) => {
+                    out.push(q.to_ascii_lowercase());
+                    out.push(f.to_ascii_lowercase());
+                }
+                [f, ..] => out.push(f.to_ascii_lowercase()),
+            },
+        }
+    }
+    for a in &s.aggs {
+        if a.arg.is_none()
+            && matches!(
+                a.func,
+                AggFunc::TopOne | AggFunc::Collect | AggFunc::CollectTop
+            )
+        {
+            return None;
+        }
+        exprs.extend(a.arg.iter());
+        exprs.extend(a.order.iter().map(|o| &o.expr));
+    }
+    for a in &s.analytics {
+        exprs.extend(a.arg.iter());
+        exprs.extend(a.default.iter());
+        exprs.extend(a.partition.iter());
+        exprs.extend(a.when.iter());
+    }
+    let mut whole = false;
+    for e in exprs {
+        let _ = visit(e, &mut |x| {
+            if let Expr::Field(p, _) = x {
+                match p.as_slice() {
+                    [] => whole = true,
+                    [q] if is_qual(q) => whole = true,
+                    [q, f, ..] if is_qual(q) => {
+                        out.push(q.to_ascii_lowercase());
+                        out.push(f.to_ascii_lowercase());
+                    }
+                    [f, ..] => out.push(f.to_ascii_lowercase()),
+                }
+            }
+            Ok(())
+        });
+    }
+    (!whole).then_some(())
 }
 
 fn visit<'a>(

@@ -29,6 +29,27 @@ struct Active {
     text: String,
     settings: TwinSettings,
     engine: Engine,
+    /// Per input name: the fields the query reads (None: all), so a message is read only that far.
+    fields: FieldsRead,
+}
+
+/// The fields the query reads, per input, worked out on first use.
+#[derive(Debug, Default)]
+struct FieldsRead(std::collections::HashMap<String, Option<Vec<String>>>);
+
+impl FieldsRead {
+    fn parse(
+        &mut self,
+        query: &stream_query::Query,
+        input: &str,
+        text: &str,
+    ) -> serde_json::Result<Value> {
+        let f = self
+            .0
+            .entry(input.to_string())
+            .or_insert_with(|| query.fields_read(input));
+        stream_query::parse_event(text, f.as_deref())
+    }
 }
 
 /// The checkpoint (snapshot) format this module writes. Formats 1 (before the field existed) and
@@ -208,6 +229,7 @@ impl Processor {
             text,
             settings,
             engine,
+            fields: FieldsRead::default(),
         });
         let all = self.references.names();
         self.give_references(&all);
@@ -237,6 +259,8 @@ impl Processor {
                 "the input log ends in a torn or corrupt record (a crash during a write?); using the records before it");
         }
         let mut applied = 0;
+        let mut fields = FieldsRead::default();
+        let query = engine.query().clone();
         for rec in log.records {
             if rec.seq() <= wal_seq {
                 continue;
@@ -252,8 +276,8 @@ impl Processor {
                 } => {
                     let arrival =
                         DateTime::<Utc>::from_timestamp_micros(arrival_us).unwrap_or_default();
-                    if let Ok(v) = serde_json::from_str::<Value>(&body) {
-                        let _ = engine.record(&input, &v, arrival);
+                    if let Ok(v) = fields.parse(&query, &input, &body) {
+                        let _ = engine.record_owned(&input, v, arrival);
                     }
                 }
                 wal::Record::Tick { now_us, .. } => {
@@ -362,12 +386,12 @@ impl Processor {
                     format!("body is not UTF-8 ({e}); send JSON in UTF-8"),
                 )
             }
-            Ok(text) => match serde_json::from_str(text) {
+            Ok(text) => match active.fields.parse(active.engine.query(), input, text) {
                 Ok(v) => v,
                 Err(e) => return self.dead(input, body, arrival, format!("body is not JSON: {e}")),
             },
         };
-        let result = active.engine.record(input, &value, arrival);
+        let result = active.engine.record_owned(input, value, arrival);
         for w in active.engine.take_warnings() {
             tracing::warn!(input, "query: {w}");
         }

@@ -62,6 +62,11 @@ pub fn replay(
             )));
         }
     }
+    // read only the fields the query reads (and the arrival time field replay itself reads)
+    let fields = query.fields_read(&from).map(|mut f| {
+        f.push("eventenqueuedutctime".to_string());
+        f
+    });
     let mut summary = ReplaySummary::default();
     let mut last_arrival: Option<DateTime<Utc>> = None;
     for (n, line) in input.lines().enumerate() {
@@ -70,7 +75,7 @@ pub fn replay(
             continue;
         }
         summary.events += 1;
-        let event: Value = match serde_json::from_str(&line) {
+        let event: Value = match stream_query::parse_event(&line, fields.as_deref()) {
             Ok(v) => v,
             Err(e) => {
                 summary.rejected += 1;
@@ -94,7 +99,7 @@ pub fn replay(
             }
         };
         last_arrival = Some(arrival);
-        match engine.record(&from, &event, arrival) {
+        match engine.record_owned(&from, event, arrival) {
             Ok(rows) => summary.rows += write_rows(&mut out, rows)?,
             Err(e) => {
                 summary.rejected += 1;
