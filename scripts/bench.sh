@@ -5,7 +5,7 @@
 # (PyPI), footprint, and the pipeline with 1,000 and 10,000 patient groups (CPU, RSS, disk bytes per message).
 # Installs what it needs (apt: mosquitto, mosquitto-clients, python3-venv; a venv bench/.venv with
 # bench/requirements.txt), builds the release binaries (into $CARGO_TARGET_DIR when set; not when --bin-dir is
-# given), writes bench/results/<UTC date>.json and prints a table. ~35 min on 2 cores (+~4 for a cold build).
+# given), writes bench/results/<UTC date>.json and prints a table. ~40 min on 2 cores (+~4 for a cold build).
 # All on 127.0.0.1. Figures: docs/PERFORMANCE.md.
 # Usage: scripts/bench.sh [bench/run.py options: --quick, --runs N,
 #        --only e2e,latency,ingest,aggregation,groups, --bin-dir DIR, --help]
