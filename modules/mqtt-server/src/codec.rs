@@ -377,6 +377,21 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether `buf` holds a whole packet (fixed header and remaining length).
+///
+/// rumqttc takes a packet's whole frame off the buffer before it reads the body, and an MQTT 5
+/// property length that runs past the end of the body comes back as `InsufficientBytes`, the
+/// error that otherwise means "wait for more". With the whole frame in the buffer it means a
+/// malformed packet: waiting instead dropped the packet without a word and left the packets
+/// behind it unread until the client sent more (found by `fuzz/fuzz_targets/mqtt_decode.rs`).
+fn has_whole_frame(buf: &[u8]) -> bool {
+    frame_len(buf).is_some_and(|n| n <= buf.len())
+}
+
+fn past_the_end() -> CodecError {
+    CodecError::Malformed("a length inside the packet runs past the packet's end".into())
+}
+
 /// Server side codec: decodes [`Inbound`], encodes [`Outbound`].
 #[derive(Debug)]
 pub struct ServerCodec {
@@ -413,12 +428,14 @@ impl ServerCodec {
 
     fn decode_v4(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
         let max = self.max_incoming;
+        let whole = has_whole_frame(src);
         let packet = match v4::Packet::read(src, max) {
             Ok(p) => p,
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) if !whole => {
                 src.reserve(n);
                 return Ok(None);
             }
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => return Err(past_the_end()),
             Err(e) => return Err(from_v4(e, max)),
         };
         Ok(Some(match packet {
@@ -504,12 +521,14 @@ impl ServerCodec {
         }
         let max = self.max_incoming;
         let limit = u32::try_from(max).unwrap_or(u32::MAX);
+        let whole = has_whole_frame(src);
         let packet = match v5::Packet::read(src, Some(limit)) {
             Ok(p) => p,
-            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(n)) => {
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(n)) if !whole => {
                 src.reserve(n);
                 return Ok(None);
             }
+            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => return Err(past_the_end()),
             Err(e) => return Err(from_v5(e, max)),
         };
         Ok(Some(match packet {
@@ -938,6 +957,40 @@ mod tests {
         assert!(matches!(
             codec.decode(&mut d),
             Ok(Some(Inbound::Disconnect { .. }))
+        ));
+    }
+
+    /// Found by `fuzz/fuzz_targets/mqtt_decode.rs`: a SUBSCRIBE whose remaining length (2) ends
+    /// before its property length was taken off the buffer and reported as "need more bytes", so
+    /// the packet vanished and the PINGREQ behind it waited for the client's next bytes.
+    #[test]
+    fn a_property_length_past_the_packet_end_is_malformed_not_a_wait() {
+        let mut codec = ServerCodec::new(1024);
+        let mut b =
+            BytesMut::from(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 0, 0, 0, 0][..]);
+        assert!(matches!(
+            codec.decode(&mut b),
+            Ok(Some(Inbound::Connect(_)))
+        ));
+        b.extend_from_slice(&[0x82, 0x02, 0x09, 0x35, 0xC0, 0x00]);
+        match codec.decode(&mut b) {
+            Err(CodecError::Malformed(m)) => assert!(m.contains("past the packet"), "{m}"),
+            other => panic!("expected a malformed packet, got {other:?}"),
+        }
+        // a packet that is only incomplete still waits for more
+        let mut codec = ServerCodec::new(1024);
+        let mut b =
+            BytesMut::from(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 0, 0, 0, 0][..]);
+        assert!(matches!(
+            codec.decode(&mut b),
+            Ok(Some(Inbound::Connect(_)))
+        ));
+        b.extend_from_slice(&[0x82, 0x08, 0x09, 0x35, 0x00]);
+        assert!(matches!(codec.decode(&mut b), Ok(None)));
+        b.extend_from_slice(&[0x00, 0x02, b'a', b'/', 0x01]);
+        assert!(matches!(
+            codec.decode(&mut b),
+            Ok(Some(Inbound::Subscribe { .. }))
         ));
     }
 
