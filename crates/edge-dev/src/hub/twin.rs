@@ -1,4 +1,9 @@
 //! Module twins (pure): desired and reported properties with their versions, JSON merge patches.
+//!
+//! A patch may nest objects and arrays at most [`MAX_NESTING`] levels below its top, as IoT Hub
+//! allows in twin properties. Without that bound a module's patch nested close to serde_json's
+//! 128-level limit was merged, stored and then unreadable: the twin document a module GETs and the
+//! stored twin each wrap it in more levels, past what serde_json reads back.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -11,6 +16,41 @@ pub struct TwinState {
     pub desired_version: u64,
     pub reported: Map<String, Value>,
     pub reported_version: u64,
+}
+
+/// Levels of objects and arrays a patch may nest below its top: IoT Hub's limit for desired and
+/// reported properties ("All JSON objects in tags, desired, and reported properties can have a
+/// maximum depth of 10").
+pub const MAX_NESTING: usize = 10;
+
+/// Levels of objects and arrays below the top of `v` (0 for `{"a": 1}`), counting at most
+/// `MAX_NESTING + 1`; a loop over a work list, so a deep value costs no stack.
+fn nesting(v: &Value) -> usize {
+    let nested = |c: &&Value| c.is_object() || c.is_array();
+    let mut deepest = 0;
+    let mut work: Vec<(&Value, usize)> = vec![(v, 0)];
+    while let Some((v, level)) = work.pop() {
+        deepest = deepest.max(level);
+        if deepest > MAX_NESTING {
+            break;
+        }
+        match v {
+            Value::Object(m) => work.extend(m.values().filter(nested).map(|c| (c, level + 1))),
+            Value::Array(a) => work.extend(a.iter().filter(nested).map(|c| (c, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Refuses a patch nested deeper than [`MAX_NESTING`], saying so.
+fn check_nesting(patch: &Value) -> Result<(), String> {
+    if nesting(patch) > MAX_NESTING {
+        return Err(format!(
+            "the patch nests objects or arrays more than {MAX_NESTING} levels deep, more than IoT Hub allows in twin properties; flatten it"
+        ));
+    }
+    Ok(())
 }
 
 impl TwinState {
@@ -51,6 +91,7 @@ impl TwinState {
         let p = patch
             .as_object()
             .ok_or_else(|| "a reported-properties patch must be a JSON object".to_string())?;
+        check_nesting(patch)?;
         merge(&mut self.reported, p);
         self.reported_version += 1;
         Ok(self.reported_version)
@@ -62,6 +103,7 @@ impl TwinState {
         let p = patch
             .as_object()
             .ok_or_else(|| "a desired-properties patch must be a JSON object".to_string())?;
+        check_nesting(patch)?;
         merge(&mut self.desired, p);
         self.desired_version += 1;
         let mut body = strip_meta(patch);
@@ -151,6 +193,40 @@ mod tests {
             t.document()["desired"],
             json!({"a": 1, "b": {"c": 2}, "$version": 2})
         );
+    }
+
+    /// Found by `fuzz/fuzz_targets/twin_patches.rs`: a reported patch nested 126 levels deep was
+    /// merged, and then neither the twin document nor the stored twin read back (serde_json's
+    /// 128-level limit), so the module could no longer GET its twin and the hub dropped the stored
+    /// twin at its next start.
+    #[test]
+    fn patches_nested_deeper_than_iot_hub_allows_are_refused() {
+        let nested = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({ "a": v });
+            }
+            v
+        };
+        let mut t = TwinState::new(&json!({"a": 1}));
+        // {"a": ...} with MAX_NESTING objects below the top is the deepest allowed
+        assert!(t.patch_reported(&nested(MAX_NESTING + 1)).is_ok());
+        assert!(t.patch_desired(&nested(MAX_NESTING + 1)).is_ok());
+        for levels in [MAX_NESTING + 2, 126] {
+            let before = t.clone();
+            let e = t.patch_reported(&nested(levels)).unwrap_err();
+            assert!(e.contains("more than 10 levels"), "{e}");
+            assert!(t.patch_desired(&nested(levels)).is_err());
+            assert_eq!(t, before, "a refused patch changes nothing");
+        }
+        // arrays count as levels too
+        assert!(t
+            .patch_reported(&json!({"a": [[[[[[[[[[[1]]]]]]]]]]]}))
+            .is_err());
+        let doc = t.document().to_string();
+        assert!(serde_json::from_str::<Value>(&doc).is_ok());
+        let stored = serde_json::to_vec(&t).unwrap();
+        assert_eq!(serde_json::from_slice::<TwinState>(&stored).unwrap(), t);
     }
 
     #[test]
