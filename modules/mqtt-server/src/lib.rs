@@ -614,6 +614,57 @@ pub async fn run(
         .await
 }
 
+impl Server {
+    /// Serves client connections over the given byte streams instead of accepted sockets: each
+    /// stream as the accept loop serves a socket, all at once, until every one has ended. Then
+    /// forwarding stops; messages not yet forwarded are dropped (their devices were not
+    /// acknowledged). No listener, spool, metrics endpoint or session expiry runs. For in-memory
+    /// tests and fuzzing over `tokio::io::duplex` (`fuzz/fuzz_targets/mqtt_session.rs`).
+    pub async fn serve_streams<S>(self, streams: Vec<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.shared.settings;
+        let (pipeline, worker) = Pipeline::start(
+            PipelineLimits {
+                messages: s.buffer_messages,
+                bytes: s.buffer_bytes,
+                concurrency: s.forward_concurrency,
+                retry: Duration::from_millis(s.forward_retry_ms.max(1)),
+                attempt_timeout: Duration::from_secs(match s.forward_timeout_secs {
+                    0 => 100 * 365 * 24 * 3600,
+                    n => n,
+                }),
+            },
+            self.forwarder,
+            self.shared.metrics.clone(),
+            None,
+        );
+        let (_stop, stop_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        for (i, stream) in streams.into_iter().enumerate() {
+            let port = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            conns.spawn(connection::serve(
+                stream,
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                self.shared.clone(),
+                pipeline.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        drop(pipeline);
+        while let Some(done) = conns.join_next().await {
+            if let Err(e) = done {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+        worker.abort();
+        let _ = worker.await;
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,

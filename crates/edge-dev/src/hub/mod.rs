@@ -51,9 +51,11 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
 use self::store::{QueueKey, Store, UPSTREAM};
-use self::twin::TwinState;
 
 pub use self::acl::filter_matches;
+// Public for the fuzz targets (`fuzz/`): the subscription rules and the module twins.
+pub use self::acl::{may_subscribe, valid_filter};
+pub use self::twin::TwinState;
 
 /// Settings of the hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
