@@ -167,7 +167,12 @@ async fn on_input(
     pending: &mut Vec<InputMessage>,
     commit_at: &mut Option<tokio::time::Instant>,
 ) -> Result<(), AggregatorError> {
-    let outcome = processor.on_input(&input.input, &input.message.body, Utc::now());
+    let outcome = processor.on_message(
+        &input.input,
+        input.message.message_id.as_deref(),
+        &input.message.body,
+        Utc::now(),
+    );
     send_rows(client, &outcome.rows).await?;
     if let Some(dl) = outcome.dead_letter {
         let out = processor.dead_letter_output().to_string();

@@ -52,6 +52,19 @@ impl FieldsRead {
     }
 }
 
+/// How many of the last inputs are remembered to recognise them if edgeHub delivers them again
+/// after a crash: more than the module ever leaves unacknowledged (`MAX_PENDING_ACKS`, 16).
+pub const RECENT_INPUTS: usize = 64;
+
+/// Who an input is, for recognising it when edgeHub delivers it again: its input name and
+/// message id, or without an id its input name, length and CRC-32.
+pub fn input_identity(input: &str, message_id: Option<&str>, body: &[u8]) -> String {
+    match message_id.filter(|m| !m.is_empty()) {
+        Some(id) => format!("{input}|m:{id}"),
+        None => format!("{input}|b:{}:{:08x}", body.len(), crc32fast::hash(body)),
+    }
+}
+
 /// The checkpoint (snapshot) format this module writes. Formats 1 (before the field existed) and
 /// 2 are read too (they have no input log: `walSeq` 0); a later format is refused with a warning
 /// (start with empty windows rather than misread a newer module's state).
@@ -69,6 +82,9 @@ struct Checkpoint {
     /// The last input-log record this snapshot holds (see [`crate::wal`]).
     #[serde(default)]
     wal_seq: u64,
+    /// Identities of the last inputs the snapshot holds (see [`Processor::on_message`]).
+    #[serde(default)]
+    recent: Vec<String>,
     query: String,
     settings: TwinSettings,
     engine: Value,
@@ -106,6 +122,17 @@ pub struct Processor {
     /// The next commit writes a snapshot (a new query, a log of another version).
     snapshot_due: bool,
     last_snapshot: std::time::Instant,
+    /// Identities of the last [`RECENT_INPUTS`] inputs the engine took, newest last: their
+    /// acknowledgements may not have reached edgeHub before a crash, so it may deliver them again.
+    recent: std::collections::VecDeque<String>,
+    /// After a restore: the inputs that may come again; each is recognised once.
+    redelivery: Vec<String>,
+    /// How many more inputs are checked against `redelivery` (edgeHub delivers the
+    /// unacknowledged ones first).
+    redelivery_window: usize,
+    /// Inputs recognised as delivered again after a restart and acknowledged without running
+    /// them twice.
+    pub redelivered_skipped: u64,
     /// Bytes handed to the disk by commits (input log and snapshots), for the metrics.
     pub bytes_committed: u64,
     pub events_in: u64,
@@ -134,6 +161,10 @@ impl Processor {
             log_bytes: 0,
             snapshot_due: true,
             last_snapshot: std::time::Instant::now(),
+            recent: std::collections::VecDeque::new(),
+            redelivery: Vec::new(),
+            redelivery_window: 0,
+            redelivered_skipped: 0,
             bytes_committed: 0,
             events_in: 0,
             rows_out: 0,
@@ -195,26 +226,36 @@ impl Processor {
         // a new query starts a new snapshot and log; a restored one continues its log
         self.snapshot_due = true;
         self.unsynced.clear();
+        self.recent.clear();
+        self.redelivery.clear();
+        self.redelivery_window = 0;
         let engine = match restored {
-            Some((state, wal_seq)) => match Engine::restore(query.clone(), policy, &state) {
-                Ok(mut engine) => {
-                    // the log's JOINs need their reference data as they run again
-                    for name in self.references.names() {
-                        if let Some(rows) = self.references.rows(&name) {
-                            let _ = engine.set_reference(&name, rows.clone());
+            Some((state, wal_seq, recent)) => {
+                match Engine::restore(query.clone(), policy, &state) {
+                    Ok(mut engine) => {
+                        // the log's JOINs need their reference data as they run again
+                        for name in self.references.names() {
+                            if let Some(rows) = self.references.rows(&name) {
+                                let _ = engine.set_reference(&name, rows.clone());
+                            }
                         }
-                    }
-                    let replayed = self.replay_log(&mut engine, wal_seq);
-                    tracing::info!(path = %self.checkpoint_path.display(), replayed,
+                        self.recent = recent.into();
+                        let replayed = self.replay_log(&mut engine, wal_seq);
+                        // what edgeHub may deliver again: the inputs whose acknowledgement may have
+                        // been lost with the process
+                        self.redelivery = self.recent.iter().cloned().collect();
+                        self.redelivery_window = 4 * RECENT_INPUTS;
+                        tracing::info!(path = %self.checkpoint_path.display(), replayed,
                         "restored open windows from the snapshot and the input log");
-                    engine
-                }
-                Err(e) => {
-                    tracing::warn!(path = %self.checkpoint_path.display(), error = %e,
+                        engine
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %self.checkpoint_path.display(), error = %e,
                         "checkpoint does not fit this query; starting with empty windows");
-                    Engine::new(query, policy)
+                        Engine::new(query, policy)
+                    }
                 }
-            },
+            }
             None => Engine::new(query, policy),
         };
         let flushed = match self.active.take() {
@@ -272,8 +313,12 @@ impl Processor {
                     input,
                     arrival_us,
                     body,
+                    ident,
                     ..
                 } => {
+                    let ident =
+                        ident.unwrap_or_else(|| input_identity(&input, None, body.as_bytes()));
+                    self.remember(ident);
                     let arrival =
                         DateTime::<Utc>::from_timestamp_micros(arrival_us).unwrap_or_default();
                     if let Ok(v) = fields.parse(&query, &input, &body) {
@@ -294,7 +339,11 @@ impl Processor {
         applied
     }
 
-    fn load_checkpoint(&self, text: &str, settings: &TwinSettings) -> Option<(Value, u64)> {
+    fn load_checkpoint(
+        &self,
+        text: &str,
+        settings: &TwinSettings,
+    ) -> Option<(Value, u64, Vec<String>)> {
         let bytes = std::fs::read(&self.checkpoint_path).ok()?;
         match serde_json::from_slice::<Checkpoint>(&bytes) {
             Ok(cp) if cp.format > CHECKPOINT_FORMAT => {
@@ -303,7 +352,7 @@ impl Processor {
                 None
             }
             Ok(cp) if cp.query == text && cp.settings.event_policy == settings.event_policy => {
-                Some((cp.engine, cp.wal_seq))
+                Some((cp.engine, cp.wal_seq, cp.recent))
             }
             Ok(_) => {
                 tracing::info!("checkpoint belongs to another query or policy; not restored");
@@ -366,8 +415,46 @@ impl Processor {
             .collect()
     }
 
-    /// One input message. `input` is the edgeHub input name, which is the query's `FROM` name.
+    /// One input message without a message id (see [`Processor::on_message`]).
     pub fn on_input(&mut self, input: &str, body: &[u8], arrival: DateTime<Utc>) -> Outcome {
+        self.on_message(input, None, body, arrival)
+    }
+
+    fn remember(&mut self, ident: String) {
+        if self.recent.len() == RECENT_INPUTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ident);
+    }
+
+    /// One input message. `input` is the edgeHub input name, which is the query's `FROM` name;
+    /// `message_id` its `$.mid` (MqttServerModule sets one on every message).
+    ///
+    /// After a restart edgeHub delivers again the inputs it had not seen acknowledged, and the
+    /// last of them may be in the restored state already (the process died between making them
+    /// durable and acknowledging them). Such an input, recognised by its message id (or, without
+    /// one, by its input name, length and checksum) among the last [`RECENT_INPUTS`] the state
+    /// holds, is acknowledged without running it again, so no window counts a reading twice.
+    pub fn on_message(
+        &mut self,
+        input: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+        arrival: DateTime<Utc>,
+    ) -> Outcome {
+        let ident = input_identity(input, message_id, body);
+        if self.redelivery_window > 0 {
+            self.redelivery_window -= 1;
+            if let Some(i) = self.redelivery.iter().position(|x| *x == ident) {
+                self.redelivery.swap_remove(i);
+                self.redelivered_skipped += 1;
+                tracing::info!(input, message_id, "an input delivered again after the restart is in the restored state already; acknowledged without running it twice");
+                return Outcome {
+                    rows: Vec::new(),
+                    dead_letter: None,
+                };
+            }
+        }
         self.events_in += 1;
         let Some(active) = self.active.as_mut() else {
             return self.dead(
@@ -406,7 +493,9 @@ impl Processor {
                     input,
                     arrival.timestamp_micros(),
                     text,
+                    &ident,
                 );
+                self.remember(ident);
                 self.rows_out += rows.len() as u64;
                 Outcome {
                     rows,
@@ -522,6 +611,7 @@ impl Processor {
         let cp = Checkpoint {
             format: CHECKPOINT_FORMAT,
             wal_seq: self.wal_seq,
+            recent: self.recent.iter().cloned().collect(),
             query: a.text.clone(),
             settings: a.settings.clone(),
             engine: a.engine.checkpoint(),

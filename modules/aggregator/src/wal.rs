@@ -41,6 +41,9 @@ pub enum Record {
         input: String,
         arrival_us: i64,
         body: String,
+        /// Who the input is, to recognise it if edgeHub delivers it again after a crash
+        /// (see [`crate::processor::input_identity`]); absent in logs of earlier versions.
+        ident: Option<String>,
     },
     Tick {
         seq: u64,
@@ -57,9 +60,18 @@ impl Record {
 }
 
 /// Frame an input record. `body` must be JSON text (the engine accepted it).
-pub fn encode_input(out: &mut Vec<u8>, seq: u64, input: &str, arrival_us: i64, body: &str) {
+pub fn encode_input(
+    out: &mut Vec<u8>,
+    seq: u64,
+    input: &str,
+    arrival_us: i64,
+    body: &str,
+    ident: &str,
+) {
     let input = serde_json::to_string(input).unwrap_or_else(|_| "\"\"".into());
-    let payload = format!("{{\"s\":{seq},\"i\":{input},\"a\":{arrival_us},\"b\":{body}}}");
+    let ident = serde_json::to_string(ident).unwrap_or_else(|_| "\"\"".into());
+    let payload =
+        format!("{{\"s\":{seq},\"i\":{input},\"a\":{arrival_us},\"m\":{ident},\"b\":{body}}}");
     frame(out, payload.as_bytes());
 }
 
@@ -86,6 +98,8 @@ struct Payload<'a> {
     b: Option<&'a RawValue>,
     #[serde(default)]
     t: Option<i64>,
+    #[serde(default)]
+    m: Option<String>,
 }
 
 /// What reading a log found.
@@ -135,12 +149,14 @@ pub fn decode(bytes: &[u8]) -> Result<ReadLog, String> {
                 i: Some(input),
                 a: Some(arrival_us),
                 b: Some(body),
+                m,
                 ..
             }) => Record::Input {
                 seq: s,
                 input,
                 arrival_us,
                 body: body.get().to_string(),
+                ident: m,
             },
             Ok(Payload {
                 s, t: Some(now_us), ..
@@ -266,9 +282,10 @@ mod tests {
             "temperature",
             10,
             r#"{"temp": 37.5, "deviceId": "p\"1"}"#,
+            "m:id-1",
         );
         encode_tick(&mut v, 2, 20);
-        encode_input(&mut v, 3, "temperature", 30, "{}");
+        encode_input(&mut v, 3, "temperature", 30, "{}", "b:2:1");
         v
     }
 
@@ -283,7 +300,8 @@ mod tests {
                 seq: 1,
                 input: "temperature".into(),
                 arrival_us: 10,
-                body: r#"{"temp": 37.5, "deviceId": "p\"1"}"#.into()
+                body: r#"{"temp": 37.5, "deviceId": "p\"1"}"#.into(),
+                ident: Some("m:id-1".into()),
             }
         );
         assert_eq!(log.records[1], Record::Tick { seq: 2, now_us: 20 });
