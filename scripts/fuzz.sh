@@ -7,17 +7,21 @@
 # (cargo-fuzz passes nightly-only flags), or `cargo +$FUZZ_TOOLCHAIN` when FUZZ_TOOLCHAIN is set.
 # Runs under `nice -n 10`, one process per target. New corpus entries go to fuzz/corpus-grown/<target>/
 # (not committed); the seeds in fuzz/corpus/<target>/ are read, never written. docs/RELIABILITY.md.
-# Usage: scripts/fuzz.sh [--seconds N] [target...]     (default: 600 seconds each, every target)
+# Usage: scripts/fuzz.sh [--seconds N] [--dev] [target...]  (default: 600 s each, every target)
 #        scripts/fuzz.sh --list
+# --dev builds without optimizations: quicker to build, ~15x slower to run (the CI smoke,
+# scripts/test.sh, uses it). FUZZ_TARGET_DIR moves the build out of fuzz/target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 
 seconds=600
+profile=release
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    -h|--help) sed -n 2,11p "$0"; exit 0;;
+    -h|--help) sed -n 2,13p "$0"; exit 0;;
+    --dev) profile=dev; shift;;
     --seconds) seconds="${2:?--seconds needs a number}"; shift 2;;
     --seconds=*) seconds="${1#--seconds=}"; shift;;
     --list) sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^edge-fuzz$'; exit 0;;
@@ -45,12 +49,17 @@ fi
 
 # Release build with debug assertions and overflow checks, without a sanitizer: the code is safe
 # Rust (unsafe_code = "deny"), so AddressSanitizer would find little and halve the speed.
-echo "== fuzz build (${#targets[@]} targets)"
+echo "== fuzz build ($profile)"
 build_start=$SECONDS
-nice -n 10 "${fuzz[@]}" build --fuzz-dir fuzz --target-dir "$root/fuzz/target" --sanitizer none \
-  --debug-assertions || { echo "fuzz.sh: the fuzz build failed" >&2; exit 1; }
+target_dir="${FUZZ_TARGET_DIR:-$root/fuzz/target}"
+if [ "$profile" = dev ]; then
+  build_args=(--dev); bin="$target_dir/x86_64-unknown-linux-gnu/debug"
+else
+  build_args=(--debug-assertions); bin="$target_dir/x86_64-unknown-linux-gnu/release"
+fi
+nice -n 10 "${fuzz[@]}" build --fuzz-dir fuzz --target-dir "$target_dir" --sanitizer none \
+  "${build_args[@]}" || { echo "fuzz.sh: the fuzz build failed" >&2; exit 1; }
 echo "   built in $((SECONDS - build_start)) s"
-bin="$root/fuzz/target/x86_64-unknown-linux-gnu/release"
 
 # The dictionary of each target, if it has one.
 dict_of() {

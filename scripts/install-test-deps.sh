@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian 12 machine: Debian's mosquitto (broker and clients) and the
-# Python packages of tests/requirements.txt. Safe to run again; does nothing that is already done.
+# Installs what the tests need on a fresh Debian 12 machine: Debian's mosquitto (broker and clients), the
+# Python packages of tests/requirements.txt and cargo-fuzz (for the fuzz smoke, scripts/fuzz.sh). Safe to run
+# again; does nothing that is already done.
 # Usage: scripts/install-test-deps.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-case "${1:-}" in -h|--help) sed -n 2,4p "$0"; exit 0;; esac
+case "${1:-}" in -h|--help) sed -n 2,5p "$0"; exit 0;; esac
 
 need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
@@ -23,4 +24,9 @@ fi
 if ! python3 -c 'import pytest, paho.mqtt, azure.iot.device, jsonschema' >/dev/null 2>&1; then
   echo "install-test-deps: pip install -r tests/requirements.txt"
   python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi
+
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "install-test-deps: cargo install cargo-fuzz"
+  cargo install -q cargo-fuzz --locked --version 0.13.2
 fi
