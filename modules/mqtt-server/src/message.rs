@@ -109,6 +109,14 @@ pub fn to_edge_message(
     }
     let mut properties = BTreeMap::new();
     for (k, v) in &p.props.user_properties {
+        // Not carried: an empty name, which an edgeHub property bag cannot hold (the hub refuses
+        // the bag and closes MqttServerModule's connection, so one such publish stalled every
+        // device's forwarding), and a name in the system properties' `$.` namespace, which the
+        // hub would read as that system property (`$.on` would pick the output the reading is
+        // routed from). Found by fuzz/fuzz_targets/mqtt_decode.rs.
+        if k.is_empty() || k.starts_with("$.") {
+            continue;
+        }
         properties.insert(k.clone(), v.clone());
     }
     properties.insert("mqtt-topic".into(), p.topic.clone());
@@ -224,5 +232,31 @@ mod tests {
         assert_eq!(m.properties["site"], "home");
         assert_eq!(m.correlation_id.as_deref(), Some("c1"));
         assert_eq!(m.content_type.as_deref(), Some("text/plain"));
+    }
+
+    /// Found by `fuzz/fuzz_targets/mqtt_decode.rs`: an MQTT 5 user property with an empty name
+    /// gave a property bag the hub refuses (`=`), and one named `$.on` set the output the hub
+    /// routes the reading from.
+    #[test]
+    fn user_properties_a_property_bag_cannot_carry_are_left_out() {
+        let mut p = publish("MyTopic", b"{}", QoS::AtLeastOnce, false);
+        p.props.user_properties = vec![
+            (String::new(), "x".into()),
+            ("$.on".into(), "alerts".into()),
+            ("$.mid".into(), "m1".into()),
+            ("$x".into(), "kept".into()),
+            ("unit".into(), "C".into()),
+        ];
+        let m = to_edge_message(&p, "bed-7", false, chrono::Utc::now());
+        assert!(!m.properties.contains_key(""));
+        assert!(!m.properties.keys().any(|k| k.starts_with("$.")));
+        assert_eq!(m.properties["$x"], "kept");
+        assert_eq!(m.properties["unit"], "C");
+        let wire = m.to_wire("output1");
+        let bag = edge_client::wire::encode_property_bag(&wire);
+        let mut back = edge_client::wire::Message::new(wire.body.clone());
+        edge_client::wire::decode_property_bag(&bag, &mut back).expect("the hub reads the bag");
+        assert_eq!(back, wire);
+        assert_eq!(back.output_name.as_deref(), Some("output1"));
     }
 }
