@@ -106,7 +106,8 @@ fn main() -> anyhow::Result<()> {
                     from.as_deref(),
                     &refs,
                     std::io::stdin().lock(),
-                    stdout.lock(),
+                    // rows go out in blocks, not one write per line
+                    std::io::BufWriter::with_capacity(1 << 16, stdout.lock()),
                     stderr.lock(),
                 )?
             } else {
@@ -118,7 +119,8 @@ fn main() -> anyhow::Result<()> {
                     from.as_deref(),
                     &refs,
                     BufReader::new(f),
-                    stdout.lock(),
+                    // rows go out in blocks, not one write per line
+                    std::io::BufWriter::with_capacity(1 << 16, stdout.lock()),
                     stderr.lock(),
                 )?
             };

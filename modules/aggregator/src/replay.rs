@@ -9,7 +9,7 @@
 use std::io::{BufRead, Write};
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use stream_query::{Engine, EventPolicy, Query};
 
 use crate::AggregatorError;
@@ -116,10 +116,21 @@ fn write_rows(
     out: &mut impl Write,
     rows: Vec<stream_query::OutputRow>,
 ) -> Result<u64, AggregatorError> {
+    /// One output line, serialised straight from the row (no copy into a new JSON value).
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        output: &'a str,
+        row: &'a serde_json::Map<String, Value>,
+    }
     let n = rows.len() as u64;
-    for row in rows {
-        let line = json!({ "output": row.output, "row": Value::Object(row.row) });
-        writeln!(out, "{line}").map_err(|e| AggregatorError::Replay(format!("I/O: {e}")))?;
+    let io = |e: std::io::Error| AggregatorError::Replay(format!("I/O: {e}"));
+    for row in &rows {
+        let line = Line {
+            output: &row.output,
+            row: &row.row,
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
+        out.write_all(b"\n").map_err(io)?;
     }
     Ok(n)
 }
