@@ -210,8 +210,9 @@ fn inputs_delivered_again_after_a_crash_are_not_counted_twice() {
             query: Some("SELECT Count(*) AS n INTO C FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)".into()),
             ..TwinSettings::default()
         };
-        let body =
-            |i: i64| json!({"temp": 37, "timeCreated": t(i * 1000 + 1000).to_rfc3339()}).to_string();
+        let body = |i: i64| {
+            json!({"temp": 37, "timeCreated": t(i * 1000 + 1000).to_rfc3339()}).to_string()
+        };
         let id = |i: i64| with_ids.then(|| format!("mid-{i}"));
         let mut p = Processor::new(dir.path());
         p.apply(count.clone()).unwrap();
