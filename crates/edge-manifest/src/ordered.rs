@@ -29,6 +29,7 @@ impl Node {
             s: text.as_bytes(),
             text,
             i: 0,
+            depth: 0,
         };
         p.ws();
         let node = p.value()?;
@@ -267,10 +268,16 @@ fn python_number(raw: &str) -> Result<String, String> {
     Ok(python_float_repr(x))
 }
 
+/// Most levels of objects and arrays [`Node::parse`] reads, as serde_json (deeper is an error, not
+/// a stack overflow: the reader and the writers recurse once per level).
+const MAX_DEPTH: usize = 128;
+
 struct Parser<'a> {
     s: &'a [u8],
     text: &'a str,
     i: usize,
+    /// Objects and arrays open at `i`.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -285,6 +292,22 @@ impl Parser<'_> {
     }
 
     fn value(&mut self) -> Result<Node, String> {
+        let nests = matches!(self.s.get(self.i), Some(b'{' | b'['));
+        if !nests {
+            return self.scalar_or_nested();
+        }
+        if self.depth >= MAX_DEPTH {
+            return self.err(&format!(
+                "objects and arrays nested more than {MAX_DEPTH} levels deep"
+            ));
+        }
+        self.depth += 1;
+        let v = self.scalar_or_nested();
+        self.depth -= 1;
+        v
+    }
+
+    fn scalar_or_nested(&mut self) -> Result<Node, String> {
         match self.s.get(self.i) {
             None => self.err("unexpected end"),
             Some(b'{') => {
@@ -416,6 +439,19 @@ mod tests {
         );
         assert!(Node::parse("{\"a\": }").is_err());
         assert!(Node::parse("[1] x").is_err());
+    }
+
+    /// Every recursive reader has a depth limit: this one is only given text serde_json has read
+    /// (at most 128 levels) today, but refuses deeper text itself rather than overflow the stack.
+    #[test]
+    fn nesting_past_128_levels_is_an_error() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(Node::parse(&nested(MAX_DEPTH)).is_ok());
+        let e = Node::parse(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(e.contains("more than 128 levels"), "{e}");
+        assert!(Node::parse(&nested(100_000)).is_err());
+        let objects = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+        assert!(Node::parse(&objects).is_err());
     }
 
     #[test]
