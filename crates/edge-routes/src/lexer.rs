@@ -222,7 +222,7 @@ fn keyword(s: &[char], k: &str) -> usize {
 }
 
 /// Lengths of the `STRING` and `UNTERMINATED_STRING` matches (0 = no match).
-fn string(s: &[char]) -> (usize, usize) {
+pub(crate) fn string(s: &[char]) -> (usize, usize) {
     let quote = match s.first() {
         Some(q @ ('"' | '\'')) => *q,
         _ => return (0, 0),

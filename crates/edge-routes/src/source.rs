@@ -170,7 +170,17 @@ impl fmt::Display for Sink {
         match self {
             Sink::Upstream => f.write_str("$upstream"),
             Sink::ModuleInput { module, input } => {
-                write!(f, "BrokeredEndpoint(\"/modules/{module}/inputs/{input}\")")
+                // edgeHub takes the address between the quotes as it is (no unescaping), so it is
+                // written between the quote it can stand in: `"`, unless a `"` in it would end the
+                // string early (the address came from a '...' string), then `'`.
+                let address = format!("/modules/{module}/inputs/{input}");
+                let double: Vec<char> = format!("\"{address}\"").chars().collect();
+                let q = if crate::lexer::string(&double).0 == double.len() {
+                    '"'
+                } else {
+                    '\''
+                };
+                write!(f, "BrokeredEndpoint({q}{address}{q})")
             }
         }
     }
@@ -182,6 +192,33 @@ mod tests {
 
     fn module<'a>(module: &'a str, output: &'a str) -> MessageSource<'a> {
         MessageSource::Module { module, output }
+    }
+
+    /// Found by `fuzz/fuzz_targets/routes.rs`: an address written between single quotes that
+    /// holds a `"` was printed between double quotes, which the parser cannot read back.
+    #[test]
+    fn a_sink_prints_between_quotes_that_read_back() {
+        for text in [
+            r#"FROM /* INTO BrokeredEndpoint('/modules/a"b/inputs/in')"#,
+            r#"FROM /* INTO BrokeredEndpoint('/modules/a\'"b/inputs/in')"#,
+            r#"FROM /* INTO BrokeredEndpoint("/modules/a'b/inputs/in")"#,
+            r#"FROM /* INTO BrokeredEndpoint("/modules/m/inputs/in")"#,
+        ] {
+            let r = crate::Route::parse("r", text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let printed = r.to_string();
+            let again = crate::Route::parse("r", &printed)
+                .unwrap_or_else(|e| panic!("{text} printed as {printed}: {e}"));
+            assert_eq!(again, r, "{printed}");
+        }
+        let r = crate::Route::parse(
+            "r",
+            r#"FROM /* INTO BrokeredEndpoint("/modules/m/inputs/in")"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.to_string(),
+            r#"FROM /* INTO BrokeredEndpoint("/modules/m/inputs/in")"#
+        );
     }
 
     #[test]
