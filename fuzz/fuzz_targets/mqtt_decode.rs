@@ -95,6 +95,15 @@ fuzz_target!(|input: &[u8]| {
     let (whole, whole_err) = decode_all(prefix, data, max, 0);
     if chunk != 0 {
         let (cut, cut_err) = decode_all(prefix, data, max, chunk);
+        // An oversize first CONNECT is refused as too large while its protocol level is not in
+        // yet, and as an unsupported protocol once it is: either way it is refused.
+        let refused = |p: &[String], e: &Option<String>| {
+            (p.is_empty() && e.is_some())
+                || (p.len() == 1 && p[0].starts_with("UnsupportedProtocol"))
+        };
+        if prefix.is_empty() && refused(&whole, &whole_err) && refused(&cut, &cut_err) {
+            return;
+        }
         assert_eq!(
             whole, cut,
             "packets differ when the bytes arrive in {chunk}-byte reads"
