@@ -320,6 +320,31 @@ struct WinOut {
     aggs: Vec<Val>,
 }
 
+/// Deepest nesting of objects and arrays in an event the engine takes ([`EventError::TooDeep`]).
+/// The engine keeps events (reorder buffers, windows, analytic functions) about ten levels down in
+/// its checkpoint, which must stay within serde_json's 128 levels to be read back: an event nested
+/// 120 levels deep made AggregatorModule's snapshot unreadable (found by the query_engine fuzz
+/// target's probe). 64 leaves room for every place an event is kept.
+pub const MAX_EVENT_NESTING: usize = 64;
+
+/// Whether the objects and arrays of `obj` (itself the first level) nest at most
+/// [`MAX_EVENT_NESTING`] levels; a loop over a work list, so a deep event costs no stack.
+fn nesting_within_limit(obj: &Map<String, Value>) -> bool {
+    let mut work: Vec<(&Value, usize)> = obj.values().map(|v| (v, 2)).collect();
+    while let Some((v, level)) = work.pop() {
+        let nested = matches!(v, Value::Object(_) | Value::Array(_));
+        if nested && level > MAX_EVENT_NESTING {
+            return false;
+        }
+        match v {
+            Value::Object(m) => work.extend(m.values().map(|c| (c, level + 1))),
+            Value::Array(a) => work.extend(a.iter().map(|c| (c, level + 1))),
+            _ => {}
+        }
+    }
+    true
+}
+
 const MIN_T: Micros = i64::MIN / 4;
 /// Warnings kept between calls of [`Engine::take_warnings`].
 pub(crate) const MAX_WARNINGS: usize = 1000;
@@ -553,6 +578,11 @@ impl Engine {
         obj: Row,
         arrival: DateTime<Utc>,
     ) -> Result<Vec<OutputRow>, EventError> {
+        if !nesting_within_limit(&obj) {
+            return Err(EventError::TooDeep {
+                max: MAX_EVENT_NESTING,
+            });
+        }
         let a = from_datetime(arrival);
         let max_arrival = Some(self.state.max_arrival.map_or(a, |m| m.max(a)));
         // 1. validate and evaluate everything first, so a bad event changes nothing

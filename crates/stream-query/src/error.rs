@@ -48,6 +48,10 @@ pub enum EventError {
     /// The event-ordering policy (action Drop) dropped the event.
     #[error("dropped by the event-ordering policy: {reason}")]
     Dropped { reason: String },
+    /// The event nests objects and arrays deeper than the engine keeps
+    /// ([`crate::MAX_EVENT_NESTING`]): its checkpoints must stay readable.
+    #[error("the event nests objects or arrays more than {max} levels deep; flatten it")]
+    TooDeep { max: usize },
 }
 
 /// A checkpoint that cannot be restored; start a fresh engine instead.

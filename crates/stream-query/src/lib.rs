@@ -120,7 +120,7 @@ mod parser;
 mod plan;
 mod value;
 
-pub use engine::{Engine, EngineStats, EventPolicy, OrderingAction, OutputRow};
+pub use engine::{Engine, EngineStats, EventPolicy, OrderingAction, OutputRow, MAX_EVENT_NESTING};
 pub use error::{EventError, QueryError, RestoreError};
 pub use plan::Query;
 

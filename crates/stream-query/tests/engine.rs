@@ -365,3 +365,44 @@ fn bad_queries_report_line_and_column() {
             .starts_with(&format!("line {line}, column {col}: ")));
     }
 }
+
+/// Found with the query_engine fuzz target's checkpoint check: an event nested 120 levels deep was
+/// kept in the engine's state, and its checkpoint was then deeper than serde_json reads back
+/// (128 levels), so AggregatorModule could not restore its snapshot after a restart.
+#[test]
+fn events_nested_deeper_than_a_checkpoint_can_hold_are_refused() {
+    let nested = |levels: usize| {
+        let mut a = json!(1);
+        for _ in 0..levels {
+            a = json!({ "b": a });
+        }
+        a
+    };
+    let query = "SELECT * INTO o FROM events TIMESTAMP BY t";
+    let policy = EventPolicy {
+        out_of_order_tolerance: std::time::Duration::from_secs(10),
+        ..EventPolicy::default()
+    };
+    let mut e = Engine::new(Query::parse(query).unwrap(), policy);
+    let now = at("2026-11-24T08:00:10Z");
+    // the event is the first level, `a` and its objects the rest
+    let deepest =
+        json!({"t": "2026-11-24T08:00:10Z", "a": nested(stream_query::MAX_EVENT_NESTING - 1)});
+    assert!(e.record("events", &deepest, now).is_ok());
+    for levels in [stream_query::MAX_EVENT_NESTING, 120] {
+        let deep = json!({"t": "2026-11-24T08:00:10Z", "a": nested(levels)});
+        let err = e.record("events", &deep, now).unwrap_err();
+        assert_eq!(err, EventError::TooDeep { max: 64 });
+        assert!(err.to_string().contains("more than 64 levels"), "{err}");
+    }
+    let mut arrays = json!(1);
+    for _ in 0..stream_query::MAX_EVENT_NESTING {
+        arrays = json!([arrays]);
+    }
+    let arrays = json!({"t": "2026-11-24T08:00:10Z", "a": arrays});
+    assert!(e.record("events", &arrays, now).is_err());
+    // what was kept still makes a checkpoint that reads back and restores
+    let text = serde_json::to_string(&e.checkpoint()).unwrap();
+    let back: Value = serde_json::from_str(&text).unwrap();
+    assert!(Engine::restore(Query::parse(query).unwrap(), policy, &back).is_ok());
+}
