@@ -69,6 +69,36 @@ def slope_per_hour(ts, ys):
     return sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var * 3600
 
 
+def summarize(rows, fields, args, outage_at, outage_done, acct_summary):
+    """Per series start, end, max and the least-squares slope per hour over the steady part."""
+    steady_to = args.steady_to if args.steady_to else outage_at
+    steady = [r for r in rows if args.steady_from <= r["t"] < steady_to and r["phase"] == "load"]
+    series = {}
+    for key in fields[2:]:
+        vals = [(r["t"], r[key]) for r in rows if r.get(key) not in (None, "")]
+        if not vals:
+            continue
+        sv = [(r["t"], r[key]) for r in steady if r.get(key) not in (None, "")]
+        series[key] = {"start": vals[0][1], "end": vals[-1][1], "max": max(v for _, v in vals),
+                       "slope_per_hour_steady": round(slope_per_hour([a for a, _ in sv], [b for _, b in sv]), 1)}
+    out = [r for r in rows if r["phase"] == "outage"]
+    after = [r for r in rows if outage_done and r["t"] >= outage_at + args.outage]
+    store = {}
+    if out:
+        store["hub_bytes_before_outage"] = [r for r in rows if r["t"] < outage_at][-1]["hub_bytes"]
+        store["hub_bytes_outage_max"] = max(r["hub_bytes"] for r in out)
+        store["depth_outage_max"] = max((r["depth"] or 0) for r in out)
+        drained = [r for r in after if r["depth"] == 0]
+        store["seconds_to_drain"] = round(drained[0]["t"] - (outage_at + args.outage), 1) if drained else None
+        store["hub_bytes_end"] = rows[-1]["hub_bytes"]
+        store["agg_dir_bytes_end"] = rows[-1]["agg_dir_bytes"]
+    elapsed = rows[-1]["t"] if rows else 0
+    loaded = [r for r in rows if r["t"] <= args.duration]
+    rate = (loaded[-1]["acked"] - loaded[0]["acked"]) / (loaded[-1]["t"] - loaded[0]["t"]) if len(loaded) > 1 else 0
+    return {"args": vars(args), "steady": [args.steady_from, steady_to], "samples": len(rows), "elapsed": elapsed, "acked_rate_per_s": round(rate, 1),
+               "accounting": acct_summary, "store": store, "series": series}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin-dir", default=os.environ.get("EDGE_DEV_BIN_DIR", str(chaos.REPO / "target" / "release")))
@@ -84,13 +114,27 @@ def main():
     p.add_argument("--csv", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--steady-from", type=float, default=120, help="the steady part starts here (s)")
+    p.add_argument("--steady-to", type=float, default=None, help="and ends here (default: the outage)")
+    p.add_argument("--from-csv", action="store_true", help="only summarise an existing --csv")
     args = p.parse_args()
     outage_at = args.outage_at if args.outage_at is not None else max(0, args.duration - 900)
 
+    if args.from_csv:
+        with open(args.csv) as f:
+            rows = [{k: (v if k == "phase" else (float(v) if v not in ("", None) else "")) for k, v in r.items()}
+                    for r in csv.DictReader(f)]
+        fields = list(rows[0].keys())
+        outage_done = any(r["phase"] == "outage" for r in rows)
+        summary = summarize(rows, fields, args, outage_at, outage_done, {})
+        pathlib.Path(args.summary).write_text(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
     bin_dir = pathlib.Path(args.bin_dir).resolve()
     root = pathlib.Path(tempfile.mkdtemp(prefix="edge-soak-"))
     chaos.log(f"soak: {args.duration:.0f} s at {args.rate:.0f}/s, {args.devices} devices, binaries {bin_dir}, work {root}")
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_req = []  # SIGTERM ends the sampling early; the summary is still written
+    signal.signal(signal.SIGTERM, lambda *a: stop_req.append(1))
     pipe = load = None
     rows = []
     fields = ["t", "phase", "acked", "upstream", "depth", "hub_bytes", "agg_dir_bytes", "mqtt_dir_bytes", "data_bytes"]
@@ -113,7 +157,7 @@ def main():
         f = open(args.csv, "w", newline="")
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
-        while True:
+        while not stop_req:
             now = time.monotonic()
             t = now - t0
             if phase == "load" and not outage_done and args.outage and t >= outage_at:
@@ -176,35 +220,7 @@ def main():
         else:
             shutil.rmtree(root, ignore_errors=True)
 
-    # summary
-    steady = [r for r in rows if 120 <= r["t"] < outage_at and r["phase"] == "load"]
-    series = {}
-    for key in fields[2:]:
-        vals = [(r["t"], r[key]) for r in rows if r.get(key) not in (None, "")]
-        if not vals:
-            continue
-        sv = [(r["t"], r[key]) for r in steady if r.get(key) not in (None, "")]
-        series[key] = {"start": vals[0][1], "end": vals[-1][1], "max": max(v for _, v in vals),
-                       "slope_per_hour_steady": round(slope_per_hour([a for a, _ in sv], [b for _, b in sv]), 1)}
-    def at(phase_pred):
-        sel = [r for r in rows if phase_pred(r)]
-        return sel
-    out = [r for r in rows if r["phase"] == "outage"]
-    after = [r for r in rows if outage_done and r["t"] >= outage_at + args.outage]
-    store = {}
-    if out:
-        store["hub_bytes_before_outage"] = [r for r in rows if r["t"] < outage_at][-1]["hub_bytes"]
-        store["hub_bytes_outage_max"] = max(r["hub_bytes"] for r in out)
-        store["depth_outage_max"] = max((r["depth"] or 0) for r in out)
-        drained = [r for r in after if r["depth"] == 0]
-        store["seconds_to_drain"] = round(drained[0]["t"] - (outage_at + args.outage), 1) if drained else None
-        store["hub_bytes_end"] = rows[-1]["hub_bytes"]
-        store["agg_dir_bytes_end"] = rows[-1]["agg_dir_bytes"]
-    elapsed = rows[-1]["t"] if rows else 0
-    loaded = [r for r in rows if r["t"] <= args.duration]
-    rate = (loaded[-1]["acked"] - loaded[0]["acked"]) / (loaded[-1]["t"] - loaded[0]["t"]) if len(loaded) > 1 else 0
-    summary = {"args": vars(args), "samples": len(rows), "elapsed": elapsed, "acked_rate_per_s": round(rate, 1),
-               "accounting": acct_summary, "store": store, "series": series}
+    summary = summarize(rows, fields, args, outage_at, outage_done, acct_summary)
     pathlib.Path(args.summary).write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary, indent=2, default=str))
     return 1 if acct_summary.get("missing") else 0
