@@ -136,13 +136,16 @@ impl UpstreamSink {
     }
 }
 
+/// At most this many queued messages are shown (to the dashboard's tap) while upstream is offline.
+const MAX_SHOWN_OFFLINE: usize = 1000;
+
 /// Drains `queue` into `sink` until `stop` becomes true, while `online` is true. A delivery that fails
 /// (IoT Hub unreachable, disk full) is retried with back-off; the message stays queued meanwhile.
 ///
 /// While `online` is false (`--offline`, or the link taken down at run time with `edge-dev upstream
-/// offline`), nothing is delivered or removed: messages stay in the store-and-forward queue, and each is
-/// handed to the sink's tap once so the dashboard still shows what would go. When the link comes up
-/// again those are given back to the queue and drain in order.
+/// offline`), nothing is delivered or removed: messages stay in the store-and-forward queue, and the
+/// first [`MAX_SHOWN_OFFLINE`] are handed to the sink's tap once so the dashboard still shows what would
+/// go. When the link comes up again those are given back to the queue and everything drains in order.
 pub async fn run(
     queue: UpstreamQueue,
     mut sink: UpstreamSink,
@@ -154,9 +157,20 @@ pub async fn run(
     // Once the sender is gone the link stays as it is.
     let mut can_change = true;
     loop {
-        if !*online.borrow_and_update() {
+        let is_online = *online.borrow_and_update();
+        // Back online: what was shown goes back to the queue, whichever branch saw the change
+        // (a message can win the race against the change and be shown after the link came back).
+        if is_online && !shown.is_empty() {
+            for seq in shown.drain(..) {
+                queue.release(seq);
+            }
+        }
+        if !is_online {
+            // Shown messages stay handed out until the link is back, and the queue skips them on
+            // every take: showing more than MAX_SHOWN_OFFLINE would make a long outage ever slower.
+            let may_show = shown.len() < MAX_SHOWN_OFFLINE;
             tokio::select! {
-                m = queue.next() => {
+                m = queue.next(), if may_show => {
                     if let Some(tap) = &sink.tap {
                         let _ = tap.send(m.clone());
                     }
@@ -164,11 +178,6 @@ pub async fn run(
                 }
                 r = online.changed(), if can_change => {
                     can_change = r.is_ok();
-                    if *online.borrow() {
-                        for seq in shown.drain(..) {
-                            queue.release(seq);
-                        }
-                    }
                 }
                 _ = crate::supervisor::stopped(&mut stop) => return,
             }
@@ -204,10 +213,32 @@ pub async fn run(
                 }
             }
         }
-        if let Err(e) = queue.ack(m.seq) {
-            // given back, so it is not stuck as handed out: delivered again (at least once)
-            queue.release(m.seq);
-            tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue; it will be delivered again");
+        // Delivered: remove it. If the store cannot (a full disk), keep trying with a growing
+        // pause, holding the message as handed out, rather than giving it back and delivering it
+        // again at once, over and over: that loop wrote the same message upstream a thousand times a
+        // second and starved the runtime, so the store never got to reopen.
+        let mut wait = Duration::from_millis(200);
+        let mut logged = false;
+        while let Err(e) = queue.ack(m.seq) {
+            if !logged {
+                tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue (is the disk full?); retrying, with pauses of up to 30 s, before delivering anything else; free disk space under the data folder");
+                logged = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = crate::supervisor::stopped(&mut stop) => {
+                    // given back: delivered again after the restart (at least once)
+                    queue.release(m.seq);
+                    return;
+                }
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+        if logged {
+            tracing::info!(
+                seq = m.seq,
+                "the delivered message was removed from the upstream queue; delivering again"
+            );
         }
     }
 }
