@@ -230,10 +230,15 @@ fuzz_target!(|case: Case| match case {
     Case::ConnectionString(s) => {
         if let Ok(cs) = wire::ConnectionString::parse(&s) {
             let _ = cs.connect_host();
-            let shown = format!("{cs:?}");
-            if let Some(k) = cs.shared_access_key.as_deref().filter(|k| k.len() >= 8) {
-                assert!(!shown.contains(k), "Debug shows the key");
-            }
+            // Debug does not depend on the secrets (the key may also appear in other fields)
+            let mut other = cs.clone();
+            other.shared_access_key = other.shared_access_key.map(|_| "other".into());
+            other.shared_access_signature = other.shared_access_signature.map(|_| "other".into());
+            assert_eq!(
+                format!("{cs:?}"),
+                format!("{other:?}"),
+                "Debug shows a secret"
+            );
         }
     }
     Case::SasToken {
