@@ -219,7 +219,7 @@ pub async fn run(
         // second and starved the runtime, so the store never got to reopen.
         let mut wait = Duration::from_millis(200);
         let mut logged = false;
-        while let Err(e) = queue.ack(m.seq) {
+        while let Err(e) = queue.ack(m.seq).await {
             if !logged {
                 tracing::error!(error = %e, seq = m.seq, "could not remove a delivered message from the upstream queue (is the disk full?); retrying, with pauses of up to 30 s, before delivering anything else; free disk space under the data folder");
                 logged = true;

@@ -70,7 +70,7 @@ fn acknowledged_messages_survive_a_hub_that_dies_without_shutdown() {
         for _ in 0..10 {
             let m = tokio::time::timeout(WAIT, q.next()).await.unwrap();
             got.push(m.message.properties["i"].parse::<u32>().unwrap());
-            q.ack(m.seq).unwrap();
+            q.ack(m.seq).await.unwrap();
         }
         assert_eq!(
             got,
@@ -347,7 +347,7 @@ fn acknowledged_messages_survive_kill_9() {
         for _ in 0..depth {
             let m = tokio::time::timeout(WAIT, q.next()).await.unwrap();
             got.push(m.message.properties["i"].parse::<u32>().unwrap());
-            q.ack(m.seq).unwrap();
+            q.ack(m.seq).await.unwrap();
         }
         // PUBACKs come in publish order: the first `seen` messages are all there, in order.
         assert_eq!(&got[..seen as usize], &(0..seen).collect::<Vec<_>>()[..]);
@@ -444,5 +444,146 @@ async fn messages_for_an_input_without_subscription_wait_without_blocking_other_
     }
     a.stop().await;
     b.stop().await;
+    hub.stop().await;
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Connects module `module`, retrying while the hub refuses (it does while its store cannot write).
+async fn connect_retrying(hub: &TestHub, module: &str) -> TestClient {
+    for _ in 0..300 {
+        let mut c = TestClient::spawn(module_options(hub, module, Some(hub.client_config())));
+        if c.connected().await.is_ok() {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("module {module} could not connect for 30 s");
+}
+
+/// The chaos harness's disk-full failure (its CI run: nothing went upstream after the disk had room
+/// again, and a panic in the log). The `$upstream` sink removed each delivered message by committing
+/// from its own thread, beside the store's writer; when it committed between the writer's failed
+/// commit and the writer's reopen of the file, redb panicked on its own assertion and took the
+/// `$upstream` task with it. Here a module publishes to `$upstream` while a consumer takes and removes
+/// messages, the disk fills and frees again: every publish that was acknowledged reaches the
+/// consumer, and the consumer (the sink) never dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_keeps_flowing_after_the_disk_fills_and_frees() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    let _mounted = Mounted(data.clone());
+    let hub = TestHub::start(dir.path(), &[TO_CLOUD], BTreeMap::new()).await;
+
+    // the sink: take, remove (retrying while the store refuses), record
+    let q = hub.handle.upstream();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut got = std::collections::HashSet::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok(m) = tokio::time::timeout(Duration::from_millis(200), q.next()).await else {
+                    continue;
+                };
+                while q.ack(m.seq).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                got.insert(m.message.properties["i"].parse::<u32>().unwrap());
+            }
+            got
+        })
+    };
+
+    // the module: one QoS 1 publish at a time; a publish counts once its PUBACK came
+    let publisher = {
+        let stop = stop.clone();
+        let hub_ref = &hub;
+        async move {
+            let mut acked = Vec::new();
+            let mut a = connect_retrying(hub_ref, "A").await;
+            let body = vec![b'x'; 4096];
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let topic = events_topic("A", &format!("%24.on=up&i={i}"));
+                let sent = a
+                    .client
+                    .publish(topic, QoS::AtLeastOnce, false, body.clone())
+                    .await;
+                match (
+                    sent,
+                    tokio::time::timeout(Duration::from_secs(2), a.puback()).await,
+                ) {
+                    (Ok(()), Ok(Ok(_))) => acked.push(i),
+                    // refused (the hub closes the connection without PUBACK): connect again
+                    _ => {
+                        drop(a);
+                        a = connect_retrying(hub_ref, "A").await;
+                    }
+                }
+            }
+            a.stop().await;
+            acked
+        }
+    };
+    let timeline = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let filler = data.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::fs::remove_file(&filler).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (acked, ()) = tokio::join!(publisher, timeline);
+    assert!(!acked.is_empty());
+    // drain: the sink goes on until every acknowledged publish arrived (bounded)
+    let rest = hub.handle.upstream();
+    let got = sink.await.expect("the $upstream sink died");
+    let mut got = got;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked.iter().any(|i| !got.contains(i)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledged publishes never reached upstream: {:?}",
+            acked
+                .iter()
+                .filter(|i| !got.contains(i))
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(500), rest.next()).await {
+            rest.ack(m.seq).await.unwrap();
+            got.insert(m.message.properties["i"].parse::<u32>().unwrap());
+        }
+    }
     hub.stop().await;
 }

@@ -210,9 +210,9 @@ async fn upstream_queue_gets_routed_messages() {
         assert_eq!(m.message.connection_module_id.as_deref(), Some("A"));
         assert_eq!(m.message.connection_device_id.as_deref(), Some(DEVICE));
         assert_eq!(&m.message.body[..], format!("m{i}").as_bytes());
-        q.ack(m.seq).unwrap();
+        q.ack(m.seq).await.unwrap();
         assert!(
-            q.ack(m.seq).is_err(),
+            q.ack(m.seq).await.is_err(),
             "a second ack of the same message is an error"
         );
     }
@@ -272,7 +272,7 @@ async fn route_priority_orders_the_upstream_queue_and_ttl_drops_old_messages() {
     for _ in 0..4 {
         let m = tokio::time::timeout(WAIT, q.next()).await.unwrap();
         got.push((m.output.clone(), m.priority));
-        q.ack(m.seq).unwrap();
+        q.ack(m.seq).await.unwrap();
     }
     assert_eq!(
         got,

@@ -115,7 +115,7 @@ async fn microsofts_python_module_client_works_with_the_hub() {
         m.message.properties.get("k").map(String::as_str),
         Some("v/w")
     );
-    q.ack(m.seq).unwrap();
+    q.ack(m.seq).await.unwrap();
 
     // An input routed to it from module B.
     line(&mut rx, "HANDLERS").await;

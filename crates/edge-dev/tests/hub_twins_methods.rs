@@ -239,7 +239,7 @@ async fn reported_changes_are_routed_as_twin_change_notifications() {
         serde_json::from_slice::<Value>(&m.message.body).unwrap(),
         json!({"fw": "1.2"})
     );
-    q.ack(m.seq).unwrap();
+    q.ack(m.seq).await.unwrap();
     // `/messages/*` takes messages, not twin changes.
     assert_eq!(hub.handle.stats().modules["B"].queue_depth, 0);
     a.stop().await;

@@ -919,8 +919,9 @@ impl UpstreamQueue {
         }
     }
 
-    /// Removes message `seq` (handed out by [`UpstreamQueue::next`]) from the store, durably.
-    pub fn ack(&self, seq: u64) -> Result<(), HubError> {
+    /// Removes message `seq` (handed out by [`UpstreamQueue::next`]) from the store, durably (through
+    /// the store's one writer, like every other write).
+    pub async fn ack(&self, seq: u64) -> Result<(), HubError> {
         let inner = &self.inner;
         let key = inner
             .upstream_handed
@@ -929,7 +930,7 @@ impl UpstreamQueue {
             .get(&seq)
             .cloned()
             .ok_or(HubError::UnknownSeq(seq))?;
-        inner.store.write_blocking(&[store::Op::Delete { key }])?;
+        inner.store.write(vec![store::Op::Delete { key }]).await?;
         if let Ok(mut h) = inner.upstream_handed.lock() {
             h.remove(&seq);
         }

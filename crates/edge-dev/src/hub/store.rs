@@ -6,7 +6,10 @@
 //!
 //! Every write goes through one writer thread that commits whatever is pending in one durable
 //! (fsync'd) transaction: concurrent publishes share a commit (group commit), and the caller learns
-//! only after the commit that its write is on disk, which is when the hub sends PUBACK.
+//! only after the commit that its write is on disk, which is when the hub sends PUBACK. Nothing else
+//! commits: after an I/O error redb must not see another commit before it is reopened (it asserts,
+//! and a second committer racing the writer's reopen took the `$upstream` task down with a panic
+//! when the disk filled).
 //!
 //! Queue depths are counted by the commits themselves: a transaction reports which of its inserts
 //! were new and which of its deletes removed an entry, and only a committed transaction changes the
@@ -279,20 +282,6 @@ impl Store {
         }
     }
 
-    /// Applies `ops` in one durable transaction from the calling thread (blocking; for sync callers).
-    pub fn write_blocking(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let db = self.db()?;
-        let refs: Vec<&Op> = ops.iter().collect();
-        match apply_refs(&db, &refs) {
-            Ok(deltas) => {
-                add_deltas(&self.depths, deltas);
-                Ok(())
-            }
-            // the writer thread reopens the file before its next commit
-            Err(e) => Err(e.error),
-        }
-    }
-
     /// Up to `limit` entries of `endpoint` in delivery order for which `want(key, raw record)` is true
     /// (only those are decoded).
     pub fn scan(
@@ -552,7 +541,7 @@ impl Writer {
             let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
             let db = self.slot.read().ok().and_then(|g| g.clone());
             let result = match db {
-                Some(db) => match apply_refs(&db, &ops) {
+                Some(db) => match guarded_apply(&db, &ops) {
                     Ok(deltas) => {
                         add_deltas(&self.depths, deltas);
                         Ok(())
@@ -629,6 +618,28 @@ impl Writer {
             *g = Some(db);
         }
         Ok(())
+    }
+}
+
+/// [`apply_refs`], with a panic inside redb (it asserts on states an I/O error leaves behind) turned
+/// into a failure that reopens the file: the writer thread must outlive any one commit, or every
+/// later write would fail with "the store writer has stopped" until a restart.
+fn guarded_apply(db: &Database, ops: &[&Op]) -> Result<Deltas, Failed> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_refs(db, ops))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(Failed {
+                error: StoreError(format!(
+                    "the database library failed inside a commit ({what}); the file is reopened"
+                )),
+                reopen: true,
+            })
+        }
     }
 }
 
@@ -968,51 +979,84 @@ mod tests {
         assert_eq!(s.depth(UPSTREAM), 2);
         // a delete that races a redelivery: the same key deleted twice counts once
         s.write(vec![Op::Delete { key: ka.clone() }]).await.unwrap();
-        s.write_blocking(&[Op::Delete { key: ka }]).unwrap();
+        s.write(vec![Op::Delete { key: ka }]).await.unwrap();
         assert_eq!(s.depth(UPSTREAM), 1);
         assert_eq!(s.depth("module/X"), 0);
     }
 
-    /// A full disk: commits fail (nothing is acknowledged), the store refuses further writes until
-    /// the space comes back, then it reopens itself and takes writes again, with nothing lost.
-    /// Needs root for a small tmpfs (CI runs as root).
-    #[tokio::test]
-    async fn a_full_disk_fails_commits_and_the_store_recovers_when_space_returns() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: mounting a small tmpfs needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("disk");
-        std::fs::create_dir(&mnt).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs");
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _unmount = Unmount(mnt.clone());
+    /// A small tmpfs (unmounted on drop), or None when not root (CI runs as root).
+    struct SmallDisk {
+        path: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
 
-        let s = Store::open(&mnt.join("hub.redb")).unwrap();
-        s.write(vec![enqueue(&s, 1000)]).await.unwrap();
-        // fill the disk
-        let filler = mnt.join("filler");
-        {
+    impl SmallDisk {
+        fn mount(size: &str) -> Option<SmallDisk> {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("SKIPPED: mounting a small tmpfs needs root");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("disk");
+            std::fs::create_dir(&path).unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount tmpfs");
+            Some(SmallDisk { path, _dir: dir })
+        }
+
+        /// Writes a file until the disk refuses more.
+        fn fill(&self) -> std::path::PathBuf {
             use std::io::Write;
+            let filler = self.path.join("filler");
             let mut f = std::fs::File::create(&filler).unwrap();
             let chunk = vec![0u8; 64 * 1024];
             while f.write_all(&chunk).is_ok() {}
             let _ = f.sync_all();
+            filler
         }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .status();
+        }
+    }
+
+    /// Writes until one succeeds (the store reopened itself), for at most 20 s.
+    async fn write_until_it_succeeds(s: &Store) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match s.write(vec![enqueue(s, 10)]).await {
+                Ok(()) => return,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the store did not recover: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// A full disk: commits fail (nothing is acknowledged), the store refuses further writes until
+    /// the space comes back, then it reopens itself and takes writes again, with nothing lost.
+    #[tokio::test]
+    async fn a_full_disk_fails_commits_and_the_store_recovers_when_space_returns() {
+        let Some(disk) = SmallDisk::mount("3m") else {
+            return;
+        };
+        let mnt = disk.path.clone();
+        let s = Store::open(&mnt.join("hub.redb")).unwrap();
+        s.write(vec![enqueue(&s, 1000)]).await.unwrap();
+        let filler = disk.fill();
         // commits that need room fail, and are reported as failures
         let mut failed = false;
         for _ in 0..20 {
@@ -1032,23 +1076,80 @@ mod tests {
         );
         // space comes back: the store reopens itself and takes writes again, without a restart
         std::fs::remove_file(&filler).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match s.write(vec![enqueue(&s, 10)]).await {
-                Ok(()) => break,
-                Err(e) => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "the store did not recover: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        write_until_it_succeeds(&s).await;
         assert!(s.is_writable());
         assert_eq!(s.depth(UPSTREAM), before + 1);
         let n = s.scan(UPSTREAM, 1000, |_, _| true).unwrap().len() as u64;
         assert_eq!(n, before + 1, "the count is what the file holds");
+        s.close().await.unwrap();
+    }
+
+    /// The chaos harness's disk-full failure: publishes, deliveries and `$upstream` removals write
+    /// at once while the disk fills. The hub had a second committer (the `$upstream` removal
+    /// committed from its own thread); when it committed between the writer's failed commit and its
+    /// reopen, redb panicked on its own assertion and the `$upstream` task died, so nothing more went
+    /// upstream after the disk had room again. Now every write goes through the one writer: under the
+    /// same storm every write either commits or fails with an error, the store reopens itself once
+    /// there is room, and every entry whose write was acknowledged is in the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writers_racing_a_full_disk_never_break_the_store() {
+        let Some(disk) = SmallDisk::mount("4m") else {
+            return;
+        };
+        let s = Store::open(&disk.path.join("hub.redb")).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..8u64 {
+            let (s, stop) = (s.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                // keys this writer knows are in the file (acknowledged and not deleted)
+                let mut held: Vec<QueueKey> = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let op = enqueue(&s, 20_000);
+                    let Op::Enqueue { key, .. } = &op else {
+                        unreachable!()
+                    };
+                    let key = key.clone();
+                    if s.write(vec![op]).await.is_ok() {
+                        held.push(key);
+                    }
+                    // every other round, remove one (the `$upstream` sink's acknowledgement); a
+                    // failed removal may or may not be in the file, so the key is not checked
+                    if (i + w) % 2 == 0 && !held.is_empty() {
+                        let k = held.remove(0);
+                        let _ = s.write(vec![Op::Delete { key: k }]).await;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                held
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let filler = disk.fill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::fs::remove_file(&filler).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut held = Vec::new();
+        for t in tasks {
+            held.extend(t.await.expect("a writer task panicked"));
+        }
+        write_until_it_succeeds(&s).await;
+        let in_file: std::collections::HashSet<u64> = s
+            .scan(UPSTREAM, usize::MAX, |_, _| true)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.seq)
+            .collect();
+        for k in &held {
+            assert!(
+                in_file.contains(&k.seq),
+                "acknowledged entry {} was lost",
+                k.seq
+            );
+        }
         s.close().await.unwrap();
     }
 }
