@@ -133,7 +133,7 @@ async fn feeder(rig: &Rig) -> ModuleClient {
 async fn next_upstream(hub: &HubHandle) -> StoredMessage {
     let q = hub.upstream();
     let m = timeout(WAIT, q.next()).await.expect("an upstream message");
-    q.ack(m.seq).unwrap();
+    q.ack(m.seq).await.unwrap();
     m
 }
 

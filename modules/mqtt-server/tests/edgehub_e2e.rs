@@ -152,7 +152,7 @@ async fn take_upstream(
     while out.len() < n {
         match tokio::time::timeout_at(deadline, q.next()).await {
             Ok(m) => {
-                let _ = q.ack(m.seq);
+                let _ = q.ack(m.seq).await;
                 out.push(m.message);
             }
             Err(_) => break,
