@@ -38,7 +38,7 @@ pub enum AggregatorError {
     Settings { key: String, message: String },
     #[error("the query was rejected: {0}. Fix the desired property `query`; the previous query keeps running")]
     Query(stream_query::QueryError),
-    #[error("cannot write the window checkpoint {path}: {source}. Check that the state folder is writable (AGGREGATOR_STATE_DIR) and the disk is not full")]
+    #[error("cannot write the module's state ({path}): {source}. Check that the state folder is writable (AGGREGATOR_STATE_DIR) and the disk is not full")]
     Checkpoint {
         path: PathBuf,
         source: std::io::Error,
@@ -76,7 +76,7 @@ pub async fn run(
     }
     let mut desired = Value::Object(Default::default());
     let mut unknown: Vec<String> = Vec::new();
-    let mut pending: Vec<InputMessage> = Vec::new();
+    let mut commits = Commits::default();
     // Inputs that arrived while no query was in force, in arrival order (not acknowledged).
     let mut held: VecDeque<InputMessage> = VecDeque::new();
     let mut held_warned = tokio::time::Instant::now();
@@ -84,15 +84,10 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
 
-    // When the pending inputs are committed (checkpoint, then acknowledgements) unless the batch fills first.
-    let mut commit_at: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = sleep_until_some(commit_at) => {
-                commit_at = None;
-                if let Err(e) = commit(&mut processor, &mut pending).await { break Err(e) }
-            }
+            _ = sleep_until_some(commits.at) => commits.commit(&mut processor).await,
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Input(input)) => {
@@ -106,7 +101,7 @@ pub async fn run(
                         held.push_back(input);
                         continue;
                     }
-                    if let Err(e) = on_input(&mut processor, &client, input, &mut pending, &mut commit_at).await { break Err(e) }
+                    if let Err(e) = on_input(&mut processor, &client, input, &mut commits).await { break Err(e) }
                 }
                 Some(Event::Twin(twin)) => {
                     desired = twin.get("desired").cloned().unwrap_or(Value::Object(Default::default()));
@@ -114,7 +109,7 @@ pub async fn run(
                     unknown = u;
                     if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
                     report(&client, &processor, &unknown).await;
-                    if let Err(e) = release_held(&mut processor, &client, &mut held, &mut pending, &mut commit_at).await { break Err(e) }
+                    if let Err(e) = release_held(&mut processor, &client, &mut held, &mut commits).await { break Err(e) }
                 }
                 Some(Event::DesiredPatch(patch)) => {
                     merge_patch(&mut desired, &patch);
@@ -122,7 +117,7 @@ pub async fn run(
                     unknown = u;
                     if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
                     report(&client, &processor, &unknown).await;
-                    if let Err(e) = release_held(&mut processor, &client, &mut held, &mut pending, &mut commit_at).await { break Err(e) }
+                    if let Err(e) = release_held(&mut processor, &client, &mut held, &mut commits).await { break Err(e) }
                 }
                 Some(Event::Method(req)) => {
                     let body = serde_json::json!({
@@ -145,15 +140,14 @@ pub async fn run(
                 let rows = processor.on_tick(Utc::now());
                 if let Err(e) = send_rows(&client, &rows).await { break Err(e) }
                 // An idle tick that closed nothing leaves the windows as the last checkpoint has them.
-                if !rows.is_empty() || !pending.is_empty() {
-                    commit_at = None;
-                    if let Err(e) = commit(&mut processor, &mut pending).await { break Err(e) }
+                if !rows.is_empty() || !commits.pending.is_empty() {
+                    commits.commit(&mut processor).await;
                 }
             }
         }
     };
     // Keep what was processed: the checkpoint first, then the acknowledgements.
-    let committed = commit(&mut processor, &mut pending).await;
+    let committed = commits.last(&mut processor).await;
     client.shutdown().await;
     result.and(committed)
 }
@@ -164,8 +158,7 @@ async fn on_input(
     processor: &mut Processor,
     client: &ModuleClient,
     input: InputMessage,
-    pending: &mut Vec<InputMessage>,
-    commit_at: &mut Option<tokio::time::Instant>,
+    commits: &mut Commits,
 ) -> Result<(), AggregatorError> {
     let outcome = processor.on_message(
         &input.input,
@@ -178,13 +171,7 @@ async fn on_input(
         let out = processor.dead_letter_output().to_string();
         client.send_output(&out, Message::json(&dl)).await?;
     }
-    pending.push(input);
-    if pending.len() >= MAX_PENDING_ACKS {
-        *commit_at = None;
-        commit(processor, pending).await?;
-    } else if commit_at.is_none() {
-        *commit_at = Some(tokio::time::Instant::now() + COMMIT_DELAY);
-    }
+    commits.push(processor, input).await;
     Ok(())
 }
 
@@ -193,8 +180,7 @@ async fn release_held(
     processor: &mut Processor,
     client: &ModuleClient,
     held: &mut VecDeque<InputMessage>,
-    pending: &mut Vec<InputMessage>,
-    commit_at: &mut Option<tokio::time::Instant>,
+    commits: &mut Commits,
 ) -> Result<(), AggregatorError> {
     if held.is_empty() || !processor.has_query() {
         return Ok(());
@@ -204,7 +190,7 @@ async fn release_held(
         "a query is in force: processing the held inputs"
     );
     while let Some(input) = held.pop_front() {
-        on_input(processor, client, input, pending, commit_at).await?;
+        on_input(processor, client, input, commits).await?;
     }
     Ok(())
 }
@@ -272,30 +258,116 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes the checkpoint, then acknowledges the inputs whose effect it holds.
-async fn commit(
-    processor: &mut Processor,
-    pending: &mut Vec<InputMessage>,
-) -> Result<(), AggregatorError> {
-    if pending.is_empty() && !processor.has_query() {
-        return Ok(());
+/// The inputs waiting for a commit, and when the next commit is due. A commit makes everything
+/// processed durable (input log or snapshot), then acknowledges the inputs whose effect it holds.
+///
+/// A commit that fails (a full disk, a read-only folder) does not end the module: its inputs stay
+/// unacknowledged, so edgeHub keeps them and, with its bounded window of unacknowledged deliveries,
+/// stops sending more; the commit is tried again after a pause that doubles up to
+/// [`MAX_RETRY_WAIT`]. One error line says so when it starts (and one a minute while it lasts), one
+/// info line when commits succeed again.
+#[derive(Default)]
+struct Commits {
+    pending: Vec<InputMessage>,
+    /// When the pending inputs are committed, unless the batch fills first.
+    at: Option<tokio::time::Instant>,
+    /// Set from a failed commit until one succeeds.
+    failing: Option<Failing>,
+}
+
+struct Failing {
+    since: tokio::time::Instant,
+    failures: u64,
+    /// No commit is tried before this.
+    retry_at: tokio::time::Instant,
+    wait: Duration,
+    logged: tokio::time::Instant,
+}
+
+/// The longest pause between two tries of a failing commit.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+impl Commits {
+    /// Queues `input`'s acknowledgement for a commit: at once when the batch is full, else soon.
+    async fn push(&mut self, processor: &mut Processor, input: InputMessage) {
+        self.pending.push(input);
+        if self.pending.len() >= MAX_PENDING_ACKS {
+            self.commit(processor).await;
+        } else if self.at.is_none() {
+            self.at = Some(tokio::time::Instant::now() + COMMIT_DELAY);
+        }
     }
-    // serialising needs the engine (here); the writes and fsync go to a blocking thread, so a
-    // slow SD card does not hold up the task that talks to edgeHub (keep-alives, deliveries)
-    if let Some(work) = processor.commit_work()? {
-        tokio::task::spawn_blocking(move || work.run())
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|e| AggregatorError::Checkpoint {
-                path: PathBuf::from("the state folder (inputs.log, checkpoint.json)"),
-                source: e,
-            })?;
+
+    /// Commits now, unless a failing commit's pause has not ended (then the timer tries later).
+    async fn commit(&mut self, processor: &mut Processor) {
+        self.at = None;
+        if let Some(f) = &self.failing {
+            if tokio::time::Instant::now() < f.retry_at {
+                self.at = Some(f.retry_at);
+                return;
+            }
+        }
+        if let Err(e) = self.write(processor).await {
+            let now = tokio::time::Instant::now();
+            let f = self.failing.get_or_insert(Failing {
+                since: now,
+                failures: 0,
+                retry_at: now,
+                wait: Duration::from_millis(250),
+                logged: now,
+            });
+            f.failures += 1;
+            if f.failures == 1 || f.logged.elapsed() >= Duration::from_secs(60) {
+                f.logged = now;
+                tracing::error!(error = %e, failed_commits = f.failures, since = ?f.since.elapsed(), unacknowledged = self.pending.len(),
+                    "cannot make the processed inputs durable; they stay unacknowledged (edgeHub keeps them and holds back more) and the write is tried again, with pauses of up to 10 s. Free space on the state folder's disk");
+            }
+            f.retry_at = now + f.wait;
+            f.wait = (f.wait * 2).min(MAX_RETRY_WAIT);
+            self.at = Some(f.retry_at);
+        }
     }
-    for input in pending.drain(..) {
-        input.ack();
+
+    /// The last commit, at shutdown: tried once more whatever the pause; an error is returned.
+    async fn last(&mut self, processor: &mut Processor) -> Result<(), AggregatorError> {
+        self.write(processor).await.inspect_err(|e| {
+            tracing::error!(error = %e, unacknowledged = self.pending.len(),
+                "stopping without making the last inputs durable; edgeHub delivers them again after the restart");
+        })
     }
-    Ok(())
+
+    /// Writes what the processor has to write, then acknowledges the pending inputs.
+    async fn write(&mut self, processor: &mut Processor) -> Result<(), AggregatorError> {
+        if self.pending.is_empty() && !processor.has_query() {
+            return Ok(());
+        }
+        // serialising needs the engine (here); the writes and fsync go to a blocking thread, so a
+        // slow SD card does not hold up the task that talks to edgeHub (keep-alives, deliveries)
+        let done = match processor.commit_work() {
+            Ok(Some(work)) => tokio::task::spawn_blocking(move || work.run())
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| AggregatorError::Checkpoint {
+                    path: processor.state_dir().to_path_buf(),
+                    source: e,
+                }),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            processor.commit_failed();
+            return Err(e);
+        }
+        if let Some(f) = self.failing.take() {
+            tracing::info!(failed_commits = f.failures, after = ?f.since.elapsed(), acknowledged = self.pending.len(),
+                "the state folder takes writes again; the held inputs are acknowledged");
+        }
+        for input in self.pending.drain(..) {
+            input.ack();
+        }
+        Ok(())
+    }
 }
 
 fn started_at() -> &'static String {

@@ -561,12 +561,27 @@ impl Processor {
     /// Commits now, on this thread: what [`Processor::commit_work`] gives, done.
     pub fn checkpoint(&mut self) -> Result<(), AggregatorError> {
         match self.commit_work()? {
-            Some(w) => w.run().map_err(|e| AggregatorError::Checkpoint {
-                path: self.wal_path.clone(),
-                source: e,
+            Some(w) => w.run().map_err(|e| {
+                self.commit_failed();
+                AggregatorError::Checkpoint {
+                    path: self.wal_path.clone(),
+                    source: e,
+                }
             }),
             None => Ok(()),
         }
+    }
+
+    /// The folder it keeps its state in.
+    pub fn state_dir(&self) -> &Path {
+        self.wal_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The work of the last [`Processor::commit_work`] failed (a full disk, say). Its inputs stay
+    /// unacknowledged; the next commit writes a whole snapshot, which holds their effect and starts
+    /// a new log, so nothing is appended after a record the failed write may have torn.
+    pub fn commit_failed(&mut self) {
+        self.snapshot_due = true;
     }
 
     /// The running engine's state as JSON (tests compare restored and uninterrupted runs) and

@@ -231,11 +231,21 @@ impl Work {
                     .create(true)
                     .append(true)
                     .open(log)?;
-                if fresh {
-                    f.write_all(HEADER)?;
+                let start = f.metadata()?.len();
+                let written = (|| {
+                    if fresh {
+                        f.write_all(HEADER)?;
+                    }
+                    f.write_all(bytes)?;
+                    f.sync_data()
+                })();
+                if written.is_err() {
+                    // Cut off what part of it reached the file (it frees the space, too). If even
+                    // that fails, the torn tail is cut when the log is next read; either way the
+                    // caller writes a snapshot next, which starts a new log.
+                    let _ = f.set_len(start);
                 }
-                f.write_all(bytes)?;
-                f.sync_data()
+                written
             }
             Work::Snapshot {
                 checkpoint,
@@ -254,10 +264,14 @@ impl Work {
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // a half-written temporary file only takes space (from a disk that may be full)
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

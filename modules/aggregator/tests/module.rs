@@ -404,6 +404,145 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     feed.shutdown().await;
 }
 
+/// Unmounts a tmpfs when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes a file until the disk refuses more.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+/// A full state folder (the chaos harness's disk-full scenario: the module used to exit with an
+/// error, be restarted into the same full disk, and lose its place): the module stays up, says what
+/// is wrong and what to do, acknowledges nothing it could not make durable (edgeHub keeps those),
+/// and once there is room again acknowledges them without a restart; a `kill -9` after that loses
+/// none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_restart() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let query = "SELECT Count(*) AS n, Sum(temp) AS s INTO Counts FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)";
+    let rig = start_hub(dir.path(), query).await;
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    let _mounted = Mounted(state.clone());
+    // the module logs to stderr
+    let log = dir.path().join("aggregator.log");
+    let mut agg = Module(
+        Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .env_clear()
+            .env("EdgeHubConnectionString", connection_string(AGG, &AGG_KEY))
+            .env("EdgeModuleCACertificateFile", &rig.ca)
+            .env("IOTEDGE_GATEWAYPORT", rig.port.to_string())
+            .env("AGGREGATOR_STATE_DIR", &state)
+            .env("AGGREGATOR_TICK_MS", "100")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    let feed = feeder(&rig).await;
+    let start = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let mut sent = 0i64;
+    let mut send = |n: i64| {
+        let feed = &feed;
+        let from = sent;
+        sent += n;
+        async move {
+            for i in from..from + n {
+                let t = start + chrono::Duration::milliseconds(i);
+                let m = Message::json(
+                    &json!({"temp": i, "timeCreated": t.to_rfc3339(), "pad": "x".repeat(200)}),
+                );
+                feed.send_output("out", m).await.unwrap();
+            }
+        }
+    };
+    let depth = || rig.hub.stats().modules[AGG].queue_depth;
+    let wait_depth_zero = || async {
+        for _ in 0..600 {
+            if depth() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the module did not take every input");
+    };
+    send(20).await;
+    wait_depth_zero().await;
+
+    // the disk fills: inputs are delivered, processed, and not acknowledged
+    let filler = fill(&state);
+    send(100).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = depth();
+    assert!(
+        held > 0,
+        "inputs were acknowledged while the state could not be written"
+    );
+    assert!(
+        agg.0.try_wait().unwrap().is_none(),
+        "the module exited on a full disk"
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("cannot make the processed inputs durable") && said.contains("Free space"),
+        "the log says what is wrong and what to do: {said}"
+    );
+
+    // room again: every held input is acknowledged, by the same process
+    std::fs::remove_file(&filler).unwrap();
+    wait_depth_zero().await;
+    assert!(agg.0.try_wait().unwrap().is_none(), "the module restarted");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("the state folder takes writes again"));
+
+    // what was acknowledged is durable: kill -9, restart, close the window with a query change
+    drop(agg);
+    let _agg = start_aggregator(&rig, &state);
+    wait_reported(&rig.hub, |r| {
+        r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
+    })
+    .await;
+    rig.hub
+        .update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")}))
+        .await
+        .unwrap();
+    let m = next_upstream(&rig.hub).await;
+    assert_eq!(m.output, "Counts");
+    assert_eq!(
+        body(&m),
+        json!({"n": sent, "s": (0..sent).sum::<i64>()}),
+        "every input counted once ({held} were held while the disk was full)"
+    );
+    feed.shutdown().await;
+}
+
 /// Inputs that edgeHub (re)delivers before the twin's query is applied, as after a restart or a
 /// `kill -9`, are held until the query is in force: none is dead-lettered as "no query is running".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
