@@ -825,6 +825,11 @@ impl Conn {
     }
 
     /// Deletes a delivered (or expired) entry; until the delete is committed it is never resent.
+    ///
+    /// A delete the store refuses (a full disk) is tried again, with pauses doubling to 10 s, until
+    /// it commits or the hub stops; the entry stays marked as being deleted meanwhile. (It used to be
+    /// given back at the first failure, and the module, which had acknowledged it, got it again on
+    /// its next connection: the chaos harness counted hundreds of duplicates after a full disk.)
     fn remove_from_queue(&self, key: QueueKey) {
         let seq = key.seq;
         if let Ok(mut s) = self.rt.sent.lock() {
@@ -833,11 +838,29 @@ impl Conn {
         if let Ok(mut d) = self.rt.deleting.lock() {
             d.insert(seq);
         }
-        let commit = self.inner.store.submit(vec![Op::Delete { key }]);
+        let store = self.inner.store.clone();
+        let commit = store.submit(vec![Op::Delete { key: key.clone() }]);
         let rt = self.rt.clone();
+        let module = self.module.clone();
         tokio::spawn(async move {
-            if let Err(e) = commit.await {
-                tracing::error!(error = %e, "could not delete a delivered message; it may be delivered again after a restart");
+            let mut result = commit.await;
+            let mut wait = Duration::from_millis(250);
+            let mut logged = false;
+            while let Err(e) = &result {
+                if store.is_closed() {
+                    tracing::warn!(error = %e, module = %module, "the hub stopped before a delivered message could be deleted; the module may get it again after the restart");
+                    break;
+                }
+                if !logged {
+                    tracing::error!(error = %e, module = %module, "could not delete a delivered message (is the disk full?); it is not delivered again, and the delete is tried again with pauses of up to 10 s");
+                    logged = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+                result = store.write(vec![Op::Delete { key: key.clone() }]).await;
+            }
+            if logged && result.is_ok() {
+                tracing::info!(module = %module, "a delivered message that could not be deleted before is deleted now");
             }
             if let Ok(mut d) = rt.deleting.lock() {
                 d.remove(&seq);
