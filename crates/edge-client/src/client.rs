@@ -133,6 +133,13 @@ struct Acker {
 }
 
 impl InputMessage {
+    /// Whether the hub marked this delivery as a repeat (MQTT DUP): it sent the message before, on
+    /// this connection or an earlier one, and did not see it acknowledged. The receiver may have
+    /// processed it already (its acknowledgement was lost with the connection).
+    pub fn redelivered(&self) -> bool {
+        self.acker.as_ref().is_some_and(|a| a.publish.dup)
+    }
+
     /// Acknowledges the message to the hub (MQTT PUBACK). Until then the hub keeps it and sends it
     /// again after a reconnect, so call this once the message is processed (or safely stored). If the
     /// connection it came on is gone, nothing is sent: the hub will deliver it again. Without `ack`

@@ -123,6 +123,7 @@ pub async fn run(
                     let body = serde_json::json!({
                         "state": processor.reported(&unknown),
                         "eventsIn": processor.events_in, "rowsOut": processor.rows_out, "deadLetters": processor.dead_letters,
+                        "duplicatesSkipped": processor.duplicates_skipped + processor.redelivered_skipped,
                     });
                     req.respond(200, body);
                 }
@@ -160,11 +161,12 @@ async fn on_input(
     input: InputMessage,
     commits: &mut Commits,
 ) -> Result<(), AggregatorError> {
-    let outcome = processor.on_message(
+    let outcome = processor.on_delivery(
         &input.input,
         input.message.message_id.as_deref(),
         &input.message.body,
         Utc::now(),
+        input.redelivered(),
     );
     send_rows(client, &outcome.rows).await?;
     if let Some(dl) = outcome.dead_letter {

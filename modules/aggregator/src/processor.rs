@@ -58,6 +58,21 @@ pub const RECENT_INPUTS: usize = 64;
 
 /// Who an input is, for recognising it when edgeHub delivers it again: its input name and
 /// message id, or without an id its input name, length and CRC-32.
+/// How many messages with an id the module remembers (as fingerprints) to recognise one sent to
+/// it twice; a few hundred readings of store-and-forward resends fit many times over.
+pub const SEEN_IDS: usize = 4096;
+
+/// The fingerprint of a message with an id: CRC-32 of input and id, and CRC-32 of the body. The
+/// same id with the same bytes is the same message sent again (an upstream module's buffer resent
+/// after a lost acknowledgement); the same id with other bytes is not treated as a repeat.
+fn id_fingerprint(input: &str, id: &str, body: &[u8]) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(input.as_bytes());
+    h.update(b"|");
+    h.update(id.as_bytes());
+    (u64::from(h.finalize()) << 32) | u64::from(crc32fast::hash(body))
+}
+
 pub fn input_identity(input: &str, message_id: Option<&str>, body: &[u8]) -> String {
     match message_id.filter(|m| !m.is_empty()) {
         Some(id) => format!("{input}|m:{id}"),
@@ -133,6 +148,12 @@ pub struct Processor {
     /// Inputs recognised as delivered again after a restart and acknowledged without running
     /// them twice.
     pub redelivered_skipped: u64,
+    /// Fingerprints of the last [`SEEN_IDS`] inputs with a message id, oldest first, and as a set.
+    seen: std::collections::VecDeque<u64>,
+    seen_set: std::collections::HashSet<u64>,
+    /// Inputs with an id and body seen before (sent twice by the module upstream), not run again.
+    pub duplicates_skipped: u64,
+    duplicates_logged: Option<std::time::Instant>,
     /// Bytes handed to the disk by commits (input log and snapshots), for the metrics.
     pub bytes_committed: u64,
     pub events_in: u64,
@@ -165,6 +186,10 @@ impl Processor {
             redelivery: Vec::new(),
             redelivery_window: 0,
             redelivered_skipped: 0,
+            seen: std::collections::VecDeque::new(),
+            seen_set: std::collections::HashSet::new(),
+            duplicates_skipped: 0,
+            duplicates_logged: None,
             bytes_committed: 0,
             events_in: 0,
             rows_out: 0,
@@ -420,6 +445,19 @@ impl Processor {
         self.on_message(input, None, body, arrival)
     }
 
+    /// Remembers the fingerprint of an input with an id (see [`SEEN_IDS`]).
+    fn see(&mut self, fp: Option<u64>) {
+        let Some(fp) = fp else { return };
+        if self.seen_set.insert(fp) {
+            self.seen.push_back(fp);
+            if self.seen.len() > SEEN_IDS {
+                if let Some(old) = self.seen.pop_front() {
+                    self.seen_set.remove(&old);
+                }
+            }
+        }
+    }
+
     fn remember(&mut self, ident: String) {
         if self.recent.len() == RECENT_INPUTS {
             self.recent.pop_front();
@@ -442,12 +480,62 @@ impl Processor {
         body: &[u8],
         arrival: DateTime<Utc>,
     ) -> Outcome {
+        self.on_delivery(input, message_id, body, arrival, false)
+    }
+
+    /// [`Processor::on_message`] for a delivery the hub marked as a repeat (`redelivered`, MQTT
+    /// DUP). Without a restart, too, edgeHub sends a message again when the connection it went on
+    /// closed before the acknowledgement arrived (edge-dev's hub closes a module's connection when
+    /// its store cannot write, for one); if this process took it already (it is among the last
+    /// [`RECENT_INPUTS`] it took), it is acknowledged without running it twice. Only marked repeats
+    /// are checked: two different readings with the same body stay two readings.
+    ///
+    /// A message with an id (`$.mid`) whose id and body match one of the last [`SEEN_IDS`] such
+    /// inputs is a copy sent twice by the module upstream (MqttServerModule resends what the hub
+    /// did not acknowledge, with the same id, and the hub stores each copy as a new message); it is
+    /// acknowledged without running it, so a window does not count one reading twice.
+    pub fn on_delivery(
+        &mut self,
+        input: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+        arrival: DateTime<Utc>,
+        redelivered: bool,
+    ) -> Outcome {
         let ident = input_identity(input, message_id, body);
+        let fp = message_id
+            .filter(|m| !m.is_empty())
+            .map(|id| id_fingerprint(input, id, body));
+        if fp.is_some_and(|fp| self.seen_set.contains(&fp)) {
+            self.duplicates_skipped += 1;
+            // one line every 10 s while copies come, with the count so far
+            if self
+                .duplicates_logged
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+            {
+                self.duplicates_logged = Some(std::time::Instant::now());
+                tracing::info!(input, message_id, duplicates_skipped = self.duplicates_skipped,
+                    "an input with the id and body of one taken before was sent again (a resend by the module upstream); acknowledged without running it twice");
+            }
+            return Outcome {
+                rows: Vec::new(),
+                dead_letter: None,
+            };
+        }
+        if redelivered && self.recent.contains(&ident) {
+            self.redelivered_skipped += 1;
+            tracing::info!(input, message_id, "an input delivered again (its acknowledgement was lost with a connection) was taken already; acknowledged without running it twice");
+            return Outcome {
+                rows: Vec::new(),
+                dead_letter: None,
+            };
+        }
         if self.redelivery_window > 0 {
             self.redelivery_window -= 1;
             if let Some(i) = self.redelivery.iter().position(|x| *x == ident) {
                 self.redelivery.swap_remove(i);
                 self.redelivered_skipped += 1;
+                self.see(fp);
                 tracing::info!(input, message_id, "an input delivered again after the restart is in the restored state already; acknowledged without running it twice");
                 return Outcome {
                     rows: Vec::new(),
@@ -496,6 +584,7 @@ impl Processor {
                     &ident,
                 );
                 self.remember(ident);
+                self.see(fp);
                 self.rows_out += rows.len() as u64;
                 Outcome {
                     rows,
