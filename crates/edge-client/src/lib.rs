@@ -45,6 +45,7 @@ pub mod error;
 pub mod identity;
 mod signal;
 pub mod tls;
+pub mod topic;
 pub mod wire;
 pub mod workload;
 

@@ -74,6 +74,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use edge_client::topic;
+
 /// What a line allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -226,78 +228,6 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
-/// Checks an MQTT topic filter (MQTT 3.1.1 section 4.7): `+` and `#` take a whole level, `#` only
-/// the last one.
-pub fn check_filter(filter: &str) -> Result<(), &'static str> {
-    if filter.is_empty() {
-        return Err("it is empty");
-    }
-    if filter.len() > 65_535 {
-        return Err("it is longer than 65,535 bytes");
-    }
-    if filter.contains('\0') {
-        return Err("it contains the character U+0000");
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err("`#` must be a whole level and the last one (e.g. `sensors/#`)");
-        }
-        if level.contains('+') && *level != "+" {
-            return Err("`+` must be a whole level (e.g. `sensors/+/temp`)");
-        }
-    }
-    Ok(())
-}
-
-/// Whether `topic` (a topic name) matches `filter`, with MQTT's wildcard rules.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut t = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
-            return true;
-        }
-        match t.next() {
-            Some(level) if f == "+" || f == level => {}
-            _ => return false,
-        }
-    }
-    t.next().is_none()
-}
-
-fn first_level(s: &str) -> &str {
-    s.split('/').next().unwrap_or("")
-}
-
-/// Whether every topic `inner` (a filter) can match is matched by `outer`: then a grant on `outer`
-/// allows a subscription to `inner`.
-pub fn filter_covers(outer: &str, inner: &str) -> bool {
-    let wild = |l: &str| l == "+" || l == "#";
-    // a wildcard first level never matches `$` topics
-    if wild(first_level(outer)) && first_level(inner).starts_with('$') {
-        return false;
-    }
-    let mut o = outer.split('/');
-    let mut i = inner.split('/');
-    loop {
-        match (o.next(), i.next()) {
-            (Some("#"), _) => return true,
-            (Some(_), Some("#")) => return false,
-            (Some("+"), Some(_)) => {}
-            (Some(ol), Some(il)) => {
-                if il == "+" || ol != il {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            (Some(_), None) | (None, Some(_)) => return false,
-        }
-    }
-}
-
 /// A value that may be substituted for `%c` / `%u` without reaching other clients' topics.
 fn safe_name(v: &str) -> bool {
     !v.is_empty() && !v.contains(['+', '#', '/'])
@@ -371,7 +301,7 @@ impl Acl {
                             })
                         }
                     };
-                    check_filter(filter).map_err(|why| AclError::BadFilter {
+                    topic::check_filter(filter).map_err(|why| AclError::BadFilter {
                         line,
                         filter: filter.to_string(),
                         why,
@@ -491,14 +421,14 @@ impl ClientAcl {
         if let Some(r) = self
             .rules
             .iter()
-            .find(|r| r.access == Access::Deny && topic_matches(&r.filter, topic))
+            .find(|r| r.access == Access::Deny && topic::matches(&r.filter, topic))
         {
             return Err(Denied::DenyLine(r.line));
         }
         if self
             .rules
             .iter()
-            .any(|r| need(r.access) && topic_matches(&r.filter, topic))
+            .any(|r| need(r.access) && topic::matches(&r.filter, topic))
         {
             Ok(())
         } else {
@@ -529,14 +459,14 @@ impl ClientAcl {
         if let Some(r) = self
             .rules
             .iter()
-            .find(|r| r.access == Access::Deny && filter_covers(&r.filter, filter))
+            .find(|r| r.access == Access::Deny && topic::covers(&r.filter, filter))
         {
             return Err(Denied::DenyLine(r.line));
         }
         if self
             .rules
             .iter()
-            .any(|r| r.access.reads() && filter_covers(&r.filter, filter))
+            .any(|r| r.access.reads() && topic::covers(&r.filter, filter))
         {
             Ok(())
         } else {
@@ -627,49 +557,13 @@ mod tests {
     }
 
     #[test]
-    fn matching_follows_mqtt() {
-        assert!(topic_matches("a/b", "a/b"));
-        assert!(!topic_matches("a/b", "a/b/c"));
-        assert!(!topic_matches("a/b/c", "a/b"));
-        assert!(topic_matches("a/+/c", "a/x/c"));
-        assert!(topic_matches("a/+", "a/"));
-        assert!(!topic_matches("a/+", "a"));
-        assert!(topic_matches("a/#", "a"));
-        assert!(topic_matches("a/#", "a/b/c"));
-        assert!(topic_matches("#", "a/b"));
-        assert!(!topic_matches("#", "$SYS/x"));
-        assert!(!topic_matches("+/x", "$SYS/x"));
-        assert!(topic_matches("$SYS/#", "$SYS/x"));
-        assert!(!topic_matches("a/b", "a/B"));
-    }
-
-    #[test]
-    fn covering_is_about_every_topic_of_the_inner_filter() {
-        assert!(filter_covers("sensors/#", "sensors/+/temp"));
-        assert!(filter_covers("sensors/#", "sensors"));
-        assert!(filter_covers("sensors/#", "sensors/#"));
-        assert!(filter_covers("sensors/+/temp", "sensors/p1/temp"));
-        assert!(filter_covers("sensors/+/temp", "sensors/+/temp"));
-        assert!(!filter_covers("sensors/p1/#", "sensors/#"));
-        assert!(!filter_covers("sensors/p1/temp", "sensors/+/temp"));
-        assert!(!filter_covers("sensors/+", "sensors/#"));
-        assert!(!filter_covers("sensors/+/#", "sensors/#"), "sensors itself");
-        assert!(!filter_covers("a/b", "a"));
-        assert!(!filter_covers("a", "a/b"));
-        assert!(filter_covers("#", "#"));
-        assert!(!filter_covers("#", "$SYS/#"));
-        assert!(filter_covers("$SYS/#", "$SYS/+"));
-        assert!(!filter_covers("$SYS/#", "#"));
-    }
-
-    #[test]
     fn filters_are_checked() {
-        assert!(check_filter("a/#").is_ok());
-        assert!(check_filter("+/+/#").is_ok());
-        assert!(check_filter("a/b#").is_err());
-        assert!(check_filter("a/#/b").is_err());
-        assert!(check_filter("a+/b").is_err());
-        assert!(check_filter("").is_err());
+        assert!(topic::check_filter("a/#").is_ok());
+        assert!(topic::check_filter("+/+/#").is_ok());
+        assert!(topic::check_filter("a/b#").is_err());
+        assert!(topic::check_filter("a/#/b").is_err());
+        assert!(topic::check_filter("a+/b").is_err());
+        assert!(topic::check_filter("").is_err());
     }
 
     #[test]
@@ -891,27 +785,6 @@ mod tests {
         ]
     }
 
-    fn filter_level() -> impl Strategy<Value = String> {
-        prop_oneof![level(), Just("+".to_string())]
-    }
-
-    fn topic() -> impl Strategy<Value = String> {
-        proptest::collection::vec(level(), 1..5).prop_map(|v| v.join("/"))
-    }
-
-    fn filter() -> impl Strategy<Value = String> {
-        (
-            proptest::collection::vec(filter_level(), 1..5),
-            any::<bool>(),
-        )
-            .prop_map(|(mut v, hash)| {
-                if hash {
-                    v.push("#".to_string());
-                }
-                v.join("/")
-            })
-    }
-
     /// Client ids as a hostile device might choose them.
     fn client_id() -> impl Strategy<Value = String> {
         proptest::collection::vec(
@@ -949,50 +822,6 @@ mod tests {
                 prop_assert!(c.check_write(&t).is_err(), "{attacker:?} may write {t:?}");
                 prop_assert!(c.check_subscribe(&t).is_err(), "{attacker:?} may subscribe {t:?}");
             }
-        }
-
-        /// A grant on `outer` that covers `inner` allows every topic `inner` matches.
-        #[test]
-        fn covering_is_sound(outer in filter(), inner in filter(), t in topic()) {
-            if filter_covers(&outer, &inner) && topic_matches(&inner, &t) {
-                prop_assert!(topic_matches(&outer, &t), "{outer} covers {inner} but not {t}");
-            }
-        }
-
-        /// And complete: when `outer` does not cover `inner`, some topic shows it (searched over
-        /// the filters' levels plus one they never use, one level longer than the longer filter).
-        #[test]
-        fn covering_is_complete(outer in filter(), inner in filter()) {
-            if !filter_covers(&outer, &inner) {
-                let levels = ["a", "b", "", "$s", "c"];
-                let max = outer.split('/').count().max(inner.split('/').count()) + 1;
-                let mut found = false;
-                let mut current: Vec<Vec<&str>> = vec![Vec::new()];
-                'search: for _ in 0..max {
-                    let mut next = Vec::new();
-                    for t in &current {
-                        for l in levels {
-                            let mut t = t.clone();
-                            t.push(l);
-                            let topic = t.join("/");
-                            if topic_matches(&inner, &topic) && !topic_matches(&outer, &topic) {
-                                found = true;
-                                break 'search;
-                            }
-                            next.push(t);
-                        }
-                    }
-                    current = next;
-                }
-                prop_assert!(found, "{outer} does not cover {inner}, but no topic shows it");
-            }
-        }
-
-        /// A filter covers itself, and a topic name is covered exactly when it matches.
-        #[test]
-        fn covering_agrees_with_matching(f in filter(), t in topic()) {
-            prop_assert!(filter_covers(&f, &f));
-            prop_assert_eq!(filter_covers(&f, &t), topic_matches(&f, &t));
         }
 
         /// Parsing never panics, whatever the text.
