@@ -11,6 +11,9 @@
 //! - [`client`]: [`ModuleClient`] (outputs, inputs, twin, methods, reconnect, token renewal) and its
 //!   [`Events`].
 //! - [`error`]: the error type, [`ClientError`], whose messages say what to check.
+//! - [`topic`]: MQTT topic filters (matching, syntax, covering), shared by edge-dev's hub and
+//!   MqttServerModule's device ACL.
+//! - [`twin`]: twin patches (JSON merge patch without `$` keys), shared by the hub and the modules.
 //!
 //! A module's main loop:
 //!
@@ -46,6 +49,7 @@ pub mod identity;
 mod signal;
 pub mod tls;
 pub mod topic;
+pub mod twin;
 pub mod wire;
 pub mod workload;
 

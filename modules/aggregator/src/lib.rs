@@ -377,20 +377,10 @@ fn started_at() -> &'static String {
     STARTED.get_or_init(|| Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
-/// RFC 7396 JSON merge patch, as the twin's desired patches are applied.
+/// Applies a desired-properties patch to the desired document ([`edge_client::twin::merge`]: RFC
+/// 7396, `$` keys skipped).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        _ => *target = patch.clone(),
-    }
+    edge_client::twin::merge(target, patch);
 }
 
 #[cfg(test)]

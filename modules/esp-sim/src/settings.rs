@@ -237,12 +237,14 @@ impl Settings {
     }
 
     /// Apply a JSON merge patch (RFC 7396; twin desired properties work this way: `null` resets a
-    /// field to its default). Keys starting with `$` (`$version`, `$metadata`) are ignored.
+    /// field to its default). Keys starting with `$` (`$version`, `$metadata`) are ignored. Module
+    /// builds only (the `module` feature): it is edge-client's twin patch.
+    #[cfg(feature = "module")]
     pub fn merged(&self, patch: &serde_json::Value) -> Result<Settings, SimError> {
         let mut base = serde_json::to_value(self).map_err(|e| SimError::Settings(e.to_string()))?;
         let defaults = serde_json::to_value(Settings::default())
             .map_err(|e| SimError::Settings(e.to_string()))?;
-        merge_patch(&mut base, patch, Some(&defaults));
+        edge_client::twin::merge_with_defaults(&mut base, patch, &defaults);
         Settings::from_json(base)
     }
 
@@ -346,43 +348,6 @@ impl Settings {
     }
 }
 
-/// RFC 7396 merge patch; `null` resets to the matching default when one is given.
-fn merge_patch(
-    target: &mut serde_json::Value,
-    patch: &serde_json::Value,
-    defaults: Option<&serde_json::Value>,
-) {
-    use serde_json::Value;
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    if let Value::Object(t) = target {
-        for (k, v) in p {
-            if k.starts_with('$') {
-                continue;
-            }
-            let d = defaults.and_then(|d| d.get(k));
-            if v.is_null() {
-                match d {
-                    Some(d) => {
-                        t.insert(k.clone(), d.clone());
-                    }
-                    None => {
-                        t.remove(k);
-                    }
-                }
-            } else {
-                let entry = t.entry(k.clone()).or_insert(Value::Null);
-                merge_patch(entry, v, d);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -417,6 +382,7 @@ mod tests {
         assert!(e.is_err());
     }
 
+    #[cfg(feature = "module")]
     #[test]
     fn merge_patch_applies_and_resets() {
         let s = Settings::default();

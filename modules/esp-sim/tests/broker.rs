@@ -399,11 +399,14 @@ async fn settings_change_live() {
     .await
     .unwrap();
     assert_eq!(seen.0, 10);
-    let changed = s
-        .merged(
-            &serde_json::json!({"faults": {"malformed_json": 1.0}, "topic": "fleet/live/{device}"}),
-        )
-        .unwrap();
+    let changed = Settings {
+        topic: "fleet/live/{device}".into(),
+        faults: esp_sim::settings::Faults {
+            malformed_json: 1.0,
+            ..s.faults.clone()
+        },
+        ..s.clone()
+    };
     assert!(!s.needs_restart(&changed));
     tx.send(changed).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(60), run)

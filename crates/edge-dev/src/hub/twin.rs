@@ -88,11 +88,11 @@ impl TwinState {
 
     /// Merges a reported-properties patch; returns the new reported version.
     pub fn patch_reported(&mut self, patch: &Value) -> Result<u64, String> {
-        let p = patch
-            .as_object()
-            .ok_or_else(|| "a reported-properties patch must be a JSON object".to_string())?;
+        if !patch.is_object() {
+            return Err("a reported-properties patch must be a JSON object".to_string());
+        }
         check_nesting(patch)?;
-        merge(&mut self.reported, p);
+        merge(&mut self.reported, patch);
         self.reported_version += 1;
         Ok(self.reported_version)
     }
@@ -100,11 +100,11 @@ impl TwinState {
     /// Merges a desired-properties patch; returns the new desired version and the body to push to the
     /// module (the patch with `"$version"`, which the SDKs require).
     pub fn patch_desired(&mut self, patch: &Value) -> Result<(u64, Value), String> {
-        let p = patch
-            .as_object()
-            .ok_or_else(|| "a desired-properties patch must be a JSON object".to_string())?;
+        if !patch.is_object() {
+            return Err("a desired-properties patch must be a JSON object".to_string());
+        }
         check_nesting(patch)?;
-        merge(&mut self.desired, p);
+        merge(&mut self.desired, patch);
         self.desired_version += 1;
         let mut body = strip_meta(patch);
         body.insert("$version".into(), Value::from(self.desired_version));
@@ -124,29 +124,13 @@ fn strip_meta(v: &Value) -> Map<String, Value> {
     }
 }
 
-/// JSON merge patch as twins do it: `null` deletes, objects merge recursively, anything else replaces;
-/// `$`-keys of the patch (`$version`, `$metadata`) are ignored.
-pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (k, v) in patch {
-        if k.starts_with('$') {
-            continue;
-        }
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => match target.get_mut(k) {
-                Some(Value::Object(t)) => merge(t, p),
-                _ => {
-                    let mut t = Map::new();
-                    merge(&mut t, p);
-                    target.insert(k.clone(), Value::Object(t));
-                }
-            },
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
+/// Merges a twin patch (an object) into a properties map: [`edge_client::twin::merge`], the one
+/// implementation the modules use too (`null` deletes, objects merge, `$` keys are skipped).
+fn merge(target: &mut Map<String, Value>, patch: &Value) {
+    let mut doc = Value::Object(std::mem::take(target));
+    edge_client::twin::merge(&mut doc, patch);
+    if let Value::Object(m) = doc {
+        *target = m;
     }
 }
 
