@@ -199,23 +199,30 @@ fn bytes_written_per_input_do_not_grow_with_open_groups() {
     );
 }
 
-/// After a crash edgeHub delivers again the inputs whose acknowledgement it never saw, and the
-/// last of them are in the restored state already (durable, but killed before the ack): each is
-/// recognised, by message id or without one by its bytes, and not counted twice.
+/// A processor counting readings per 10-minute window.
+fn counting(dir: &std::path::Path) -> Processor {
+    let mut p = Processor::new(dir);
+    p.apply(TwinSettings {
+        query: Some("SELECT Count(*) AS n INTO C FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)".into()),
+        ..TwinSettings::default()
+    })
+    .unwrap();
+    p
+}
+
+/// Reading `i`: 37 degrees, `i` seconds (plus one) into the window.
+fn reading(i: i64) -> String {
+    json!({"temp": 37, "timeCreated": t(i * 1000 + 1000).to_rfc3339()}).to_string()
+}
+
 #[test]
 fn inputs_delivered_again_without_a_restart_are_not_counted_twice() {
     // The hub sends again (DUP) what it did not see acknowledged before a connection closed. A
     // marked repeat of an input this process took is skipped (here without message ids: by input,
     // length and checksum); an unmarked delivery with the same body is a new reading and counts.
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Processor::new(dir.path());
-    p.apply(TwinSettings {
-        query: Some("SELECT Count(*) AS n INTO C FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)".into()),
-        ..TwinSettings::default()
-    })
-    .unwrap();
-    let body =
-        |i: i64| json!({"temp": 37, "timeCreated": t(i * 1000 + 1000).to_rfc3339()}).to_string();
+    let mut p = counting(dir.path());
+    let body = reading;
     for i in 0..10 {
         p.on_delivery("temperature", None, body(i).as_bytes(), t(i * 1000), false);
     }
@@ -251,14 +258,8 @@ fn a_message_sent_twice_with_the_same_id_and_body_counts_once() {
     // disk), with the same message id; edgeHub stores each copy as a new message, not marked as a
     // repeat. Same id and same body: one reading. Same id, other body: two. No id: two.
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Processor::new(dir.path());
-    p.apply(TwinSettings {
-        query: Some("SELECT Count(*) AS n INTO C FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)".into()),
-        ..TwinSettings::default()
-    })
-    .unwrap();
-    let body =
-        |i: i64| json!({"temp": 37, "timeCreated": t(i * 1000 + 1000).to_rfc3339()}).to_string();
+    let mut p = counting(dir.path());
+    let body = reading;
     for round in 0..3 {
         for i in 0..300 {
             p.on_delivery(
@@ -295,6 +296,9 @@ fn a_message_sent_twice_with_the_same_id_and_body_counts_once() {
     assert_eq!(rows[0].row["n"], json!(303));
 }
 
+/// After a crash edgeHub delivers again the inputs whose acknowledgement it never saw, and the
+/// last of them are in the restored state already (durable, but killed before the ack): each is
+/// recognised, by message id or without one by its bytes, and not counted twice.
 #[test]
 fn inputs_delivered_again_after_a_crash_are_not_counted_twice() {
     for with_ids in [true, false] {
