@@ -8,7 +8,8 @@
 //! Checks, against serde_json reading the whole text: no panic; with every field kept the result
 //! is serde_json's, error for error; with some fields kept, a text serde_json reads gives exactly
 //! its object less the other fields (names compared without case), and a text serde_json refuses
-//! for anything but depth is refused too (the whole text is still checked).
+//! is refused too (the whole text is still checked, skipped fields included: numbers in range,
+//! the nesting limit).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -43,12 +44,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(got.ok().as_ref(), Some(whole));
         }
         (Some(_), Err(e)) => {
-            if !e.to_string().contains("recursion limit") {
-                assert!(
-                    got.is_err(),
-                    "serde_json refuses it ({e}), parse_event reads it"
-                );
-            }
+            assert!(
+                got.is_err(),
+                "serde_json refuses it ({e}), parse_event reads it"
+            );
         }
     }
 });

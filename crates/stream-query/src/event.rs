@@ -5,8 +5,14 @@
 //! a small one. The result is the same `serde_json::Value` the engine always takes, with fewer
 //! fields; anything that is not a JSON object is read whole (the engine then refuses it with its
 //! usual error).
+//!
+//! A skipped value is still read the way serde_json reads any value ([`Skip`]), so projection
+//! accepts and refuses exactly the texts a whole read does: a number out of range (`4e2323`) or a
+//! nesting deeper than 128 levels in a field the query never reads is refused too. (serde_json's
+//! own `IgnoredAny` steps over numbers without converting them; the `event_json` fuzz target found
+//! that difference.)
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
@@ -51,10 +57,65 @@ impl<'de> Visitor<'de> for Projection<'_> {
                 // a repeated key: the last one wins, as when the whole event is read
                 out.insert(k.into_owned(), map.next_value::<Value>()?);
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Skip>()?;
             }
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// A value read and dropped: every number converted (so one out of range is an error), every
+/// string checked, nesting counted against serde_json's limit; nothing is allocated for it (strings
+/// without escapes are borrowed from the text).
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_string<E>(self, _: String) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
     }
 }
 
@@ -114,8 +175,8 @@ mod tests {
             "a skipped field is still checked"
         );
         assert!(parse(r#"{"a":1} x"#, Some(&f)).is_err());
-        // a field the query reads is held to serde_json's nesting limit (128); a skipped one is
-        // stepped over without recursion, so any depth is safe there and costs no memory
+        // every field, read or skipped, is held to serde_json's nesting limit (128), as when the
+        // whole event is read
         let deep_a = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert!(parse(&deep_a, Some(&f)).is_err());
         assert!(parse(&deep_a, None).is_err());
@@ -124,12 +185,20 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert_eq!(
-            parse(&deep_b, Some(&f)).unwrap(),
-            serde_json::json!({"a": 1})
-        );
+        assert!(parse(&deep_b, Some(&f)).is_err());
+        assert!(parse(&deep_b, None).is_err());
         let torn = format!("{{\"b\":{}", "[".repeat(100_000));
         assert!(parse(&torn, Some(&f)).is_err());
+        // found by the event_json fuzz target: a number out of range in a skipped field was
+        // accepted, while reading the whole event refuses it
+        let big = r#"{"t":[4e2323,2e3],"a":1}"#;
+        assert!(serde_json::from_str::<Value>(big).is_err());
+        assert!(parse(big, Some(&f)).is_err());
+        assert!(parse(r#"{"t":{"x":1e400},"a":1}"#, Some(&f)).is_err());
+        assert!(
+            parse(r#"{"t":"\ud800x","a":1}"#, Some(&f)).is_err()
+                == serde_json::from_str::<Value>(r#"{"t":"\ud800x","a":1}"#).is_err()
+        );
     }
 
     proptest! {

@@ -127,8 +127,8 @@ pub use plan::Query;
 /// Read an event from JSON text keeping only `fields` of the top-level object (as
 /// [`Query::fields_read`] gives them; `None` keeps everything). The fields left out are skipped by
 /// the JSON reader, not built and dropped; the text is still checked as a whole (a syntax error
-/// anywhere is an error). A field that is kept may nest at most 128 levels deep (serde_json's
-/// limit); a skipped one is stepped over without recursion, at any depth.
+/// anywhere is an error): it accepts and refuses exactly the texts a whole read does (numbers in
+/// range, nesting at most 128 levels deep, serde_json's limit, in every field).
 pub fn parse_event(
     text: &str,
     fields: Option<&[String]>,
