@@ -20,6 +20,12 @@
 //! closed and opened again. The writer does that by itself: it closes the file, and reopens it
 //! (redb repairs it) before the next commit, retrying with a back-off while the disk still refuses.
 //! Writes in between fail at once, so the hub acknowledges nothing it did not store.
+//!
+//! redb reuses freed pages but only gives space back to the disk from the end of the file, so after a
+//! backlog drains (an upstream outage) the file stays as large as the backlog made it. The writer
+//! therefore compacts it ([`COMPACT_CHECK_EVERY`], [`COMPACT_FRAGMENTED_BYTES`]): once a minute at most,
+//! when more than 4 MiB of the file are free pages and they outweigh what it holds, it rewrites the
+//! file in place (redb's crash-safe `compact`), holding the readers off for that moment.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,8 +106,15 @@ pub enum Op {
     },
 }
 
+/// How often, at most, the writer looks at how much of the file is free pages.
+pub const COMPACT_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Free pages past this (and more than the file holds) make the writer compact the file.
+pub const COMPACT_FRAGMENTED_BYTES: u64 = 4 * 1024 * 1024;
+
 struct Job {
     ops: Vec<Op>,
+    /// Compact the file after this job's commit, whatever the thresholds ([`Store::compact`]).
+    compact: bool,
     /// The last job: the writer commits it and ends, releasing the database file.
     close: bool,
     reply: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -196,6 +209,7 @@ impl Store {
             ops: Vec::new(),
             reply: Some(tx),
             close: true,
+            compact: false,
         });
         let flushed = if sent.is_ok() {
             rx.await
@@ -252,6 +266,7 @@ impl Store {
             ops,
             reply: Some(tx),
             close: false,
+            compact: false,
         });
         async move {
             if sent.is_err() {
@@ -260,6 +275,23 @@ impl Store {
             rx.await
                 .map_err(|_| StoreError("the store writer has stopped".into()))?
         }
+    }
+
+    /// Compacts the file now (after whatever is pending commits), whatever the thresholds. The
+    /// writer also does this by itself (see the module docs); tests call it to not wait a minute.
+    #[cfg(test)]
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job {
+                ops: Vec::new(),
+                reply: Some(tx),
+                close: false,
+                compact: true,
+            })
+            .map_err(|_| StoreError("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError("the store writer has stopped".into()))?
     }
 
     /// [`Store::submit`] and wait.
@@ -275,6 +307,7 @@ impl Store {
                 ops,
                 reply: None,
                 close: false,
+                compact: false,
             })
             .is_err()
         {
@@ -493,6 +526,7 @@ impl Trouble {
 impl Writer {
     fn run(self, rx: std::sync::mpsc::Receiver<Job>) {
         let mut closing = false;
+        let mut compact_checked = Instant::now();
         // Set from the first failed commit until a commit succeeds again.
         let mut trouble: Option<Trouble> = None;
         while !closing {
@@ -539,6 +573,7 @@ impl Writer {
                 }
             }
             let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+            let compact_asked = jobs.iter().any(|j| j.compact);
             let db = self.slot.read().ok().and_then(|g| g.clone());
             let result = match db {
                 Some(db) => match guarded_apply(&db, &ops) {
@@ -590,10 +625,82 @@ impl Writer {
                 }
                 _ => {}
             }
+            // Compaction comes after the commit's callers heard back, except for whoever asked
+            // for it, who hears once it is done.
+            let mut asked = Vec::new();
             for j in jobs {
                 if let Some(reply) = j.reply {
-                    let _ = reply.send(result.clone());
+                    if j.compact {
+                        asked.push(reply);
+                    } else {
+                        let _ = reply.send(result.clone());
+                    }
                 }
+            }
+            if result.is_ok()
+                && !closing
+                && (compact_asked || compact_checked.elapsed() >= COMPACT_CHECK_EVERY)
+            {
+                compact_checked = Instant::now();
+                self.maybe_compact(compact_asked);
+            }
+            for reply in asked {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Compacts the file when its free pages pass [`COMPACT_FRAGMENTED_BYTES`] and outweigh what it
+    /// holds (or when `force`). Readers wait on the slot's lock meanwhile; a reader still holding
+    /// the database from before gets a moment to finish, else compaction waits for the next check.
+    fn maybe_compact(&self, force: bool) {
+        let Ok(mut slot) = self.slot.write() else {
+            return;
+        };
+        let Some(db) = slot.as_mut() else { return };
+        if !force {
+            let stats = match db.begin_write() {
+                Ok(t) => {
+                    let s = t.stats().ok();
+                    let _ = t.abort();
+                    s
+                }
+                Err(_) => None,
+            };
+            let Some(stats) = stats else { return };
+            let held = stats.stored_bytes() + stats.metadata_bytes();
+            if stats.fragmented_bytes() < COMPACT_FRAGMENTED_BYTES
+                || stats.fragmented_bytes() < held
+            {
+                return;
+            }
+        }
+        // readers clone the handle for the length of one read; wait briefly for the last ones
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let db = loop {
+            if let Some(db) = Arc::get_mut(db) {
+                break db;
+            }
+            if Instant::now() >= deadline {
+                tracing::debug!("the hub store is being read; compaction waits for the next check");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let before = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let started = Instant::now();
+        match db.compact() {
+            Ok(_) => {
+                let after = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+                tracing::info!(
+                    before_bytes = before,
+                    after_bytes = after,
+                    took = ?started.elapsed(),
+                    "the hub store was compacted (space of delivered messages given back to the disk)"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the hub store could not be compacted; it is tried again later")
             }
         }
     }
@@ -1107,7 +1214,7 @@ mod tests {
                 let mut i = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
-                    let op = enqueue(&s, 20_000);
+                    let op = enqueue(&s, 10_000);
                     let Op::Enqueue { key, .. } = &op else {
                         unreachable!()
                     };
@@ -1115,9 +1222,10 @@ mod tests {
                     if s.write(vec![op]).await.is_ok() {
                         held.push(key);
                     }
-                    // every other round, remove one (the `$upstream` sink's acknowledgement); a
+                    // every other round, remove one (the `$upstream` sink's acknowledgement), and
+                    // always past 10 held, so what is held stays well below the disk's size; a
                     // failed removal may or may not be in the file, so the key is not checked
-                    if (i + w) % 2 == 0 && !held.is_empty() {
+                    if ((i + w) % 2 == 0 || held.len() > 10) && !held.is_empty() {
                         let k = held.remove(0);
                         let _ = s.write(vec![Op::Delete { key: k }]).await;
                     }
@@ -1151,5 +1259,56 @@ mod tests {
             );
         }
         s.close().await.unwrap();
+    }
+
+    /// The soak's finding: after an upstream outage drained, the file kept the backlog's size
+    /// (redb only gives back space at the end of the file). Compaction gives it back; the data
+    /// left in it is intact.
+    #[tokio::test]
+    async fn compaction_gives_back_the_space_of_a_drained_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let s = Store::open(&path).unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let mut keys = Vec::new();
+        for _ in 0..40 {
+            let batch: Vec<Op> = (0..50).map(|_| enqueue(&s, 4000)).collect();
+            for op in &batch {
+                if let Op::Enqueue { key, .. } = op {
+                    keys.push(key.clone());
+                }
+            }
+            s.write(batch).await.unwrap();
+        }
+        let keep = keys.pop().unwrap();
+        let full = size();
+        assert!(full > 8_000_000, "the backlog takes room: {full}");
+        // drained, in the order a sink removes messages (oldest first)
+        for chunk in keys.chunks(100) {
+            let ops = chunk
+                .iter()
+                .map(|k| Op::Delete { key: k.clone() })
+                .collect();
+            s.write(ops).await.unwrap();
+        }
+        let drained = size();
+        s.compact().await.unwrap();
+        let compacted = size();
+        eprintln!(
+            "2,000 messages of 4 KB: {full} bytes; drained: {drained}; compacted: {compacted}"
+        );
+        assert!(
+            compacted < full / 4,
+            "compaction gave back the space: {full} -> {compacted}"
+        );
+        assert_eq!(s.depth(UPSTREAM), 1);
+        let left = s.scan(UPSTREAM, 10, |_, _| true).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, keep);
+        s.write(vec![enqueue(&s, 10)]).await.unwrap();
+        s.close().await.unwrap();
+        // and it opens again
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.depth(UPSTREAM), 2);
     }
 }
