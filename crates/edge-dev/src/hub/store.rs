@@ -699,6 +699,10 @@ impl Writer {
                     "the hub store was compacted (space of delivered messages given back to the disk)"
                 );
             }
+            // a read that began before the lock was taken: the next check tries again
+            Err(redb::CompactionError::TransactionInProgress) => {
+                tracing::debug!("the hub store is being read; compaction waits for the next check")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the hub store could not be compacted; it is tried again later")
             }
