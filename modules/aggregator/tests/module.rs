@@ -103,19 +103,58 @@ fn connection_string(module: &str, key: &[u8]) -> String {
 }
 
 fn start_aggregator(rig: &Rig, state: &Path) -> Module {
-    Module(
-        Command::new(env!("CARGO_BIN_EXE_aggregator"))
-            .env_clear()
-            .env("EdgeHubConnectionString", connection_string(AGG, &AGG_KEY))
-            .env("EdgeModuleCACertificateFile", &rig.ca)
-            .env("IOTEDGE_GATEWAYPORT", rig.port.to_string())
-            .env("AGGREGATOR_STATE_DIR", state)
-            .env("AGGREGATOR_TICK_MS", "100")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    start_aggregator_logging(rig, state, None)
+}
+
+/// The module on `state`; with `log`, its log (stderr) at level info goes to that file, without, its
+/// warnings go to the test's stderr.
+fn start_aggregator_logging(rig: &Rig, state: &Path, log: Option<&Path>) -> Module {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregator"));
+    cmd.env_clear()
+        .env("EdgeHubConnectionString", connection_string(AGG, &AGG_KEY))
+        .env("EdgeModuleCACertificateFile", &rig.ca)
+        .env("IOTEDGE_GATEWAYPORT", rig.port.to_string())
+        .env("AGGREGATOR_STATE_DIR", state)
+        .env("AGGREGATOR_TICK_MS", "100")
+        .stdout(Stdio::null());
+    match log {
+        Some(log) => cmd
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(log).unwrap()),
+        None => cmd.env("RUST_LOG", "warn"),
+    };
+    Module(cmd.spawn().unwrap())
+}
+
+/// Waits until the hub's queue for the module is empty: the module acknowledged every input, which
+/// it does only once its state holds them.
+async fn wait_all_taken(hub: &HubHandle, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while hub.stats().modules.get(AGG).map(|s| s.queue_depth) != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the module did not take every input within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a restarted module (not the one that reported `first`) runs its query with the
+/// restored state.
+async fn wait_restarted(hub: &HubHandle, first: &Value) {
+    wait_reported(hub, |r| {
+        r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
+    })
+    .await;
+}
+
+/// Closes the running query's open windows by replacing it (`Counts` -> `Counts2`): the old query's
+/// windows are closed and sent.
+async fn close_windows(hub: &HubHandle, query: &str) {
+    hub.update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")}))
+        .await
+        .unwrap();
 }
 
 async fn feeder(rig: &Rig) -> ModuleClient {
@@ -280,29 +319,15 @@ async fn kill_9_loses_no_open_window() {
         let m = Message::json(&json!({"temp": 36 + i, "timeCreated": t.to_rfc3339()}));
         feed.send_output("out", m).await.unwrap();
     }
-    // Once the hub's queue for the module is empty, the module has acknowledged every input, and it
-    // acknowledges only after a checkpoint holds them.
-    for _ in 0..300 {
-        if rig.hub.stats().modules.get(AGG).map(|s| s.queue_depth) == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rig.hub.stats().modules[AGG].queue_depth, 0);
+    wait_all_taken(&rig.hub, Duration::from_secs(30)).await;
     drop(agg); // SIGKILL
 
     // Restarted on the same state folder, the window holds all ten readings; close it with a query
     // change (the old query's open windows are closed and sent).
     let _agg = start_aggregator(&rig, &state);
     // The new process has read its twin and restored the checkpoint once it reports its own start.
-    wait_reported(&rig.hub, |r| {
-        r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
-    })
-    .await;
-    rig.hub
-        .update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")}))
-        .await
-        .unwrap();
+    wait_restarted(&rig.hub, &first).await;
+    close_windows(&rig.hub, query).await;
     let m = next_upstream(&rig.hub).await;
     assert_eq!(m.output, "Counts");
     assert_eq!(body(&m), json!({"n": 10, "avg": 40.5}));
@@ -355,21 +380,12 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
         drop(agg); // SIGKILL
         let restarted = std::time::Instant::now();
         let agg = start_aggregator(&rig, &state);
-        wait_reported(&rig.hub, |r| {
-            r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
-        })
-        .await;
+        wait_restarted(&rig.hub, &first).await;
         (queued, restarted, restarted.elapsed(), agg)
     };
     let ((), (before_kill, restarted, restart_time, _agg)) =
         tokio::join!(send_round(1), kill_and_restart);
-    for _ in 0..1200 {
-        if rig.hub.stats().modules[AGG].queue_depth == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rig.hub.stats().modules[AGG].queue_depth, 0);
+    wait_all_taken(&rig.hub, Duration::from_secs(120)).await;
     let drained = restarted.elapsed();
     eprintln!(
         "kill -9 with {PATIENTS} open groups, {before_kill} inputs queued for the module at the kill: \
@@ -380,10 +396,7 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     );
 
     // close the windows with a query change; each patient's window holds both readings
-    rig.hub
-        .update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")}))
-        .await
-        .unwrap();
+    close_windows(&rig.hub, query).await;
     let mut seen = BTreeMap::new();
     while seen.len() < PATIENTS {
         let m = next_upstream(&rig.hub).await;
@@ -447,23 +460,8 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
         .unwrap();
     assert!(status.success(), "mount tmpfs");
     let _mounted = Mounted(state.clone());
-    // the module logs to stderr
     let log = dir.path().join("aggregator.log");
-    let mut agg = Module(
-        Command::new(env!("CARGO_BIN_EXE_aggregator"))
-            .env_clear()
-            .env("EdgeHubConnectionString", connection_string(AGG, &AGG_KEY))
-            .env("EdgeModuleCACertificateFile", &rig.ca)
-            .env("IOTEDGE_GATEWAYPORT", rig.port.to_string())
-            .env("AGGREGATOR_STATE_DIR", &state)
-            .env("AGGREGATOR_TICK_MS", "100")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agg = start_aggregator_logging(&rig, &state, Some(&log));
     let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
     let feed = feeder(&rig).await;
     let start = chrono::Utc::now() + chrono::Duration::seconds(60);
@@ -482,24 +480,14 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
             }
         }
     };
-    let depth = || rig.hub.stats().modules[AGG].queue_depth;
-    let wait_depth_zero = || async {
-        for _ in 0..600 {
-            if depth() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the module did not take every input");
-    };
     send(20).await;
-    wait_depth_zero().await;
+    wait_all_taken(&rig.hub, Duration::from_secs(60)).await;
 
     // the disk fills: inputs are delivered, processed, and not acknowledged
     let filler = fill(&state);
     send(100).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = depth();
+    let held = rig.hub.stats().modules[AGG].queue_depth;
     assert!(
         held > 0,
         "inputs were acknowledged while the state could not be written"
@@ -516,7 +504,7 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
 
     // room again: every held input is acknowledged, by the same process
     std::fs::remove_file(&filler).unwrap();
-    wait_depth_zero().await;
+    wait_all_taken(&rig.hub, Duration::from_secs(60)).await;
     assert!(agg.0.try_wait().unwrap().is_none(), "the module restarted");
     assert!(std::fs::read_to_string(&log)
         .unwrap()
@@ -525,14 +513,8 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
     // what was acknowledged is durable: kill -9, restart, close the window with a query change
     drop(agg);
     let _agg = start_aggregator(&rig, &state);
-    wait_reported(&rig.hub, |r| {
-        r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
-    })
-    .await;
-    rig.hub
-        .update_desired(AGG, json!({"query": query.replace("Counts", "Counts2")}))
-        .await
-        .unwrap();
+    wait_restarted(&rig.hub, &first).await;
+    close_windows(&rig.hub, query).await;
     let m = next_upstream(&rig.hub).await;
     assert_eq!(m.output, "Counts");
     assert_eq!(
@@ -571,13 +553,7 @@ async fn inputs_delivered_before_the_query_is_applied_are_held_not_dead_lettered
     );
     wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
     // and each input is acknowledged once its effect is checkpointed
-    for _ in 0..100 {
-        if rig.hub.stats().modules[AGG].queue_depth == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rig.hub.stats().modules[AGG].queue_depth, 0);
+    wait_all_taken(&rig.hub, Duration::from_secs(10)).await;
     feed.shutdown().await;
 }
 
