@@ -56,8 +56,6 @@ impl FieldsRead {
 /// after a crash: more than the module ever leaves unacknowledged (`MAX_PENDING_ACKS`, 16).
 pub const RECENT_INPUTS: usize = 64;
 
-/// Who an input is, for recognising it when edgeHub delivers it again: its input name and
-/// message id, or without an id its input name, length and CRC-32.
 /// How many messages with an id the module remembers (as fingerprints) to recognise one sent to
 /// it twice; a few hundred readings of store-and-forward resends fit many times over.
 pub const SEEN_IDS: usize = 4096;
@@ -73,6 +71,8 @@ fn id_fingerprint(input: &str, id: &str, body: &[u8]) -> u64 {
     (u64::from(h.finalize()) << 32) | u64::from(crc32fast::hash(body))
 }
 
+/// Who an input is, for recognising it when edgeHub delivers it again: its input name and
+/// message id, or without an id its input name, length and CRC-32.
 pub fn input_identity(input: &str, message_id: Option<&str>, body: &[u8]) -> String {
     match message_id.filter(|m| !m.is_empty()) {
         Some(id) => format!("{input}|m:{id}"),
@@ -517,18 +517,12 @@ impl Processor {
                 tracing::info!(input, message_id, duplicates_skipped = self.duplicates_skipped,
                     "an input with the id and body of one taken before was sent again (a resend by the module upstream); acknowledged without running it twice");
             }
-            return Outcome {
-                rows: Vec::new(),
-                dead_letter: None,
-            };
+            return Outcome::default();
         }
         if redelivered && self.recent.contains(&ident) {
             self.redelivered_skipped += 1;
             tracing::info!(input, message_id, "an input delivered again (its acknowledgement was lost with a connection) was taken already; acknowledged without running it twice");
-            return Outcome {
-                rows: Vec::new(),
-                dead_letter: None,
-            };
+            return Outcome::default();
         }
         if self.redelivery_window > 0 {
             self.redelivery_window -= 1;
@@ -537,10 +531,7 @@ impl Processor {
                 self.redelivered_skipped += 1;
                 self.see(fp);
                 tracing::info!(input, message_id, "an input delivered again after the restart is in the restored state already; acknowledged without running it twice");
-                return Outcome {
-                    rows: Vec::new(),
-                    dead_letter: None,
-                };
+                return Outcome::default();
             }
         }
         self.events_in += 1;
