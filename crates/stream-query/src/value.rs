@@ -160,16 +160,52 @@ pub(crate) fn order(a: &Val, b: &Val) -> Ordering {
     }
 }
 
-/// Format a time the way ASA writes it: `2026-11-24T08:01:00.0000000Z`.
+/// Format a time the way ASA writes it: `2026-11-24T08:01:00.0000000Z`. Every window row
+/// carries one, so the digits are written straight into a buffer (a proptest holds this to
+/// chrono's formatting); a time outside years 0-9999 is written as its number of microseconds.
 pub(crate) fn format_time(t: Micros) -> String {
-    match DateTime::<Utc>::from_timestamp_micros(t) {
-        Some(dt) => format!(
-            "{}.{:07}Z",
-            dt.format("%Y-%m-%dT%H:%M:%S"),
-            t.rem_euclid(1_000_000) * 10
-        ),
-        None => t.to_string(),
+    // years 0 to 9999: four digits, as chrono writes them
+    const LO: Micros = -62_167_219_200_000_000;
+    const HI: Micros = 253_402_300_799_999_999;
+    if !(LO..=HI).contains(&t) {
+        return match DateTime::<Utc>::from_timestamp_micros(t) {
+            Some(dt) => format!(
+                "{}.{:07}Z",
+                dt.format("%Y-%m-%dT%H:%M:%S"),
+                t.rem_euclid(1_000_000) * 10
+            ),
+            None => t.to_string(),
+        };
     }
+    let secs = t.div_euclid(1_000_000);
+    let micros = t.rem_euclid(1_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // the proleptic Gregorian date of a day number (days from civil, inverted)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut b = *b"0000-00-00T00:00:00.0000000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, sod / 3600);
+    put(14, 2, sod / 60 % 60);
+    put(17, 2, sod % 60);
+    put(20, 7, micros * 10);
+    // only ASCII digits and separators were written
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 pub(crate) fn to_datetime(t: Micros) -> DateTime<Utc> {
@@ -354,6 +390,14 @@ mod tests {
             }
         }
 
+        /// The fast writer gives what chrono's formatting gives, for every time it writes.
+        #[test]
+        fn fast_time_format_agrees(t in -62_167_219_200_000_000i64..=253_402_300_799_999_999i64) {
+            let dt = DateTime::<Utc>::from_timestamp_micros(t).unwrap();
+            let chrono = format!("{}.{:07}Z", dt.format("%Y-%m-%dT%H:%M:%S"), t.rem_euclid(1_000_000) * 10);
+            proptest::prop_assert_eq!(format_time(t), chrono);
+        }
+
         #[test]
         fn fast_time_parse_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
             let _ = parse_iso_fast(&b);
@@ -364,6 +408,13 @@ mod tests {
     fn time_formats() {
         let base = t("2026-11-24T08:05:29Z");
         assert_eq!(format_time(base), "2026-11-24T08:05:29.0000000Z");
+        // the fast writer's edges: years 0 and 9999, the epoch, a leap day, just before the epoch
+        assert_eq!(format_time(-62_167_219_200_000_000), "0000-01-01T00:00:00.0000000Z");
+        assert_eq!(format_time(253_402_300_799_999_999), "9999-12-31T23:59:59.9999990Z");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.0000000Z");
+        assert_eq!(format_time(-1), "1969-12-31T23:59:59.9999990Z");
+        assert_eq!(format_time(t("2024-02-29T23:59:59.123456Z")), "2024-02-29T23:59:59.1234560Z");
+        assert_eq!(format_time(-62_167_219_200_000_001), "-0001-12-31T23:59:59.9999990Z");
         assert_eq!(t("2026-11-24T08:05:29"), base);
         assert_eq!(t("2026-11-24 08:05:29"), base);
         assert_eq!(t("2026-11-24T09:05:29+01:00"), base);
