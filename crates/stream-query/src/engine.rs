@@ -304,6 +304,35 @@ pub struct Engine {
     warnings_lost: u64,
     /// Reference data by lower-case name ([`Engine::set_reference`]); not in checkpoints.
     references: BTreeMap<String, Reference>,
+    /// Each input name with the statements that read it.
+    readers: Vec<(String, Arc<[usize]>)>,
+    /// Buffers of [`Engine::record_row`], kept so that an event allocates none.
+    plans: Vec<Plan>,
+    pending: Vec<Pending>,
+}
+
+/// One statement's part in an event: its timeline, the event time, its rows in the buffer.
+#[derive(Debug)]
+struct Plan {
+    si: usize,
+    sub: String,
+    t: Micros,
+    rows: std::ops::Range<usize>,
+}
+
+/// Each input name with the statements that read it, in statement order.
+fn readers_by_input(query: &Query) -> Vec<(String, Arc<[usize]>)> {
+    let mut by: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, s) in query.stmts.iter().enumerate() {
+        if s.source != Source::Input {
+            continue;
+        }
+        match by.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&s.from)) {
+            Some((_, v)) => v.push(i),
+            None => by.push((s.from.clone(), vec![i])),
+        }
+    }
+    by.into_iter().map(|(n, v)| (n, v.into())).collect()
 }
 
 /// At most this many rows come out of one event's APPLYs.
@@ -330,6 +359,13 @@ pub const MAX_EVENT_NESTING: usize = 64;
 /// Whether the objects and arrays of `obj` (itself the first level) nest at most
 /// [`MAX_EVENT_NESTING`] levels; a loop over a work list, so a deep event costs no stack.
 fn nesting_within_limit(obj: &Map<String, Value>) -> bool {
+    // the common flat event needs no work list
+    if !obj
+        .values()
+        .any(|v| matches!(v, Value::Object(_) | Value::Array(_)))
+    {
+        return true;
+    }
     let mut work: Vec<(&Value, usize)> = obj.values().map(|v| (v, 2)).collect();
     while let Some((v, level)) = work.pop() {
         let nested = matches!(v, Value::Object(_) | Value::Array(_));
@@ -361,12 +397,15 @@ impl Engine {
             stmts: vec![StmtState::default(); n],
         };
         Engine {
+            readers: readers_by_input(&query),
             query,
             policy,
             state,
             warnings: Vec::new(),
             warnings_lost: 0,
             references: BTreeMap::new(),
+            plans: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -537,7 +576,7 @@ impl Engine {
             Value::Object(m) => Arc::new(m.clone()),
             _ => return Err(EventError::NotAnObject),
         };
-        self.record_row(readers, obj, arrival)
+        self.record_row(&readers, obj, from_datetime(arrival), None)
     }
 
     /// [`Engine::record`] for an event the caller no longer needs: it is kept without a copy.
@@ -552,49 +591,103 @@ impl Engine {
             Value::Object(m) => Arc::new(m),
             _ => return Err(EventError::NotAnObject),
         };
-        self.record_row(readers, obj, arrival)
+        self.record_row(&readers, obj, from_datetime(arrival), None)
     }
 
-    /// The statements that read input `input`.
-    fn readers(&self, input: &str) -> Result<Vec<usize>, EventError> {
-        let readers: Vec<usize> = (0..self.query.stmts.len())
-            .filter(|&i| {
-                let s = &self.query.stmts[i];
-                s.source == Source::Input && s.from.eq_ignore_ascii_case(input)
-            })
-            .collect();
-        if readers.is_empty() {
-            return Err(EventError::UnknownInput {
-                input: input.to_string(),
-                known: self.query.inputs().join(", "),
-            });
+    /// [`Engine::record_owned`] for a caller whose arrival time depends on the event's own time,
+    /// as when a file is replayed and each event arrives at its own time: `arrival` gets the
+    /// event time (the `TIMESTAMP BY` of the first statement reading `input` that has one; `None`
+    /// without one, or when it cannot be read, which the engine then reports as usual) and
+    /// answers the arrival time. The event time is read once for both.
+    pub fn record_owned_with(
+        &mut self,
+        input: &str,
+        event: Value,
+        arrival: impl FnOnce(Option<DateTime<Utc>>) -> DateTime<Utc>,
+    ) -> Result<Vec<OutputRow>, EventError> {
+        let readers = self.readers(input)?;
+        let obj = match event {
+            Value::Object(m) => Arc::new(m),
+            _ => return Err(EventError::NotAnObject),
+        };
+        let timed = readers
+            .iter()
+            .find(|&&si| self.query.stmts[si].timestamp_by.is_some());
+        let known = timed.and_then(|&si| {
+            let s = &self.query.stmts[si];
+            let ctx = Ctx {
+                row: &obj,
+                time: 0,
+                aggs: &[],
+                an: &[],
+                quals: &s.quals,
+            };
+            self.raw_event_time(s, &ctx).ok().map(|t| (si, t))
+        });
+        let a = from_datetime(arrival(known.map(|(_, t)| to_datetime(t))));
+        self.record_row(&readers, obj, a, known)
+    }
+
+    /// The statements that read input `input` (computed once per input name).
+    fn readers(&self, input: &str) -> Result<Arc<[usize]>, EventError> {
+        if let Some((_, r)) = self
+            .readers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(input))
+        {
+            return Ok(Arc::clone(r));
         }
-        Ok(readers)
+        Err(EventError::UnknownInput {
+            input: input.to_string(),
+            known: self.query.inputs().join(", "),
+        })
     }
 
+    /// `known`: the event time statement `.0` reads from the event, read already.
     fn record_row(
         &mut self,
-        readers: Vec<usize>,
+        readers: &[usize],
         obj: Row,
-        arrival: DateTime<Utc>,
+        a: Micros,
+        known: Option<(usize, Micros)>,
     ) -> Result<Vec<OutputRow>, EventError> {
         if !nesting_within_limit(&obj) {
             return Err(EventError::TooDeep {
                 max: MAX_EVENT_NESTING,
             });
         }
-        let a = from_datetime(arrival);
         let max_arrival = Some(self.state.max_arrival.map_or(a, |m| m.max(a)));
-        // 1. validate and evaluate everything first, so a bad event changes nothing
-        let mut plans = Vec::with_capacity(readers.len());
+        // 1. validate and evaluate everything first, so a bad event changes nothing (the plans'
+        // buffers are kept between events, so an event allocates none)
+        let mut plans = std::mem::take(&mut self.plans);
+        let mut pending = std::mem::take(&mut self.pending);
+        plans.clear();
+        pending.clear();
         let mut dropped = Vec::new();
-        for &si in &readers {
-            match self.prepare_input(si, &obj, a, max_arrival)? {
-                Ok(p) => plans.push((si, p)),
-                Err(reason) => dropped.push(reason),
+        for &si in readers {
+            let known_t = known.and_then(|(k, t)| (k == si).then_some(t));
+            let from = pending.len();
+            match self.prepare_input(si, &obj, a, max_arrival, known_t, &mut pending) {
+                Ok(Ok((sub, t))) => plans.push(Plan {
+                    si,
+                    sub,
+                    t,
+                    rows: from..pending.len(),
+                }),
+                Ok(Err(reason)) => {
+                    pending.truncate(from);
+                    dropped.push(reason);
+                }
+                Err(e) => {
+                    self.plans = plans;
+                    self.pending = pending;
+                    return Err(e);
+                }
             }
         }
         if plans.is_empty() {
+            self.plans = plans;
+            self.pending = pending;
             return Err(EventError::Dropped {
                 reason: dropped.join("; "),
             });
@@ -602,11 +695,16 @@ impl Engine {
         for d in dropped {
             self.warn(format!("an event was dropped by one statement: {d}"));
         }
-        // 2. apply
+        // 2. apply (each plan takes its rows from the front of what is left)
         self.state.max_arrival = max_arrival;
-        for (si, p) in plans {
-            self.apply_input(si, p);
+        let mut rows = pending.drain(..);
+        for p in plans.drain(..) {
+            let n = p.rows.len();
+            self.apply_input(p.si, p.sub, p.t, rows.by_ref().take(n));
         }
+        drop(rows);
+        self.plans = plans;
+        self.pending = pending;
         let mut out = Vec::new();
         self.settle_roots(None, &mut out);
         Ok(out)
@@ -691,12 +789,15 @@ impl Engine {
             }
         }
         Ok(Engine {
+            readers: readers_by_input(&query),
             query,
             policy,
             state: st,
             warnings: Vec::new(),
             warnings_lost: 0,
             references: BTreeMap::new(),
+            plans: Vec::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -711,16 +812,36 @@ impl Engine {
         }
     }
 
-    /// Evaluate one input event for statement `si`. Outer error: unusable event. Inner error:
-    /// dropped by the policy (reason).
-    #[allow(clippy::type_complexity)]
+    /// The time an event gives itself through statement `s`'s `TIMESTAMP BY` (which it has),
+    /// before the ordering policy.
+    fn raw_event_time(&self, s: &Stmt, ctx: &Ctx) -> Result<Micros, EventError> {
+        let Some(e) = &s.timestamp_by else {
+            return Err(EventError::MissingTimestamp {
+                field: String::new(),
+            });
+        };
+        let v = eval(e, ctx).map_err(|m| wrong(e, m))?;
+        if v.is_null() {
+            return Err(EventError::MissingTimestamp { field: show(e) });
+        }
+        parse_time_val(&v).ok_or_else(|| EventError::BadTimestamp {
+            field: show(e),
+            value: v.to_json().to_string(),
+        })
+    }
+
+    /// Evaluate one input event for statement `si`, pushing its buffered rows to `out`. Outer
+    /// error: unusable event. Inner error: dropped by the policy (reason). `known`: the event
+    /// time this statement's `TIMESTAMP BY` gives, read already.
     fn prepare_input(
         &self,
         si: usize,
         obj: &Row,
         arrival: Micros,
         max_arrival: Option<Micros>,
-    ) -> Result<Result<(String, Micros, Vec<Pending>), String>, EventError> {
+        known: Option<Micros>,
+        out: &mut Vec<Pending>,
+    ) -> Result<Result<(String, Micros), String>, EventError> {
         let s = &self.query.stmts[si];
         let with_arrival;
         let obj = if s.arrival_fields {
@@ -756,20 +877,11 @@ impl Engine {
             .map_or(floor, |t| t.watermark.max(floor));
         let t = match &s.timestamp_by {
             None => arrival.max(wm),
-            Some(e) => {
-                let fname = show(e);
-                let v = eval(e, &ctx0).map_err(|m| wrong(e, m))?;
-                if v.is_null() {
-                    return Err(EventError::MissingTimestamp { field: fname });
-                }
-                let mut t = match parse_time_val(&v) {
-                    Some(t) => t,
-                    None => {
-                        return Err(EventError::BadTimestamp {
-                            field: fname,
-                            value: v.to_json().to_string(),
-                        })
-                    }
+            Some(_) => {
+                // arrival fields were added to this statement's copy of the event: read again
+                let mut t = match known {
+                    Some(t) if !s.arrival_fields => t,
+                    _ => self.raw_event_time(s, &ctx0)?,
                 };
                 let drop = self.policy.action == OrderingAction::Drop;
                 // early arrival: always dropped, whatever the action (ASA); it changes nothing,
@@ -809,14 +921,20 @@ impl Engine {
                 t
             }
         };
-        let pending = self.evaluate(si, obj, t)?;
-        Ok(Ok((sub, t, pending)))
+        self.evaluate(si, obj, t, out)?;
+        Ok(Ok((sub, t)))
     }
 
     /// WHERE, then either the projected row (no aggregation) or the group key and aggregate
     /// inputs. `None` when WHERE filters the event out. A statement with analytic functions
     /// keeps the event as it is until it leaves the reorder buffer (see [`resolve`]).
-    fn evaluate(&self, si: usize, obj: &Row, t: Micros) -> Result<Vec<Pending>, EventError> {
+    fn evaluate(
+        &self,
+        si: usize,
+        obj: &Row,
+        t: Micros,
+        out: &mut Vec<Pending>,
+    ) -> Result<(), EventError> {
         let s = &self.query.stmts[si];
         let applied: Vec<Row>;
         let rows: &[Row] = if s.apply.is_empty() {
@@ -825,7 +943,6 @@ impl Engine {
             applied = expand(s, obj)?.into_iter().map(Arc::new).collect();
             &applied
         };
-        let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if !s.analytics.is_empty() {
                 out.push(Pending {
@@ -850,14 +967,21 @@ impl Engine {
                 out.push(p);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn apply_input(&mut self, si: usize, plan: (String, Micros, Vec<Pending>)) {
-        let (sub, t, pending) = plan;
+    fn apply_input(
+        &mut self,
+        si: usize,
+        sub: String,
+        t: Micros,
+        pending: impl Iterator<Item = Pending>,
+    ) {
         let floor = self.floor(si, self.state.max_arrival);
         let st = &mut self.state.stmts[si];
-        st.dirty.insert(sub.clone());
+        if !st.dirty.contains(&sub) {
+            st.dirty.insert(sub.clone());
+        }
         let tl = st
             .timelines
             .entry(sub)
@@ -1033,8 +1157,9 @@ impl Engine {
                 .get("")
                 .map_or(MIN_T, |tl| tl.watermark),
         );
-        match self.evaluate(ci, &Arc::new(row.clone()), t) {
-            Ok(ps) => {
+        let mut ps = Vec::new();
+        match self.evaluate(ci, &Arc::new(row.clone()), t, &mut ps) {
+            Ok(()) => {
                 let wm = upstream_wm(&self.query.stmts[ci], &self.state.stmts[ci]);
                 for mut p in ps {
                     self.state.seq += 1;
@@ -1577,14 +1702,33 @@ fn step_timeline(
     } else {
         tl.pending.partition_point(|p| p.t < wm)
     };
-    let mut released: Vec<Pending> = tl.pending.drain(..n).collect();
-    if !s.analytics.is_empty() {
-        let an = &mut tl.an;
-        released = released
-            .into_iter()
-            .filter_map(|p| resolve(an, s, p, warnings))
-            .collect();
-    }
+    // the buffer is taken out for the step (and put back, its allocation kept), so that the
+    // released events are moved out of it without a copy of their own
+    let mut buffer = std::mem::take(&mut tl.pending);
+    let mut an = std::mem::take(&mut tl.an);
+    let analytics = !s.analytics.is_empty();
+    let released = buffer.drain(..n).filter_map(|p| {
+        if analytics {
+            resolve(&mut an, s, p, warnings)
+        } else {
+            Some(p)
+        }
+    });
+    let outs = step_windows(tl, s, released, rows);
+    tl.pending = buffer;
+    tl.an = an;
+    outs
+}
+
+/// [`step_timeline`] past the reorder buffer: `released` events go into their windows (or out,
+/// without a window), and the windows the watermark passed close.
+fn step_windows(
+    tl: &mut Timeline,
+    s: &Stmt,
+    released: impl Iterator<Item = Pending>,
+    rows: &mut Vec<(Micros, Map<String, Value>)>,
+) -> Vec<WinOut> {
+    let wm = tl.watermark;
     let window = match s.window {
         None => {
             for p in released {
@@ -1758,7 +1902,8 @@ fn step_timeline(
             }
         }
     }
-    outs.sort_by(|a, b| (a.end, &a.key).cmp(&(b.end, &b.key)));
+    // (end, key) is unique among one timeline's closed windows: no order to keep between equals
+    outs.sort_unstable_by(|a, b| (a.end, &a.key).cmp(&(b.end, &b.key)));
     outs
 }
 
@@ -1875,6 +2020,43 @@ mod tests {
             w[MAX_WARNINGS]
         );
         assert!(e.take_warnings().is_empty());
+    }
+
+    #[test]
+    fn arrival_from_the_event_time_reads_it_once_and_agrees_with_record() {
+        // two statements read the input; the second one's TIMESTAMP BY is the one the caller sees
+        let text = "SELECT COUNT(*) AS n INTO a FROM i GROUP BY TumblingWindow(second, 10) \
+                    SELECT k, AVG(v) AS v INTO b FROM i TIMESTAMP BY t GROUP BY k, TumblingWindow(second, 10)";
+        let mut with = Engine::new(Query::parse(text).unwrap(), EventPolicy::default());
+        let mut plain = Engine::new(Query::parse(text).unwrap(), EventPolicy::default());
+        let events = [
+            serde_json::json!({"k": "x", "v": 1, "t": "2026-11-24T08:00:01Z"}),
+            serde_json::json!({"k": "y", "v": 2, "t": "2026-11-24T08:00:04.5Z"}),
+            serde_json::json!({"k": "x", "v": 3, "t": "2026-11-24T08:00:12Z"}),
+            serde_json::json!({"k": "x", "v": 4}),
+            serde_json::json!({"k": "x", "v": 5, "t": "2026-11-24T08:00:31Z"}),
+        ];
+        let mut seen = Vec::new();
+        let (mut rows_with, mut rows_plain) = (Vec::new(), Vec::new());
+        for ev in events {
+            let own = plain.query().event_time("i", &ev).ok().flatten();
+            let arrival = own.unwrap_or_else(|| "2026-11-24T08:00:20Z".parse().unwrap());
+            rows_plain.push(plain.record("i", &ev, arrival).map_err(|e| e.to_string()));
+            rows_with.push(
+                with.record_owned_with("i", ev, |t| {
+                    seen.push(t);
+                    t.unwrap_or(arrival)
+                })
+                .map_err(|e| e.to_string()),
+            );
+        }
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[1], "2026-11-24T08:00:04.5Z".parse().ok());
+        assert_eq!(seen[3], None, "no time: the caller decides");
+        assert!(rows_with[3].is_err(), "the event without a time is refused");
+        assert_eq!(rows_with, rows_plain);
+        assert_eq!(with.flush(), plain.flush());
+        assert!(rows_with.iter().flatten().any(|r| !r.is_empty()));
     }
 
     #[test]

@@ -409,12 +409,24 @@ mod tests {
         let base = t("2026-11-24T08:05:29Z");
         assert_eq!(format_time(base), "2026-11-24T08:05:29.0000000Z");
         // the fast writer's edges: years 0 and 9999, the epoch, a leap day, just before the epoch
-        assert_eq!(format_time(-62_167_219_200_000_000), "0000-01-01T00:00:00.0000000Z");
-        assert_eq!(format_time(253_402_300_799_999_999), "9999-12-31T23:59:59.9999990Z");
+        assert_eq!(
+            format_time(-62_167_219_200_000_000),
+            "0000-01-01T00:00:00.0000000Z"
+        );
+        assert_eq!(
+            format_time(253_402_300_799_999_999),
+            "9999-12-31T23:59:59.9999990Z"
+        );
         assert_eq!(format_time(0), "1970-01-01T00:00:00.0000000Z");
         assert_eq!(format_time(-1), "1969-12-31T23:59:59.9999990Z");
-        assert_eq!(format_time(t("2024-02-29T23:59:59.123456Z")), "2024-02-29T23:59:59.1234560Z");
-        assert_eq!(format_time(-62_167_219_200_000_001), "-0001-12-31T23:59:59.9999990Z");
+        assert_eq!(
+            format_time(t("2024-02-29T23:59:59.123456Z")),
+            "2024-02-29T23:59:59.1234560Z"
+        );
+        assert_eq!(
+            format_time(-62_167_219_200_000_001),
+            "-0001-12-31T23:59:59.9999990Z"
+        );
         assert_eq!(t("2026-11-24T08:05:29"), base);
         assert_eq!(t("2026-11-24 08:05:29"), base);
         assert_eq!(t("2026-11-24T09:05:29+01:00"), base);

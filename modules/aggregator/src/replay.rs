@@ -31,7 +31,7 @@ pub fn replay(
     policy: EventPolicy,
     from: Option<&str>,
     references: &[(String, Vec<Value>)],
-    input: impl BufRead,
+    mut input: impl BufRead,
     mut out: impl Write,
     mut err: impl Write,
 ) -> Result<ReplaySummary, AggregatorError> {
@@ -69,8 +69,13 @@ pub fn replay(
     });
     let mut summary = ReplaySummary::default();
     let mut last_arrival: Option<DateTime<Utc>> = None;
-    for (n, line) in input.lines().enumerate() {
-        let line = line.map_err(io)?;
+    // one line buffer for the whole file
+    let mut line = String::new();
+    for n in 0u64.. {
+        line.clear();
+        if input.read_line(&mut line).map_err(io)? == 0 {
+            break;
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -86,20 +91,19 @@ pub fn replay(
         let enqueued = event
             .get("EventEnqueuedUtcTime")
             .and_then(stream_query::parse_timestamp);
-        let arrival = match enqueued {
-            Some(t) => t,
-            None => {
-                let own = query.event_time(&from, &event).ok().flatten();
-                match (own, last_arrival) {
-                    (Some(t), Some(last)) => t.max(last),
-                    (Some(t), None) => t,
-                    (None, Some(last)) => last,
-                    (None, None) => Utc::now(),
-                }
-            }
+        // the engine reads the event's own time once, for this and for its windows
+        let arrive = |own: Option<DateTime<Utc>>| {
+            let arrival = match (enqueued, own, last_arrival) {
+                (Some(t), _, _) => t,
+                (None, Some(t), Some(last)) => t.max(last),
+                (None, Some(t), None) => t,
+                (None, None, Some(last)) => last,
+                (None, None, None) => Utc::now(),
+            };
+            last_arrival = Some(arrival);
+            arrival
         };
-        last_arrival = Some(arrival);
-        match engine.record_owned(&from, event, arrival) {
+        match engine.record_owned_with(&from, event, arrive) {
             Ok(rows) => summary.rows += write_rows(&mut out, rows)?,
             Err(e) => {
                 summary.rejected += 1;
