@@ -274,7 +274,9 @@ struct StmtState {
     /// independent of the number of devices.
     due: BTreeSet<(Micros, String)>,
     /// Timelines that received events since they were last stepped.
-    dirty: BTreeSet<String>,
+    /// (A list, not a set, so that its allocation is kept from one event to the next; read as
+    /// a set: sorted and without repeats before use. Checkpoints hold it as a JSON array either way.)
+    dirty: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -980,7 +982,7 @@ impl Engine {
         let floor = self.floor(si, self.state.max_arrival);
         let st = &mut self.state.stmts[si];
         if !st.dirty.contains(&sub) {
-            st.dirty.insert(sub.clone());
+            st.dirty.push(sub.clone());
         }
         let tl = st
             .timelines
@@ -1035,9 +1037,11 @@ impl Engine {
         } = &mut self.state.stmts[si];
         let mut keys = std::mem::take(dirty);
         for (_, k) in due.range(..(floor, String::new())) {
-            keys.insert(k.clone());
+            keys.push(k.clone());
         }
-        for k in keys {
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys.drain(..) {
             let tl = match timelines.get_mut(&k) {
                 Some(tl) => tl,
                 None => continue,
@@ -1073,6 +1077,8 @@ impl Engine {
                 tl.due = now_due;
             }
         }
+        // empty again, its allocation kept for the next event
+        *dirty = keys;
         let stmt_wm = if stmt.consumers.is_empty() {
             floor
         } else {
@@ -1165,7 +1171,9 @@ impl Engine {
                     self.state.seq += 1;
                     p.seq = self.state.seq;
                     let st = &mut self.state.stmts[ci];
-                    st.dirty.insert(String::new());
+                    if !st.dirty.contains(&String::new()) {
+                        st.dirty.push(String::new());
+                    }
                     let tl = st
                         .timelines
                         .entry(String::new())

@@ -351,8 +351,17 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     let feed = feeder(&rig).await;
 
     // every reading in one window far from closing, sent in two rounds; the kill comes in the
-    // middle of the first, while readings stream in and the module works through them
-    let start = chrono::Utc::now() + chrono::Duration::seconds(60);
+    // middle of the first, while readings stream in and the module works through them. The
+    // readings span 20 s, and a reading processed late is moved to its arrival time: the window
+    // (10 minutes, aligned to the epoch) must not end within 200 s of the first reading, or a
+    // patient's two readings could fall in two windows (a run started at 10:18:42 failed so)
+    let base = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let window_end = (base.timestamp() / 600 + 1) * 600;
+    let start = if window_end - base.timestamp() >= 200 {
+        base
+    } else {
+        chrono::DateTime::from_timestamp(window_end + 1, 0).unwrap()
+    };
     let sent = std::sync::atomic::AtomicUsize::new(0);
     let send_round = |round: usize| {
         let (feed, sent) = (&feed, &sent);
