@@ -31,9 +31,13 @@ pub fn quote(s: &str) -> String {
 
 /// Percent-decodes `s`; `+` stays `+` (it is not a space in topics or tokens).
 pub fn unquote(s: &str) -> Result<String, WireError> {
+    unquote_borrowed(s).map(|c| c.into_owned())
+}
+
+/// [`unquote`] without a copy when there is nothing to decode (no `%`), the common case.
+fn unquote_borrowed(s: &str) -> Result<std::borrow::Cow<'_, str>, WireError> {
     percent_decode_str(s)
         .decode_utf8()
-        .map(|c| c.into_owned())
         .map_err(|_| WireError::BadEncoding {
             text: s.to_string(),
         })
@@ -237,10 +241,15 @@ pub fn decode_property_bag(bag: &str, into: &mut Message) -> Result<(), WireErro
                 reason: format!("entry {entry:?} has an empty key"),
             });
         }
-        let key = unquote(k)?;
+        // every message delivered to a module carries a bag of about ten entries: a key is
+        // copied only for an application property, a value once
+        let key = unquote_borrowed(k)?;
         let value = unquote(v)?;
-        if !into.set_system_property(&key, value.clone()) {
-            into.properties.insert(key, value);
+        match into.field_mut(&key) {
+            Some(field) => *field = Some(value),
+            None => {
+                into.properties.insert(key.into_owned(), value);
+            }
         }
     }
     Ok(())
@@ -281,8 +290,13 @@ pub mod topics {
     /// `(input, bag)` of an input topic for this module; `None` if the topic is not one of its inputs.
     /// The bag is `""` when the topic has none.
     pub fn parse_module_input(topic: &str, device: &str, module: &str) -> Option<(String, String)> {
-        let prefix = format!("devices/{device}/modules/{module}/inputs/");
-        let rest = topic.strip_prefix(&prefix)?;
+        // `devices/{device}/modules/{module}/inputs/`, matched piece by piece (once per message)
+        let rest = topic
+            .strip_prefix("devices/")?
+            .strip_prefix(device)?
+            .strip_prefix("/modules/")?
+            .strip_prefix(module)?
+            .strip_prefix("/inputs/")?;
         let (input, bag) = match rest.split_once('/') {
             Some((i, b)) => (i, b),
             None => (rest, ""),
