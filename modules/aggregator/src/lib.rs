@@ -83,11 +83,25 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // One timer for the commits, moved only when the commit time changes (a new timer per turn of
+    // the loop registered and woke the runtime's timer once per input).
+    let commit_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(commit_timer);
+    let mut armed: Option<tokio::time::Instant> = None;
 
     let result = loop {
+        if commits.at != armed {
+            armed = commits.at;
+            if let Some(at) = armed {
+                commit_timer.as_mut().reset(at);
+            }
+        }
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = sleep_until_some(commits.at) => commits.commit(&mut processor).await,
+            _ = &mut commit_timer, if armed.is_some() => {
+                armed = None;
+                commits.commit(&mut processor).await
+            }
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Input(input)) => {
@@ -253,13 +267,6 @@ async fn send_rows(
 }
 
 /// Resolves at `at`, or never when there is nothing to wait for.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The inputs waiting for a commit, and when the next commit is due. A commit makes everything
 /// processed durable (input log or snapshot), then acknowledges the inputs whose effect it holds.
 ///

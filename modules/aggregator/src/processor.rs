@@ -106,6 +106,19 @@ struct Checkpoint {
     written: DateTime<Utc>,
 }
 
+/// [`Checkpoint`] as it is written: the same fields, the engine state as JSON text serialised
+/// straight from the engine.
+#[derive(Serialize)]
+struct CheckpointOut<'a> {
+    format: u32,
+    wal_seq: u64,
+    recent: Vec<&'a str>,
+    query: &'a str,
+    settings: &'a TwinSettings,
+    engine: &'a serde_json::value::RawValue,
+    written: DateTime<Utc>,
+}
+
 /// Error of a query that was rejected, in the form reported in the twin.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueryStatus {
@@ -703,13 +716,14 @@ impl Processor {
             self.bytes_committed += work.bytes() as u64;
             return Ok(Some(work));
         }
-        let cp = Checkpoint {
+        let engine = a.engine.checkpoint_raw();
+        let cp = CheckpointOut {
             format: CHECKPOINT_FORMAT,
             wal_seq: self.wal_seq,
-            recent: self.recent.iter().cloned().collect(),
-            query: a.text.clone(),
-            settings: a.settings.clone(),
-            engine: a.engine.checkpoint(),
+            recent: self.recent.iter().map(String::as_str).collect(),
+            query: &a.text,
+            settings: &a.settings,
+            engine: &engine,
             written: Utc::now(),
         };
         let snapshot = serde_json::to_vec(&cp).map_err(|e| AggregatorError::Checkpoint {

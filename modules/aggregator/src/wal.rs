@@ -68,11 +68,28 @@ pub fn encode_input(
     body: &str,
     ident: &str,
 ) {
-    let input = serde_json::to_string(input).unwrap_or_else(|_| "\"\"".into());
-    let ident = serde_json::to_string(ident).unwrap_or_else(|_| "\"\"".into());
-    let payload =
-        format!("{{\"s\":{seq},\"i\":{input},\"a\":{arrival_us},\"m\":{ident},\"b\":{body}}}");
-    frame(out, payload.as_bytes());
+    // written in place: the length and CRC go before the payload once it is there
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    let _ = write!(out, "{{\"s\":{seq},\"i\":");
+    json_string(out, input);
+    let _ = write!(out, ",\"a\":{arrival_us},\"m\":");
+    json_string(out, ident);
+    out.extend_from_slice(b",\"b\":");
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'}');
+    let payload = &out[start + 8..];
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        // writing a string to memory cannot fail; an empty string keeps the record whole
+        out.extend_from_slice(b"\"\"");
+    }
 }
 
 /// Frame a tick record.
