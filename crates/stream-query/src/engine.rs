@@ -27,7 +27,10 @@ use crate::ast::{Expr, Window};
 use crate::error::{EventError, RestoreError};
 use crate::eval::{eval, show, truth, Ctx};
 use crate::plan::{JoinSpec, OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
-use crate::value::{format_time, from_datetime, parse_time_val, to_datetime, Micros, Val};
+use crate::value::{
+    format_time, from_datetime, parse_time_json, parse_time_val, push_key_of_json, to_datetime,
+    Micros, Val,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -831,6 +834,16 @@ impl Engine {
                 field: String::new(),
             });
         };
+        // the usual `TIMESTAMP BY field`: read where it is in the event, without a copy
+        if let Expr::Field(path, _) = e {
+            return match crate::eval::field(ctx.row, path, ctx.quals) {
+                None | Some(Value::Null) => Err(EventError::MissingTimestamp { field: show(e) }),
+                Some(v) => parse_time_json(v).ok_or_else(|| EventError::BadTimestamp {
+                    field: show(e),
+                    value: Val::from_json(v).to_json().to_string(),
+                }),
+            };
+        }
         let v = eval(e, ctx).map_err(|m| wrong(e, m))?;
         if v.is_null() {
             return Err(EventError::MissingTimestamp { field: show(e) });
@@ -1519,8 +1532,16 @@ fn shape(s: &Stmt, ctx: &Ctx, row: &Row, t: Micros) -> Result<Option<Pending>, E
     }
     let mut key = String::new();
     for k in &s.keys {
-        let v = eval(k, ctx).map_err(|m| wrong(k, m))?;
-        key.push_str(&v.key());
+        if let Expr::Field(path, _) = k {
+            // a field is keyed where it is in the event (no copy of its value)
+            match crate::eval::field(ctx.row, path, ctx.quals) {
+                Some(v) => push_key_of_json(&mut key, v),
+                None => key.push_str(&Val::Null.key()),
+            }
+        } else {
+            let v = eval(k, ctx).map_err(|m| wrong(k, m))?;
+            key.push_str(&v.key());
+        }
         key.push('\u{1f}');
     }
     let mut part = String::new();

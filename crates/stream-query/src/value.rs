@@ -96,6 +96,23 @@ impl Val {
     }
 }
 
+/// Appends the group key of a JSON value as it is in the event (what
+/// `Val::from_json(v).key()` gives): a string that is not a date-time, the usual `GROUP BY
+/// deviceId`, is written without copies.
+pub(crate) fn push_key_of_json(out: &mut String, v: &Value) {
+    match v {
+        Value::String(s) if !looks_like_iso(s) => {
+            let mut buf = std::mem::take(out).into_bytes();
+            if serde_json::to_writer(&mut buf, s).is_err() {
+                // writing to memory cannot fail; keep the key whole anyway
+                buf.extend_from_slice(json_string(s).as_bytes());
+            }
+            *out = String::from_utf8(buf).unwrap_or_default();
+        }
+        other => out.push_str(&Val::from_json(other).key()),
+    }
+}
+
 /// A string as a JSON string literal (what `Value::String(s).to_string()` gives, without the copy).
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
@@ -220,10 +237,26 @@ pub(crate) fn from_datetime(t: DateTime<Utc>) -> Micros {
 /// `DateTime.ToString()` string (invariant `MM/dd/yyyy HH:mm:ss` or en-US `M/d/yyyy h:mm:ss AM`),
 /// or a number of epoch milliseconds.
 pub(crate) fn parse_time_val(v: &Val) -> Option<Micros> {
-    // .NET's DateTime range (years 1 to 9999) keeps window arithmetic far from overflow
-    const LO: Micros = -62_135_596_800_000_000;
-    const HI: Micros = 253_402_300_799_999_999;
-    parse_time_any(v).filter(|t| (LO..=HI).contains(t))
+    parse_time_any(v).filter(|t| EVENT_TIMES.contains(t))
+}
+
+/// The event times taken: .NET's DateTime range (years 1 to 9999), which keeps window
+/// arithmetic far from overflow.
+const EVENT_TIMES: std::ops::RangeInclusive<Micros> =
+    -62_135_596_800_000_000..=253_402_300_799_999_999;
+
+/// [`parse_time_val`] of a JSON value as it is in the event: a string is read where it is
+/// (what `TIMESTAMP BY field` reads for every event), anything else as [`Val::from_json`] gives it.
+pub(crate) fn parse_time_json(v: &Value) -> Option<Micros> {
+    match v {
+        Value::String(s) => parse_time_val_str(s),
+        other => parse_time_val(&Val::from_json(other)),
+    }
+}
+
+/// [`parse_time_val`] of [`Val::Str`], without the value.
+fn parse_time_val_str(s: &str) -> Option<Micros> {
+    parse_time_str(s).filter(|t| EVENT_TIMES.contains(t))
 }
 
 fn parse_time_any(v: &Val) -> Option<Micros> {
@@ -390,7 +423,29 @@ mod tests {
             }
         }
 
-        /// The fast writer gives what chrono's formatting gives, for every time it writes.
+        /// A time read from the JSON value where it is agrees with the time of the value as the
+    /// evaluator gives it.
+    #[test]
+    fn parse_time_json_agrees_with_parse_time_val(s in "[0-9:TZ./ +-]{0,30}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z?",
+                                                   n in proptest::prelude::any::<i64>()) {
+        let v = Value::String(s.clone());
+        proptest::prop_assert_eq!(parse_time_json(&v), parse_time_val(&Val::from_json(&v)), "{}", s);
+        let v = Value::from(n);
+        proptest::prop_assert_eq!(parse_time_json(&v), parse_time_val(&Val::from_json(&v)));
+    }
+
+    /// A key written from the JSON value is the key of the value as the evaluator gives it.
+    #[test]
+    fn push_key_of_json_agrees_with_key(s in "\\PC{0,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
+                                        f in proptest::prelude::any::<f64>()) {
+        for v in [Value::String(s.clone()), serde_json::json!(f), serde_json::json!(null), serde_json::json!([s.clone()])] {
+            let mut out = String::from("k\u{1f}");
+            push_key_of_json(&mut out, &v);
+            proptest::prop_assert_eq!(out, format!("k\u{1f}{}", Val::from_json(&v).key()));
+        }
+    }
+
+    /// The fast writer gives what chrono's formatting gives, for every time it writes.
         #[test]
         fn fast_time_format_agrees(t in -62_167_219_200_000_000i64..=253_402_300_799_999_999i64) {
             let dt = DateTime::<Utc>::from_timestamp_micros(t).unwrap();
