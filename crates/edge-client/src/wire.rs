@@ -36,6 +36,11 @@ pub fn unquote(s: &str) -> Result<String, WireError> {
 
 /// [`unquote`] without a copy when there is nothing to decode (no `%`), the common case.
 fn unquote_borrowed(s: &str) -> Result<std::borrow::Cow<'_, str>, WireError> {
+    // text is UTF-8 already: without a `%` there is nothing to decode or check (the decoder's own
+    // scan goes byte by byte, and validates the text again)
+    if !s.contains('%') {
+        return Ok(std::borrow::Cow::Borrowed(s));
+    }
     percent_decode_str(s)
         .decode_utf8()
         .map_err(|_| WireError::BadEncoding {
