@@ -18,6 +18,8 @@
 //!   which the CLI commands `send`, `twin`, `invoke`, `upstream` and `monitor` use.
 //! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest (or, with
 //!   `--single-module`, for one module run by hand).
+//! - `test_util` (feature `test-util`): helpers the tests of every crate share (a small disk that
+//!   fills up).
 
 pub mod api;
 pub mod dashboard;
@@ -29,6 +31,9 @@ pub mod supervisor;
 pub mod up;
 pub mod upstream;
 pub mod workload;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,7 @@ mod hub_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use edge_dev::test_util::SmallDisk;
 use hub_support::*;
 use rumqttc::QoS;
 
@@ -447,18 +448,6 @@ async fn messages_for_an_input_without_subscription_wait_without_blocking_other_
     hub.stop().await;
 }
 
-/// Unmounts a tmpfs when dropped.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Connects module `module`, retrying while the hub refuses (it does while its store cannot write).
 async fn connect_retrying(hub: &TestHub, module: &str) -> TestClient {
     for _ in 0..300 {
@@ -480,20 +469,11 @@ async fn connect_retrying(hub: &TestHub, module: &str) -> TestClient {
 /// consumer, and the consumer (the sink) never dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_keeps_flowing_after_the_disk_fills_and_frees() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs");
-    let _mounted = Mounted(data.clone());
+    let Some(disk) = SmallDisk::mount_at(&data, "6m") else {
+        return;
+    };
     let hub = TestHub::start(dir.path(), &[TO_CLOUD], BTreeMap::new()).await;
 
     // the sink: take, remove (retrying while the store refuses), record
@@ -550,14 +530,7 @@ async fn upstream_keeps_flowing_after_the_disk_fills_and_frees() {
     };
     let timeline = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let filler = data.join("filler");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let chunk = vec![0u8; 64 * 1024];
-            while f.write_all(&chunk).is_ok() {}
-            let _ = f.sync_all();
-        }
+        let filler = disk.fill();
         tokio::time::sleep(Duration::from_secs(2)).await;
         std::fs::remove_file(&filler).unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;

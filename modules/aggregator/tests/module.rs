@@ -14,6 +14,7 @@ use edge_client::wire::Message;
 use edge_client::{ClientOptions, Identity, ModuleClient};
 use edge_dev::hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity, StoredMessage};
 use edge_dev::pki::DevPki;
+use edge_dev::test_util::SmallDisk;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
@@ -426,26 +427,6 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     feed.shutdown().await;
 }
 
-/// Unmounts a tmpfs when dropped.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes a file until the disk refuses more.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let filler = dir.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-    filler
-}
-
 /// A full state folder (the chaos harness's disk-full scenario: the module used to exit with an
 /// error, be restarted into the same full disk, and lose its place): the module stays up, says what
 /// is wrong and what to do, acknowledges nothing it could not make durable (edgeHub keeps those),
@@ -453,22 +434,13 @@ fn fill(dir: &Path) -> PathBuf {
 /// none of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_restart() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let Some(disk) = SmallDisk::mount_at(&state, "1m") else {
+        return;
+    };
     let query = "SELECT Count(*) AS n, Sum(temp) AS s INTO Counts FROM temperature TIMESTAMP BY timeCreated GROUP BY TumblingWindow(minute, 10)";
     let rig = start_hub(dir.path(), query).await;
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs");
-    let _mounted = Mounted(state.clone());
     let log = dir.path().join("aggregator.log");
     let mut agg = start_aggregator_logging(&rig, &state, Some(&log));
     let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
@@ -493,7 +465,7 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
     wait_all_taken(&rig.hub, Duration::from_secs(60)).await;
 
     // the disk fills: inputs are delivered, processed, and not acknowledged
-    let filler = fill(&state);
+    let filler = disk.fill();
     send(100).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = rig.hub.stats().modules[AGG].queue_depth;

@@ -1095,50 +1095,7 @@ mod tests {
         assert_eq!(s.depth("module/X"), 0);
     }
 
-    /// A small tmpfs (unmounted on drop), or None when not root (CI runs as root).
-    struct SmallDisk {
-        path: std::path::PathBuf,
-        _dir: tempfile::TempDir,
-    }
-
-    impl SmallDisk {
-        fn mount(size: &str) -> Option<SmallDisk> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("SKIPPED: mounting a small tmpfs needs root");
-                return None;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("disk");
-            std::fs::create_dir(&path).unwrap();
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&path)
-                .status()
-                .unwrap();
-            assert!(status.success(), "mount tmpfs");
-            Some(SmallDisk { path, _dir: dir })
-        }
-
-        /// Writes a file until the disk refuses more.
-        fn fill(&self) -> std::path::PathBuf {
-            use std::io::Write;
-            let filler = self.path.join("filler");
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let chunk = vec![0u8; 64 * 1024];
-            while f.write_all(&chunk).is_ok() {}
-            let _ = f.sync_all();
-            filler
-        }
-    }
-
-    impl Drop for SmallDisk {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.path)
-                .status();
-        }
-    }
+    use crate::test_util::SmallDisk;
 
     /// Writes until one succeeds (the store reopened itself), for at most 20 s.
     async fn write_until_it_succeeds(s: &Store) {
@@ -1164,7 +1121,7 @@ mod tests {
         let Some(disk) = SmallDisk::mount("3m") else {
             return;
         };
-        let mnt = disk.path.clone();
+        let mnt = disk.path().to_path_buf();
         let s = Store::open(&mnt.join("hub.redb")).unwrap();
         s.write(vec![enqueue(&s, 1000)]).await.unwrap();
         let filler = disk.fill();
@@ -1207,7 +1164,7 @@ mod tests {
         let Some(disk) = SmallDisk::mount("4m") else {
             return;
         };
-        let s = Store::open(&disk.path.join("hub.redb")).unwrap();
+        let s = Store::open(&disk.path().join("hub.redb")).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for w in 0..8u64 {
