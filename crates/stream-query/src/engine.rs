@@ -684,15 +684,13 @@ impl Engine {
                     dropped.push(reason);
                 }
                 Err(e) => {
-                    self.plans = plans;
-                    self.pending = pending;
+                    self.keep_buffers(plans, pending);
                     return Err(e);
                 }
             }
         }
         if plans.is_empty() {
-            self.plans = plans;
-            self.pending = pending;
+            self.keep_buffers(plans, pending);
             return Err(EventError::Dropped {
                 reason: dropped.join("; "),
             });
@@ -708,8 +706,7 @@ impl Engine {
             self.apply_input(p.si, p.sub, p.t, rows.by_ref().take(n));
         }
         drop(rows);
-        self.plans = plans;
-        self.pending = pending;
+        self.keep_buffers(plans, pending);
         let mut out = Vec::new();
         self.settle_roots(None, &mut out);
         Ok(out)
@@ -738,8 +735,25 @@ impl Engine {
         serde_json::to_value(&self.state).unwrap_or(Value::Null)
     }
 
+    /// Keeps [`Engine::record_row`]'s buffers for the next event, unless one event's APPLY made
+    /// them large (up to [`MAX_APPLY_ROWS`] rows): that much is not held for ever.
+    fn keep_buffers(&mut self, mut plans: Vec<Plan>, mut pending: Vec<Pending>) {
+        const KEEP: usize = 1024;
+        plans.clear();
+        pending.clear();
+        if plans.capacity() > KEEP {
+            plans = Vec::new();
+        }
+        if pending.capacity() > KEEP {
+            pending = Vec::new();
+        }
+        self.plans = plans;
+        self.pending = pending;
+    }
+
     /// [`Engine::checkpoint`] as JSON text, for a caller that writes it out: serialised once,
-    /// without building a [`Value`] first (with 10,000 open groups that halves a snapshot's cost).
+    /// without building a [`Value`] first (with 10,000 open groups, that value was most of
+    /// AggregatorModule's highest memory use).
     pub fn checkpoint_raw(&self) -> Box<serde_json::value::RawValue> {
         serde_json::value::to_raw_value(&self.state).unwrap_or_else(|_| {
             // the state is maps, numbers and strings: serialising it to memory cannot fail

@@ -266,7 +266,6 @@ async fn send_rows(
     Ok(())
 }
 
-/// Resolves at `at`, or never when there is nothing to wait for.
 /// The inputs waiting for a commit, and when the next commit is due. A commit makes everything
 /// processed durable (input log or snapshot), then acknowledges the inputs whose effect it holds.
 ///
