@@ -424,28 +424,28 @@ mod tests {
         }
 
         /// A time read from the JSON value where it is agrees with the time of the value as the
-    /// evaluator gives it.
-    #[test]
-    fn parse_time_json_agrees_with_parse_time_val(s in "[0-9:TZ./ +-]{0,30}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z?",
-                                                   n in proptest::prelude::any::<i64>()) {
-        let v = Value::String(s.clone());
-        proptest::prop_assert_eq!(parse_time_json(&v), parse_time_val(&Val::from_json(&v)), "{}", s);
-        let v = Value::from(n);
-        proptest::prop_assert_eq!(parse_time_json(&v), parse_time_val(&Val::from_json(&v)));
-    }
-
-    /// A key written from the JSON value is the key of the value as the evaluator gives it.
-    #[test]
-    fn push_key_of_json_agrees_with_key(s in "\\PC{0,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
-                                        f in proptest::prelude::any::<f64>()) {
-        for v in [Value::String(s.clone()), serde_json::json!(f), serde_json::json!(null), serde_json::json!([s.clone()])] {
-            let mut out = String::from("k\u{1f}");
-            push_key_of_json(&mut out, &v);
-            proptest::prop_assert_eq!(out, format!("k\u{1f}{}", Val::from_json(&v).key()));
+        /// evaluator gives it.
+        #[test]
+        fn parse_time_json_agrees_with_parse_time_val(s in "[0-9:TZ./ +-]{0,30}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z?",
+                                                       n in proptest::prelude::any::<i64>()) {
+            let v = Value::String(s.clone());
+            proptest::prop_assert_eq!(parse_time_json(&v), parse_time_val(&Val::from_json(&v)), "{}", s);
+            let v = Value::from(n);
+            proptest::prop_assert_eq!(parse_time_json(&v), parse_time_val(&Val::from_json(&v)));
         }
-    }
 
-    /// The fast writer gives what chrono's formatting gives, for every time it writes.
+        /// A key written from the JSON value is the key of the value as the evaluator gives it.
+        #[test]
+        fn push_key_of_json_agrees_with_key(s in "\\PC{0,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
+                                            f in proptest::prelude::any::<f64>()) {
+            for v in [Value::String(s.clone()), serde_json::json!(f), serde_json::json!(null), serde_json::json!([s.clone()])] {
+                let mut out = String::from("k\u{1f}");
+                push_key_of_json(&mut out, &v);
+                proptest::prop_assert_eq!(out, format!("k\u{1f}{}", Val::from_json(&v).key()));
+            }
+        }
+
+        /// The fast writer gives what chrono's formatting gives, for every time it writes.
         #[test]
         fn fast_time_format_agrees(t in -62_167_219_200_000_000i64..=253_402_300_799_999_999i64) {
             let dt = DateTime::<Utc>::from_timestamp_micros(t).unwrap();
