@@ -37,9 +37,6 @@ apt_update() {
 if [ -n "$arch" ]; then
   # The $arch std must be the very version of the amd64 rustc-web (Debian's multiarch rule).
   ver=$(dpkg-query -W -f='${Version}' rustc-web 2>/dev/null || true)
-  if [ -z "$ver" ]; then
-    need+=(rustc-web libstd-rust-web-dev)
-  fi
   if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
     echo "install-image-deps: dpkg --add-architecture $arch"
     $SUDO dpkg --add-architecture "$arch"
@@ -48,7 +45,22 @@ if [ -n "$arch" ]; then
   if [ -n "$ver" ]; then
     installed "libstd-rust-web-dev:$arch" || need+=("libstd-rust-web-dev:$arch=$ver")
   else
-    need+=("libstd-rust-web-dev:$arch")
+    # No rustc-web yet: take the newest version the archive has for amd64 and for $arch alike. A
+    # security update can reach one architecture's index before another's (2026-12-05: rustc-web
+    # 1.96 for amd64 while armhf and arm64 still had 1.85), and the two must be the same version.
+    apt_update
+    versions() { apt-cache madison "$1" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}'; }
+    common=""
+    for v in $(versions "libstd-rust-web-dev:$arch"); do
+      versions rustc-web | grep -qxF "$v" || continue
+      if [ -z "$common" ] || dpkg --compare-versions "$v" gt "$common"; then common=$v; fi
+    done
+    if [ -n "$common" ]; then
+      echo "install-image-deps: rustc-web $common (the newest version for both amd64 and $arch)"
+      need+=("rustc-web=$common" "libstd-rust-web-dev=$common" "libstd-rust-web-dev:$arch=$common")
+    else
+      need+=(rustc-web libstd-rust-web-dev "libstd-rust-web-dev:$arch")
+    fi
   fi
   installed "$gcc" || need+=("$gcc")
   installed "$libc" || need+=("$libc")
