@@ -12,7 +12,9 @@ case "${1:-}" in -h|--help) sed -n 2,7p "$0"; exit 0;; "") ;; *) echo "usage: sc
 if ! command -v update-binfmts >/dev/null 2>&1 || [ ! -x /usr/bin/qemu-arm-static ]; then
   if [ "$(id -u)" -ne 0 ]; then echo "enable-binfmt: need root to apt-get install qemu-user-static binfmt-support" >&2; exit 1; fi
   echo "enable-binfmt: apt-get install qemu-user-static binfmt-support"
-  apt-get update -qq
+  # A partly failed update (one architecture's index mid-sync on the mirror, seen 2026-12-05) is not
+  # fatal: the install says whether what is needed could be found.
+  apt-get update -qq || echo "enable-binfmt: apt-get update reported errors (above); trying the install anyway" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support >/dev/null
 fi
 

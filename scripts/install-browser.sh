@@ -10,7 +10,8 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then
 fi
 
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-    $SUDO apt-get update
+    # a partly failed update (an architecture's index mid-sync on the mirror) is not fatal
+    $SUDO apt-get update || echo "install-browser: apt-get update reported errors (above); trying the install anyway" >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends chromium chromium-driver fonts-dejavu-core
 fi
 
