@@ -21,7 +21,7 @@ command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bench: apt-get install ${need_apt[*]}" >&2
-  $SUDO apt-get update -qq
+  $SUDO apt-get update -qq || echo "bench: apt-get update reported errors (above); trying the install anyway" >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
