@@ -150,6 +150,21 @@ async fn wait_restarted(hub: &HubHandle, first: &Value) {
     .await;
 }
 
+/// The time of a test's first reading for its `TumblingWindow(minute, 10)`: a minute or more ahead
+/// of now, and at least 200 s before the end of its 10-minute window (aligned to the epoch). The
+/// tests send readings over up to 20 s and read one row per window; a reading processed late is
+/// moved to its arrival time, so readings must not reach the window's end, or they fall in two
+/// windows (a run of the kill -9 test started at 10:18:42 failed so).
+fn first_reading_time() -> chrono::DateTime<chrono::Utc> {
+    let base = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let window_end = (base.timestamp() / 600 + 1) * 600;
+    if window_end - base.timestamp() >= 200 {
+        base
+    } else {
+        chrono::DateTime::from_timestamp(window_end + 1, 0).unwrap()
+    }
+}
+
 /// Closes the running query's open windows by replacing it (`Counts` -> `Counts2`): the old query's
 /// windows are closed and sent.
 async fn close_windows(hub: &HubHandle, query: &str) {
@@ -314,7 +329,7 @@ async fn kill_9_loses_no_open_window() {
     let feed = feeder(&rig).await;
 
     // Events in a window that is far from closing (10 minutes, a little ahead of now).
-    let start = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let start = first_reading_time();
     for i in 0..10 {
         let t = start + chrono::Duration::seconds(i);
         let m = Message::json(&json!({"temp": 36 + i, "timeCreated": t.to_rfc3339()}));
@@ -352,17 +367,8 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     let feed = feeder(&rig).await;
 
     // every reading in one window far from closing, sent in two rounds; the kill comes in the
-    // middle of the first, while readings stream in and the module works through them. The
-    // readings span 20 s, and a reading processed late is moved to its arrival time: the window
-    // (10 minutes, aligned to the epoch) must not end within 200 s of the first reading, or a
-    // patient's two readings could fall in two windows (a run started at 10:18:42 failed so)
-    let base = chrono::Utc::now() + chrono::Duration::seconds(60);
-    let window_end = (base.timestamp() / 600 + 1) * 600;
-    let start = if window_end - base.timestamp() >= 200 {
-        base
-    } else {
-        chrono::DateTime::from_timestamp(window_end + 1, 0).unwrap()
-    };
+    // middle of the first, while readings stream in and the module works through them
+    let start = first_reading_time();
     let sent = std::sync::atomic::AtomicUsize::new(0);
     let send_round = |round: usize| {
         let (feed, sent) = (&feed, &sent);
@@ -445,7 +451,7 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
     let mut agg = start_aggregator_logging(&rig, &state, Some(&log));
     let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
     let feed = feeder(&rig).await;
-    let start = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let start = first_reading_time();
     let mut sent = 0i64;
     let mut send = |n: i64| {
         let feed = &feed;
