@@ -89,9 +89,11 @@ fn format_1() -> u32 {
     1
 }
 
-/// The state written to disk so that a restart or redeploy keeps the open windows.
+/// The state written to disk so that a restart or redeploy keeps the open windows. `E` is the
+/// engine's state: read as a JSON value, written as the text the engine serialised itself
+/// ([`stream_query::Engine::checkpoint_raw`], no JSON value built on the way).
 #[derive(Debug, Serialize, Deserialize)]
-struct Checkpoint {
+struct Checkpoint<E> {
     #[serde(default = "format_1")]
     format: u32,
     /// The last input-log record this snapshot holds (see [`crate::wal`]).
@@ -102,20 +104,7 @@ struct Checkpoint {
     recent: Vec<String>,
     query: String,
     settings: TwinSettings,
-    engine: Value,
-    written: DateTime<Utc>,
-}
-
-/// [`Checkpoint`] as it is written: the same fields, the engine state as JSON text serialised
-/// straight from the engine.
-#[derive(Serialize)]
-struct CheckpointOut<'a> {
-    format: u32,
-    wal_seq: u64,
-    recent: Vec<&'a str>,
-    query: &'a str,
-    settings: &'a TwinSettings,
-    engine: &'a serde_json::value::RawValue,
+    engine: E,
     written: DateTime<Utc>,
 }
 
@@ -383,7 +372,7 @@ impl Processor {
         settings: &TwinSettings,
     ) -> Option<(Value, u64, Vec<String>)> {
         let bytes = std::fs::read(&self.checkpoint_path).ok()?;
-        match serde_json::from_slice::<Checkpoint>(&bytes) {
+        match serde_json::from_slice::<Checkpoint<Value>>(&bytes) {
             Ok(cp) if cp.format > CHECKPOINT_FORMAT => {
                 tracing::warn!(path = %self.checkpoint_path.display(), format = cp.format,
                     "the checkpoint was written by a newer AggregatorModule (format {}; this one reads up to {CHECKPOINT_FORMAT}); starting with empty windows. Roll the module forward again, or delete the file to silence this", cp.format);
@@ -716,14 +705,13 @@ impl Processor {
             self.bytes_committed += work.bytes() as u64;
             return Ok(Some(work));
         }
-        let engine = a.engine.checkpoint_raw();
-        let cp = CheckpointOut {
+        let cp = Checkpoint {
             format: CHECKPOINT_FORMAT,
             wal_seq: self.wal_seq,
-            recent: self.recent.iter().map(String::as_str).collect(),
-            query: &a.text,
-            settings: &a.settings,
-            engine: &engine,
+            recent: self.recent.iter().cloned().collect(),
+            query: a.text.clone(),
+            settings: a.settings.clone(),
+            engine: a.engine.checkpoint_raw(),
             written: Utc::now(),
         };
         let snapshot = serde_json::to_vec(&cp).map_err(|e| AggregatorError::Checkpoint {
