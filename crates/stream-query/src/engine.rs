@@ -26,11 +26,8 @@ use crate::ast::JoinKind;
 use crate::ast::{Expr, Window};
 use crate::error::{EventError, RestoreError};
 use crate::eval::{eval, show, truth, Ctx};
-use crate::plan::{JoinSpec, OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
-use crate::value::{
-    format_time, from_datetime, parse_time_json, parse_time_val, push_key_of_json, to_datetime,
-    Micros, Val,
-};
+use crate::plan::{timestamp_of, JoinSpec, OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
+use crate::value::{format_time, from_datetime, push_key_of_json, to_datetime, Micros, Val};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -615,11 +612,11 @@ impl Engine {
             Value::Object(m) => Arc::new(m),
             _ => return Err(EventError::NotAnObject),
         };
-        let timed = readers
-            .iter()
-            .find(|&&si| self.query.stmts[si].timestamp_by.is_some());
-        let known = timed.and_then(|&si| {
+        let timed = readers.iter().find_map(|&si| {
             let s = &self.query.stmts[si];
+            s.timestamp_by.as_ref().map(|e| (si, s, e))
+        });
+        let known = timed.and_then(|(si, s, e)| {
             let ctx = Ctx {
                 row: &obj,
                 time: 0,
@@ -627,7 +624,7 @@ impl Engine {
                 an: &[],
                 quals: &s.quals,
             };
-            self.raw_event_time(s, &ctx).ok().map(|t| (si, t))
+            timestamp_of(e, &ctx).ok().map(|t| (si, t))
         });
         let a = from_datetime(arrival(known.map(|(_, t)| to_datetime(t))));
         self.record_row(&readers, obj, a, known)
@@ -840,34 +837,6 @@ impl Engine {
         }
     }
 
-    /// The time an event gives itself through statement `s`'s `TIMESTAMP BY` (which it has),
-    /// before the ordering policy.
-    fn raw_event_time(&self, s: &Stmt, ctx: &Ctx) -> Result<Micros, EventError> {
-        let Some(e) = &s.timestamp_by else {
-            return Err(EventError::MissingTimestamp {
-                field: String::new(),
-            });
-        };
-        // the usual `TIMESTAMP BY field`: read where it is in the event, without a copy
-        if let Expr::Field(path, _) = e {
-            return match crate::eval::field(ctx.row, path, ctx.quals) {
-                None | Some(Value::Null) => Err(EventError::MissingTimestamp { field: show(e) }),
-                Some(v) => parse_time_json(v).ok_or_else(|| EventError::BadTimestamp {
-                    field: show(e),
-                    value: Val::from_json(v).to_json().to_string(),
-                }),
-            };
-        }
-        let v = eval(e, ctx).map_err(|m| wrong(e, m))?;
-        if v.is_null() {
-            return Err(EventError::MissingTimestamp { field: show(e) });
-        }
-        parse_time_val(&v).ok_or_else(|| EventError::BadTimestamp {
-            field: show(e),
-            value: v.to_json().to_string(),
-        })
-    }
-
     /// Evaluate one input event for statement `si`, pushing its buffered rows to `out`. Outer
     /// error: unusable event. Inner error: dropped by the policy (reason). `known`: the event
     /// time this statement's `TIMESTAMP BY` gives, read already.
@@ -915,11 +884,11 @@ impl Engine {
             .map_or(floor, |t| t.watermark.max(floor));
         let t = match &s.timestamp_by {
             None => arrival.max(wm),
-            Some(_) => {
+            Some(e) => {
                 // arrival fields were added to this statement's copy of the event: read again
                 let mut t = match known {
                     Some(t) if !s.arrival_fields => t,
-                    _ => self.raw_event_time(s, &ctx0)?,
+                    _ => timestamp_of(e, &ctx0)?,
                 };
                 let drop = self.policy.action == OrderingAction::Drop;
                 // early arrival: always dropped, whatever the action (ASA); it changes nothing,

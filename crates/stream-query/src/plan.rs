@@ -14,7 +14,7 @@ use crate::error::EventError;
 use crate::error::QueryError;
 use crate::eval::{eval, show, Ctx};
 use crate::parser::{parse, unit_micros, AGGREGATES};
-use crate::value::{parse_time_val, to_datetime, Micros, Val};
+use crate::value::{parse_time_json, parse_time_val, to_datetime, Micros, Val};
 use std::sync::Arc;
 
 /// Fields ASA adds to every input event; both are the arrival time here.
@@ -242,21 +242,36 @@ impl Query {
             an: &[],
             quals: &s.quals,
         };
-        let v = eval(e, &ctx).map_err(|m| EventError::WrongType {
-            expression: show(e),
-            message: m,
-        })?;
-        if v.is_null() {
-            return Err(EventError::MissingTimestamp { field: show(e) });
-        }
-        match parse_time_val(&v) {
-            Some(t) => Ok(Some(to_datetime(t))),
-            None => Err(EventError::BadTimestamp {
-                field: show(e),
-                value: v.to_json().to_string(),
-            }),
-        }
+        timestamp_of(e, &ctx).map(|t| Some(to_datetime(t)))
     }
+}
+
+/// The time an event gives itself through a statement's `TIMESTAMP BY e`, before the ordering
+/// policy (the engine's and [`Query::event_time`]'s one reading of it).
+pub(crate) fn timestamp_of(e: &Expr, ctx: &Ctx) -> Result<Micros, EventError> {
+    // the usual `TIMESTAMP BY field`: read where it is in the event, without a copy
+    if let Expr::Field(path, _) = e {
+        return match crate::eval::field(ctx.row, path, ctx.quals) {
+            None | Some(serde_json::Value::Null) => {
+                Err(EventError::MissingTimestamp { field: show(e) })
+            }
+            Some(v) => parse_time_json(v).ok_or_else(|| EventError::BadTimestamp {
+                field: show(e),
+                value: Val::from_json(v).to_json().to_string(),
+            }),
+        };
+    }
+    let v = eval(e, ctx).map_err(|m| EventError::WrongType {
+        expression: show(e),
+        message: m,
+    })?;
+    if v.is_null() {
+        return Err(EventError::MissingTimestamp { field: show(e) });
+    }
+    parse_time_val(&v).ok_or_else(|| EventError::BadTimestamp {
+        field: show(e),
+        value: v.to_json().to_string(),
+    })
 }
 
 fn err<T>(p: Pos, msg: impl Into<String>) -> Result<T, QueryError> {
