@@ -68,20 +68,15 @@ pub fn encode_input(
     body: &str,
     ident: &str,
 ) {
-    // written in place: the length and CRC go before the payload once it is there
-    let start = out.len();
-    out.extend_from_slice(&[0; 8]);
-    let _ = write!(out, "{{\"s\":{seq},\"i\":");
-    json_string(out, input);
-    let _ = write!(out, ",\"a\":{arrival_us},\"m\":");
-    json_string(out, ident);
-    out.extend_from_slice(b",\"b\":");
-    out.extend_from_slice(body.as_bytes());
-    out.push(b'}');
-    let payload = &out[start + 8..];
-    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    frame(out, |out| {
+        let _ = write!(out, "{{\"s\":{seq},\"i\":");
+        json_string(out, input);
+        let _ = write!(out, ",\"a\":{arrival_us},\"m\":");
+        json_string(out, ident);
+        out.extend_from_slice(b",\"b\":");
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'}');
+    });
 }
 
 /// `s` as a JSON string.
@@ -94,14 +89,20 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 
 /// Frame a tick record.
 pub fn encode_tick(out: &mut Vec<u8>, seq: u64, now_us: i64) {
-    let payload = format!("{{\"s\":{seq},\"t\":{now_us}}}");
-    frame(out, payload.as_bytes());
+    frame(out, |out| {
+        let _ = write!(out, "{{\"s\":{seq},\"t\":{now_us}}}");
+    });
 }
 
-fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
+/// Appends one record: `payload` writes the payload in place, then its length and CRC go before it.
+fn frame(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    payload(out);
+    let written = &out[start + 8..];
+    let (len, crc) = (written.len() as u32, crc32fast::hash(written));
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[derive(Deserialize)]
