@@ -1,6 +1,6 @@
 //! edgeHub's wire formats, both sides: topics, property bags, request ids, SAS tokens, connection
 //! strings and MQTT usernames (`edge_client::wire`, which the module client and the hub in
-//! `edge-dev` share), and the hub's topic filter rules (`edge_dev::hub`).
+//! `edge-dev` share), and the hub's topic filter rules (`edge_hub`).
 //!
 //! Input: a structured case (`arbitrary`). Checks: no panic, and what one side writes the other
 //! side reads back the same (topics, bags, request ids, tokens, usernames).
@@ -279,9 +279,9 @@ fuzz_target!(|case: Case| match case {
         device,
         module,
     } => {
-        let matched = edge_dev::hub::filter_matches(&filter, &topic);
-        let valid = edge_dev::hub::valid_filter(&filter);
-        let allowed = edge_dev::hub::may_subscribe(&filter, &device, &module);
+        let matched = edge_hub::filter_matches(&filter, &topic);
+        let valid = edge_hub::valid_filter(&filter);
+        let allowed = edge_hub::may_subscribe(&filter, &device, &module);
         if allowed.is_ok() {
             assert!(
                 valid,
@@ -290,7 +290,7 @@ fuzz_target!(|case: Case| match case {
         }
         // a topic (no wildcards) matches itself, unless empty
         if !topic.is_empty() && !topic.contains(['+', '#']) {
-            assert!(edge_dev::hub::filter_matches(&topic, &topic), "{topic:?}");
+            assert!(edge_hub::filter_matches(&topic, &topic), "{topic:?}");
         }
         let _ = matched;
     }

@@ -7,7 +7,7 @@
 //!   properties it sends back;
 //! - MqttServerModule: `Routing::apply_desired` (full documents and patches);
 //! - ESPSimModule: `Settings::merged`;
-//! - the hub (`edge_dev::hub::TwinState`): desired and reported patches, the twin document a
+//! - the hub (`edge_hub::TwinState`): desired and reported patches, the twin document a
 //!   module GETs and the twin as the store keeps it.
 //!
 //! Input (`arbitrary`): which module, patches as JSON built from a dictionary of the modules'
@@ -310,7 +310,7 @@ fn esp_sim(input: &Input) {
 }
 
 fn hub(input: &Input) {
-    use edge_dev::hub::TwinState;
+    use edge_hub::TwinState;
     let mut patches = input.patches.iter().take(8);
     // the first is the desired properties of a deployment manifest, read with the manifest
     let Some(first) = patches.next().map(Patch::text) else {

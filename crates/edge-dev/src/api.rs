@@ -31,8 +31,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::hub::{HubError, HubHandle};
 use crate::EdgeDevError;
+use edge_hub::{HubError, HubHandle};
 
 /// iotedgehubdev's port for the same API.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:53000";

@@ -2,10 +2,11 @@
 //! edgeAgent and IoT Hub on one machine, speaking edgeHub's own module protocol so that what passes here
 //! runs unchanged on a device.
 //!
+//! The hub itself (MQTT 3.1.1 over TLS, SAS authentication, per-module authorization, routes, module
+//! twins, direct methods, durable per-endpoint queues, and the development CA its certificate comes
+//! from) is the crate `edge-hub`; this crate is the runtime around it.
+//!
 //! Parts:
-//! - [`hub`]: the local edgeHub: MQTT 3.1.1 over TLS, SAS authentication, per-module authorization, routes,
-//!   module twins, direct methods, durable per-endpoint queues (store and forward).
-//! - [`pki`]: the development CA and the hub's server certificate (rcgen), kept across runs.
 //! - [`workload`]: the workload API on a unix socket (sign, trust bundle), as iotedged serves it.
 //! - [`identities`]: the device's module keys and generation ids (`identities.json`).
 //! - [`supervisor`]: edgeAgent's part: module processes in startup order, restart policies with back-off.
@@ -18,22 +19,15 @@
 //!   which the CLI commands `send`, `twin`, `invoke`, `upstream` and `monitor` use.
 //! - [`up`]: `edge-dev up`, which wires all of the above from a deployment manifest (or, with
 //!   `--single-module`, for one module run by hand).
-//! - `test_util` (feature `test-util`): helpers the tests of every crate share (a small disk that
-//!   fills up).
 
 pub mod api;
 pub mod dashboard;
 pub mod docker;
-pub mod hub;
 pub mod identities;
-pub mod pki;
 pub mod supervisor;
 pub mod up;
 pub mod upstream;
 pub mod workload;
-
-#[cfg(any(test, feature = "test-util"))]
-pub mod test_util;
 
 use std::path::PathBuf;
 
@@ -50,9 +44,9 @@ pub enum EdgeDevError {
     #[error(transparent)]
     Manifest(#[from] edge_manifest::ManifestError),
     #[error(transparent)]
-    Hub(#[from] hub::HubError),
+    Hub(#[from] edge_hub::HubError),
     #[error(transparent)]
-    Pki(#[from] pki::PkiError),
+    Pki(#[from] edge_hub::pki::PkiError),
     #[error("upstream: {0}")]
     Upstream(String),
 }

@@ -457,7 +457,7 @@ fn main() -> anyhow::Result<()> {
                     &cli.data_dir,
                     [name.as_str()],
                 )?;
-                let pki = edge_dev::pki::DevPki::load_or_create(
+                let pki = edge_hub::pki::DevPki::load_or_create(
                     &cli.data_dir.join("certs"),
                     &[gateway_hostname.as_str(), "localhost", "edgeHub"],
                 )?;

@@ -13,11 +13,11 @@ use std::time::Duration;
 use edge_manifest::{Manifest, ModuleStatus as DesiredStatus};
 use tokio::sync::watch;
 
-use crate::hub::{Hub, HubConfig, HubListeners, ModuleIdentity};
 use crate::identities::Identities;
-use crate::pki::DevPki;
 use crate::supervisor::{self, Backoff, ModuleProcess, StatusMap};
 use crate::{dashboard, upstream, workload, EdgeDevError};
+use edge_hub::pki::DevPki;
+use edge_hub::{Hub, HubConfig, HubListeners, ModuleIdentity};
 
 /// The edgeHub API version edgeAgent sets in `IOTEDGE_APIVERSION`.
 pub const WORKLOAD_API_VERSION: &str = "2019-01-30";
@@ -569,11 +569,11 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
 async fn start_dashboard(
     addr: SocketAddr,
     opts: &UpOptions,
-    hub: &crate::hub::HubHandle,
+    hub: &edge_hub::HubHandle,
     device_id: &str,
     module_metrics: BTreeMap<String, String>,
     status: &StatusMap,
-    tap: &tokio::sync::broadcast::Sender<crate::hub::StoredMessage>,
+    tap: &tokio::sync::broadcast::Sender<edge_hub::StoredMessage>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(tokio::task::JoinHandle<()>, dashboard::Dashboard), EdgeDevError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

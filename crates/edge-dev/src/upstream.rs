@@ -12,8 +12,8 @@ use chrono::SecondsFormat;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use crate::hub::{StoredMessage, UpstreamQueue};
 use crate::EdgeDevError;
+use edge_hub::{StoredMessage, UpstreamQueue};
 
 /// One line of the upstream log: `{"enqueuedTime", "module", "output", "properties", "systemProperties",
 /// "body"}`, with `body` as JSON when the body is JSON in UTF-8, else `bodyBase64`.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use edge_dev::dashboard::{self, Dashboard, DashboardOptions};
-use edge_dev::hub::{HubStats, ModuleStats, StoredMessage};
 use edge_dev::supervisor::{ModuleStatus, StatusMap};
+use edge_hub::{HubStats, ModuleStats, StoredMessage};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -4,14 +4,12 @@
 //! delivering.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod hub_support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use edge_dev::dashboard::{Dashboard, DashboardOptions, LinkState};
 use edge_dev::upstream::{self, UpstreamSink};
-use hub_support::*;
+use edge_hub::test_util::*;
 use rumqttc::QoS;
 use tokio::sync::{broadcast, watch};
 

@@ -5,119 +5,45 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
 use edge_client::wire::Message;
 use edge_client::{ClientOptions, Identity, ModuleClient};
-use edge_dev::hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity, StoredMessage};
-use edge_dev::pki::DevPki;
-use edge_dev::test_util::SmallDisk;
+use edge_hub::test_util::{connection_string, ModuleProcess, SmallDisk, TestHub};
+use edge_hub::{HubHandle, StoredMessage};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::time::timeout;
 
-const HUB: &str = "edge-dev.local";
-const DEVICE: &str = "dev1";
 const AGG: &str = "AggregatorModule";
 const FEEDER: &str = "Feeder";
-const AGG_KEY: [u8; 32] = [3; 32];
-const FEEDER_KEY: [u8; 32] = [4; 32];
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Module(Child);
-
-impl Drop for Module {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Rig {
-    hub: HubHandle,
-    port: u16,
-    ca: PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start_hub(dir: &Path, query: &str) -> Rig {
-    let pki = DevPki::load_or_create(&dir.join("pki"), &[HUB]).unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
-    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = tls.local_addr().unwrap().port();
-    let routes = edge_routes::RouteTable::new(vec![
-        edge_routes::Route::parse(
+/// The hub with the module and a feeder routed to its input `temperature`, the query in the
+/// module's twin.
+async fn start_hub(dir: &Path, query: &str) -> TestHub {
+    TestHub::builder(dir)
+        .modules(&[AGG, FEEDER])
+        .route(
             "feed",
             r#"FROM /messages/modules/Feeder/outputs/out INTO BrokeredEndpoint("/modules/AggregatorModule/inputs/temperature")"#,
         )
-        .unwrap(),
-        edge_routes::Route::parse("up", "FROM /messages/modules/AggregatorModule/* INTO $upstream").unwrap(),
-    ])
-    .unwrap();
-    let mut twins = BTreeMap::new();
-    twins.insert(AGG.to_string(), json!({ "query": query }));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let hub = Hub::start(
-        HubConfig {
-            iothub_hostname: HUB.into(),
-            device_id: DEVICE.into(),
-            data_dir: dir.join("hub"),
-            ..HubConfig::default()
-        },
-        vec![
-            ModuleIdentity {
-                module_id: AGG.into(),
-                primary_key: AGG_KEY.to_vec(),
-            },
-            ModuleIdentity {
-                module_id: FEEDER.into(),
-                primary_key: FEEDER_KEY.to_vec(),
-            },
-        ],
-        routes,
-        twins,
-        HubListeners {
-            tls: Some((tls, pki.server_config())),
-            plain: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    )
-    .await
-    .unwrap();
-    Rig {
-        hub,
-        port,
-        ca,
-        _stop: stop,
-    }
+        .route("up", "FROM /messages/modules/AggregatorModule/* INTO $upstream")
+        .desired(AGG, json!({ "query": query }))
+        .start()
+        .await
 }
 
-fn connection_string(module: &str, key: &[u8]) -> String {
-    let key = base64::engine::general_purpose::STANDARD.encode(key);
-    format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={module};SharedAccessKey={key}")
-}
-
-fn start_aggregator(rig: &Rig, state: &Path) -> Module {
+fn start_aggregator(rig: &TestHub, state: &Path) -> ModuleProcess {
     start_aggregator_logging(rig, state, None)
 }
 
 /// The module on `state`; with `log`, its log (stderr) at level info goes to that file, without, its
 /// warnings go to the test's stderr.
-fn start_aggregator_logging(rig: &Rig, state: &Path, log: Option<&Path>) -> Module {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregator"));
-    cmd.env_clear()
-        .env("EdgeHubConnectionString", connection_string(AGG, &AGG_KEY))
-        .env("EdgeModuleCACertificateFile", &rig.ca)
-        .env("IOTEDGE_GATEWAYPORT", rig.port.to_string())
-        .env("AGGREGATOR_STATE_DIR", state)
-        .env("AGGREGATOR_TICK_MS", "100")
-        .stdout(Stdio::null());
+fn start_aggregator_logging(rig: &TestHub, state: &Path, log: Option<&Path>) -> ModuleProcess {
+    let mut cmd = ModuleProcess::command(env!("CARGO_BIN_EXE_aggregator"), rig, AGG);
+    cmd.env("AGGREGATOR_STATE_DIR", state)
+        .env("AGGREGATOR_TICK_MS", "100");
     match log {
         Some(log) => cmd
             .env("RUST_LOG", "info")
@@ -125,7 +51,7 @@ fn start_aggregator_logging(rig: &Rig, state: &Path, log: Option<&Path>) -> Modu
             .stderr(std::fs::File::create(log).unwrap()),
         None => cmd.env("RUST_LOG", "warn"),
     };
-    Module(cmd.spawn().unwrap())
+    ModuleProcess::spawn(&mut cmd)
 }
 
 /// Waits until the hub's queue for the module is empty: the module acknowledged every input, which
@@ -143,8 +69,8 @@ async fn wait_all_taken(hub: &HubHandle, within: Duration) {
 
 /// Waits until a restarted module (not the one that reported `first`) runs its query with the
 /// restored state.
-async fn wait_restarted(hub: &HubHandle, first: &Value) {
-    wait_reported(hub, |r| {
+async fn wait_restarted(rig: &TestHub, first: &Value) {
+    rig.wait_reported(AGG, |r| {
         r["startedAt"] != first["startedAt"] && r["query"]["status"] == "running"
     })
     .await;
@@ -173,11 +99,10 @@ async fn close_windows(hub: &HubHandle, query: &str) {
         .unwrap();
 }
 
-async fn feeder(rig: &Rig) -> ModuleClient {
+async fn feeder(rig: &TestHub) -> ModuleClient {
     let mut identity =
-        Identity::from_connection_string(&connection_string(FEEDER, &FEEDER_KEY), Some(&rig.ca))
-            .unwrap();
-    identity.port = rig.port;
+        Identity::from_connection_string(&connection_string(FEEDER), Some(rig.ca_file())).unwrap();
+    identity.port = rig.tls_addr.port();
     let (client, _events) = ModuleClient::connect(identity, ClientOptions::default())
         .await
         .unwrap();
@@ -196,20 +121,6 @@ fn body(m: &StoredMessage) -> Value {
     serde_json::from_slice(&m.message.body).unwrap()
 }
 
-async fn wait_reported(hub: &HubHandle, ok: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..300 {
-        if let Some(t) = hub.twin(AGG) {
-            last = t["reported"].clone();
-            if ok(&last) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("reported properties never matched: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,7 +130,8 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     )
     .await;
     let _agg = start_aggregator(&rig, &dir.path().join("state"));
-    wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    rig.wait_reported(AGG, |r| r["query"]["status"] == "running")
+        .await;
     let feed = feeder(&rig).await;
 
     feed.send_output(
@@ -228,19 +140,21 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     )
     .await
     .unwrap();
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!((m.module.as_str(), m.output.as_str()), (AGG, "Echo"));
     assert_eq!(body(&m), json!({"deviceId": "p1", "temp": 37.5}));
 
     // A query that does not parse: reported with line and column; the previous query keeps running.
-    rig.hub
+    rig.handle
         .update_desired(
             AGG,
             json!({"query": "SELECT temp\nINTO Echo FROM temperature GROUP BY"}),
         )
         .await
         .unwrap();
-    let reported = wait_reported(&rig.hub, |r| r["query"]["error"].is_string()).await;
+    let reported = rig
+        .wait_reported(AGG, |r| r["query"]["error"].is_string())
+        .await;
     assert_eq!(reported["query"]["line"], json!(2), "{reported}");
     assert!(
         reported["query"]["column"].as_u64().unwrap() > 1,
@@ -256,7 +170,7 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     )
     .await
     .unwrap();
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(m.output, "Echo");
     assert_eq!(body(&m)["deviceId"], json!("p2"));
 
@@ -266,16 +180,17 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
         "SELECT temp INTO Echo FROM temperature WHERE {}temp > 0",
         "NOT ".repeat(5_000)
     );
-    rig.hub
+    rig.handle
         .update_desired(AGG, json!({ "query": deep }))
         .await
         .unwrap();
-    let reported = wait_reported(&rig.hub, |r| {
-        r["query"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("levels deep"))
-    })
-    .await;
+    let reported = rig
+        .wait_reported(AGG, |r| {
+            r["query"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("levels deep"))
+        })
+        .await;
     assert_eq!(
         reported["runningQuery"],
         json!("SELECT deviceId, temp INTO Echo FROM temperature")
@@ -286,22 +201,23 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     )
     .await
     .unwrap();
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(body(&m)["deviceId"], json!("p4"));
 
     // A good query replaces it live.
-    rig.hub
+    rig.handle
         .update_desired(
             AGG,
             json!({"query": "SELECT temp * 2 AS twice INTO Twice FROM temperature"}),
         )
         .await
         .unwrap();
-    wait_reported(&rig.hub, |r| r["outputs"] == json!(["Twice"])).await;
+    rig.wait_reported(AGG, |r| r["outputs"] == json!(["Twice"]))
+        .await;
     feed.send_output("out", Message::json(&json!({"deviceId": "p3", "temp": 20})))
         .await
         .unwrap();
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(m.output, "Twice");
     assert_eq!(body(&m), json!({"twice": 40}));
 
@@ -309,7 +225,7 @@ async fn query_from_the_twin_reloads_live_and_bad_input_is_dead_lettered() {
     feed.send_output("out", Message::new("37.2 degrees"))
         .await
         .unwrap();
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(m.output, "deadletter");
     let dl = body(&m);
     assert!(dl["reason"].as_str().unwrap().contains("not JSON"), "{dl}");
@@ -325,7 +241,9 @@ async fn kill_9_loses_no_open_window() {
     let rig = start_hub(dir.path(), query).await;
     let state = dir.path().join("state");
     let agg = start_aggregator(&rig, &state);
-    let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    let first = rig
+        .wait_reported(AGG, |r| r["query"]["status"] == "running")
+        .await;
     let feed = feeder(&rig).await;
 
     // Events in a window that is far from closing (10 minutes, a little ahead of now).
@@ -335,16 +253,16 @@ async fn kill_9_loses_no_open_window() {
         let m = Message::json(&json!({"temp": 36 + i, "timeCreated": t.to_rfc3339()}));
         feed.send_output("out", m).await.unwrap();
     }
-    wait_all_taken(&rig.hub, Duration::from_secs(30)).await;
+    wait_all_taken(&rig.handle, Duration::from_secs(30)).await;
     drop(agg); // SIGKILL
 
     // Restarted on the same state folder, the window holds all ten readings; close it with a query
     // change (the old query's open windows are closed and sent).
     let _agg = start_aggregator(&rig, &state);
     // The new process has read its twin and restored the checkpoint once it reports its own start.
-    wait_restarted(&rig.hub, &first).await;
-    close_windows(&rig.hub, query).await;
-    let m = next_upstream(&rig.hub).await;
+    wait_restarted(&rig, &first).await;
+    close_windows(&rig.handle, query).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(m.output, "Counts");
     assert_eq!(body(&m), json!({"n": 10, "avg": 40.5}));
     feed.shutdown().await;
@@ -363,7 +281,9 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     let rig = start_hub(dir.path(), query).await;
     let state = dir.path().join("state");
     let agg = start_aggregator(&rig, &state);
-    let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    let first = rig
+        .wait_reported(AGG, |r| r["query"]["status"] == "running")
+        .await;
     let feed = feeder(&rig).await;
 
     // every reading in one window far from closing, sent in two rounds; the kill comes in the
@@ -392,16 +312,16 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
         while sent.load(std::sync::atomic::Ordering::Relaxed) < PATIENTS + PATIENTS / 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let queued = rig.hub.stats().modules[AGG].queue_depth;
+        let queued = rig.handle.stats().modules[AGG].queue_depth;
         drop(agg); // SIGKILL
         let restarted = std::time::Instant::now();
         let agg = start_aggregator(&rig, &state);
-        wait_restarted(&rig.hub, &first).await;
+        wait_restarted(&rig, &first).await;
         (queued, restarted, restarted.elapsed(), agg)
     };
     let ((), (before_kill, restarted, restart_time, _agg)) =
         tokio::join!(send_round(1), kill_and_restart);
-    wait_all_taken(&rig.hub, Duration::from_secs(120)).await;
+    wait_all_taken(&rig.handle, Duration::from_secs(120)).await;
     let drained = restarted.elapsed();
     eprintln!(
         "kill -9 with {PATIENTS} open groups, {before_kill} inputs queued for the module at the kill: \
@@ -412,10 +332,10 @@ async fn kill_9_under_load_with_10000_open_groups_loses_nothing() {
     );
 
     // close the windows with a query change; each patient's window holds both readings
-    close_windows(&rig.hub, query).await;
+    close_windows(&rig.handle, query).await;
     let mut seen = BTreeMap::new();
     while seen.len() < PATIENTS {
-        let m = next_upstream(&rig.hub).await;
+        let m = next_upstream(&rig.handle).await;
         assert_eq!(m.output, "Counts");
         let b = body(&m);
         let id = b["deviceId"].as_str().unwrap().to_string();
@@ -449,7 +369,9 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
     let rig = start_hub(dir.path(), query).await;
     let log = dir.path().join("aggregator.log");
     let mut agg = start_aggregator_logging(&rig, &state, Some(&log));
-    let first = wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    let first = rig
+        .wait_reported(AGG, |r| r["query"]["status"] == "running")
+        .await;
     let feed = feeder(&rig).await;
     let start = first_reading_time();
     let mut sent = 0i64;
@@ -468,13 +390,13 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
         }
     };
     send(20).await;
-    wait_all_taken(&rig.hub, Duration::from_secs(60)).await;
+    wait_all_taken(&rig.handle, Duration::from_secs(60)).await;
 
     // the disk fills: inputs are delivered, processed, and not acknowledged
     let filler = disk.fill();
     send(100).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = rig.hub.stats().modules[AGG].queue_depth;
+    let held = rig.handle.stats().modules[AGG].queue_depth;
     assert!(
         held > 0,
         "inputs were acknowledged while the state could not be written"
@@ -491,7 +413,7 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
 
     // room again: every held input is acknowledged, by the same process
     std::fs::remove_file(&filler).unwrap();
-    wait_all_taken(&rig.hub, Duration::from_secs(60)).await;
+    wait_all_taken(&rig.handle, Duration::from_secs(60)).await;
     assert!(agg.0.try_wait().unwrap().is_none(), "the module restarted");
     assert!(std::fs::read_to_string(&log)
         .unwrap()
@@ -500,9 +422,9 @@ async fn a_full_state_disk_holds_inputs_unacknowledged_and_recovers_without_a_re
     // what was acknowledged is durable: kill -9, restart, close the window with a query change
     drop(agg);
     let _agg = start_aggregator(&rig, &state);
-    wait_restarted(&rig.hub, &first).await;
-    close_windows(&rig.hub, query).await;
-    let m = next_upstream(&rig.hub).await;
+    wait_restarted(&rig, &first).await;
+    close_windows(&rig.handle, query).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(m.output, "Counts");
     assert_eq!(
         body(&m),
@@ -529,7 +451,7 @@ async fn inputs_delivered_before_the_query_is_applied_are_held_not_dead_lettered
     let _agg = start_aggregator(&rig, &dir.path().join("state"));
     let mut temps = Vec::new();
     while temps.len() < N as usize {
-        let m = next_upstream(&rig.hub).await;
+        let m = next_upstream(&rig.handle).await;
         assert_eq!(m.output, "Echo", "{}", body(&m));
         temps.push(body(&m)["temp"].as_i64().unwrap());
     }
@@ -538,9 +460,10 @@ async fn inputs_delivered_before_the_query_is_applied_are_held_not_dead_lettered
         (0..N).collect::<Vec<_>>(),
         "every input once, in order"
     );
-    wait_reported(&rig.hub, |r| r["query"]["status"] == "running").await;
+    rig.wait_reported(AGG, |r| r["query"]["status"] == "running")
+        .await;
     // and each input is acknowledged once its effect is checkpointed
-    wait_all_taken(&rig.hub, Duration::from_secs(10)).await;
+    wait_all_taken(&rig.handle, Duration::from_secs(10)).await;
     feed.shutdown().await;
 }
 
@@ -554,7 +477,7 @@ async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_
         FROM temperature s JOIN patients r ON s.deviceId = r.deviceId
         WHERE s.temp >= TRY_CAST(r.feverC AS float)";
     let rig = start_hub(dir.path(), "SELECT * INTO o FROM temperature").await;
-    rig.hub
+    rig.handle
         .update_desired(
             AGG,
             json!({"query": query, "referenceData": {"patients": {"path": file}}}),
@@ -562,10 +485,8 @@ async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_
         .await
         .unwrap();
     let _agg = start_aggregator(&rig, &dir.path().join("state"));
-    wait_reported(&rig.hub, |r| {
-        r["referenceData"]["patients"]["rows"] == json!(1)
-    })
-    .await;
+    rig.wait_reported(AGG, |r| r["referenceData"]["patients"]["rows"] == json!(1))
+        .await;
     let feed = feeder(&rig).await;
     let send = |d: &'static str, t: f64| {
         let feed = &feed;
@@ -576,7 +497,7 @@ async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_
         }
     };
     send("p1", 37.6).await;
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(m.output, "Fever");
     assert_eq!(
         body(&m),
@@ -585,10 +506,9 @@ async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_
 
     // a malformed file: reported, the previous rows stay in use
     std::fs::write(&file, "deviceId,feverC\np1,37.5,extra\n").unwrap();
-    let r = wait_reported(&rig.hub, |r| {
-        r["referenceData"]["patients"]["error"].is_string()
-    })
-    .await;
+    let r = rig
+        .wait_reported(AGG, |r| r["referenceData"]["patients"]["error"].is_string())
+        .await;
     assert!(
         r["referenceData"]["patients"]["error"]
             .as_str()
@@ -597,37 +517,35 @@ async fn reference_data_from_a_file_and_the_twin_reloads_and_bad_files_keep_the_
         "{r}"
     );
     send("p1", 37.7).await;
-    assert_eq!(body(&next_upstream(&rig.hub).await)["temp"], json!(37.7));
+    assert_eq!(body(&next_upstream(&rig.handle).await)["temp"], json!(37.7));
 
     // fixed and extended: reloaded without a restart
     std::fs::write(&file, "deviceId,feverC\np1,37.5\np2,38.5\n").unwrap();
-    wait_reported(&rig.hub, |r| {
-        r["referenceData"]["patients"]["rows"] == json!(2)
-    })
-    .await;
+    rig.wait_reported(AGG, |r| r["referenceData"]["patients"]["rows"] == json!(2))
+        .await;
     send("p2", 38.4).await; // below p2's threshold
     send("p2", 38.6).await;
-    let m = next_upstream(&rig.hub).await;
+    let m = next_upstream(&rig.handle).await;
     assert_eq!(
         body(&m),
         json!({"deviceId": "p2", "temp": 38.6, "feverC": 38.5})
     );
 
     // inline in the twin instead of the file
-    rig.hub
+    rig.handle
         .update_desired(
             AGG,
             json!({"referenceData": {"patients": {"path": null, "rows": [{"deviceId": "p3", "feverC": 36.0}]}}}),
         )
         .await
         .unwrap();
-    wait_reported(&rig.hub, |r| {
+    rig.wait_reported(AGG, |r| {
         r["referenceData"]["patients"]["source"] == json!("twin")
     })
     .await;
     send("p3", 36.5).await;
     assert_eq!(
-        body(&next_upstream(&rig.hub).await)["deviceId"],
+        body(&next_upstream(&rig.handle).await)["deviceId"],
         json!("p3")
     );
     feed.shutdown().await;

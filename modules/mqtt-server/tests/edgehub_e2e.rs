@@ -3,117 +3,56 @@
 //! publishing with paho-mqtt and mosquitto_pub, and the hub's `$upstream` queue read back.
 //! The hub is stopped for 30 s while a device keeps publishing QoS 1.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use edge_dev::hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity};
-use edge_dev::pki::DevPki;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use edge_hub::test_util::{free_port, ModuleProcess, TestHub};
+use edge_hub::HubHandle;
 
-const HUB: &str = "edge-dev.local";
-const DEVICE: &str = "dev1";
 const MODULE: &str = "MqttServerModule";
-const KEY: [u8; 32] = [42; 32];
 
-struct RunningHub {
-    handle: HubHandle,
-    stop: oneshot::Sender<()>,
+/// The hub with the module and its route to `$upstream`, on `hub_port` (the same port across
+/// restarts: the module reconnects to where the hub was).
+async fn start_hub(dir: &Path, hub_port: u16, desired: serde_json::Value) -> TestHub {
+    TestHub::builder(dir)
+        .modules(&[MODULE])
+        .route(
+            "toCloud",
+            &format!("FROM /messages/modules/{MODULE}/outputs/output1 INTO $upstream"),
+        )
+        .desired(MODULE, desired)
+        .ports(hub_port, 0)
+        .start()
+        .await
 }
 
-async fn start_hub(dir: &Path, tls_addr: SocketAddr, desired: serde_json::Value) -> RunningHub {
-    let pki = DevPki::load_or_create(&dir.join("pki"), &[HUB]).expect("pki");
-    let config = HubConfig {
-        iothub_hostname: HUB.into(),
-        device_id: DEVICE.into(),
-        data_dir: dir.join("data"),
-        ..HubConfig::default()
-    };
-    let routes = vec![edge_routes::Route::parse(
-        "toCloud",
-        &format!("FROM /messages/modules/{MODULE}/outputs/output1 INTO $upstream"),
-    )
-    .expect("route")];
-    let table = edge_routes::RouteTable::new(routes).expect("routes");
-    // the same port across restarts (the module reconnects to where the hub was)
-    let mut tls = None;
-    for _ in 0..100 {
-        match TcpListener::bind(tls_addr).await {
-            Ok(l) => {
-                tls = Some(l);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let tls = tls.expect("hub port free again");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut twins = BTreeMap::new();
-    twins.insert(MODULE.to_string(), desired);
-    let handle = Hub::start(
-        config,
-        vec![ModuleIdentity {
-            module_id: MODULE.into(),
-            primary_key: KEY.to_vec(),
-        }],
-        table,
-        twins,
-        HubListeners {
-            tls: Some((tls, pki.server_config())),
-            plain: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    )
-    .await
-    .expect("hub starts");
-    RunningHub { handle, stop }
+/// The module's command for the hub over `dir` on `hub_port` (running or not).
+fn module_command(dir: &Path, hub_port: u16, mqtt_port: u16) -> Command {
+    let mut cmd = ModuleProcess::command_at(
+        env!("CARGO_BIN_EXE_mqtt-server"),
+        &dir.join("pki").join("ca.pem"),
+        hub_port,
+        MODULE,
+    );
+    cmd.env("MQTT_BIND_ADDRESS", "127.0.0.1")
+        .env("MQTT_PORT", mqtt_port.to_string())
+        .env("MQTT_METRICS_PORT", "0")
+        .env("RUST_LOG", "mqtt_server=info,edge_client=info");
+    cmd
 }
 
-impl RunningHub {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.handle.closed()).await;
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-struct Module(Child);
-
-fn start_module(dir: &Path, hub_port: u16, mqtt_port: u16, extra_env: &[(&str, String)]) -> Module {
-    let key = base64::engine::general_purpose::STANDARD.encode(KEY);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-server"));
-    cmd.env(
-        "EdgeHubConnectionString",
-        format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={key}"),
-    )
-    .env("EdgeModuleCACertificateFile", dir.join("ca.pem"))
-    .env("IOTEDGE_GATEWAYPORT", hub_port.to_string())
-    .env("MQTT_BIND_ADDRESS", "127.0.0.1")
-    .env("MQTT_PORT", mqtt_port.to_string())
-    .env("MQTT_METRICS_PORT", "0")
-    .env("RUST_LOG", "mqtt_server=info,edge_client=info")
-    .stdout(Stdio::null());
+fn start_module(
+    dir: &Path,
+    hub_port: u16,
+    mqtt_port: u16,
+    extra_env: &[(&str, String)],
+) -> ModuleProcess {
+    let mut cmd = module_command(dir, hub_port, mqtt_port);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    Module(cmd.spawn().expect("module starts"))
-}
-
-impl Drop for Module {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    ModuleProcess::spawn(&mut cmd)
 }
 
 fn mosquitto_pub(port: u16, id: &str, topic: &str, body: &str) -> bool {
@@ -185,16 +124,12 @@ print("ok")
 async fn through_the_hub_with_a_30_second_outage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub_port = free_port();
-    let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_port).into();
     let hub = start_hub(
         dir.path(),
-        hub_addr,
+        hub_port,
         serde_json::json!({"enrichDeviceId": true}),
     )
     .await;
-    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_cert_pem).expect("write ca");
 
     let mqtt_port = free_port();
     let module = start_module(dir.path(), hub_port, mqtt_port, &[]);
@@ -273,7 +208,7 @@ async fn through_the_hub_with_a_30_second_outage() {
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage_started.elapsed())).await;
     let hub = start_hub(
         dir.path(),
-        hub_addr,
+        hub_port,
         serde_json::json!({"enrichDeviceId": true}),
     )
     .await;
@@ -329,10 +264,7 @@ async fn publish_when_up(port: u16, id: &str, body: &str) -> bool {
 async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub_port = free_port();
-    let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_port).into();
-    let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
-    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
-    std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+    let hub = start_hub(dir.path(), hub_port, serde_json::json!({})).await;
     let mqtt_port = free_port();
     let spool = [(
         "MQTT_SPOOL_PATH",
@@ -360,7 +292,7 @@ async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down
     let _ = module.0.wait();
 
     // hub and module come back: the acknowledged readings go upstream
-    let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
+    let hub = start_hub(dir.path(), hub_port, serde_json::json!({})).await;
     let module = start_module(dir.path(), hub_port, mqtt_port, &spool);
     // Reading 0 was forwarded before the kill; if the kill came between edgeHub's PUBACK and the spool's
     // delete of it, it is forwarded once more (at least once allows exactly that duplicate).
@@ -422,10 +354,7 @@ print("ok")
 async fn two_hundred_devices_through_the_hub_every_message_once_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub_port = free_port();
-    let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_port).into();
-    let hub = start_hub(dir.path(), hub_addr, serde_json::json!({})).await;
-    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
-    std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+    let hub = start_hub(dir.path(), hub_port, serde_json::json!({})).await;
     let mqtt_port = free_port();
     let module = start_module(dir.path(), hub_port, mqtt_port, &[]);
     assert!(publish_when_up(mqtt_port, "probe", r#"{"probe":true}"#).await);
@@ -533,31 +462,13 @@ async fn v5_publish(port: u16, id: &str, topic: String, payload: Vec<u8>) -> Str
 async fn hostile_topics_client_ids_and_sizes_are_refused_at_the_device_and_the_rest_flows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub_port = free_port();
-    let hub = start_hub(
-        dir.path(),
-        ([127, 0, 0, 1], hub_port).into(),
-        serde_json::json!({}),
-    )
-    .await;
-    let pki = DevPki::load_or_create(&dir.path().join("pki"), &[HUB]).expect("pki");
-    std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("write ca");
+    let hub = start_hub(dir.path(), hub_port, serde_json::json!({})).await;
     let mqtt_port = free_port();
     let log = dir.path().join("module.log");
     // the module, with its log kept for the checks at the end
-    let key = base64::engine::general_purpose::STANDARD.encode(KEY);
-    let module = Module(
-        Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
-            .env("EdgeHubConnectionString", format!("HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={key}"))
-            .env("EdgeModuleCACertificateFile", dir.path().join("ca.pem"))
-            .env("IOTEDGE_GATEWAYPORT", hub_port.to_string())
-            .env("MQTT_BIND_ADDRESS", "127.0.0.1")
-            .env("MQTT_PORT", mqtt_port.to_string())
-            .env("MQTT_METRICS_PORT", "0")
-            .env("RUST_LOG", "mqtt_server=info,edge_client=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("module starts"),
+    let module = ModuleProcess::spawn(
+        module_command(dir.path(), hub_port, mqtt_port)
+            .stderr(std::fs::File::create(&log).expect("log file")),
     );
     assert!(
         publish_when_up(mqtt_port, "esp-first", r#"{"temp":37}"#).await,

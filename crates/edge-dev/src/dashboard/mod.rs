@@ -34,9 +34,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
-use crate::hub::{HubStats, StoredMessage};
 use crate::supervisor::StatusMap;
 use crate::EdgeDevError;
+use edge_hub::{HubStats, StoredMessage};
 
 pub use model::{Alert, Limits, Point, ALL_DEVICES};
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::hub::StoredMessage;
+use edge_hub::StoredMessage;
 
 /// The series name of averages that carry no `deviceId` (the template's `AvgTemp` averages every sensor).
 pub const ALL_DEVICES: &str = "all";

@@ -2,13 +2,11 @@
 //! malformed and oversize input, keep-alive, client-id takeover.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod hub_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use edge_hub::test_util::*;
 use futures_util::{SinkExt, StreamExt};
-use hub_support::*;
 use rumqttc::mqttbytes::v4::{Codec, Connect, Packet as RawPacket, Publish as RawPublish};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +35,7 @@ async fn modules_authenticate_with_sas_tokens() {
     let mut ok = TestClient::spawn(module_options(
         &hub,
         "A",
-        Some(hub_support::client_config(&hub.pki, true)),
+        Some(client_config(&hub.pki, true)),
     ));
     assert_eq!(
         ok.connected().await,
@@ -98,11 +96,11 @@ async fn modules_authenticate_with_sas_tokens() {
 
     // A TLS client that does not trust the dev CA does not get in.
     let other = tempfile::tempdir().unwrap();
-    let other_pki = edge_dev::pki::DevPki::load_or_create(other.path(), &[]).unwrap();
+    let other_pki = edge_hub::pki::DevPki::load_or_create(other.path(), &[]).unwrap();
     let mut c = TestClient::spawn(module_options(
         &hub,
         "A",
-        Some(hub_support::client_config(&other_pki, false)),
+        Some(client_config(&other_pki, false)),
     ));
     assert!(c.connected().await.is_err());
 

@@ -1,8 +1,5 @@
-//! Helpers for the tests of every crate that runs against this runtime (feature `test-util`; the
-//! crate's own unit tests have them too).
-//!
-//! - [`SmallDisk`]: a small tmpfs that a test fills up, to see what a full disk does to the hub's
-//!   store, AggregatorModule's state folder or anything else that writes.
+//! [`SmallDisk`]: a small tmpfs that a test fills up, to see what a full disk does to the hub's store,
+//! AggregatorModule's state folder or anything else that writes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,13 +1,11 @@
 //! Module twins (GET, reported PATCH, desired pushes, persistence) and direct methods.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod hub_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use edge_dev::hub::HubError;
-use hub_support::*;
+use edge_hub::test_util::*;
+use edge_hub::HubError;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 

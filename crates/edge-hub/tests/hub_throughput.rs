@@ -1,13 +1,11 @@
 //! Throughput of durable QoS 1 publishes (group commit). Ignored by default; measure with
-//! `cargo test -p edge-dev --release --test hub_throughput -- --ignored --nocapture`.
+//! `cargo test -p edge-hub --release --test hub_throughput -- --ignored --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hub_support;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use hub_support::*;
+use edge_hub::test_util::*;
 use rumqttc::QoS;
 
 async fn run(clients: usize, per_client: usize, size: usize) {

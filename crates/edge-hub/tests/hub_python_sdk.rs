@@ -4,15 +4,13 @@
 //! unless EDGE_DEV_REQUIRE_PYTHON_SDK=1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod hub_support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use edge_dev::hub::HubError;
-use hub_support::*;
+use edge_hub::test_util::*;
+use edge_hub::HubError;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -70,8 +68,7 @@ async fn microsofts_python_module_client_works_with_the_hub() {
         "HostName={HUB};DeviceId={DEVICE};ModuleId=A;SharedAccessKey={};GatewayHostName=localhost",
         key_b64("A")
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hub_support/python_module.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python_module.py");
     let mut child = Command::new("python3")
         .arg(script)
         .env("HUB_PORT", hub.tls_addr.port().to_string())

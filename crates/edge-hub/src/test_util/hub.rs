@@ -1,24 +1,29 @@
-//! Test harness for the hub: a hub on 127.0.0.1 port 0 (TLS and plain) over a temp data dir, and
-//! rumqttc clients that speak the module protocol (TLS trusting the dev CA).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! A hub on 127.0.0.1 over a test's folder (`<dir>/data`, the CA in `<dir>/pki`), module processes
+//! against it, and rumqttc clients that speak the module protocol (TLS trusting the dev CA).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pki::DevPki;
+use crate::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity};
 use base64::Engine as _;
-use edge_dev::hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity};
-use edge_dev::pki::DevPki;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, TlsConfiguration, Transport};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+/// The IoT Hub host name of the test hub.
 pub const HUB: &str = "edge-dev.local";
+/// The device id of the test hub.
 pub const DEVICE: &str = "dev1";
+/// How long a helper waits for one event.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// The modules a hub has unless [`TestHubBuilder::modules`] says otherwise.
+pub const DEFAULT_MODULES: [&str; 3] = ["A", "B", "C"];
 
 pub fn parse_routes(routes: &[(&str, &str)]) -> Vec<edge_routes::Route> {
     routes
@@ -27,6 +32,7 @@ pub fn parse_routes(routes: &[(&str, &str)]) -> Vec<edge_routes::Route> {
         .collect()
 }
 
+/// The primary key of `module` on every test hub.
 pub fn key_of(module: &str) -> Vec<u8> {
     // Distinct fixed keys per module, so a restarted hub knows the same identities.
     let mut k = module.as_bytes().to_vec();
@@ -34,10 +40,12 @@ pub fn key_of(module: &str) -> Vec<u8> {
     k
 }
 
+/// [`key_of`] in base64, as connection strings carry it.
 pub fn key_b64(module: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(key_of(module))
 }
 
+/// A running hub; dropping it shuts the hub down.
 pub struct TestHub {
     pub handle: HubHandle,
     pub tls_addr: SocketAddr,
@@ -46,7 +54,128 @@ pub struct TestHub {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// What a [`TestHub`] starts with: modules (default [`DEFAULT_MODULES`]), routes, desired
+/// properties, settings and ports.
+pub struct TestHubBuilder {
+    dir: PathBuf,
+    modules: Vec<String>,
+    routes: Vec<edge_routes::Route>,
+    desired: BTreeMap<String, Value>,
+    config: HubConfig,
+    ports: (u16, u16),
+}
+
+impl TestHubBuilder {
+    /// The module identities (each with the key [`key_of`] gives it).
+    pub fn modules(mut self, modules: &[&str]) -> Self {
+        self.modules = modules.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    /// One more route, `(name, text)` as a manifest writes it.
+    pub fn route(mut self, name: &str, text: &str) -> Self {
+        self.routes.extend(parse_routes(&[(name, text)]));
+        self
+    }
+
+    /// These routes (replacing any given before).
+    pub fn routes(mut self, routes: Vec<edge_routes::Route>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// The desired properties of `module`'s twin at start.
+    pub fn desired(mut self, module: &str, desired: Value) -> Self {
+        self.desired.insert(module.to_string(), desired);
+        self
+    }
+
+    /// Changes the hub's settings (the data folder and names are set already).
+    pub fn config(mut self, tweak: impl FnOnce(&mut HubConfig)) -> Self {
+        tweak(&mut self.config);
+        self
+    }
+
+    /// Listens on these (TLS, plain) ports; 0: any free port. A port given is bound again and again
+    /// for up to 10 s, for a hub restarted where the one before it was.
+    pub fn ports(mut self, tls: u16, plain: u16) -> Self {
+        self.ports = (tls, plain);
+        self
+    }
+
+    pub async fn start(self) -> TestHub {
+        let pki = DevPki::load_or_create(&self.dir.join("pki"), &[HUB]).unwrap();
+        let modules = self
+            .modules
+            .iter()
+            .map(|m| ModuleIdentity {
+                module_id: m.clone(),
+                primary_key: key_of(m),
+            })
+            .collect();
+        let table = edge_routes::RouteTable::new(self.routes).unwrap();
+        let tls = bind(self.ports.0).await;
+        let plain = bind(self.ports.1).await;
+        let tls_addr = tls.local_addr().unwrap();
+        let plain_addr = plain.local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let listeners = HubListeners {
+            tls: Some((tls, pki.server_config())),
+            plain: Some(plain),
+        };
+        let handle = Hub::start(
+            self.config,
+            modules,
+            table,
+            self.desired,
+            listeners,
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        TestHub {
+            handle,
+            tls_addr,
+            plain_addr,
+            pki,
+            stop: Some(stop_tx),
+        }
+    }
+}
+
+/// A listener on 127.0.0.1 `port`; a given port is tried for up to 10 s (it may be held a little
+/// longer by the hub that had it).
+async fn bind(port: u16) -> TcpListener {
+    for _ in 0..100 {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return l,
+            Err(e) if port == 0 => panic!("no free port on 127.0.0.1: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("127.0.0.1:{port} stayed in use for 10 s");
+}
+
 impl TestHub {
+    /// A hub over `dir` (its data in `<dir>/data`, its CA in `<dir>/pki`).
+    pub fn builder(dir: &Path) -> TestHubBuilder {
+        TestHubBuilder {
+            dir: dir.to_path_buf(),
+            modules: DEFAULT_MODULES.iter().map(|m| m.to_string()).collect(),
+            routes: Vec::new(),
+            desired: BTreeMap::new(),
+            config: HubConfig {
+                iothub_hostname: HUB.into(),
+                device_id: DEVICE.into(),
+                data_dir: dir.join("data"),
+                ..HubConfig::default()
+            },
+            ports: (0, 0),
+        }
+    }
+
     /// Starts a hub with modules A, B, C and these routes `(name, text)`.
     pub async fn start(
         dir: &Path,
@@ -56,6 +185,7 @@ impl TestHub {
         Self::start_with(dir, parse_routes(routes), desired, |_| {}).await
     }
 
+    /// As [`TestHub::start`] with parsed routes and changed settings.
     pub async fn start_with(
         dir: &Path,
         routes: Vec<edge_routes::Route>,
@@ -73,43 +203,32 @@ impl TestHub {
         tweak: impl FnOnce(&mut HubConfig),
         ports: (u16, u16),
     ) -> TestHub {
-        let pki = DevPki::load_or_create(&dir.join("pki"), &[HUB]).unwrap();
-        let mut config = HubConfig {
-            iothub_hostname: HUB.into(),
-            device_id: DEVICE.into(),
-            data_dir: dir.join("data"),
-            ..HubConfig::default()
-        };
-        tweak(&mut config);
-        let modules = ["A", "B", "C"]
-            .iter()
-            .map(|m| ModuleIdentity {
-                module_id: m.to_string(),
-                primary_key: key_of(m),
-            })
-            .collect();
-        let table = edge_routes::RouteTable::new(routes).unwrap();
-        let tls = TcpListener::bind(("127.0.0.1", ports.0)).await.unwrap();
-        let plain = TcpListener::bind(("127.0.0.1", ports.1)).await.unwrap();
-        let tls_addr = tls.local_addr().unwrap();
-        let plain_addr = plain.local_addr().unwrap();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let listeners = HubListeners {
-            tls: Some((tls, pki.server_config())),
-            plain: Some(plain),
-        };
-        let handle = Hub::start(config, modules, table, desired, listeners, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-        .unwrap();
-        TestHub {
-            handle,
-            tls_addr,
-            plain_addr,
-            pki,
-            stop: Some(stop_tx),
+        let mut b = Self::builder(dir)
+            .routes(routes)
+            .config(tweak)
+            .ports(ports.0, ports.1);
+        b.desired = desired;
+        b.start().await
+    }
+
+    /// The CA certificate (PEM) a module trusts to reach this hub (`EdgeModuleCACertificateFile`).
+    pub fn ca_file(&self) -> &Path {
+        &self.pki.ca_path
+    }
+
+    /// Waits (bounded, 30 s) until `module`'s reported properties satisfy `ok`; returns them.
+    pub async fn wait_reported(&self, module: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            if let Some(t) = self.handle.twin(module) {
+                last = t["reported"].clone();
+                if ok(&last) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        panic!("{module}'s reported properties never matched: {last}");
     }
 
     /// Stops the hub and waits until it has closed.
@@ -135,6 +254,57 @@ impl TestHub {
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         client_config(&self.pki, false)
     }
+}
+
+/// The connection string of `module` on the test hub (its key from [`key_of`]; the gateway at
+/// `localhost`, a name the hub's certificate carries).
+pub fn connection_string(module: &str) -> String {
+    format!(
+        "HostName={HUB};GatewayHostName=localhost;DeviceId={DEVICE};ModuleId={module};SharedAccessKey={}",
+        key_b64(module)
+    )
+}
+
+/// A module's process, killed (and waited for) when dropped.
+pub struct ModuleProcess(pub Child);
+
+impl ModuleProcess {
+    /// A command for the module binary `bin` as `module` of `hub`, with the environment IoT Edge
+    /// gives a module (`EdgeHubConnectionString`, `EdgeModuleCACertificateFile`,
+    /// `IOTEDGE_GATEWAYPORT`) and nothing else of the test's; stdout goes nowhere. Add the
+    /// module's own settings, then [`ModuleProcess::spawn`].
+    pub fn command(bin: &str, hub: &TestHub, module: &str) -> Command {
+        Self::command_at(bin, hub.ca_file(), hub.tls_addr.port(), module)
+    }
+
+    /// [`ModuleProcess::command`] for a hub that may not be running (yet): its CA file and port.
+    pub fn command_at(bin: &str, ca_file: &Path, port: u16, module: &str) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("EdgeHubConnectionString", connection_string(module))
+            .env("EdgeModuleCACertificateFile", ca_file)
+            .env("IOTEDGE_GATEWAYPORT", port.to_string())
+            .stdout(std::process::Stdio::null());
+        cmd
+    }
+
+    pub fn spawn(cmd: &mut Command) -> ModuleProcess {
+        ModuleProcess(cmd.spawn().expect("the module binary starts"))
+    }
+}
+
+impl Drop for ModuleProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for a server the test starts in another process).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("the bound address").port()
 }
 
 impl Drop for TestHub {

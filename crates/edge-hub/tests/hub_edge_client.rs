@@ -2,13 +2,11 @@
 //! the dev CA, twin, outputs routed to another module's input, reported and desired properties, methods.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod hub_support;
-
 use std::collections::BTreeMap;
 
 use edge_client::wire::Message;
 use edge_client::{ClientOptions, Event, Events, Identity, ModuleClient};
-use hub_support::*;
+use edge_hub::test_util::*;
 use serde_json::{json, Value};
 
 async fn module_client(hub: &TestHub, module: &str) -> (ModuleClient, Events) {

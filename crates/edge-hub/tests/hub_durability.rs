@@ -2,13 +2,10 @@
 //! persistent sessions (the Python SDK never resubscribes), unacknowledged deliveries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod hub_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use edge_dev::test_util::SmallDisk;
-use hub_support::*;
+use edge_hub::test_util::*;
 use rumqttc::QoS;
 
 const TO_B: (&str, &str) = (

@@ -1,5 +1,7 @@
-//! The local edgeHub: an MQTT 3.1.1 server (TLS, and optionally plain TCP for local processes) that
-//! speaks edgeHub's module protocol, routes messages and keeps them in a durable store.
+//! `edge-hub`: the local edgeHub: an MQTT 3.1.1 server (TLS, and optionally plain TCP for local
+//! processes) that speaks edgeHub's module protocol, routes messages and keeps them in a durable store.
+//! `edge-dev` composes it with the rest of a local IoT Edge runtime; every crate's tests run their
+//! modules against it (feature `test-util`).
 //!
 //! Parts:
 //! - [`Hub::start`] / [`HubHandle`]: the server, its control API (desired patches, direct methods,
@@ -8,6 +10,9 @@
 //!   publishes -> routes -> durable queues -> PUBACK, delivery of a module's input queue, twins, methods.
 //! - `store`: redb (`<data_dir>/hub.redb`): queues, persistent sessions, twins; group commit.
 //! - `twin`: desired/reported properties and merge patches. `acl`: topic filters and who may use which.
+//! - [`pki`]: the development CA and the hub's server certificate (rcgen), kept across runs.
+//! - `test_util` (feature `test-util`): helpers the tests of every crate share (a small disk that
+//!   fills up).
 //!
 //! Why not rumqttd: it acknowledges a publish before the application sees it (measured; ARCHITECTURE.md,
 //! "Neither server is rumqttd"), so a crash
@@ -30,8 +35,12 @@
 
 mod acl;
 mod conn;
+pub mod pki;
 mod store;
 mod twin;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
