@@ -6,21 +6,31 @@ pub use edge_client::topic::{matches as filter_matches, valid_filter};
 /// Whether module `device/module` may subscribe to `filter`: its own `devices/{d}/modules/{m}/...`
 /// subtree (inputs and the like) and `$iothub/...` (twin responses, desired patches, method requests).
 /// `Err` says why not.
-pub fn may_subscribe(filter: &str, device: &str, module: &str) -> Result<(), String> {
+pub fn may_subscribe(filter: &str, device: &str, module: &str) -> Result<(), SubscribeRefused> {
     if !valid_filter(filter) {
-        return Err(format!("{filter:?} is not a valid MQTT topic filter"));
+        return Err(SubscribeRefused::InvalidFilter {
+            filter: filter.to_string(),
+        });
     }
     let own = format!("devices/{device}/modules/{module}/");
-    if filter.starts_with(&own) || filter == format!("devices/{device}/modules/{module}/#").as_str()
-    {
+    if filter.starts_with(&own) || filter.starts_with("$iothub/") {
         return Ok(());
     }
-    if filter.starts_with("$iothub/") {
-        return Ok(());
-    }
-    Err(format!(
+    Err(SubscribeRefused::NotOwnTopics {
+        own,
+        filter: filter.to_string(),
+    })
+}
+
+/// Why a module may not subscribe to a filter ([`may_subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeRefused {
+    #[error("{filter:?} is not a valid MQTT topic filter")]
+    InvalidFilter { filter: String },
+    #[error(
         "a module may only subscribe to its own topics `{own}#` and `$iothub/...`, not {filter:?}"
-    ))
+    )]
+    NotOwnTopics { own: String, filter: String },
 }
 
 #[cfg(test)]

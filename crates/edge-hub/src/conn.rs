@@ -768,7 +768,7 @@ impl Conn {
                 .or_insert_with(|| super::twin::TwinState::new(&Value::Null));
             let mut next = twin.clone();
             match next.patch_reported(&patch) {
-                Err(reason) => Err(reason),
+                Err(reason) => Err(reason.to_string()),
                 Ok(version) => match serde_json::to_vec(&next) {
                     Err(e) => Err(e.to_string()),
                     Ok(bytes) => {

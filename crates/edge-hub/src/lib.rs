@@ -63,8 +63,8 @@ use self::store::{QueueKey, Store, UPSTREAM};
 
 pub use self::acl::filter_matches;
 // Public for the fuzz targets (`fuzz/`): the subscription rules and the module twins.
-pub use self::acl::{may_subscribe, valid_filter};
-pub use self::twin::TwinState;
+pub use self::acl::{may_subscribe, valid_filter, SubscribeRefused};
+pub use self::twin::{PatchError, TwinState};
 
 /// Settings of the hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,8 +148,8 @@ pub enum HubError {
         method: String,
         timeout: Duration,
     },
-    #[error("{0}")]
-    BadPatch(String),
+    #[error(transparent)]
+    BadPatch(#[from] PatchError),
     #[error(
         "no message with sequence number {0} was handed out by this queue (already acknowledged?)"
     )]
@@ -701,7 +701,7 @@ impl HubHandle {
                 .get_mut(module)
                 .ok_or_else(|| HubError::UnknownModule(module.to_string()))?;
             let mut next = twin.clone();
-            let (version, body) = next.patch_desired(&patch).map_err(HubError::BadPatch)?;
+            let (version, body) = next.patch_desired(&patch)?;
             let bytes = serde_json::to_vec(&next).map_err(|e| HubError::Store(e.to_string()))?;
             *twin = next;
             // Submitted under the lock: twin writes commit in the order they were made.

@@ -43,12 +43,23 @@ fn nesting(v: &Value) -> usize {
     deepest
 }
 
-/// Refuses a patch nested deeper than [`MAX_NESTING`], saying so.
-fn check_nesting(patch: &Value) -> Result<(), String> {
+/// Why a twin patch was refused (the twin is unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// `"reported"` or `"desired"`.
+    #[error("a {0}-properties patch must be a JSON object")]
+    NotAnObject(&'static str),
+    #[error("the patch nests objects or arrays more than {MAX_NESTING} levels deep, more than IoT Hub allows in twin properties; flatten it")]
+    TooDeep,
+}
+
+/// Refuses a patch that is not an object or is nested deeper than [`MAX_NESTING`].
+fn check(patch: &Value, which: &'static str) -> Result<(), PatchError> {
+    if !patch.is_object() {
+        return Err(PatchError::NotAnObject(which));
+    }
     if nesting(patch) > MAX_NESTING {
-        return Err(format!(
-            "the patch nests objects or arrays more than {MAX_NESTING} levels deep, more than IoT Hub allows in twin properties; flatten it"
-        ));
+        return Err(PatchError::TooDeep);
     }
     Ok(())
 }
@@ -87,11 +98,8 @@ impl TwinState {
     }
 
     /// Merges a reported-properties patch; returns the new reported version.
-    pub fn patch_reported(&mut self, patch: &Value) -> Result<u64, String> {
-        if !patch.is_object() {
-            return Err("a reported-properties patch must be a JSON object".to_string());
-        }
-        check_nesting(patch)?;
+    pub fn patch_reported(&mut self, patch: &Value) -> Result<u64, PatchError> {
+        check(patch, "reported")?;
         merge(&mut self.reported, patch);
         self.reported_version += 1;
         Ok(self.reported_version)
@@ -99,11 +107,8 @@ impl TwinState {
 
     /// Merges a desired-properties patch; returns the new desired version and the body to push to the
     /// module (the patch with `"$version"`, which the SDKs require).
-    pub fn patch_desired(&mut self, patch: &Value) -> Result<(u64, Value), String> {
-        if !patch.is_object() {
-            return Err("a desired-properties patch must be a JSON object".to_string());
-        }
-        check_nesting(patch)?;
+    pub fn patch_desired(&mut self, patch: &Value) -> Result<(u64, Value), PatchError> {
+        check(patch, "desired")?;
         merge(&mut self.desired, patch);
         self.desired_version += 1;
         let mut body = strip_meta(patch);
@@ -199,7 +204,8 @@ mod tests {
         for levels in [MAX_NESTING + 2, 126] {
             let before = t.clone();
             let e = t.patch_reported(&nested(levels)).unwrap_err();
-            assert!(e.contains("more than 10 levels"), "{e}");
+            assert_eq!(e, PatchError::TooDeep);
+            assert!(e.to_string().contains("more than 10 levels"), "{e}");
             assert!(t.patch_desired(&nested(levels)).is_err());
             assert_eq!(t, before, "a refused patch changes nothing");
         }

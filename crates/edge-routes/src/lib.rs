@@ -51,7 +51,7 @@ use std::fmt;
 pub use ast::{BinaryOp, Expr, Literal, UnaryOp};
 pub use error::RouteError;
 pub use eval::system_property_key;
-pub use source::{Sink, Source};
+pub use source::{EndpointError, Sink, Source};
 
 /// Priority of a route that does not set one. edgeHub gives such routes a priority below
 /// every explicit one (2,000,000,000 where explicit ones are 0..=9, 0 the highest), so

@@ -196,7 +196,7 @@ impl<'a> Parser<'a> {
                 self.found()
             )));
         }
-        Source::from_path(&path).map_err(|m| self.error_at(start, m))
+        Source::from_path(&path).map_err(|e| self.error_at(start, e.to_string()))
     }
 
     fn sink(&mut self) -> Result<Sink, RouteError> {
@@ -240,7 +240,8 @@ impl<'a> Parser<'a> {
                     let chars: Vec<char> = addr.text.chars().collect();
                     chars[1..chars.len() - 1].iter().collect()
                 };
-                Sink::from_brokered_address(&inner).map_err(|m| self.error_at(addr.start, m))
+                Sink::from_brokered_address(&inner)
+                    .map_err(|e| self.error_at(addr.start, e.to_string()))
             }
             _ => Err(self.error_at(
                 tok.start,

@@ -28,19 +28,34 @@ pub enum Source {
 
 const SOURCE_FORMS: &str = "/*, /messages/*, /messages/modules/*, /messages/modules/<module>/*, /messages/modules/<module>/outputs/*, /messages/modules/<module>/outputs/<output>, /twinChangeNotifications";
 
+/// Why a route's source or sink is not one edgeHub knows (the parser puts it at its place in
+/// the route: [`crate::RouteError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error(
+        "the source {path} has '{star}' in the middle; '*' may only end a source: {SOURCE_FORMS}"
+    )]
+    StarInMiddle { path: String, star: String },
+    #[error("unknown source {path}; a source is one of {SOURCE_FORMS}")]
+    UnknownSource { path: String },
+    #[error("BrokeredEndpoint needs an address of the form \"/modules/<module>/inputs/<input>\", found {address:?}")]
+    BadBrokeredAddress { address: String },
+}
+
 impl Source {
     /// Interpret a source path such as `/messages/modules/M/outputs/o` (whitespace and
     /// comments already removed, as edgeHub does).
-    pub fn from_path(path: &str) -> Result<Source, String> {
+    pub fn from_path(path: &str) -> Result<Source, EndpointError> {
         let trimmed = path.strip_prefix('/').unwrap_or(path);
         let mut segments: Vec<&str> = trimmed.split('/').collect();
         if segments.last() == Some(&"*") {
             segments.pop();
         }
         if let Some(star) = segments.iter().find(|s| s.contains('*')) {
-            return Err(format!(
-                "the source {path} has '{star}' in the middle; '*' may only end a source: {SOURCE_FORMS}"
-            ));
+            return Err(EndpointError::StarInMiddle {
+                path: path.to_string(),
+                star: star.to_string(),
+            });
         }
         let is = |s: &str, k: &str| s.eq_ignore_ascii_case(k);
         let source = match segments.as_slice() {
@@ -65,9 +80,9 @@ impl Source {
                 }
             }
             _ => {
-                return Err(format!(
-                    "unknown source {path}; a source is one of {SOURCE_FORMS}"
-                ))
+                return Err(EndpointError::UnknownSource {
+                    path: path.to_string(),
+                })
             }
         };
         Ok(source)
@@ -141,7 +156,7 @@ pub enum Sink {
 impl Sink {
     /// Parse the address inside `BrokeredEndpoint("...")`, as edgeHub's endpoint factory
     /// does (trimmed, one leading and one trailing `/` optional), and check its form.
-    pub fn from_brokered_address(address: &str) -> Result<Sink, String> {
+    pub fn from_brokered_address(address: &str) -> Result<Sink, EndpointError> {
         let mut a = address.trim();
         a = a.strip_prefix('/').unwrap_or(a);
         a = a.strip_suffix('/').unwrap_or(a);
@@ -158,9 +173,9 @@ impl Sink {
                     input: input.to_string(),
                 })
             }
-            _ => Err(format!(
-                "BrokeredEndpoint needs an address of the form \"/modules/<module>/inputs/<input>\", found {address:?}"
-            )),
+            _ => Err(EndpointError::BadBrokeredAddress {
+                address: address.to_string(),
+            }),
         }
     }
 }

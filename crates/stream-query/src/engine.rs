@@ -24,7 +24,7 @@ use crate::agg::{prepare, Acc, AggIn};
 use crate::analytic::{self, AnState};
 use crate::ast::JoinKind;
 use crate::ast::{Expr, Window};
-use crate::error::{EventError, RestoreError};
+use crate::error::{EventError, ReferenceError, RestoreError};
 use crate::eval::{eval, show, truth, Ctx};
 use crate::plan::{timestamp_of, JoinSpec, OutItem, Query, Sink, Source, Stmt, ARRIVAL_FIELDS};
 use crate::value::{format_time, from_datetime, push_key_of_json, to_datetime, Micros, Val};
@@ -415,17 +415,17 @@ impl Engine {
     /// that are not JSON objects are refused with their position. The JOIN's equality keys are
     /// indexed here, so a lookup costs what the matches cost. Reference data does not move time:
     /// the new rows apply to events recorded from now on.
-    pub fn set_reference(&mut self, name: &str, rows: Vec<Value>) -> Result<(), String> {
+    pub fn set_reference(&mut self, name: &str, rows: Vec<Value>) -> Result<(), ReferenceError> {
         let mut objs = Vec::with_capacity(rows.len());
         for (i, r) in rows.into_iter().enumerate() {
             match r {
                 Value::Object(m) => objs.push(m),
                 other => {
-                    return Err(format!(
-                        "row {} of reference data '{name}' is not a JSON object but {}",
-                        i + 1,
-                        Val::from_json(&other).describe()
-                    ))
+                    return Err(ReferenceError::NotAnObject {
+                        name: name.to_string(),
+                        row: i + 1,
+                        found: Val::from_json(&other).describe(),
+                    })
                 }
             }
         }

@@ -1,5 +1,5 @@
-//! Errors: bad query text ([`QueryError`]), unusable events ([`EventError`]) and unusable
-//! checkpoints ([`RestoreError`]). Every message says what is wrong and what to do about it.
+//! Errors: bad query text ([`QueryError`]), unusable events ([`EventError`]), unusable reference
+//! data ([`ReferenceError`]) and unusable checkpoints ([`RestoreError`]). Every message says what is wrong and what to do about it.
 
 use thiserror::Error;
 
@@ -52,6 +52,20 @@ pub enum EventError {
     /// ([`crate::MAX_EVENT_NESTING`]): its checkpoints must stay readable.
     #[error("the event nests objects or arrays more than {max} levels deep; flatten it")]
     TooDeep { max: usize },
+}
+
+/// Reference data the engine cannot use ([`crate::Engine::set_reference`]); the rows it had
+/// before stay.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReferenceError {
+    /// A row is not a JSON object.
+    #[error("row {row} of reference data '{name}' is not a JSON object but {found}; give one JSON object per row")]
+    NotAnObject {
+        name: String,
+        /// 1-based.
+        row: usize,
+        found: String,
+    },
 }
 
 /// A checkpoint that cannot be restored; start a fresh engine instead.

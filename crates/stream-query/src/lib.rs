@@ -121,7 +121,7 @@ mod plan;
 mod value;
 
 pub use engine::{Engine, EngineStats, EventPolicy, OrderingAction, OutputRow, MAX_EVENT_NESTING};
-pub use error::{EventError, QueryError, RestoreError};
+pub use error::{EventError, QueryError, ReferenceError, RestoreError};
 pub use plan::Query;
 
 /// Read an event from JSON text keeping only `fields` of the top-level object (as

@@ -505,7 +505,7 @@ fn reference_data_joins_per_patient_thresholds() {
         ]
     );
     let err = e.set_reference("patients", vec![json!([1])]).unwrap_err();
-    assert!(err.contains("row 1"), "{err}");
+    assert!(err.to_string().contains("row 1"), "{err}");
 }
 
 #[test]

@@ -408,7 +408,7 @@ impl Processor {
                 continue;
             };
             if let Err(e) = a.engine.set_reference(name, rows.clone()) {
-                self.references.set_error(name, e);
+                self.references.set_error(name, e.to_string());
             }
         }
     }

@@ -24,6 +24,8 @@ use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::AggregatorError;
+
 /// Largest reference file read.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most rows one reference data set may have.
@@ -45,12 +47,13 @@ pub struct ReferenceSetting {
 
 impl ReferenceSetting {
     /// Exactly one of `path` and `rows`.
-    pub fn validate(&self, name: &str) -> Result<(), String> {
+    pub fn validate(&self, name: &str) -> Result<(), AggregatorError> {
         match (&self.path, &self.rows) {
             (Some(_), None) | (None, Some(_)) => Ok(()),
-            _ => Err(format!(
-                "referenceData.{name}: give either \"path\" (a CSV or JSON lines file) or \"rows\" (an array of objects), not both or neither"
-            )),
+            _ => Err(AggregatorError::Settings {
+                key: format!("referenceData.{name}"),
+                message: "give either \"path\" (a CSV or JSON lines file) or \"rows\" (an array of objects), not both or neither".into(),
+            }),
         }
     }
 }

@@ -211,11 +211,7 @@ impl TwinSettings {
             })?;
         settings.event_policy.to_policy()?;
         for (name, r) in &settings.reference_data {
-            r.validate(name)
-                .map_err(|message| AggregatorError::Settings {
-                    key: format!("referenceData.{name}"),
-                    message,
-                })?;
+            r.validate(name)?;
         }
         if settings.dead_letter_output.is_empty() {
             return Err(AggregatorError::Settings {

@@ -130,13 +130,27 @@ pub struct ReadLog {
     pub torn: Option<String>,
 }
 
+/// Why the input log cannot be used at all (a torn tail is not an error: [`ReadLog::torn`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the input log does not start with {:?}: it was written by another version", String::from_utf8_lossy(HEADER).trim())]
+    OtherVersion,
+    #[error("cannot read {path}: {source}; check the state folder's permissions")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot cut the torn tail off {path}: {source}; check that the state folder is writable and the disk is not full")]
+    Repair {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Decode a whole log file's bytes.
-pub fn decode(bytes: &[u8]) -> Result<ReadLog, String> {
+pub fn decode(bytes: &[u8]) -> Result<ReadLog, LogError> {
     if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
-        return Err(format!(
-            "the input log does not start with {:?}: it was written by another version",
-            String::from_utf8_lossy(HEADER).trim()
-        ));
+        return Err(LogError::OtherVersion);
     }
     let mut log = ReadLog {
         valid_len: HEADER.len() as u64,
@@ -193,21 +207,30 @@ pub fn decode(bytes: &[u8]) -> Result<ReadLog, String> {
 
 /// Read the log at `path` (missing: empty) and cut a torn tail off the file, so that later
 /// appends follow the last whole record.
-pub fn read_and_repair(path: &Path) -> Result<ReadLog, String> {
+pub fn read_and_repair(path: &Path) -> Result<ReadLog, LogError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadLog::default()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => {
+            return Err(LogError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     let log = decode(&bytes)?;
     if log.torn.is_some() {
-        let f = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
-        f.set_len(log.valid_len)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
+            .and_then(|f| {
+                f.set_len(log.valid_len)?;
+                f.sync_all()
+            })
+            .map_err(|source| LogError::Repair {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(log)
 }
@@ -362,6 +385,7 @@ mod tests {
         // another version's file is refused
         assert!(decode(b"AGGLOG9\nxxxx")
             .unwrap_err()
+            .to_string()
             .contains("another version"));
     }
 

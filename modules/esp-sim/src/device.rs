@@ -85,23 +85,33 @@ impl Client {
         qos: u8,
         retain: bool,
         payload: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotQueued> {
         match self {
             Client::V4(c) => c
                 .try_publish(topic, qos_of(qos), retain, payload)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| NotQueued::V4(Box::new(e))),
             Client::V5(c) => c
                 .try_publish(topic, qos5_of(qos), retain, payload)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| NotQueued::V5(Box::new(e))),
         }
     }
 
     fn try_disconnect(&self) {
-        let _ = match self {
-            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
-        };
+        // the connection may be gone already; then there is nothing to close
+        match self {
+            Client::V4(c) => drop(c.try_disconnect()),
+            Client::V5(c) => drop(c.try_disconnect()),
+        }
     }
+}
+
+/// A request rumqttc did not queue (its request channel is closed or full).
+#[derive(Debug, thiserror::Error)]
+enum NotQueued {
+    #[error(transparent)]
+    V4(Box<rumqttc::ClientError>),
+    #[error(transparent)]
+    V5(Box<rumqttc::v5::ClientError>),
 }
 
 struct Conn {

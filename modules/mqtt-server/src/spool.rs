@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -71,8 +72,18 @@ pub fn decode(record: &[u8]) -> Option<(String, EdgeMessage)> {
 pub type Leftover = (u64, String, EdgeMessage);
 
 enum Cmd {
-    Put(Vec<u8>, oneshot::Sender<Result<u64, String>>),
+    Put(Vec<u8>, oneshot::Sender<Result<u64, SpoolError>>),
     Delete(u64),
+}
+
+/// Why a record was not stored; the message it holds is then acknowledged only after edgeHub
+/// has it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool has stopped (the module is shutting down)")]
+    Stopped,
+    #[error("the spool could not commit: {0}; check that the disk is not full and the spool file is writable")]
+    Write(Arc<redb::Error>),
 }
 
 /// Handle to the spool thread. Dropping it commits what is pending and closes the database.
@@ -141,15 +152,14 @@ impl Spool {
     }
 
     /// Stores a record durably; resolves with its key once committed.
-    pub async fn put(&self, record: Vec<u8>) -> Result<u64, String> {
+    pub async fn put(&self, record: Vec<u8>) -> Result<u64, SpoolError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .as_ref()
-            .ok_or_else(|| "spool closed".to_string())?
+            .ok_or(SpoolError::Stopped)?
             .send(Cmd::Put(record, done))
-            .map_err(|_| "spool thread stopped".to_string())?;
-        rx.await
-            .unwrap_or_else(|_| Err("spool thread stopped".to_string()))
+            .map_err(|_| SpoolError::Stopped)?;
+        rx.await.unwrap_or(Err(SpoolError::Stopped))
     }
 
     /// Removes a record (edgeHub has it); committed with the next group.
@@ -160,6 +170,8 @@ impl Spool {
     }
 }
 
+// one redb error per batch of commands, moved once: its size does not matter
+#[allow(clippy::result_large_err)]
 fn writer(db: Database, rx: std_mpsc::Receiver<Cmd>, mut next_key: u64, path: String) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -170,25 +182,24 @@ fn writer(db: Database, rx: std_mpsc::Receiver<Cmd>, mut next_key: u64, path: St
             }
         }
         let mut done = Vec::new();
-        let result = (|| -> Result<(), String> {
-            let w = db.begin_write().map_err(|e| e.to_string())?;
+        let result = (|| -> Result<(), redb::Error> {
+            let w = db.begin_write()?;
             {
-                let mut t = w.open_table(TABLE).map_err(|e| e.to_string())?;
+                let mut t = w.open_table(TABLE)?;
                 for cmd in batch.drain(..) {
                     match cmd {
                         Cmd::Put(record, reply) => {
-                            t.insert(next_key, record.as_slice())
-                                .map_err(|e| e.to_string())?;
+                            t.insert(next_key, record.as_slice())?;
                             done.push((next_key, reply));
                             next_key += 1;
                         }
                         Cmd::Delete(key) => {
-                            t.remove(key).map_err(|e| e.to_string())?;
+                            t.remove(key)?;
                         }
                     }
                 }
             }
-            w.commit().map_err(|e| e.to_string())
+            Ok(w.commit()?)
         })();
         match result {
             Ok(()) => {
@@ -198,8 +209,9 @@ fn writer(db: Database, rx: std_mpsc::Receiver<Cmd>, mut next_key: u64, path: St
             }
             Err(e) => {
                 tracing::error!(path = %path, error = %e, "spool write failed; affected messages are acknowledged only after edgeHub has them");
+                let e = Arc::new(e);
                 for (_, reply) in done {
-                    let _ = reply.send(Err(e.clone()));
+                    let _ = reply.send(Err(SpoolError::Write(Arc::clone(&e))));
                 }
             }
         }
