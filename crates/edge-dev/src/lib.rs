@@ -49,4 +49,6 @@ pub enum EdgeDevError {
     Pki(#[from] edge_hub::pki::PkiError),
     #[error("upstream: {0}")]
     Upstream(String),
+    #[error(transparent)]
+    Dashboard(#[from] dashboard::ExposureError),
 }

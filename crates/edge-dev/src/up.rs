@@ -346,8 +346,7 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let status: StatusMap = Arc::default();
     let dashboard = match opts.dashboard {
         Some(addr) => {
-            dashboard::check_exposure(addr, opts.dashboard_token.as_deref())
-                .map_err(EdgeDevError::Config)?;
+            dashboard::check_exposure(addr, opts.dashboard_token.as_deref())?;
             let module_metrics =
                 dashboard::scrape::urls_from_env(manifest.modules().map(|(n, s)| (n, &s.env)));
             Some(

@@ -227,7 +227,7 @@ impl Broker {
             }
             self.metrics
                 .retained_messages
-                .store(core.retained.len() as i64, Ordering::Relaxed);
+                .set(core.retained.len() as i64);
             for l in loaded.sessions {
                 let left_ago = l.left_ago.unwrap_or(Duration::ZERO);
                 if left_ago >= l.expiry {
@@ -654,7 +654,7 @@ impl Broker {
             }
             self.metrics
                 .retained_messages
-                .store(core.retained.len() as i64, Ordering::Relaxed);
+                .set(core.retained.len() as i64);
         }
         let mut deliveries: Vec<(String, Pub)> = Vec::new();
         let mut groups: BTreeMap<String, Vec<(String, QoS, Option<usize>)>> = BTreeMap::new();

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,14 +311,8 @@ pub(crate) async fn serve<S>(
             .disconnect(&client, conn_id, replay, incoming_qos2, None);
         return;
     }
-    shared
-        .metrics
-        .connected_clients
-        .fetch_add(1, Ordering::Relaxed);
-    shared
-        .metrics
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connected_clients.inc();
+    shared.metrics.connections_total.inc();
     tracing::info!(client = %client, %peer, version = info.version.label(), clean = info.clean,
         keep_alive = info.keep_alive, session_present, "client connected");
 
@@ -345,10 +338,7 @@ pub(crate) async fn serve<S>(
         replay,
     )
     .await;
-    shared
-        .metrics
-        .connected_clients
-        .fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.connected_clients.dec();
 
     // 4. will, session hand-back
     let publish_will = matches!(end, End::Abnormal | End::Clean { with_will: true });
@@ -510,7 +500,7 @@ async fn deliver<W: AsyncWrite + Unpin>(
     let pkid = p.pkid;
     match conn.try_send(Outbound::Publish(p)).await {
         Ok(()) => {
-            shared.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.messages_out.inc();
             Ok(())
         }
         Err(Some(e)) => {
@@ -941,11 +931,8 @@ async fn on_publish<W: AsyncWrite + Unpin>(
         .props
         .message_expiry_secs
         .map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s)));
-    shared.metrics.messages_in[p.qos as usize].fetch_add(1, Ordering::Relaxed);
-    shared
-        .metrics
-        .bytes_in
-        .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+    shared.metrics.messages_in[p.qos as usize].inc();
+    shared.metrics.bytes_in.inc_by(p.payload.len() as u64);
     shared.broker.publish(client, &p);
     tracing::debug!(client = %client, topic = %p.topic, qos = p.qos as u8, output = %output, message_id = %msg.message_id, "forwarding");
     let done = tokio::select! {

@@ -114,10 +114,7 @@ impl Twin {
             Event::Connected => {
                 *connected = true;
                 tracing::info!("connected to edgeHub");
-                server
-                    .metrics()
-                    .edgehub_connected
-                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                server.metrics().edgehub_connected.set(1);
                 None
             }
             Event::Disconnected(reason) => {
@@ -126,10 +123,7 @@ impl Twin {
                     tracing::warn!(reason = %reason, "disconnected from edgeHub; messages wait in the buffer");
                 }
                 *connected = false;
-                server
-                    .metrics()
-                    .edgehub_connected
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                server.metrics().edgehub_connected.set(0);
                 None
             }
             Event::Method(call) => {

@@ -194,10 +194,8 @@ impl Pipeline {
                     .map_err(|_| Closed)?
             }
         };
-        self.metrics.buffer_messages.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .buffer_bytes
-            .fetch_add(i64::from(size), Ordering::Relaxed);
+        self.metrics.buffer_messages.inc();
+        self.metrics.buffer_bytes.inc_by(i64::from(size));
         Ok((m, b))
     }
 
@@ -244,14 +242,12 @@ impl Pipeline {
     }
 
     fn note_full(&self, client: &str) {
-        self.metrics
-            .backpressure_waits
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.backpressure_waits.inc();
         if !self.full.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 client,
-                buffer_messages = self.metrics.buffer_messages.load(Ordering::Relaxed),
-                buffer_bytes = self.metrics.buffer_bytes.load(Ordering::Relaxed),
+                buffer_messages = self.metrics.buffer_messages.get(),
+                buffer_bytes = self.metrics.buffer_bytes.get(),
                 "forwarding buffer full (edgeHub slow or unreachable): back-pressure, device sockets are not read until there is room"
             );
         }
@@ -307,11 +303,9 @@ async fn process(
         };
         match result {
             Ok(()) => {
-                metrics.messages_forwarded.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .bytes_forwarded
-                    .fetch_add(size as u64, Ordering::Relaxed);
-                metrics.edgehub_connected.store(1, Ordering::Relaxed);
+                metrics.messages_forwarded.inc();
+                metrics.bytes_forwarded.inc_by(size as u64);
+                metrics.edgehub_connected.set(1);
                 if down.swap(false, Ordering::Relaxed) {
                     tracing::info!("edgeHub accepts messages again");
                 }
@@ -332,8 +326,8 @@ async fn process(
                 break;
             }
             Err(e) => {
-                metrics.forward_failures.fetch_add(1, Ordering::Relaxed);
-                metrics.edgehub_connected.store(0, Ordering::Relaxed);
+                metrics.forward_failures.inc();
+                metrics.edgehub_connected.set(0);
                 if !down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "sending to edgeHub failed; messages wait in the buffer and are retried");
                 } else {
@@ -347,10 +341,8 @@ async fn process(
     if let (Some(key), Some(spool)) = (job.spool_key, &spool) {
         spool.delete(key);
     }
-    metrics.buffer_messages.fetch_sub(1, Ordering::Relaxed);
-    metrics
-        .buffer_bytes
-        .fetch_sub(size as i64, Ordering::Relaxed);
+    metrics.buffer_messages.dec();
+    metrics.buffer_bytes.dec_by(size as i64);
     if !refused {
         let _ = job.done.send(());
     }

@@ -454,7 +454,7 @@ impl Server {
                     "/metrics",
                     axum::routing::get(move || {
                         let m = m.clone();
-                        async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                        async move { ([("content-type", metrics::CONTENT_TYPE)], m.render()) }
                     }),
                 );
                 let r = axum::serve(l, app)
@@ -521,10 +521,7 @@ impl Server {
         match tokio::time::timeout_at(until, &mut worker).await {
             Ok(_) => tracing::info!("forwarding buffer drained"),
             Err(_) => {
-                let left = shared
-                    .metrics
-                    .buffer_messages
-                    .load(std::sync::atomic::Ordering::Relaxed);
+                let left = shared.metrics.buffer_messages.get();
                 if shared.settings.spool_path.is_some() {
                     tracing::warn!(left, "shutdown grace over with messages still unsent; they stay in the spool and go at the next start");
                 } else {

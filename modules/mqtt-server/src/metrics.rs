@@ -1,183 +1,174 @@
-//! Prometheus metrics: atomics updated on the hot path, rendered as text on `/metrics`.
+//! Prometheus metrics: prometheus-client counters and gauges, updated on the hot path and encoded as
+//! OpenMetrics text on `/metrics`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::borrow::Cow;
 
-/// All counters and gauges of the server.
-#[derive(Debug, Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `reason` label of refusals and drops.
+type Reason = [(&'static str, Cow<'static, str>); 1];
+
+/// All counters and gauges of the server. Each is a shared handle: the registry holds the same
+/// metrics, so [`Metrics::render`] encodes what the hot path counted.
+#[derive(Debug)]
 pub struct Metrics {
-    pub connected_clients: AtomicI64,
-    pub connections_total: AtomicU64,
-    pub messages_in: [AtomicU64; 3],
-    pub bytes_in: AtomicU64,
-    pub messages_forwarded: AtomicU64,
-    pub bytes_forwarded: AtomicU64,
-    pub forward_failures: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub buffer_messages: AtomicI64,
-    pub buffer_bytes: AtomicI64,
-    pub backpressure_waits: AtomicU64,
-    pub edgehub_connected: AtomicI64,
-    pub retained_messages: AtomicI64,
-    refused: Mutex<BTreeMap<&'static str, u64>>,
-    dropped: Mutex<BTreeMap<&'static str, u64>>,
+    pub connected_clients: Gauge,
+    pub connections_total: Counter,
+    /// By QoS 0, 1 and 2.
+    pub messages_in: [Counter; 3],
+    pub bytes_in: Counter,
+    pub messages_forwarded: Counter,
+    pub bytes_forwarded: Counter,
+    pub forward_failures: Counter,
+    pub messages_out: Counter,
+    pub buffer_messages: Gauge,
+    pub buffer_bytes: Gauge,
+    pub backpressure_waits: Counter,
+    pub edgehub_connected: Gauge,
+    pub retained_messages: Gauge,
+    refused: Family<Reason, Counter>,
+    dropped: Family<Reason, Counter>,
+    registry: Registry,
 }
 
-fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, reason: &'static str) {
-    if let Ok(mut m) = map.lock() {
-        *m.entry(reason).or_insert(0) += 1;
+impl Default for Metrics {
+    fn default() -> Self {
+        let messages_in = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let mut m = Metrics {
+            connected_clients: Gauge::default(),
+            connections_total: Counter::default(),
+            // every QoS has its series from the start
+            messages_in: ["0", "1", "2"].map(|q| messages_in.get_or_create(&[("qos", q)]).clone()),
+            bytes_in: Counter::default(),
+            messages_forwarded: Counter::default(),
+            bytes_forwarded: Counter::default(),
+            forward_failures: Counter::default(),
+            messages_out: Counter::default(),
+            buffer_messages: Gauge::default(),
+            buffer_bytes: Gauge::default(),
+            backpressure_waits: Counter::default(),
+            edgehub_connected: Gauge::default(),
+            retained_messages: Gauge::default(),
+            refused: Family::default(),
+            dropped: Family::default(),
+            registry: Registry::default(),
+        };
+        // Counters are named without `_total`, which the encoder appends to their samples; the
+        // registry appends the period to each help text.
+        let r = &mut m.registry;
+        r.register(
+            "mqtt_connected_clients",
+            "MQTT clients connected now",
+            m.connected_clients.clone(),
+        );
+        r.register(
+            "mqtt_connections",
+            "Accepted MQTT connections (CONNACK success)",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "mqtt_messages_in",
+            "Application messages received from clients, by QoS",
+            messages_in,
+        );
+        r.register(
+            "mqtt_bytes_in",
+            "Payload bytes received from clients",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "mqtt_messages_forwarded",
+            "Messages edgeHub acknowledged",
+            m.messages_forwarded.clone(),
+        );
+        r.register(
+            "mqtt_bytes_forwarded",
+            "Body bytes edgeHub acknowledged",
+            m.bytes_forwarded.clone(),
+        );
+        r.register(
+            "mqtt_forward_failures",
+            "Failed sends to edgeHub (each is retried)",
+            m.forward_failures.clone(),
+        );
+        r.register(
+            "mqtt_messages_out",
+            "Messages delivered to MQTT subscribers",
+            m.messages_out.clone(),
+        );
+        r.register(
+            "mqtt_buffer_messages",
+            "Messages waiting for or in flight to edgeHub",
+            m.buffer_messages.clone(),
+        );
+        r.register(
+            "mqtt_buffer_bytes",
+            "Body bytes waiting for or in flight to edgeHub",
+            m.buffer_bytes.clone(),
+        );
+        r.register(
+            "mqtt_backpressure",
+            "Times a device socket stopped being read because the buffer was full",
+            m.backpressure_waits.clone(),
+        );
+        r.register(
+            "mqtt_edgehub_connected",
+            "1 when the last send to edgeHub succeeded",
+            m.edgehub_connected.clone(),
+        );
+        r.register(
+            "mqtt_retained_messages",
+            "Retained messages held",
+            m.retained_messages.clone(),
+        );
+        r.register(
+            "mqtt_refused",
+            "Clients or packets refused or disconnected, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "mqtt_dropped",
+            "Messages not delivered, by reason",
+            m.dropped.clone(),
+        );
+        m
     }
 }
 
 impl Metrics {
     /// Counts a refused or disconnected client or packet, by reason.
     pub fn refused(&self, reason: &'static str) {
-        bump(&self.refused, reason);
+        self.refused
+            .get_or_create(&[("reason", Cow::Borrowed(reason))])
+            .inc();
     }
 
     /// Counts a message that was not delivered (only QoS 0 to slow subscribers), by reason.
     pub fn dropped(&self, reason: &'static str) {
-        bump(&self.dropped, reason);
+        self.dropped
+            .get_or_create(&[("reason", Cow::Borrowed(reason))])
+            .inc();
     }
 
     /// Current count of refusals for `reason` (for tests and logs).
     pub fn refused_count(&self, reason: &str) -> u64 {
         self.refused
-            .lock()
-            .map(|m| m.get(reason).copied().unwrap_or(0))
-            .unwrap_or(0)
+            .get(&[("reason", Cow::Owned(reason.to_owned()))])
+            .map_or(0, |c| c.get())
     }
 
-    /// Renders the Prometheus text exposition format.
+    /// Renders the OpenMetrics text exposition format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let g = |v: &AtomicI64| v.load(Ordering::Relaxed);
-        let c = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let mut line = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-            let _ = writeln!(s, "# HELP {name} {help}");
-            let _ = writeln!(s, "# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(s, "{name}{labels} {value}");
-            }
-        };
-        let one = |v: String| vec![(String::new(), v)];
-        line(
-            "mqtt_connected_clients",
-            "gauge",
-            "MQTT clients connected now.",
-            one(g(&self.connected_clients).to_string()),
-        );
-        line(
-            "mqtt_connections_total",
-            "counter",
-            "Accepted MQTT connections (CONNACK success).",
-            one(c(&self.connections_total).to_string()),
-        );
-        line(
-            "mqtt_messages_in_total",
-            "counter",
-            "Application messages received from clients, by QoS.",
-            (0..3)
-                .map(|q| {
-                    (
-                        format!("{{qos=\"{q}\"}}"),
-                        c(&self.messages_in[q]).to_string(),
-                    )
-                })
-                .collect(),
-        );
-        line(
-            "mqtt_bytes_in_total",
-            "counter",
-            "Payload bytes received from clients.",
-            one(c(&self.bytes_in).to_string()),
-        );
-        line(
-            "mqtt_messages_forwarded_total",
-            "counter",
-            "Messages edgeHub acknowledged.",
-            one(c(&self.messages_forwarded).to_string()),
-        );
-        line(
-            "mqtt_bytes_forwarded_total",
-            "counter",
-            "Body bytes edgeHub acknowledged.",
-            one(c(&self.bytes_forwarded).to_string()),
-        );
-        line(
-            "mqtt_forward_failures_total",
-            "counter",
-            "Failed sends to edgeHub (each is retried).",
-            one(c(&self.forward_failures).to_string()),
-        );
-        line(
-            "mqtt_messages_out_total",
-            "counter",
-            "Messages delivered to MQTT subscribers.",
-            one(c(&self.messages_out).to_string()),
-        );
-        line(
-            "mqtt_buffer_messages",
-            "gauge",
-            "Messages waiting for or in flight to edgeHub.",
-            one(g(&self.buffer_messages).to_string()),
-        );
-        line(
-            "mqtt_buffer_bytes",
-            "gauge",
-            "Body bytes waiting for or in flight to edgeHub.",
-            one(g(&self.buffer_bytes).to_string()),
-        );
-        line(
-            "mqtt_backpressure_total",
-            "counter",
-            "Times a device socket stopped being read because the buffer was full.",
-            one(c(&self.backpressure_waits).to_string()),
-        );
-        line(
-            "mqtt_edgehub_connected",
-            "gauge",
-            "1 when the last send to edgeHub succeeded.",
-            one(g(&self.edgehub_connected).to_string()),
-        );
-        line(
-            "mqtt_retained_messages",
-            "gauge",
-            "Retained messages held.",
-            one(g(&self.retained_messages).to_string()),
-        );
-        let refused: Vec<(String, String)> = self
-            .refused
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), v.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        line(
-            "mqtt_refused_total",
-            "counter",
-            "Clients or packets refused or disconnected, by reason.",
-            refused,
-        );
-        let dropped: Vec<(String, String)> = self
-            .dropped
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), v.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        line(
-            "mqtt_dropped_total",
-            "counter",
-            "Messages not delivered, by reason.",
-            dropped,
-        );
+        // writing to a String cannot fail
+        let _ = encode(&mut s, &self.registry);
         s
     }
 }
@@ -189,13 +180,37 @@ mod tests {
     #[test]
     fn renders_labels_and_values() {
         let m = Metrics::default();
-        m.messages_in[1].fetch_add(3, Ordering::Relaxed);
+        m.messages_in[1].inc_by(3);
         m.refused("oversize");
         m.refused("oversize");
+        m.connections_total.inc();
         let text = m.render();
-        assert!(text.contains("mqtt_messages_in_total{qos=\"1\"} 3"));
-        assert!(text.contains("mqtt_refused_total{reason=\"oversize\"} 2"));
-        assert!(text.contains("# TYPE mqtt_connected_clients gauge"));
+        assert!(
+            text.contains("mqtt_messages_in_total{qos=\"1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt_messages_in_total{qos=\"2\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt_refused_total{reason=\"oversize\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mqtt_connected_clients gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# HELP mqtt_connections Accepted MQTT connections (CONNACK success).\n\
+                 # TYPE mqtt_connections counter\n\
+                 mqtt_connections_total 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(m.refused_count("oversize"), 2);
+        assert_eq!(m.refused_count("never"), 0);
     }
 }

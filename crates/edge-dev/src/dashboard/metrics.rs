@@ -1,11 +1,24 @@
-//! Prometheus text exposition (format 0.0.4) of the hub's counters, the supervisor's view of each module,
-//! the upstream link and the dashboard's readings.
+//! OpenMetrics text of the hub's counters, the supervisor's view of each module, the upstream link and
+//! the dashboard's readings: a prometheus-client registry filled from one snapshot per scrape.
 
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 
-use super::Health;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// Escapes a label value: backslash, double quote and newline.
+use super::{Health, LinkState};
+
+/// The content type of [`render`]'s text.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of Prometheus text format 0.0.4 (a module's page that is not OpenMetrics).
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value: backslash, double quote and newline (prometheus-client writes label values
+/// as given).
 pub fn escape_label(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -19,131 +32,138 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
-struct Family<'a> {
-    out: &'a mut String,
+/// One label, its value escaped.
+type Label = [(&'static str, String); 1];
+
+fn label(key: &'static str, value: &str) -> Label {
+    [(key, escape_label(value))]
 }
 
-impl Family<'_> {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
 }
 
-fn b(v: bool) -> f64 {
-    if v {
-        1.0
-    } else {
-        0.0
-    }
+/// Every gauge here counts or is 0/1, except the averages.
+type UGauge = Gauge<u64, AtomicU64>;
+
+fn gauge(v: u64) -> UGauge {
+    let g = UGauge::default();
+    g.set(v);
+    g
 }
 
-/// Renders `health` and the reading counters as Prometheus text.
+/// Renders `health` and the reading counters as OpenMetrics text ([`OPENMETRICS`]).
 pub fn render(
     health: &Health,
     readings_total: u64,
     alerts_total: u64,
     latest: &[(String, f64)],
 ) -> String {
-    let mut out = String::new();
-    let mut f = Family { out: &mut out };
-    type Get = fn(&super::ModuleHealth) -> Option<f64>;
-    let per_module: [(&str, &str, &str, Get); 7] = [
-        ("edge_dev_module_connected", "gauge", "Whether the module is connected to the hub (1) or not (0).", |m| Some(b(m.connected))),
-        ("edge_dev_module_messages_received_total", "counter", "Messages delivered to the module's inputs and acknowledged by it.", |m| Some(m.received as f64)),
-        ("edge_dev_module_messages_sent_total", "counter", "Messages the module sent to its outputs.", |m| Some(m.sent as f64)),
-        ("edge_dev_module_queue_depth", "gauge", "Messages waiting in the module's input queue (store and forward), in flight included.", |m| Some(m.queue_depth as f64)),
-        ("edge_dev_module_running", "gauge", "Whether the supervisor has the module's process running (1) or not (0); absent for modules it does not run.", |m| m.supervised.then(|| b(m.running))),
-        ("edge_dev_module_restarts_total", "counter", "Restarts of the module's process by the supervisor.", |m| m.supervised.then_some(m.restarts as f64)),
-        ("edge_dev_module_given_up", "gauge", "Whether the supervisor will not start the module again (1) or not (0).", |m| m.supervised.then(|| b(m.given_up.is_some()))),
-    ];
-    for (name, kind, help, get) in per_module {
-        f.head(name, kind, help);
-        for m in &health.modules {
-            if let Some(v) = get(m) {
-                f.sample(name, &[("module", &m.name)], v);
-            }
+    let connected = Family::<Label, UGauge>::default();
+    let received = Family::<Label, Counter>::default();
+    let sent = Family::<Label, Counter>::default();
+    let queue_depth = Family::<Label, UGauge>::default();
+    let running = Family::<Label, UGauge>::default();
+    let restarts = Family::<Label, Counter>::default();
+    let given_up = Family::<Label, UGauge>::default();
+    for m in &health.modules {
+        let l = label("module", &m.name);
+        connected.get_or_create(&l).set(m.connected.into());
+        received.get_or_create(&l).inc_by(m.received);
+        sent.get_or_create(&l).inc_by(m.sent);
+        queue_depth.get_or_create(&l).set(m.queue_depth);
+        // only for modules the supervisor runs
+        if m.supervised {
+            running.get_or_create(&l).set(m.running.into());
+            restarts.get_or_create(&l).inc_by(m.restarts.into());
+            given_up.get_or_create(&l).set(m.given_up.is_some().into());
         }
     }
-    f.head(
-        "edge_dev_upstream_queue_depth",
-        "gauge",
-        "Messages waiting in the $upstream queue (store and forward).",
-    );
-    f.sample(
-        "edge_dev_upstream_queue_depth",
-        &[],
-        health.link.upstream_depth as f64,
-    );
-    f.head(
-        "edge_dev_upstream_online",
-        "gauge",
-        "Whether upstream messages are delivered (1), or kept because edge-dev runs --offline or deliveries fail (0).",
-    );
-    f.sample(
-        "edge_dev_upstream_online",
-        &[],
-        b(health.link.state == super::LinkState::Online),
-    );
-    f.head(
-        "edge_dev_unrouted_messages_total",
-        "counter",
-        "Messages no route matched (dropped, as edgeHub does).",
-    );
-    f.sample(
-        "edge_dev_unrouted_messages_total",
-        &[],
-        health.unrouted as f64,
-    );
-    f.head(
-        "edge_dev_expired_messages_total",
-        "counter",
-        "Messages dropped because their time to live passed.",
-    );
-    f.sample(
-        "edge_dev_expired_messages_total",
-        &[],
-        health.expired as f64,
-    );
-    f.head(
-        "edge_dev_dashboard_readings_total",
-        "counter",
-        "Window averages the dashboard took from upstream messages.",
-    );
-    f.sample(
-        "edge_dev_dashboard_readings_total",
-        &[],
-        readings_total as f64,
-    );
-    f.head(
-        "edge_dev_dashboard_alerts_total",
-        "counter",
-        "Alert rows (an output named like *Alert*) the dashboard took from upstream messages.",
-    );
-    f.sample("edge_dev_dashboard_alerts_total", &[], alerts_total as f64);
-    f.head(
-        "edge_dev_device_latest_average",
-        "gauge",
-        "The newest window average per device (the series `all` averages every sensor).",
-    );
+    let latest_average = Family::<Label, Gauge<f64, AtomicU64>>::default();
     for (device, v) in latest {
-        f.sample("edge_dev_device_latest_average", &[("device", device)], *v);
+        latest_average
+            .get_or_create(&label("device", device))
+            .set(*v);
     }
+
+    // Counters are named without `_total`, which the encoder appends to their samples; the registry
+    // appends the period to each help text.
+    let mut r = Registry::default();
+    r.register(
+        "edge_dev_module_connected",
+        "Whether the module is connected to the hub (1) or not (0)",
+        connected,
+    );
+    r.register(
+        "edge_dev_module_messages_received",
+        "Messages delivered to the module's inputs and acknowledged by it",
+        received,
+    );
+    r.register(
+        "edge_dev_module_messages_sent",
+        "Messages the module sent to its outputs",
+        sent,
+    );
+    r.register(
+        "edge_dev_module_queue_depth",
+        "Messages waiting in the module's input queue (store and forward), in flight included",
+        queue_depth,
+    );
+    r.register(
+        "edge_dev_module_running",
+        "Whether the supervisor has the module's process running (1) or not (0); absent for modules it does not run",
+        running,
+    );
+    r.register(
+        "edge_dev_module_restarts",
+        "Restarts of the module's process by the supervisor",
+        restarts,
+    );
+    r.register(
+        "edge_dev_module_given_up",
+        "Whether the supervisor will not start the module again (1) or not (0)",
+        given_up,
+    );
+    r.register(
+        "edge_dev_upstream_queue_depth",
+        "Messages waiting in the $upstream queue (store and forward)",
+        gauge(health.link.upstream_depth),
+    );
+    r.register(
+        "edge_dev_upstream_online",
+        "Whether upstream messages are delivered (1), or kept because edge-dev runs --offline or deliveries fail (0)",
+        gauge((health.link.state == LinkState::Online).into()),
+    );
+    r.register(
+        "edge_dev_unrouted_messages",
+        "Messages no route matched (dropped, as edgeHub does)",
+        counter(health.unrouted),
+    );
+    r.register(
+        "edge_dev_expired_messages",
+        "Messages dropped because their time to live passed",
+        counter(health.expired),
+    );
+    r.register(
+        "edge_dev_dashboard_readings",
+        "Window averages the dashboard took from upstream messages",
+        counter(readings_total),
+    );
+    r.register(
+        "edge_dev_dashboard_alerts",
+        "Alert rows (an output named like *Alert*) the dashboard took from upstream messages",
+        counter(alerts_total),
+    );
+    r.register(
+        "edge_dev_device_latest_average",
+        "The newest window average per device (the series `all` averages every sensor)",
+        latest_average,
+    );
+    let mut out = String::new();
+    // writing to a String cannot fail
+    let _ = encode(&mut out, &r);
     out
 }
 
@@ -196,6 +216,7 @@ mod tests {
             "edge_dev_module_queue_depth{module=\"Agg\"} 1",
             "edge_dev_module_running{module=\"Agg\"} 1",
             "edge_dev_module_restarts_total{module=\"Agg\"} 3",
+            "edge_dev_module_given_up{module=\"Agg\"} 0",
             "edge_dev_upstream_queue_depth 7",
             "edge_dev_upstream_online 0",
             "edge_dev_unrouted_messages_total 2",
@@ -203,6 +224,8 @@ mod tests {
             "edge_dev_dashboard_readings_total 5",
             "edge_dev_dashboard_alerts_total 1",
             "edge_dev_device_latest_average{device=\"bed \\\"1\\\"\"} 38.25",
+            "# HELP edge_dev_upstream_queue_depth Messages waiting in the $upstream queue (store and forward).",
+            "# TYPE edge_dev_module_restarts counter",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -213,10 +236,13 @@ mod tests {
             !text.contains("edge_dev_module_running{module=\"Ext\"}"),
             "an external module has no process"
         );
-        // Every sample's family has HELP and TYPE before it.
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        // Every sample's family has HELP and TYPE (a counter's family is named without `_total`).
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap_or_default();
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
         }
     }
 }

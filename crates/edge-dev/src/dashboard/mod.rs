@@ -2,7 +2,7 @@
 //!
 //! Parts:
 //! - [`model`]: per device, the window averages of the last hours and the latest alerts (pure logic).
-//! - [`metrics`]: Prometheus text of the hub's counters, the supervisor's view and the upstream link.
+//! - [`metrics`]: OpenMetrics text of the hub's counters, the supervisor's view and the upstream link.
 //! - [`scrape`]: modules' own Prometheus endpoints, passed on under `/metrics/modules/{module}`.
 //! - this module: [`Dashboard`] (the state, fed with upstream messages) and [`serve`], an axum server of
 //!   the page (`assets/`, compiled into the binary), the JSON API the page uses, a server-sent event
@@ -69,17 +69,23 @@ pub struct DashboardOptions {
 /// The shortest token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Why the dashboard may not listen where it was asked to ([`check_exposure`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExposureError {
+    #[error("the dashboard token is {len} characters; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)")]
+    ShortToken { len: usize },
+    #[error("the dashboard would listen on {addr}, beyond this machine, and it shows patients' data: give it a token (--dashboard-token or EDGE_DEV_DASHBOARD_TOKEN, at least {MIN_TOKEN_LEN} characters, e.g. `openssl rand -hex 16`), or keep it on 127.0.0.1")]
+    NoToken { addr: SocketAddr },
+}
+
 /// A dashboard shows patients' temperatures: it may listen beyond this machine (an address that is
 /// not loopback) only with a token of at least [`MIN_TOKEN_LEN`] characters.
-pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), String> {
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), ExposureError> {
     match token {
-        Some(t) if t.chars().count() < MIN_TOKEN_LEN => Err(format!(
-            "the dashboard token is {} characters; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)",
-            t.chars().count()
-        )),
-        None if !addr.ip().is_loopback() => Err(format!(
-            "the dashboard would listen on {addr}, beyond this machine, and it shows patients' data: give it a token (--dashboard-token or EDGE_DEV_DASHBOARD_TOKEN, at least {MIN_TOKEN_LEN} characters, e.g. `openssl rand -hex 16`), or keep it on 127.0.0.1"
-        )),
+        Some(t) if t.chars().count() < MIN_TOKEN_LEN => Err(ExposureError::ShortToken {
+            len: t.chars().count(),
+        }),
+        None if !addr.ip().is_loopback() => Err(ExposureError::NoToken { addr }),
         _ => Ok(()),
     }
 }
@@ -506,7 +512,7 @@ impl Dashboard {
         }
     }
 
-    /// Prometheus text.
+    /// OpenMetrics text ([`metrics::OPENMETRICS`]).
     pub fn metrics_text(&self) -> String {
         let health = self.health();
         let h = self.history();
@@ -547,10 +553,7 @@ impl Dashboard {
                 "/metrics",
                 get(|State(s): State<AppState>| async move {
                     (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
+                        [(header::CONTENT_TYPE, metrics::OPENMETRICS)],
                         s.dash.metrics_text(),
                     )
                 }),
@@ -610,15 +613,8 @@ async fn module_metrics(State(s): State<AppState>, UrlPath(module): UrlPath<Stri
             .into_response();
     };
     match scrape::fetch(url, Duration::from_secs(5)).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, e).into_response(),
+        Ok(page) => ([(header::CONTENT_TYPE, page.content_type)], page.body).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     }
 }
 

@@ -1,14 +1,84 @@
 //! Modules' own Prometheus endpoints: where they are (from a module's `*METRICS_PORT` environment
-//! variable in the deployment) and a small HTTP/1.0 GET to fetch their text, so the dashboard can pass
+//! variable in the deployment) and a GET of their page with hyper's client, so the dashboard can pass
 //! it on from its own origin (a tablet cannot reach the device's 127.0.0.1).
 
 use std::collections::BTreeMap;
+use std::error::Error as StdError;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::http::uri::InvalidUri;
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::{self, Client};
+use hyper_util::rt::TokioExecutor;
+
+use super::metrics::{OPENMETRICS, PROMETHEUS_TEXT};
 
 /// The most a module's metrics page may hold.
 pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the dashboard asks a module for: OpenMetrics, or else Prometheus text.
+const ACCEPT_METRICS: &str =
+    "application/openmetrics-text; version=1.0.0, text/plain; version=0.0.4; q=0.5";
+
+/// Why a module's metrics page could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("{url}: not a URL ({source}); set the module's *_METRICS_PORT to a port number")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: InvalidUri,
+    },
+    #[error("{url}: only http:// URLs can be scraped")]
+    NotHttp { url: String },
+    #[error("{url}: {}; is the module running and its metrics port right?", root_cause(.source))]
+    Connect {
+        url: String,
+        #[source]
+        source: legacy::Error,
+    },
+    #[error("{url}: no HTTP answer ({}); is the module's metrics port right?", root_cause(.source))]
+    Request {
+        url: String,
+        #[source]
+        source: legacy::Error,
+    },
+    #[error("{url}: answered {status}; is the module's metrics port right?")]
+    Status { url: String, status: StatusCode },
+    #[error(
+        "{url}: the answer is larger than {MAX_BYTES} bytes; is the module's metrics port right?"
+    )]
+    TooLarge { url: String },
+    #[error("{url}: the answer broke off ({source}); try again")]
+    Body {
+        url: String,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    #[error("{url}: no answer within {timeout:?}; is the module stuck or overloaded?")]
+    Timeout { url: String, timeout: Duration },
+}
+
+/// The innermost error of a chain, which tells what happened (`Connection refused (os error 111)`).
+fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let mut e = e;
+    while let Some(s) = e.source() {
+        e = s;
+    }
+    e.to_string()
+}
+
+/// A module's metrics page, and how to serve it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub body: String,
+    /// OpenMetrics when the module said so, else Prometheus text 0.0.4; never the module's header as
+    /// it came, since the dashboard serves the page from its own origin.
+    pub content_type: &'static str,
+}
 
 /// Module -> `http://127.0.0.1:PORT/metrics` for each module whose environment sets a variable ending in
 /// `METRICS_PORT` (any case) to a port other than 0 (MqttServerModule's `MQTT_METRICS_PORT`).
@@ -28,67 +98,70 @@ pub fn urls_from_env<'a>(
     out
 }
 
-/// Fetches `url` (`http://host:port/path`) and returns the body of a 200 answer; any other outcome is
-/// an error message for the person reading it.
-pub async fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs can be scraped"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+/// Fetches `url` (`http://host:port/path`) and returns the page of a 200 answer of at most
+/// [`MAX_BYTES`], all within `timeout`.
+pub async fn fetch(url: &str, timeout: Duration) -> Result<Page, ScrapeError> {
+    let uri: Uri = url.parse().map_err(|source| ScrapeError::BadUrl {
+        url: url.to_string(),
+        source,
+    })?;
+    if uri.scheme_str() != Some("http") {
+        return Err(ScrapeError::NotHttp {
+            url: url.to_string(),
+        });
+    }
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.uri_mut() = uri;
+    req.headers_mut()
+        .insert(ACCEPT, HeaderValue::from_static(ACCEPT_METRICS));
+    let client = Client::builder(TokioExecutor::new()).build_http();
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| {
-                format!("{url}: {e}; is the module running and its metrics port right?")
-            })?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: text/plain\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let mut buf = Vec::new();
-        s.take(MAX_BYTES as u64 + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if buf.len() > MAX_BYTES {
-            return Err(format!(
-                "{url}: the answer is larger than {MAX_BYTES} bytes"
-            ));
+        let url = url.to_string();
+        let resp = match client.request(req).await {
+            Ok(r) => r,
+            Err(source) if source.is_connect() => return Err(ScrapeError::Connect { url, source }),
+            Err(source) => return Err(ScrapeError::Request { url, source }),
+        };
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            return Err(ScrapeError::Status { url, status });
         }
-        parse_response(&buf).map_err(|e| format!("{url}: {e}"))
+        let openmetrics = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.to_ascii_lowercase()
+                    .starts_with("application/openmetrics-text")
+            });
+        let body = match Limited::new(resp.into_body(), MAX_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => return Err(ScrapeError::TooLarge { url }),
+            Err(source) => return Err(ScrapeError::Body { url, source }),
+        };
+        Ok(Page {
+            body: String::from_utf8_lossy(&body).into_owned(),
+            content_type: if openmetrics {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            },
+        })
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
-}
-
-/// The body of an HTTP/1.x 200 answer without transfer encoding (what a server sends an HTTP/1.0 client).
-pub fn parse_response(buf: &[u8]) -> Result<String, String> {
-    let text = String::from_utf8_lossy(buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("the answer has no end of headers")?;
-    let status = head.lines().next().unwrap_or_default();
-    let code = status.split(' ').nth(1).unwrap_or_default();
-    if code != "200" {
-        return Err(format!("answered {status:?}"));
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Err("answered with chunked encoding to an HTTP/1.0 request".into());
-    }
-    Ok(body.to_string())
+        .map_err(|_| ScrapeError::Timeout {
+            url: url.to_string(),
+            timeout,
+        })?
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     #[test]
     fn metrics_ports_come_from_the_environment() {
@@ -112,19 +185,96 @@ mod tests {
         assert_eq!(urls["MqttServerModule"], "http://127.0.0.1:9600/metrics");
     }
 
-    #[test]
-    fn responses() {
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\na 1\n").unwrap(),
-            "a 1\n"
-        );
-        assert!(parse_response(b"HTTP/1.1 404 Not Found\r\n\r\nno")
-            .unwrap_err()
-            .contains("404"));
+    /// A server that answers every request with `answer` and closes; returns its metrics URL.
+    async fn answering(answer: Vec<u8>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut req = [0u8; 1024];
+                let _ = c.read(&mut req).await;
+                let _ = c.write_all(&answer).await;
+            }
+        });
+        format!("http://{addr}/metrics")
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn pages_and_their_content_types() {
+        let url = answering(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\na 1\n"
+                .to_vec(),
+        )
+        .await;
+        let page = fetch(&url, T).await.unwrap();
+        assert_eq!(page.body, "a 1\n");
+        assert_eq!(page.content_type, PROMETHEUS_TEXT);
+
+        let url = answering(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0\r\nTransfer-Encoding: chunked\r\n\r\n4\r\na 1\n\r\n6\r\n# EOF\n\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+        .await;
+        let page = fetch(&url, T).await.unwrap();
+        assert_eq!(page.body, "a 1\n# EOF\n");
+        assert_eq!(page.content_type, OPENMETRICS);
+
+        // anything else is served as text, not as the module said
+        let url =
+            answering(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<script>".to_vec()).await;
+        assert_eq!(fetch(&url, T).await.unwrap().content_type, PROMETHEUS_TEXT);
+    }
+
+    #[tokio::test]
+    async fn failures_say_what_happened() {
+        let url =
+            answering(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno".to_vec()).await;
+        let e = fetch(&url, T).await.unwrap_err();
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\na 1\n")
-                .is_err()
+            matches!(
+                e,
+                ScrapeError::Status {
+                    status: StatusCode::NOT_FOUND,
+                    ..
+                }
+            ),
+            "{e:?}"
         );
-        assert!(parse_response(b"garbage").is_err());
+        assert!(e.to_string().contains("answered 404 Not Found"), "{e}");
+
+        let mut big = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+        big.resize(big.len() + MAX_BYTES + 1, b'a');
+        let e = fetch(&answering(big).await, T).await.unwrap_err();
+        assert!(matches!(e, ScrapeError::TooLarge { .. }), "{e:?}");
+
+        let e = fetch(&answering(b"garbage".to_vec()).await, T)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ScrapeError::Request { .. }), "{e:?}");
+
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = fetch(&format!("http://{closed}/metrics"), T)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ScrapeError::Connect { .. }), "{e:?}");
+        assert!(e.to_string().contains("refused"), "{e}");
+        assert!(e.to_string().contains("is the module running"), "{e}");
+
+        // connected, never answered
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/metrics", silent.local_addr().unwrap());
+        let e = fetch(&url, Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(e, ScrapeError::Timeout { .. }), "{e:?}");
+
+        let e = fetch("https://127.0.0.1:1/metrics", T).await.unwrap_err();
+        assert!(matches!(e, ScrapeError::NotHttp { .. }), "{e:?}");
+        let e = fetch("http://bad host/", T).await.unwrap_err();
+        assert!(matches!(e, ScrapeError::BadUrl { .. }), "{e:?}");
     }
 }
