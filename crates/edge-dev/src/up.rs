@@ -1,12 +1,15 @@
 //! `edge-dev up`: the whole local runtime. It reads the deployment (a `deployment.template.json` is
 //! expanded first, like `iotedgedev genconfig`), validates it, starts the hub (TLS, durable queues, routes,
-//! twins), the workload API, the upstream sink and the supervisor, and on shutdown stops them in the order
-//! that loses nothing: modules first (so they can flush to the hub), then the sink, then the hub.
+//! twins), the workload API, the upstream sink and dashboard, the control API and the supervisor, one
+//! step each, and on shutdown (or when a step fails) stops what started in the reverse order, which
+//! loses nothing: modules first (so they can flush to the hub), then the control API, the sink, the
+//! dashboard, the workload API, and the hub last ([`Started`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ use crate::identities::Identities;
 use crate::supervisor::{self, Backoff, ModuleProcess, StatusMap};
 use crate::{dashboard, upstream, workload, EdgeDevError};
 use edge_hub::pki::DevPki;
-use edge_hub::{Hub, HubConfig, HubListeners, ModuleIdentity};
+use edge_hub::{Hub, HubConfig, HubHandle, HubListeners, ModuleIdentity};
 
 /// The edgeHub API version edgeAgent sets in `IOTEDGE_APIVERSION`.
 pub const WORKLOAD_API_VERSION: &str = "2019-01-30";
@@ -192,66 +195,249 @@ pub fn single_module_manifest(name: &str) -> Result<Manifest, EdgeDevError> {
 
 /// Runs the local edge runtime until `shutdown` resolves (or `duration` passes).
 pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), EdgeDevError> {
-    let modules_dir = opts
-        .modules_dir
-        .clone()
-        .unwrap_or_else(|| default_modules_dir(&opts.manifest));
-    let mut opts = opts;
-    let manifest = match &opts.single_module {
-        Some(name) => {
-            // the module is run by hand: never started here
-            if !opts.external.contains(name) {
-                opts.external.push(name.clone());
-            }
-            single_module_manifest(name)?
+    let setup = Setup::new(opts)?;
+    let mut started = Started::default();
+    let docker_failed = match start(&setup, &mut started).await {
+        Ok(failed) => failed,
+        Err(e) => {
+            // what did start stops again, in order, before the error is returned
+            started.stop().await;
+            return Err(e);
         }
-        None => load_manifest(&opts.manifest, &opts.platform, &modules_dir)?,
     };
-    let data_dir = absolute(&opts.data_dir)?;
-    std::fs::create_dir_all(&data_dir).map_err(|e| EdgeDevError::Io {
-        path: data_dir.clone(),
-        source: e,
-    })?;
-
-    for name in &opts.external {
-        if !manifest.modules().any(|(m, _)| m == name) {
-            return Err(EdgeDevError::Config(format!(
-                "--external {name}: the deployment has no module {name}; add it to modulesContent.$edgeAgent so routes and its twin exist"
-            )));
+    let mut failed_rx = docker_failed.clone();
+    let docker_failure = async move {
+        // Err: the sender is gone (process mode, or docker mode that ended well): never a reason to
+        // stop. (Waiting here, not in a select! handler, keeps `shutdown` polled.)
+        if failed_rx.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = docker_failure => {}
+        }
+    };
+    match setup.opts.duration {
+        Some(d) => {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = tokio::time::sleep(d) => tracing::info!("--duration reached"),
+            }
+        }
+        None => shutdown.await,
+    }
+    tracing::info!("stopping: modules first, then the upstream sink, then the hub");
+    started.stop().await;
+    println!("edge-dev: stopped");
+    let failed = docker_failed.borrow().clone();
+    match failed {
+        Some(e) => Err(EdgeDevError::Config(format!("--docker: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// What `up` works from: the options, the deployment, the data folder, identities and the CA.
+struct Setup {
+    opts: UpOptions,
+    modules_dir: PathBuf,
+    manifest: Manifest,
+    data_dir: PathBuf,
+    /// The deployment's modules.
+    names: Vec<String>,
+    ids: Identities,
+    pki: DevPki,
+}
+
+impl Setup {
+    fn new(mut opts: UpOptions) -> Result<Setup, EdgeDevError> {
+        let modules_dir = opts
+            .modules_dir
+            .clone()
+            .unwrap_or_else(|| default_modules_dir(&opts.manifest));
+        let manifest = match &opts.single_module {
+            Some(name) => {
+                // the module is run by hand: never started here
+                if !opts.external.contains(name) {
+                    opts.external.push(name.clone());
+                }
+                single_module_manifest(name)?
+            }
+            None => load_manifest(&opts.manifest, &opts.platform, &modules_dir)?,
+        };
+        let data_dir = absolute(&opts.data_dir)?;
+        std::fs::create_dir_all(&data_dir).map_err(|e| EdgeDevError::Io {
+            path: data_dir.clone(),
+            source: e,
+        })?;
+        for name in &opts.external {
+            if !manifest.modules().any(|(m, _)| m == name) {
+                return Err(EdgeDevError::Config(format!(
+                    "--external {name}: the deployment has no module {name}; add it to modulesContent.$edgeAgent so routes and its twin exist"
+                )));
+            }
+        }
+        let names: Vec<String> = manifest.modules().map(|(n, _)| n.to_string()).collect();
+        let ids = Identities::load_or_create(&data_dir, names.iter().map(String::as_str))?;
+        let pki = DevPki::load_or_create(
+            &data_dir.join("certs"),
+            &[opts.gateway_hostname.as_str(), "localhost", "edgeHub"],
+        )?;
+        Ok(Setup {
+            opts,
+            modules_dir,
+            manifest,
+            data_dir,
+            names,
+            ids,
+            pki,
+        })
     }
 
-    let names: Vec<String> = manifest.modules().map(|(n, _)| n.to_string()).collect();
-    let ids = Identities::load_or_create(&data_dir, names.iter().map(String::as_str))?;
-    let pki = DevPki::load_or_create(
-        &data_dir.join("certs"),
-        &[opts.gateway_hostname.as_str(), "localhost", "edgeHub"],
-    )?;
+    fn workload_socket(&self) -> PathBuf {
+        self.data_dir.join("workload.sock")
+    }
+}
 
-    // Hub.
+/// What `up` has started, stopped in the reverse order of starting: the modules first (so that they
+/// can flush to the hub), then the control API, the upstream sink, the dashboard, the workload API,
+/// and the hub last. Dropping it without [`Started::stop`] stops every part at once.
+#[derive(Default)]
+struct Started {
+    parts: Vec<Part>,
+}
+
+struct Part {
+    what: &'static str,
+    stop: watch::Sender<bool>,
+    /// Resolves once the part has stopped (and cleaned up after itself).
+    done: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Started {
+    /// A part that starts stopping when the flag it watches ([`Started::flag`]) turns true, and has
+    /// stopped when `done` resolves.
+    fn add(
+        &mut self,
+        what: &'static str,
+        stop: watch::Sender<bool>,
+        done: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.parts.push(Part {
+            what,
+            stop,
+            done: Box::pin(done),
+        });
+    }
+
+    /// A stop flag for the next part: the sender for [`Started::add`], the future the part stops on.
+    fn flag() -> (
+        watch::Sender<bool>,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = watch::channel(false);
+        (tx, wait_true(rx))
+    }
+
+    async fn stop(self) {
+        for p in self.parts.into_iter().rev() {
+            tracing::debug!(part = p.what, "stopping");
+            let _ = p.stop.send(true);
+            p.done.await;
+        }
+    }
+}
+
+/// Starts every part, in order, into `started`. The answer: where the `--docker` supervisor reports a
+/// module container it could not start (which stops the runtime).
+async fn start(
+    setup: &Setup,
+    started: &mut Started,
+) -> Result<watch::Receiver<Option<String>>, EdgeDevError> {
+    // --docker: the network first, so that the hub can listen on its gateway (the containers' `edgeHub`).
+    let docker_net = match &setup.opts.docker {
+        Some(d) => Some(crate::docker::prepare(d).await?),
+        None => None,
+    };
+    let (hub, hub_addr) = start_hub(setup, docker_net.as_ref(), started).await?;
+    stop_strays(setup).await;
+    start_workload(setup, started)?;
+    let status: StatusMap = Arc::default();
+    let online = start_upstream(setup, &hub, &status, started).await?;
+    if let Some(addr) = setup.opts.api {
+        start_api(setup, addr, &hub, online, started).await?;
+    }
+    let (processes, containers) = module_specs(setup, hub_addr.port(), docker_net.is_some())?;
+    println!(
+        "edge-dev: hub on {hub_addr} (MQTT over TLS; CA {}), workload API {}, {} module(s) started{}",
+        setup.pki.ca_path.display(),
+        setup.workload_socket().display(),
+        processes.len() + containers.len(),
+        match &setup.opts.upstream_log {
+            Some(p) => format!(", upstream log {}", p.display()),
+            None => String::new(),
+        }
+    );
+    let (stop, stopped) = watch::channel(false);
+    // --docker: a module container that cannot be started stops the runtime, which then returns the error.
+    let (docker_failed_tx, docker_failed) = watch::channel(None::<String>);
+    let sup = match (&setup.opts.docker, docker_net) {
+        (Some(d), Some(net)) => {
+            let run = crate::docker::supervise(
+                d.clone(),
+                net,
+                setup.workload_socket(),
+                containers,
+                status.clone(),
+                stopped,
+            );
+            tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    tracing::error!("--docker: {e}");
+                    let _ = docker_failed_tx.send(Some(e.to_string()));
+                }
+            })
+        }
+        _ => tokio::spawn(supervisor::supervise(
+            processes,
+            setup.opts.backoff,
+            status.clone(),
+            stopped,
+        )),
+    };
+    started.add("modules", stop, async move {
+        let _ = sup.await;
+    });
+    Ok(docker_failed)
+}
+
+/// The hub, on `--hub-listen` (or the docker network's gateway); its address.
+async fn start_hub(
+    setup: &Setup,
+    docker_net: Option<&crate::docker::DockerNetwork>,
+    started: &mut Started,
+) -> Result<(HubHandle, SocketAddr), EdgeDevError> {
+    let (manifest, ids) = (&setup.manifest, &setup.ids);
     let routes = edge_routes::RouteTable::new(manifest.routes()?)
         .map_err(|e| EdgeDevError::Config(format!("routes: {e}")))?;
     let mut desired = BTreeMap::new();
-    for n in &names {
+    for n in &setup.names {
         if let Some(d) = manifest.module_twin_desired(n) {
             desired.insert(n.clone(), d.clone());
         }
     }
     let mut modules = Vec::new();
     for (n, c) in &ids.modules {
-        if names.contains(n) {
+        if setup.names.contains(n) {
             modules.push(ModuleIdentity {
                 module_id: n.clone(),
                 primary_key: c.key_bytes()?,
             });
         }
     }
-    // --docker: the network first, so that the hub can listen on its gateway (the containers' `edgeHub`).
-    let docker_net = match &opts.docker {
-        Some(d) => Some(crate::docker::prepare(d).await?),
-        None => None,
-    };
-    let hub_listen = docker_net.as_ref().map_or(opts.hub_listen, |n| {
+    let opts = &setup.opts;
+    let hub_listen = docker_net.map_or(opts.hub_listen, |n| {
         crate::docker::hub_listen(opts.hub_listen, n)
     });
     let tls = tokio::net::TcpListener::bind(hub_listen).await.map_err(|e| {
@@ -272,44 +458,49 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let hub_config = HubConfig {
         iothub_hostname: ids.iothub_hostname.clone(),
         device_id: ids.device_id.clone(),
-        data_dir: data_dir.join("hub"),
+        data_dir: setup.data_dir.join("hub"),
         store_and_forward_ttl_secs: manifest.store_and_forward_ttl_secs(),
         ..HubConfig::default()
     };
-    let (hub_stop_tx, hub_stop_rx) = watch::channel(false);
+    let (stop, stopped) = Started::flag();
     let hub = Hub::start(
         hub_config,
         modules,
         routes,
         desired,
         HubListeners {
-            tls: Some((tls, pki.server_config())),
+            tls: Some((tls, setup.pki.server_config())),
             plain,
         },
-        wait_true(hub_stop_rx.clone()),
+        stopped,
     )
     .await?;
-    // The hub holds the store's lock now, so no other edge-dev runs on this data folder: module processes
-    // recorded under it belong to an earlier run that was killed. Stop them before starting new ones.
-    let run_dir = data_dir.join("run");
-    let strays = {
-        let dir = run_dir.clone();
-        tokio::task::spawn_blocking(move || supervisor::stop_strays(&dir))
-            .await
-            .unwrap_or_default()
-    };
+    let closed = hub.clone();
+    started.add("hub", stop, async move { closed.closed().await });
+    Ok((hub, hub_addr))
+}
+
+/// The hub holds the store's lock now, so no other edge-dev runs on this data folder: module processes
+/// recorded under it belong to an earlier run that was killed. Stops them before new ones start.
+async fn stop_strays(setup: &Setup) {
+    let dir = setup.data_dir.join("run");
+    let strays = tokio::task::spawn_blocking(move || supervisor::stop_strays(&dir))
+        .await
+        .unwrap_or_default();
     if !strays.is_empty() {
         tracing::warn!(modules = ?strays, "stopped module processes an earlier edge-dev left running");
     }
+}
 
-    // Workload API.
-    let socket = data_dir.join("workload.sock");
+/// The workload API on its unix socket (removed again when it stops).
+fn start_workload(setup: &Setup, started: &mut Started) -> Result<(), EdgeDevError> {
+    let socket = setup.workload_socket();
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| EdgeDevError::Io {
         path: socket.clone(),
         source: e,
     })?;
-    let key_ids = ids.clone();
+    let key_ids = setup.ids.clone();
     let keys: workload::KeyLookup = Arc::new(move |module: &str, genid: &str| {
         let c = key_ids.modules.get(module)?;
         if c.generation_id != genid {
@@ -317,14 +508,29 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
         }
         c.key_bytes().ok()
     });
-    let workload = tokio::spawn(workload::serve(
+    let (stop, stopped) = Started::flag();
+    let task = tokio::spawn(workload::serve(
         listener,
         keys,
-        pki.ca_cert_pem.clone(),
-        wait_true(hub_stop_rx.clone()),
+        setup.pki.ca_cert_pem.clone(),
+        stopped,
     ));
+    started.add("workload API", stop, async move {
+        let _ = task.await;
+        let _ = std::fs::remove_file(&socket);
+    });
+    Ok(())
+}
 
-    // Upstream sink.
+/// The upstream sink (log, console, optional IoT Hub) and the dashboard that shows what it sends;
+/// the answer is the upstream link's switch: `--offline` starts it off, the API turns it at run time.
+async fn start_upstream(
+    setup: &Setup,
+    hub: &HubHandle,
+    status: &StatusMap,
+    started: &mut Started,
+) -> Result<Arc<watch::Sender<bool>>, EdgeDevError> {
+    let opts = &setup.opts;
     let forward = match &opts.iothub_connection_string {
         Some(cs) => {
             let identity = edge_client::Identity::from_connection_string(cs, None)
@@ -342,84 +548,99 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
     let mut sink =
         upstream::UpstreamSink::new(opts.upstream_log.as_deref(), forward, opts.console)?;
     let (tap, _) = tokio::sync::broadcast::channel(1024);
-    let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
-    let status: StatusMap = Arc::default();
     let dashboard = match opts.dashboard {
         Some(addr) => {
             dashboard::check_exposure(addr, opts.dashboard_token.as_deref())?;
-            let module_metrics =
-                dashboard::scrape::urls_from_env(manifest.modules().map(|(n, s)| (n, &s.env)));
-            Some(
-                start_dashboard(
-                    addr,
-                    &opts,
-                    &hub,
-                    &ids.device_id,
-                    module_metrics,
-                    &status,
-                    &tap,
-                    wait_true(hub_stop_rx.clone()),
-                )
-                .await?,
+            let module_metrics = dashboard::scrape::urls_from_env(
+                setup.manifest.modules().map(|(n, s)| (n, &s.env)),
+            );
+            let (stop, stopped) = Started::flag();
+            let (task, dash) = start_dashboard(
+                addr,
+                opts,
+                hub,
+                &setup.ids.device_id,
+                module_metrics,
+                status,
+                &tap,
+                stopped,
             )
+            .await?;
+            started.add("dashboard", stop, async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            });
+            Some(dash)
         }
         None => None,
     };
-    sink.tap = Some(tap.clone());
+    sink.tap = Some(tap);
     let (link_tx, link_rx) = watch::channel(None);
     sink.link = Some(link_tx);
-    if let Some((_, dash)) = &dashboard {
-        dash.watch_link(link_rx);
-    }
-    // The upstream link's switch: `--offline` starts it off; the API turns it at run time.
     let (online_tx, online_rx) = watch::channel(!opts.offline);
     if opts.offline {
         tracing::warn!("--offline: upstream messages are kept in the store-and-forward queue and not delivered (`edge-dev upstream online` delivers them)");
     }
-    if let Some((_, dash)) = &dashboard {
+    if let Some(dash) = &dashboard {
+        dash.watch_link(link_rx);
         dash.watch_online(online_rx.clone());
     }
-    let sink_task = tokio::spawn(upstream::run(hub.upstream(), sink, sink_stop_rx, online_rx));
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(upstream::run(hub.upstream(), sink, stopped, online_rx));
+    started.add("upstream sink", stop, async move {
+        let _ = task.await;
+    });
+    Ok(Arc::new(online_tx))
+}
 
-    // Control API.
-    let online_tx = Arc::new(online_tx);
-    let api = match opts.api {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                EdgeDevError::Config(format!("cannot listen on {addr} for the control API ({e}); use --api ADDR to pick another address or --no-api"))
-            })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|e| EdgeDevError::Config(format!("control API: {e}")))?;
-            let url = format!("http://{bound}");
-            println!(
-                "edge-dev: control API {url} (edge-dev send / twin / invoke / upstream / monitor)"
-            );
-            let url_file = crate::api::url_file(&data_dir);
-            if let Err(e) = std::fs::write(&url_file, &url) {
-                tracing::warn!(file = %url_file.display(), error = %e, "cannot record the control API's address; the CLI commands need --api-url");
-            }
-            let state = crate::api::ApiState {
-                hub: hub.clone(),
-                online: online_tx.clone(),
-                default_module: (names.len() == 1).then(|| names[0].clone()),
-            };
-            Some((
-                tokio::spawn(crate::api::serve(
-                    listener,
-                    state,
-                    wait_true(hub_stop_rx.clone()),
-                )),
-                url_file,
-            ))
-        }
-        None => None,
+/// The control API on `addr`; its URL is written to the data folder for the CLI commands (and
+/// removed when it stops).
+async fn start_api(
+    setup: &Setup,
+    addr: SocketAddr,
+    hub: &HubHandle,
+    online: Arc<watch::Sender<bool>>,
+    started: &mut Started,
+) -> Result<(), EdgeDevError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        EdgeDevError::Config(format!("cannot listen on {addr} for the control API ({e}); use --api ADDR to pick another address or --no-api"))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| EdgeDevError::Config(format!("control API: {e}")))?;
+    let url = format!("http://{bound}");
+    println!("edge-dev: control API {url} (edge-dev send / twin / invoke / upstream / monitor)");
+    let url_file = crate::api::url_file(&setup.data_dir);
+    if let Err(e) = std::fs::write(&url_file, &url) {
+        tracing::warn!(file = %url_file.display(), error = %e, "cannot record the control API's address; the CLI commands need --api-url");
+    }
+    let names = &setup.names;
+    let state = crate::api::ApiState {
+        hub: hub.clone(),
+        online,
+        default_module: (names.len() == 1).then(|| names[0].clone()),
     };
+    let (stop, stopped) = Started::flag();
+    let task = tokio::spawn(crate::api::serve(listener, state, stopped));
+    started.add("control API", stop, async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let _ = std::fs::remove_file(url_file);
+    });
+    Ok(())
+}
 
-    // Modules.
+/// What the supervisor starts: the deployment's running modules that are not external, as
+/// processes (with the environment edgeAgent gives a module) or, with `--docker`, as containers.
+fn module_specs(
+    setup: &Setup,
+    hub_port: u16,
+    docker: bool,
+) -> Result<(Vec<ModuleProcess>, Vec<crate::docker::ContainerSpec>), EdgeDevError> {
+    let (opts, ids, names) = (&setup.opts, &setup.ids, &setup.names);
+    let socket = setup.workload_socket();
+    let run_dir = setup.data_dir.join("run");
     let mut processes = Vec::new();
     let mut containers = Vec::new();
-    for (name, spec) in manifest.modules() {
+    for (name, spec) in setup.manifest.modules() {
         if opts.external.iter().any(|e| e == name) {
             tracing::info!(
                 module = name,
@@ -431,27 +652,26 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(module = name, "desired status is not running; not started");
             continue;
         }
-        if docker_net.is_some() {
-            let cred = &ids.modules[name];
+        let cred = &ids.modules[name];
+        if docker {
             containers.push(crate::docker::ContainerSpec::for_module(
                 name,
                 spec,
                 &cred.generation_id,
-                &ids,
-                hub_addr.port(),
+                ids,
+                hub_port,
             ));
             continue;
         }
-        let folder = edge_manifest::module_folder_for_image(&modules_dir, &spec.image).ok_or_else(|| {
+        let folder = edge_manifest::module_folder_for_image(&setup.modules_dir, &spec.image).ok_or_else(|| {
             EdgeDevError::Config(format!(
                 "module {name}: no modules/<folder>/module.json builds the image {:?}, so edge-dev cannot run it as a process; run it yourself with --external {name}",
                 spec.image
             ))
         })?;
-        let cred = &ids.modules[name];
         let mut env = base_env();
         for (k, v) in &spec.env {
-            env.insert(k.clone(), local_host(v, &names));
+            env.insert(k.clone(), local_host(v, names));
         }
         env.insert(
             "IOTEDGE_WORKLOADURI".into(),
@@ -467,7 +687,7 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
             "IOTEDGE_GATEWAYHOSTNAME".into(),
             opts.gateway_hostname.clone(),
         );
-        env.insert("IOTEDGE_GATEWAYPORT".into(), hub_addr.port().to_string());
+        env.insert("IOTEDGE_GATEWAYPORT".into(), hub_port.to_string());
         env.insert("IOTEDGE_DEVICEID".into(), ids.device_id.clone());
         env.insert("IOTEDGE_MODULEID".into(), name.to_string());
         env.insert("IOTEDGE_APIVERSION".into(), WORKLOAD_API_VERSION.into());
@@ -476,91 +696,13 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
             program: opts.bin_dir.join(&folder),
             args: Vec::new(),
             env,
-            working_dir: data_dir.join("modules").join(name),
+            working_dir: setup.data_dir.join("modules").join(name),
             restart_policy: spec.restart_policy,
             startup_order: spec.startup_order,
             pid_file: Some(run_dir.join(format!("{name}.pid"))),
         });
     }
-
-    println!(
-        "edge-dev: hub on {hub_addr} (MQTT over TLS; CA {}), workload API {}, {} module(s) started{}",
-        pki.ca_path.display(),
-        socket.display(),
-        processes.len() + containers.len(),
-        match &opts.upstream_log {
-            Some(p) => format!(", upstream log {}", p.display()),
-            None => String::new(),
-        }
-    );
-    let (mod_stop_tx, mod_stop_rx) = watch::channel(false);
-    // --docker: a module container that cannot be started stops the runtime, which then returns the error.
-    let (docker_failed_tx, docker_failed) = watch::channel(None::<String>);
-    let sup = match (&opts.docker, docker_net) {
-        (Some(d), Some(net)) => {
-            let run = crate::docker::supervise(
-                d.clone(),
-                net,
-                socket.clone(),
-                containers,
-                status.clone(),
-                mod_stop_rx,
-            );
-            tokio::spawn(async move {
-                if let Err(e) = run.await {
-                    tracing::error!("--docker: {e}");
-                    let _ = docker_failed_tx.send(Some(e.to_string()));
-                }
-            })
-        }
-        _ => tokio::spawn(supervisor::supervise(
-            processes,
-            opts.backoff,
-            status.clone(),
-            mod_stop_rx,
-        )),
-    };
-
-    let mut failed_rx = docker_failed.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = shutdown => {}
-            // Err: the sender is gone (process mode, or docker mode that ended well): never a reason to stop.
-            ok = async { failed_rx.wait_for(Option::is_some).await.is_ok() } => if !ok { std::future::pending::<()>().await },
-        }
-    };
-    match opts.duration {
-        Some(d) => {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = tokio::time::sleep(d) => tracing::info!("--duration reached"),
-            }
-        }
-        None => shutdown.await,
-    }
-    tracing::info!("stopping: modules first, then the upstream sink, then the hub");
-    let _ = mod_stop_tx.send(true);
-    let _ = sup.await;
-    let _ = sink_stop_tx.send(true);
-    let _ = sink_task.await;
-    let _ = hub_stop_tx.send(true);
-    hub.closed().await;
-    let _ = workload.await;
-    if let Some((d, _)) = dashboard {
-        let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
-    }
-    if let Some((a, url_file)) = api {
-        let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
-        let _ = std::fs::remove_file(url_file);
-    }
-    drop(online_tx);
-    let _ = std::fs::remove_file(&socket);
-    println!("edge-dev: stopped");
-    let failed = docker_failed.borrow().clone();
-    match failed {
-        Some(e) => Err(EdgeDevError::Config(format!("--docker: {e}"))),
-        None => Ok(()),
-    }
+    Ok((processes, containers))
 }
 
 /// Binds the dashboard, fills it from the upstream log, prints its URL and serves it until `stop`.
@@ -568,7 +710,7 @@ pub async fn up(opts: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(
 async fn start_dashboard(
     addr: SocketAddr,
     opts: &UpOptions,
-    hub: &edge_hub::HubHandle,
+    hub: &HubHandle,
     device_id: &str,
     module_metrics: BTreeMap<String, String>,
     status: &StatusMap,

@@ -4,26 +4,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+use edge_hub::test_util::{free_port, ModuleProcess};
 
 #[test]
 fn binary_forwards_to_stdout_with_env_settings_and_stops_on_sigterm() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
-        .args(["--sink", "stdout"])
-        .env("MQTT_BIND_ADDRESS", "127.0.0.1")
-        .env("MQTT_PORT", port.to_string())
-        .env("MQTT_METRICS_PORT", "0")
-        .env("MQTT_OUTPUT", "readings")
-        .env("MQTT_ENRICH_DEVICE_ID", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout");
+    // killed when the test fails before it stops by itself
+    let mut child = ModuleProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
+            .args(["--sink", "stdout"])
+            .env("MQTT_BIND_ADDRESS", "127.0.0.1")
+            .env("MQTT_PORT", port.to_string())
+            .env("MQTT_METRICS_PORT", "0")
+            .env("MQTT_OUTPUT", "readings")
+            .env("MQTT_ENRICH_DEVICE_ID", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     // publish until the server is up (bounded)
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut published = false;
@@ -66,13 +64,13 @@ fn binary_forwards_to_stdout_with_env_settings_and_stops_on_sigterm() {
     assert_eq!(v["contentType"], "application/json");
 
     let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(st.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             assert!(status.success(), "clean exit on SIGTERM: {status}");
             break;
         }

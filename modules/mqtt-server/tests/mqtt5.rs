@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{python, test_settings, Harness};
+use edge_hub::test_util::{free_port, ModuleProcess};
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -445,31 +446,17 @@ async fn a_member_that_leaves_hands_its_unacknowledged_messages_to_the_group() {
     h.stop().await;
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-struct Bin(Child);
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_bin(port: u16, state: &std::path::Path) -> Bin {
-    Bin(Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
-        .args(["--sink", "stdout"])
-        .env("MQTT_BIND_ADDRESS", "127.0.0.1")
-        .env("MQTT_PORT", port.to_string())
-        .env("MQTT_METRICS_PORT", "0")
-        .env("MQTT_STATE_PATH", state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts"))
+fn start_bin(port: u16, state: &std::path::Path) -> ModuleProcess {
+    ModuleProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
+            .args(["--sink", "stdout"])
+            .env("MQTT_BIND_ADDRESS", "127.0.0.1")
+            .env("MQTT_PORT", port.to_string())
+            .env("MQTT_METRICS_PORT", "0")
+            .env("MQTT_STATE_PATH", state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 fn wait_listening(port: u16) {
