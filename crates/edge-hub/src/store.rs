@@ -113,11 +113,28 @@ pub const COMPACT_FRAGMENTED_BYTES: u64 = 4 * 1024 * 1024;
 
 struct Job {
     ops: Vec<Op>,
-    /// Compact the file after this job's commit, whatever the thresholds ([`Store::compact`]).
-    compact: bool,
-    /// The last job: the writer commits it and ends, releasing the database file.
-    close: bool,
+    then: Then,
     reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// What the writer does after a job's commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Nothing,
+    /// Compact the file, whatever the thresholds ([`Store::compact`]).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Compact,
+    /// The last job: the writer ends, releasing the database file.
+    Close,
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError("the store writer has stopped".into())
+}
+
+/// The writer's answer to a job handed to it ([`Store::hand`]).
+async fn answer(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    rx.await.map_err(|_| writer_stopped())?
 }
 
 /// Entries per queue endpoint, as committed.
@@ -204,19 +221,10 @@ impl Store {
     /// Commits what is pending and closes the database file (for every handle): later reads and writes
     /// fail, and the file can be opened again (a restart in the same process).
     pub async fn close(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.writer.send(Job {
-            ops: Vec::new(),
-            reply: Some(tx),
-            close: true,
-            compact: false,
-        });
-        let flushed = if sent.is_ok() {
-            rx.await
-                .map_err(|_| StoreError("the store writer has stopped".into()))
-                .and_then(|r| r)
-        } else {
-            Ok(())
+        let flushed = match self.hand(Vec::new(), Then::Close) {
+            Some(rx) => answer(rx).await,
+            // stopped already: nothing is pending
+            None => Ok(()),
         };
         self.closed.store(true, Ordering::SeqCst);
         if let Ok(mut g) = self.db.write() {
@@ -261,37 +269,30 @@ impl Store {
         &self,
         ops: Vec<Op>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let handed = self.hand(ops, Then::Nothing);
+        async move { answer(handed.ok_or_else(writer_stopped)?).await }
+    }
+
+    /// Hands a job to the writer; the receiver gets its answer (`None`: the writer has stopped).
+    fn hand(&self, ops: Vec<Op>, then: Then) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.writer.send(Job {
+        let job = Job {
             ops,
+            then,
             reply: Some(tx),
-            close: false,
-            compact: false,
-        });
-        async move {
-            if sent.is_err() {
-                return Err(StoreError("the store writer has stopped".into()));
-            }
-            rx.await
-                .map_err(|_| StoreError("the store writer has stopped".into()))?
-        }
+        };
+        self.writer.send(job).ok().map(|_| rx)
     }
 
     /// Compacts the file now (after whatever is pending commits), whatever the thresholds. The
     /// writer also does this by itself (see the module docs); tests call it to not wait a minute.
     #[cfg(test)]
     pub async fn compact(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(Job {
-                ops: Vec::new(),
-                reply: Some(tx),
-                close: false,
-                compact: true,
-            })
-            .map_err(|_| StoreError("the store writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError("the store writer has stopped".into()))?
+        answer(
+            self.hand(Vec::new(), Then::Compact)
+                .ok_or_else(writer_stopped)?,
+        )
+        .await
     }
 
     /// [`Store::submit`] and wait.
@@ -305,9 +306,8 @@ impl Store {
             .writer
             .send(Job {
                 ops,
+                then: Then::Nothing,
                 reply: None,
-                close: false,
-                compact: false,
             })
             .is_err()
         {
@@ -560,20 +560,20 @@ impl Writer {
                 }
             }
             let Some(first) = first else { continue };
-            closing = first.close;
+            closing = first.then == Then::Close;
             let mut jobs = vec![first];
             // Group commit: take whatever else is already waiting (up to a close).
             while jobs.len() < 4096 && !closing {
                 match rx.try_recv() {
                     Ok(j) => {
-                        closing = j.close;
+                        closing = j.then == Then::Close;
                         jobs.push(j);
                     }
                     Err(_) => break,
                 }
             }
             let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
-            let compact_asked = jobs.iter().any(|j| j.compact);
+            let compact_asked = jobs.iter().any(|j| j.then == Then::Compact);
             let db = self.slot.read().ok().and_then(|g| g.clone());
             let result = match db {
                 Some(db) => match guarded_apply(&db, &ops) {
@@ -630,7 +630,7 @@ impl Writer {
             let mut asked = Vec::new();
             for j in jobs {
                 if let Some(reply) = j.reply {
-                    if j.compact {
+                    if j.then == Then::Compact {
                         asked.push(reply);
                     } else {
                         let _ = reply.send(result.clone());
