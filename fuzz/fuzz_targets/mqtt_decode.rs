@@ -68,8 +68,14 @@ fn check_packet(p: &Inbound) {
     let now = chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default();
     for enrich in [false, true] {
         let m = mqtt_server::message::to_edge_message(p, "fuzz-client", enrich, now);
-        let _ = m.check_size("output1");
-        let wire = m.to_wire("output1");
+        let checked = mqtt_server::message::check_size(&m, "output1");
+        let mut wire = m;
+        wire.output_name = Some("output1".into());
+        assert_eq!(
+            checked.is_ok(),
+            wire.size() <= edge_client::wire::MAX_MESSAGE_SIZE,
+            "the size check counts what the sent message holds"
+        );
         let bag = edge_client::wire::encode_property_bag(&wire);
         let mut back = edge_client::wire::Message::new(wire.body.clone());
         edge_client::wire::decode_property_bag(&bag, &mut back).expect("a bag we encoded decodes");

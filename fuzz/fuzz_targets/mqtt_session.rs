@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_server::{BoxFuture, EdgeMessage, ForwardError, Forwarder, Server, Settings};
+use mqtt_server::{BoxFuture, Message, ForwardError, Forwarder, Server, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct StubEdgeHub;
@@ -26,7 +26,7 @@ impl Forwarder for StubEdgeHub {
     fn forward(
         &self,
         _output: String,
-        message: EdgeMessage,
+        message: Message,
     ) -> BoxFuture<'_, Result<(), ForwardError>> {
         Box::pin(async move {
             match message.body.first() {

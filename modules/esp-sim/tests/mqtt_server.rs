@@ -6,20 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use esp_sim::{Mode, Settings};
-use mqtt_server::{BoxFuture, EdgeMessage, ForwardError, Forwarder, Listeners, Server};
+use mqtt_server::{BoxFuture, ForwardError, Forwarder, Listeners, Message, Server};
 use tokio::net::TcpListener;
 
 #[derive(Default)]
 struct Recorder {
-    messages: Mutex<Vec<(String, EdgeMessage)>>,
+    messages: Mutex<Vec<(String, Message)>>,
 }
 
 impl Forwarder for Recorder {
-    fn forward(
-        &self,
-        output: String,
-        message: EdgeMessage,
-    ) -> BoxFuture<'_, Result<(), ForwardError>> {
+    fn forward(&self, output: String, message: Message) -> BoxFuture<'_, Result<(), ForwardError>> {
         Box::pin(async move {
             if let Ok(mut m) = self.messages.lock() {
                 m.push((output, message));

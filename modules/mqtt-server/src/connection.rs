@@ -934,7 +934,7 @@ async fn on_publish<W: AsyncWrite + Unpin>(
     shared.metrics.messages_in[p.qos as usize].inc();
     shared.metrics.bytes_in.inc_by(p.payload.len() as u64);
     shared.broker.publish(client, &p);
-    tracing::debug!(client = %client, topic = %p.topic, qos = p.qos as u8, output = %output, message_id = %msg.message_id, "forwarding");
+    tracing::debug!(client = %client, topic = %p.topic, qos = p.qos as u8, output = %output, message_id = msg.message_id.as_deref().unwrap_or_default(), "forwarding");
     let done = tokio::select! {
         r = pipeline.submit(output, msg, client) => match r {
             Ok(rx) => rx,

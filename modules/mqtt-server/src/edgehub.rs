@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use edge_client::{ClientError, ClientOptions, Event, Identity, ModuleClient};
-use mqtt_server::{BoxFuture, EdgeMessage, ForwardError, Forwarder, ServerHandle};
+use mqtt_server::{BoxFuture, ForwardError, Forwarder, Message, ServerHandle};
 
 /// Sends messages to edgeHub outputs; `send_output` resolves on edgeHub's PUBACK.
 pub struct EdgeHubForwarder {
@@ -13,11 +13,10 @@ pub struct EdgeHubForwarder {
 }
 
 impl Forwarder for EdgeHubForwarder {
-    fn forward(&self, output: String, m: EdgeMessage) -> BoxFuture<'_, Result<(), ForwardError>> {
+    fn forward(&self, output: String, m: Message) -> BoxFuture<'_, Result<(), ForwardError>> {
         Box::pin(async move {
-            let msg = m.to_wire(&output);
             self.client
-                .send_output(&output, msg)
+                .send_output(&output, m)
                 .await
                 .map_err(|e| match e {
                     // no retry can make these succeed
@@ -32,8 +31,8 @@ impl Forwarder for EdgeHubForwarder {
 
     /// The exact check: the size as edgeHub counts it and the length of the topic this module's
     /// identity builds for the message (MQTT's 65,535 bytes).
-    fn check(&self, output: &str, m: &EdgeMessage) -> Result<(), mqtt_server::limits::Refused> {
-        match self.client.check_output(output, m.to_wire(output)) {
+    fn check(&self, output: &str, m: &Message) -> Result<(), mqtt_server::limits::Refused> {
+        match self.client.check_output(output, m.clone()) {
             Ok(()) => Ok(()),
             Err(ClientError::TooLarge { size, limit }) => {
                 Err(mqtt_server::limits::message_too_large(size, limit))

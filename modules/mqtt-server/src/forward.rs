@@ -15,9 +15,9 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::message::EdgeMessage;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
+use edge_client::wire::Message;
 
 /// A boxed, sendable future (what [`Forwarder::forward`] returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,18 +54,14 @@ impl ForwardError {
 /// Where messages go: edgeHub through `edge_client` in production, a recorder in tests.
 pub trait Forwarder: Send + Sync + 'static {
     /// Sends `message` on `output`; resolves `Ok` only once the receiver acknowledged it.
-    fn forward(
-        &self,
-        output: String,
-        message: EdgeMessage,
-    ) -> BoxFuture<'_, Result<(), ForwardError>>;
+    fn forward(&self, output: String, message: Message) -> BoxFuture<'_, Result<(), ForwardError>>;
 
     /// Whether the receiver can take `message` on `output` at all. It runs before the device is
     /// acknowledged (and before the spool), so a message that could never be forwarded is refused at
     /// the device instead of being acknowledged and then dropped. The default checks edgeHub's size
     /// limit; the edgeHub forwarder also checks the topic its identity builds.
-    fn check(&self, output: &str, message: &EdgeMessage) -> Result<(), crate::limits::Refused> {
-        message.check_size(output)
+    fn check(&self, output: &str, message: &Message) -> Result<(), crate::limits::Refused> {
+        crate::message::check_size(message, output)
     }
 }
 
@@ -76,7 +72,7 @@ pub struct Closed;
 
 struct Job {
     output: String,
-    msg: EdgeMessage,
+    msg: Message,
     done: oneshot::Sender<()>,
     /// Key in the durable spool, to delete once edgeHub has the message.
     spool_key: Option<u64>,
@@ -168,7 +164,7 @@ impl Pipeline {
 
     async fn reserve(
         &self,
-        msg: &EdgeMessage,
+        msg: &Message,
         client: &str,
     ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Closed> {
         let size = u32::try_from(msg.size()).map_err(|_| Closed)?;
@@ -205,7 +201,7 @@ impl Pipeline {
     pub async fn submit(
         &self,
         output: String,
-        msg: EdgeMessage,
+        msg: Message,
         client: &str,
     ) -> Result<oneshot::Receiver<()>, Closed> {
         let permits = self.reserve(&msg, client).await?;
@@ -237,7 +233,7 @@ impl Pipeline {
     }
 
     /// [`Forwarder::check`]: whether `msg` can ever be forwarded on `output`.
-    pub fn check(&self, output: &str, msg: &EdgeMessage) -> Result<(), crate::limits::Refused> {
+    pub fn check(&self, output: &str, msg: &Message) -> Result<(), crate::limits::Refused> {
         self.forwarder.check(output, msg)
     }
 
@@ -316,7 +312,7 @@ async fn process(
                 // topic problem. The device is not acknowledged (without a spool it has not been
                 // yet): its connection closes and it may send again; resending here could never
                 // succeed.
-                tracing::error!(error = %e, message_id = %job.msg.message_id, output = %job.output,
+                tracing::error!(error = %e, message_id = job.msg.message_id.as_deref().unwrap_or_default(), output = %job.output,
                     topic = job.msg.properties.get("mqtt-topic").map(String::as_str).unwrap_or(""),
                     client = job.msg.properties.get("mqtt-client-id").map(String::as_str).unwrap_or(""),
                     spooled = job.spool_key.is_some(),
@@ -331,7 +327,7 @@ async fn process(
                 if !down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "sending to edgeHub failed; messages wait in the buffer and are retried");
                 } else {
-                    tracing::debug!(error = %e, message_id = %job.msg.message_id, ?delay, "retrying send to edgeHub");
+                    tracing::debug!(error = %e, message_id = job.msg.message_id.as_deref().unwrap_or_default(), ?delay, "retrying send to edgeHub");
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));

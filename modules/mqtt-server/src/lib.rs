@@ -9,7 +9,7 @@
 //! - [`settings`]: [`Settings`] (defaults -> JSON file -> allow-listed `MQTT_*` environment) and
 //!   [`settings::Routing`], the part the module twin may change live.
 //! - [`codec`]: [`codec::ServerCodec`], one codec for both versions on rumqtt's own packet code.
-//! - [`message`]: device publish -> [`EdgeMessage`] (properties, `$.ct`/`$.ce`, id, time).
+//! - [`message`]: device publish -> edgeHub [`Message`] (properties, `$.ct`/`$.ce`, id, time).
 //! - [`forward`]: the [`Forwarder`] trait (edgeHub in production, a recorder in tests) and the
 //!   bounded forwarding buffer with back-pressure and retries.
 //! - [`spool`]: the optional durable spool (redb) behind the buffer.
@@ -95,8 +95,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+/// The message model: edgeHub's own ([`edge_client::wire::Message`]), from device publish to edgeHub.
+pub use edge_client::wire::Message;
 pub use forward::{BoxFuture, ForwardError, Forwarder};
-pub use message::EdgeMessage;
 pub use metrics::Metrics;
 pub use settings::{Routing, Settings};
 

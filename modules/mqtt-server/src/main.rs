@@ -129,7 +129,7 @@ impl Forwarder for StdoutSink {
     fn forward(
         &self,
         output: String,
-        m: mqtt_server::EdgeMessage,
+        m: mqtt_server::Message,
     ) -> mqtt_server::BoxFuture<'_, Result<(), mqtt_server::ForwardError>> {
         Box::pin(async move {
             let line = serde_json::json!({

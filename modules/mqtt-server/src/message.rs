@@ -6,57 +6,22 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 
 use crate::codec::Pub;
+use edge_client::wire::Message;
 
-/// A message for edgeHub; mirrors `edge_client::wire::Message` field for field, so the adapter
-/// in `main.rs` is a plain move.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeMessage {
-    /// Body bytes, unchanged (unless device-id enrichment is on and rewrote a JSON object).
-    pub body: Bytes,
-    /// `$.mid`: a fresh UUID v4.
-    pub message_id: String,
-    /// `$.cid`: from an MQTT 5 correlation data property when it is UTF-8.
-    pub correlation_id: Option<String>,
-    /// `$.ct`: `application/json` for JSON bodies in UTF-8, else an MQTT 5 content type.
-    pub content_type: Option<String>,
-    /// `$.ce`: `utf-8` for JSON bodies.
-    pub content_encoding: Option<String>,
-    /// `$.ctime`: when the server received the publish, RFC 3339 UTC.
-    pub creation_time: String,
-    /// Application properties: `mqtt-topic`, `mqtt-client-id`, `mqtt-qos`, `mqtt-retain`, then
-    /// MQTT 5 user properties (which never override the `mqtt-*` ones).
-    pub properties: BTreeMap<String, String>,
-}
-
-impl EdgeMessage {
-    /// Payload size used for buffer accounting.
-    pub fn size(&self) -> usize {
-        self.body.len()
+/// Whether edgeHub takes `msg` on `output` by size: body plus properties (as edgeHub counts them,
+/// `$.on` included) at most [`edge_client::wire::MAX_MESSAGE_SIZE`]. A message from
+/// [`to_edge_message`] has no `$.on` yet: it is set when the message is sent to `output`.
+pub fn check_size(msg: &Message, output: &str) -> Result<(), crate::limits::Refused> {
+    let on = match &msg.output_name {
+        None => "$.on".len() + output.len(),
+        Some(_) => 0,
+    };
+    let size = msg.size() + on;
+    let limit = edge_client::wire::MAX_MESSAGE_SIZE;
+    if size > limit {
+        return Err(crate::limits::message_too_large(size, limit));
     }
-
-    /// The message as `edge_client` sends it on `output` (`$.on` set).
-    pub fn to_wire(&self, output: &str) -> edge_client::wire::Message {
-        let mut msg = edge_client::wire::Message::new(self.body.clone());
-        msg.message_id = Some(self.message_id.clone());
-        msg.correlation_id = self.correlation_id.clone();
-        msg.content_type = self.content_type.clone();
-        msg.content_encoding = self.content_encoding.clone();
-        msg.creation_time = Some(self.creation_time.clone());
-        msg.output_name = Some(output.to_string());
-        msg.properties = self.properties.clone();
-        msg
-    }
-
-    /// Whether edgeHub takes this message on `output` by size: body plus properties (as edgeHub
-    /// counts them) at most [`edge_client::wire::MAX_MESSAGE_SIZE`].
-    pub fn check_size(&self, output: &str) -> Result<(), crate::limits::Refused> {
-        let size = self.to_wire(output).size();
-        let limit = edge_client::wire::MAX_MESSAGE_SIZE;
-        if size > limit {
-            return Err(crate::limits::message_too_large(size, limit));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// True when `body` is a JSON document encoded in UTF-8.
@@ -95,13 +60,13 @@ pub fn enrich(body: &Bytes, client_id: &str) -> Bytes {
     }
 }
 
-/// Builds the edgeHub message for a device publish.
+/// Builds the edgeHub message for a device publish (its output, `$.on`, is set when it is sent).
 pub fn to_edge_message(
     p: &Pub,
     client_id: &str,
     enrich_device_id: bool,
     now: chrono::DateTime<chrono::Utc>,
-) -> EdgeMessage {
+) -> Message {
     let mut body = p.payload.clone();
     let json = is_json_utf8(&body);
     if json && enrich_device_id {
@@ -137,15 +102,14 @@ pub fn to_edge_message(
         .as_ref()
         .and_then(|c| std::str::from_utf8(c).ok())
         .map(str::to_string);
-    EdgeMessage {
-        body,
-        message_id: uuid::Uuid::new_v4().to_string(),
-        correlation_id,
-        content_type,
-        content_encoding,
-        creation_time: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        properties,
-    }
+    let mut msg = Message::new(body);
+    msg.message_id = Some(uuid::Uuid::new_v4().to_string());
+    msg.correlation_id = correlation_id;
+    msg.content_type = content_type;
+    msg.content_encoding = content_encoding;
+    msg.creation_time = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    msg.properties = properties;
+    msg
 }
 
 #[cfg(test)]
@@ -184,8 +148,9 @@ mod tests {
         assert_eq!(m.properties["mqtt-client-id"], "esp1");
         assert_eq!(m.properties["mqtt-qos"], "2");
         assert_eq!(m.properties["mqtt-retain"], "true");
-        assert_eq!(m.creation_time, "2026-11-24T08:00:00.000Z");
-        assert!(uuid::Uuid::parse_str(&m.message_id).is_ok());
+        assert_eq!(m.creation_time.as_deref(), Some("2026-11-24T08:00:00.000Z"));
+        assert!(uuid::Uuid::parse_str(m.message_id.as_deref().unwrap_or_default()).is_ok());
+        assert_eq!(m.output_name, None, "set when it is sent");
     }
 
     #[test]
@@ -204,6 +169,27 @@ mod tests {
             assert_eq!(m.properties["mqtt-qos"], "0");
             assert_eq!(m.properties["mqtt-retain"], "false");
         }
+    }
+
+    #[test]
+    fn the_size_check_counts_the_output_name_as_the_sent_message_has_it() {
+        let limit = edge_client::wire::MAX_MESSAGE_SIZE;
+        let mut m = to_edge_message(
+            &publish("t", b"", QoS::AtLeastOnce, false),
+            "c",
+            false,
+            chrono::Utc::now(),
+        );
+        let mut sent = m.clone();
+        sent.output_name = Some("output1".into());
+        // the body that brings the sent message to the limit exactly
+        let room = limit - sent.size();
+        m.body = Bytes::from(vec![b'x'; room]);
+        assert!(check_size(&m, "output1").is_ok());
+        m.body = Bytes::from(vec![b'x'; room + 1]);
+        assert!(check_size(&m, "output1").is_err());
+        sent.body = m.body.clone();
+        assert_eq!(sent.size(), limit + 1, "what edgeHub counts");
     }
 
     #[test]
@@ -252,7 +238,8 @@ mod tests {
         assert!(!m.properties.keys().any(|k| k.starts_with("$.")));
         assert_eq!(m.properties["$x"], "kept");
         assert_eq!(m.properties["unit"], "C");
-        let wire = m.to_wire("output1");
+        let mut wire = m.clone();
+        wire.output_name = Some("output1".into());
         let bag = edge_client::wire::encode_property_bag(&wire);
         let mut back = edge_client::wire::Message::new(wire.body.clone());
         edge_client::wire::decode_property_bag(&bag, &mut back).expect("the hub reads the bag");

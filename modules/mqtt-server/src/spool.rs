@@ -15,8 +15,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::message::EdgeMessage;
 use crate::Error;
+use edge_client::wire::Message;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 
@@ -33,14 +33,14 @@ struct Header {
 }
 
 /// Encodes `output` and `msg` as one record (JSON header, newline, body).
-pub fn encode(output: &str, msg: &EdgeMessage) -> Vec<u8> {
+pub fn encode(output: &str, msg: &Message) -> Vec<u8> {
     let header = Header {
         output: output.to_string(),
-        message_id: msg.message_id.clone(),
+        message_id: msg.message_id.clone().unwrap_or_default(),
         correlation_id: msg.correlation_id.clone(),
         content_type: msg.content_type.clone(),
         content_encoding: msg.content_encoding.clone(),
-        creation_time: msg.creation_time.clone(),
+        creation_time: msg.creation_time.clone().unwrap_or_default(),
         properties: msg.properties.clone(),
     };
     // serializing a struct of strings cannot fail
@@ -51,25 +51,21 @@ pub fn encode(output: &str, msg: &EdgeMessage) -> Vec<u8> {
 }
 
 /// Decodes a record written by [`encode`].
-pub fn decode(record: &[u8]) -> Option<(String, EdgeMessage)> {
+pub fn decode(record: &[u8]) -> Option<(String, Message)> {
     let nl = record.iter().position(|&b| b == b'\n')?;
     let header: Header = serde_json::from_slice(&record[..nl]).ok()?;
-    Some((
-        header.output,
-        EdgeMessage {
-            body: Bytes::copy_from_slice(&record[nl + 1..]),
-            message_id: header.message_id,
-            correlation_id: header.correlation_id,
-            content_type: header.content_type,
-            content_encoding: header.content_encoding,
-            creation_time: header.creation_time,
-            properties: header.properties,
-        },
-    ))
+    let mut msg = Message::new(Bytes::copy_from_slice(&record[nl + 1..]));
+    msg.message_id = Some(header.message_id);
+    msg.correlation_id = header.correlation_id;
+    msg.content_type = header.content_type;
+    msg.content_encoding = header.content_encoding;
+    msg.creation_time = Some(header.creation_time);
+    msg.properties = header.properties;
+    Some((header.output, msg))
 }
 
 /// A message a previous run left: `(key, output, message)`.
-pub type Leftover = (u64, String, EdgeMessage);
+pub type Leftover = (u64, String, Message);
 
 enum Cmd {
     Put(Vec<u8>, oneshot::Sender<Result<u64, SpoolError>>),
@@ -222,18 +218,16 @@ fn writer(db: Database, rx: std_mpsc::Receiver<Cmd>, mut next_key: u64, path: St
 mod tests {
     use super::*;
 
-    fn msg(body: &[u8]) -> EdgeMessage {
-        EdgeMessage {
-            body: Bytes::copy_from_slice(body),
-            message_id: "m1".into(),
-            correlation_id: None,
-            content_type: Some("application/json".into()),
-            content_encoding: Some("utf-8".into()),
-            creation_time: "2026-11-24T08:00:00.000Z".into(),
-            properties: [("mqtt-topic".to_string(), "t".to_string())]
-                .into_iter()
-                .collect(),
-        }
+    fn msg(body: &[u8]) -> Message {
+        let mut m = Message::new(Bytes::copy_from_slice(body));
+        m.message_id = Some("m1".into());
+        m.content_type = Some("application/json".into());
+        m.content_encoding = Some("utf-8".into());
+        m.creation_time = Some("2026-11-24T08:00:00.000Z".into());
+        m.properties = [("mqtt-topic".to_string(), "t".to_string())]
+            .into_iter()
+            .collect();
+        m
     }
 
     #[test]

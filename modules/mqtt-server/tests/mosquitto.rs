@@ -40,8 +40,11 @@ async fn qos_0_1_2_over_311_and_5_are_forwarded_with_properties() {
             assert_eq!(m.properties["mqtt-retain"], "false");
             assert_eq!(m.content_type.as_deref(), Some("application/json"));
             assert_eq!(m.content_encoding.as_deref(), Some("utf-8"));
-            assert!(chrono::DateTime::parse_from_rfc3339(&m.creation_time).is_ok());
-            assert!(uuid::Uuid::parse_str(&m.message_id).is_ok());
+            assert!(chrono::DateTime::parse_from_rfc3339(
+                m.creation_time.as_deref().unwrap_or_default()
+            )
+            .is_ok());
+            assert!(uuid::Uuid::parse_str(m.message_id.as_deref().unwrap_or_default()).is_ok());
         }
     }
     // non-JSON bodies carry no JSON content type

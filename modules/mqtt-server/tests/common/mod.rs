@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use mqtt_server::{
-    BoxFuture, EdgeMessage, ForwardError, Forwarder, Listeners, Server, ServerHandle, Settings,
+    BoxFuture, ForwardError, Forwarder, Listeners, Message, Server, ServerHandle, Settings,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, Notify};
 /// makes it wait until `release` (edgeHub slow).
 #[derive(Default)]
 pub struct Recorder {
-    pub messages: Mutex<Vec<(String, EdgeMessage)>>,
+    pub messages: Mutex<Vec<(String, Message)>>,
     pub fail: AtomicBool,
     pub hold: AtomicBool,
     /// Refuse for good (as edgeHub does for a message over its size limit).
@@ -37,12 +37,12 @@ impl Recorder {
         self.messages.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    pub fn snapshot(&self) -> Vec<(String, EdgeMessage)> {
+    pub fn snapshot(&self) -> Vec<(String, Message)> {
         self.messages.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Waits (bounded) until at least `n` messages were recorded.
-    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<(String, EdgeMessage)> {
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<(String, Message)> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = self.changed.notified();
@@ -69,11 +69,7 @@ impl Recorder {
 }
 
 impl Forwarder for Recorder {
-    fn forward(
-        &self,
-        output: String,
-        message: EdgeMessage,
-    ) -> BoxFuture<'_, Result<(), ForwardError>> {
+    fn forward(&self, output: String, message: Message) -> BoxFuture<'_, Result<(), ForwardError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             loop {
