@@ -27,14 +27,9 @@ async fn start_hub(dir: &Path, hub_port: u16, desired: serde_json::Value) -> Tes
         .await
 }
 
-/// The module's command for the hub over `dir` on `hub_port` (running or not).
-fn module_command(dir: &Path, hub_port: u16, mqtt_port: u16) -> Command {
-    let mut cmd = ModuleProcess::command_at(
-        env!("CARGO_BIN_EXE_mqtt-server"),
-        &dir.join("pki").join("ca.pem"),
-        hub_port,
-        MODULE,
-    );
+/// The module's command for `hub`.
+fn module_command(hub: &TestHub, mqtt_port: u16) -> Command {
+    let mut cmd = ModuleProcess::command(env!("CARGO_BIN_EXE_mqtt-server"), hub, MODULE);
     cmd.env("MQTT_BIND_ADDRESS", "127.0.0.1")
         .env("MQTT_PORT", mqtt_port.to_string())
         .env("MQTT_METRICS_PORT", "0")
@@ -42,13 +37,8 @@ fn module_command(dir: &Path, hub_port: u16, mqtt_port: u16) -> Command {
     cmd
 }
 
-fn start_module(
-    dir: &Path,
-    hub_port: u16,
-    mqtt_port: u16,
-    extra_env: &[(&str, String)],
-) -> ModuleProcess {
-    let mut cmd = module_command(dir, hub_port, mqtt_port);
+fn start_module(hub: &TestHub, mqtt_port: u16, extra_env: &[(&str, String)]) -> ModuleProcess {
+    let mut cmd = module_command(hub, mqtt_port);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -132,7 +122,7 @@ async fn through_the_hub_with_a_30_second_outage() {
     .await;
 
     let mqtt_port = free_port();
-    let module = start_module(dir.path(), hub_port, mqtt_port, &[]);
+    let module = start_module(&hub, mqtt_port, &[]);
 
     // 1. a reading goes through: body, properties, JSON content type, enrichment from the twin
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -270,7 +260,7 @@ async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down
         "MQTT_SPOOL_PATH",
         dir.path().join("spool.redb").display().to_string(),
     )];
-    let mut module = start_module(dir.path(), hub_port, mqtt_port, &spool);
+    let mut module = start_module(&hub, mqtt_port, &spool);
     assert!(publish_when_up(mqtt_port, "esp-k", r#"{"seq":0}"#).await);
     assert_eq!(
         take_upstream(&hub.handle, 1, Duration::from_secs(30))
@@ -293,7 +283,7 @@ async fn with_a_spool_acknowledged_readings_survive_kill_9_while_the_hub_is_down
 
     // hub and module come back: the acknowledged readings go upstream
     let hub = start_hub(dir.path(), hub_port, serde_json::json!({})).await;
-    let module = start_module(dir.path(), hub_port, mqtt_port, &spool);
+    let module = start_module(&hub, mqtt_port, &spool);
     // Reading 0 was forwarded before the kill; if the kill came between edgeHub's PUBACK and the spool's
     // delete of it, it is forwarded once more (at least once allows exactly that duplicate).
     let mut seqs: Vec<u64> = Vec::new();
@@ -356,7 +346,7 @@ async fn two_hundred_devices_through_the_hub_every_message_once_intact() {
     let hub_port = free_port();
     let hub = start_hub(dir.path(), hub_port, serde_json::json!({})).await;
     let mqtt_port = free_port();
-    let module = start_module(dir.path(), hub_port, mqtt_port, &[]);
+    let module = start_module(&hub, mqtt_port, &[]);
     assert!(publish_when_up(mqtt_port, "probe", r#"{"probe":true}"#).await);
     assert_eq!(
         take_upstream(&hub.handle, 1, Duration::from_secs(30))
@@ -467,8 +457,7 @@ async fn hostile_topics_client_ids_and_sizes_are_refused_at_the_device_and_the_r
     let log = dir.path().join("module.log");
     // the module, with its log kept for the checks at the end
     let module = ModuleProcess::spawn(
-        module_command(dir.path(), hub_port, mqtt_port)
-            .stderr(std::fs::File::create(&log).expect("log file")),
+        module_command(&hub, mqtt_port).stderr(std::fs::File::create(&log).expect("log file")),
     );
     assert!(
         publish_when_up(mqtt_port, "esp-first", r#"{"temp":37}"#).await,

@@ -274,17 +274,12 @@ impl ModuleProcess {
     /// `IOTEDGE_GATEWAYPORT`) and nothing else of the test's; stdout goes nowhere. Add the
     /// module's own settings, then [`ModuleProcess::spawn`].
     pub fn command(bin: &str, hub: &TestHub, module: &str) -> Command {
-        Self::command_at(bin, hub.ca_file(), hub.tls_addr.port(), module)
-    }
-
-    /// [`ModuleProcess::command`] for a hub that may not be running (yet): its CA file and port.
-    pub fn command_at(bin: &str, ca_file: &Path, port: u16, module: &str) -> Command {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("EdgeHubConnectionString", connection_string(module))
-            .env("EdgeModuleCACertificateFile", ca_file)
-            .env("IOTEDGE_GATEWAYPORT", port.to_string())
+            .env("EdgeModuleCACertificateFile", hub.ca_file())
+            .env("IOTEDGE_GATEWAYPORT", hub.tls_addr.port().to_string())
             .stdout(std::process::Stdio::null());
         cmd
     }
