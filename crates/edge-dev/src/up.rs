@@ -298,6 +298,11 @@ impl Setup {
     fn workload_socket(&self) -> PathBuf {
         self.data_dir.join("workload.sock")
     }
+
+    /// Where the supervisor records the module processes it runs (their pid files).
+    fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
 }
 
 /// What `up` has started, stopped in the reverse order of starting: the modules first (so that they
@@ -483,7 +488,7 @@ async fn start_hub(
 /// The hub holds the store's lock now, so no other edge-dev runs on this data folder: module processes
 /// recorded under it belong to an earlier run that was killed. Stops them before new ones start.
 async fn stop_strays(setup: &Setup) {
-    let dir = setup.data_dir.join("run");
+    let dir = setup.run_dir();
     let strays = tokio::task::spawn_blocking(move || supervisor::stop_strays(&dir))
         .await
         .unwrap_or_default();
@@ -637,7 +642,7 @@ fn module_specs(
 ) -> Result<(Vec<ModuleProcess>, Vec<crate::docker::ContainerSpec>), EdgeDevError> {
     let (opts, ids, names) = (&setup.opts, &setup.ids, &setup.names);
     let socket = setup.workload_socket();
-    let run_dir = setup.data_dir.join("run");
+    let run_dir = setup.run_dir();
     let mut processes = Vec::new();
     let mut containers = Vec::new();
     for (name, spec) in setup.manifest.modules() {
