@@ -327,9 +327,7 @@ impl Conn {
     {
         if self.clean_session {
             // Clean session: whatever was stored for this client is discarded.
-            let op = Op::DeleteSession {
-                client_id: self.client_id.clone(),
-            };
+            let op = store::delete_session(&self.client_id);
             if let Err(e) = self.inner.store.write(vec![op]).await {
                 tracing::error!(error = %e, "could not discard a stored session");
             }
@@ -774,10 +772,7 @@ impl Conn {
                     Ok(bytes) => {
                         *twin = next;
                         // Submitted under the lock: twin writes commit in the order they were made.
-                        let mut ops = vec![Op::PutTwin {
-                            module: self.module.clone(),
-                            twin: bytes,
-                        }];
+                        let mut ops = vec![store::put_twin(&self.module, bytes)];
                         ops.extend(notify_ops);
                         let commit = commit_and_announce(&self.inner, ops, notify_endpoints);
                         Ok((version, commit))
@@ -1033,10 +1028,7 @@ impl Conn {
             }
         };
         if persistent {
-            let op = Op::PutSession {
-                client_id: self.client_id.clone(),
-                subscriptions: self.subscriptions.clone(),
-            };
+            let op = store::put_session(&self.client_id, &self.subscriptions);
             if let Err(e) = self.inner.store.write(vec![op]).await {
                 tracing::error!(module = %self.module, error = %e, "could not store the session's subscriptions; after a restart the module may need to subscribe again");
             }

@@ -372,7 +372,7 @@ impl Hub {
             source,
         })?;
         let path = config.data_dir.join("hub.redb");
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        let store = tokio::task::spawn_blocking(move || store::open(&path))
             .await
             .map_err(|e| HubError::Store(e.to_string()))??;
 
@@ -410,8 +410,7 @@ impl Hub {
             .collect();
 
         // Sessions (clean session 0) survive restarts: the Python SDK never resubscribes.
-        let sessions: HashMap<String, Session> = store
-            .sessions()?
+        let sessions: HashMap<String, Session> = store::sessions(&store)?
             .into_iter()
             .map(|(id, subscriptions)| {
                 (
@@ -426,7 +425,7 @@ impl Hub {
             .collect();
 
         // Twins: stored reported properties; desired from the manifest.
-        let mut twins = store.twins()?;
+        let mut twins = store::twins(&store)?;
         let mut twin_ops = Vec::new();
         let names: HashSet<&String> = keys.keys().chain(desired_twins.keys()).collect();
         for name in names {
@@ -443,10 +442,10 @@ impl Hub {
             };
             if changed {
                 if let Some(t) = twins.get(name) {
-                    twin_ops.push(store::Op::PutTwin {
-                        module: name.clone(),
-                        twin: serde_json::to_vec(t).map_err(|e| HubError::Store(e.to_string()))?,
-                    });
+                    twin_ops.push(store::put_twin(
+                        name,
+                        serde_json::to_vec(t).map_err(|e| HubError::Store(e.to_string()))?,
+                    ));
                 }
             }
         }
@@ -705,10 +704,7 @@ impl HubHandle {
             let bytes = serde_json::to_vec(&next).map_err(|e| HubError::Store(e.to_string()))?;
             *twin = next;
             // Submitted under the lock: twin writes commit in the order they were made.
-            let commit = inner.store.submit(vec![store::Op::PutTwin {
-                module: module.to_string(),
-                twin: bytes,
-            }]);
+            let commit = inner.store.submit(vec![store::put_twin(module, bytes)]);
             (version, body, commit)
         };
         commit.await?;

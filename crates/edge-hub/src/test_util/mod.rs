@@ -13,8 +13,7 @@
 //! Test helpers panic when the test cannot be set up (the test then fails, saying why).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod disk;
 mod hub;
 
-pub use self::disk::SmallDisk;
 pub use self::hub::*;
+pub use edge_store::test_util::SmallDisk;

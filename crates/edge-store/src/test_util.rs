@@ -1,5 +1,6 @@
 //! [`SmallDisk`]: a small tmpfs that a test fills up, to see what a full disk does to the hub's store,
-//! AggregatorModule's state folder or anything else that writes.
+//! AggregatorModule's state folder or anything else that writes (feature `test-util`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
