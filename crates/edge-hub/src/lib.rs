@@ -8,7 +8,8 @@
 //!   stats) and the `$upstream` queue consumer [`UpstreamQueue`].
 //! - `conn`: one task per MQTT connection: authentication (SAS), authorization (own topics only),
 //!   publishes -> routes -> durable queues -> PUBACK, delivery of a module's input queue, twins, methods.
-//! - `store`: redb (`<data_dir>/hub.redb`): queues, persistent sessions, twins; group commit.
+//! - `store`: `<data_dir>/hub.redb`, an `edge_store::Store` (one writer thread, group commit): the
+//!   queues, persistent sessions, twins.
 //! - `twin`: desired/reported properties and merge patches. `acl`: topic filters and who may use which.
 //! - [`pki`]: the development CA and the hub's server certificate (rcgen), kept across runs.
 //! - `test_util` (feature `test-util`): helpers the tests of every crate share (a small disk that
