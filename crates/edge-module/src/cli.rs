@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-use crate::layers::{settings_of, Builder, Layer, Layered, ModuleSettings, Names, SettingsError};
+use crate::layers::{
+    settings_of, Builder, Layer, Layered, ModuleSettings, Names, Setting, SettingsError,
+};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -41,29 +43,38 @@ pub fn command<T: ModuleSettings>(
                 .action(ArgAction::SetTrue)
                 .help("Print the effective settings as JSON and exit"),
         );
-    for s in &settings {
-        let env = names
+    for s in settings.iter().filter(|s| !s.alias) {
+        let aliases: Vec<&Setting> = settings
+            .iter()
+            .filter(|a| a.alias && a.path == s.path)
+            .collect();
+        let mut vars: Vec<String> = names
             .env
             .iter()
-            .filter(|(_, p)| *p == s.path && !s.alias)
-            .map(|(v, _)| format!("{v}, "))
-            .collect::<String>();
-        let help = if s.alias {
-            format!("Sets `{}` (env {env}{})", s.path, s.env(names.env_prefix))
-        } else {
-            format!(
-                "`{}` [default: {}] (env {env}{})",
+            .filter(|(_, p)| *p == s.path)
+            .map(|(v, _)| (*v).to_string())
+            .collect();
+        vars.push(s.env(names.env_prefix));
+        vars.extend(aliases.iter().map(|a| a.env(names.env_prefix)));
+        let text = names
+            .help
+            .iter()
+            .find(|(p, _)| *p == s.path)
+            .map_or(String::new(), |(_, h)| format!("{h} "));
+        let mut arg = Arg::new(s.path.clone())
+            .long(s.flag())
+            .value_name("VALUE")
+            .allow_negative_numbers(true)
+            .help(format!(
+                "{text}[JSON `{}`, default {}] [env: {}]",
                 s.path,
                 s.default,
-                s.env(names.env_prefix)
-            )
-        };
-        cmd = cmd.arg(
-            Arg::new(format!("set:{}", s.name))
-                .long(s.flag())
-                .value_name("VALUE")
-                .help(help),
-        );
+                vars.join(", ")
+            ));
+        for a in aliases {
+            arg = arg.visible_alias(a.flag());
+        }
+        cmd = cmd.arg(arg);
     }
     Ok(cmd.after_help(format!(
         "Settings layer: defaults -> --settings FILE -> environment ({}*) -> flags -> (as an IoT Edge \
@@ -106,9 +117,16 @@ fn from_matches<T: ModuleSettings>(
         b.file(file)?;
     }
     b.env(names, vars)?;
-    for s in settings_of::<T>(names)? {
-        if let Some(v) = matches.get_one::<String>(&format!("set:{}", s.name)) {
-            b.set(&s, v, Layer::Flag(s.flag()))?;
+    let settings = settings_of::<T>(names)?;
+    for s in settings.iter().filter(|s| !s.alias) {
+        if let Some(v) = matches.get_one::<String>(&s.path) {
+            // the flag and its aliases: `duration-s/--duration`
+            let flags: Vec<String> = settings
+                .iter()
+                .filter(|a| a.path == s.path)
+                .map(Setting::flag)
+                .collect();
+            b.set(s, v, Layer::Flag(flags.join("/--")))?;
         }
     }
     Ok(Cli {
@@ -145,6 +163,7 @@ mod tests {
         env_prefix: "T_",
         aliases: &[("duration", "duration_s")],
         env: &[("OTHER_PORT", "port")],
+        help: &[("port", "The port.")],
     };
 
     fn run(args: &[&str], vars: &[(&str, &str)]) -> Result<Cli<S>, SettingsError> {

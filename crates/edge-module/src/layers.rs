@@ -99,6 +99,9 @@ pub struct Names {
     pub aliases: &'static [(&'static str, &'static str)],
     /// `(variable, path)`: variables without the prefix, e.g. `("MQTT_HOST", "host")`.
     pub env: &'static [(&'static str, &'static str)],
+    /// `(path, text)`: what a setting means, for `--help` (optional; the JSON path, default and
+    /// variables are always shown).
+    pub help: &'static [(&'static str, &'static str)],
 }
 
 impl Names {
@@ -221,7 +224,7 @@ fn patch_at(path: &str, value: Value) -> Value {
     })
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -514,6 +517,7 @@ mod tests {
         env_prefix: "T_",
         aliases: &[("count", "inner.b")],
         env: &[("OTHER_HOST", "host")],
+        help: &[],
     };
 
     fn vars(v: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
@@ -633,6 +637,7 @@ mod tests {
             env_prefix: "T_",
             aliases: &[("x", "nope")],
             env: &[],
+            help: &[],
         };
         assert!(matches!(
             settings_of::<S>(&BAD),
@@ -642,6 +647,7 @@ mod tests {
             env_prefix: "T_",
             aliases: &[("port", "inner.b")],
             env: &[],
+            help: &[],
         };
         assert!(matches!(
             settings_of::<S>(&CLASH),

@@ -33,9 +33,16 @@ pub mod twin;
 
 pub use layers::{Builder, Layer, Layered, ModuleSettings, Names, SettingsError};
 #[cfg(feature = "client")]
-pub use runtime::{connect, run_module, under_iot_edge, Module, RuntimeError};
+pub use runtime::{connect, run_module, Module, RuntimeError};
 #[cfg(feature = "client")]
 pub use twin::{Reported, TwinLoop, TwinSettings, Update};
+
+/// Whether edgeAgent (or `edge-dev`) started this process as a module: `IOTEDGE_MODULEID` or
+/// `EdgeHubConnectionString` is set.
+pub fn under_iot_edge() -> bool {
+    std::env::var_os("IOTEDGE_MODULEID").is_some()
+        || std::env::var_os("EdgeHubConnectionString").is_some()
+}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). Calling it again does nothing.
 pub fn init_tracing() {

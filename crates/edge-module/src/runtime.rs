@@ -18,12 +18,6 @@ pub enum RuntimeError {
     Connect(ClientError),
 }
 
-/// Whether edgeAgent (or `edge-dev`) started this process as a module.
-pub fn under_iot_edge() -> bool {
-    std::env::var_os("IOTEDGE_MODULEID").is_some()
-        || std::env::var_os("EdgeHubConnectionString").is_some()
-}
-
 /// The identity from the environment and a connection to edgeHub.
 pub async fn connect(options: ClientOptions) -> Result<(ModuleClient, Events), RuntimeError> {
     let identity = Identity::from_environment()

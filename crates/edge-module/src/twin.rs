@@ -65,17 +65,8 @@ impl<T: ModuleSettings + Clone> TwinSettings<T> {
         self.apply_over(base, patch)
     }
 
-    fn apply_over(&mut self, mut base: Value, desired: &Value) -> Result<&T, SettingsError> {
-        let empty = Value::Object(Map::new());
-        let desired = if desired.is_null() { &empty } else { desired };
-        if !desired.is_object() {
-            return Err(SettingsError::NotAnObject {
-                layer: Layer::Twin,
-                found: "something else",
-            });
-        }
-        edge_client::twin::merge_with_defaults(&mut base, desired, &self.defaults);
-        self.current = deserialize::<T>(&base, |_| Layer::Twin)?;
+    fn apply_over(&mut self, base: Value, desired: &Value) -> Result<&T, SettingsError> {
+        self.current = over(base, desired, &self.defaults)?;
         Ok(&self.current)
     }
 
@@ -111,6 +102,32 @@ impl<T: ModuleSettings + Clone> TwinSettings<T> {
             None => Value::Object(m),
         }
     }
+}
+
+/// A desired patch over `current`, deserialized and validated: [`TwinSettings::apply_patch`] for one
+/// value.
+pub fn merged<T: ModuleSettings>(current: &T, patch: &Value) -> Result<T, SettingsError> {
+    let type_err = |e: serde_json::Error| SettingsError::Type(e.to_string());
+    let defaults = serde_json::to_value(T::default()).map_err(type_err)?;
+    let base = serde_json::to_value(current).map_err(type_err)?;
+    over(base, patch, &defaults)
+}
+
+fn over<T: ModuleSettings>(
+    mut base: Value,
+    desired: &Value,
+    defaults: &Value,
+) -> Result<T, SettingsError> {
+    let empty = Value::Object(Map::new());
+    let desired = if desired.is_null() { &empty } else { desired };
+    if !desired.is_object() {
+        return Err(SettingsError::NotAnObject {
+            layer: Layer::Twin,
+            found: crate::layers::kind(desired),
+        });
+    }
+    edge_client::twin::merge_with_defaults(&mut base, desired, defaults);
+    deserialize::<T>(&base, |_| Layer::Twin)
 }
 
 /// One answer of the twin loop to a desired document or patch.
