@@ -28,21 +28,22 @@ pub fn command<T: ModuleSettings>(
     names: &Names,
 ) -> Result<Command, SettingsError> {
     let settings = settings_of::<T>(names)?;
-    let mut cmd = command
-        .arg(
+    let mut cmd = command.arg(
+        Arg::new("print-settings")
+            .long("print-settings")
+            .action(ArgAction::SetTrue)
+            .help("Print the effective settings as JSON and exit"),
+    );
+    if let Some(file_env) = names.file_env() {
+        cmd = cmd.arg(
             Arg::new("settings")
                 .long("settings")
                 .value_name("FILE")
-                .env(names.file_env())
+                .env(file_env)
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("JSON settings file (the JSON names of the settings); environment and flags override it"),
-        )
-        .arg(
-            Arg::new("print-settings")
-                .long("print-settings")
-                .action(ArgAction::SetTrue)
-                .help("Print the effective settings as JSON and exit"),
         );
+    }
     for s in settings.iter().filter(|s| !s.alias) {
         let aliases: Vec<&Setting> = settings
             .iter()
@@ -113,7 +114,10 @@ fn from_matches<T: ModuleSettings>(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<Cli<T>, SettingsError> {
     let mut b = Builder::<T>::new()?;
-    if let Some(file) = matches.get_one::<PathBuf>("settings") {
+    let file = names
+        .file_env()
+        .and_then(|_| matches.get_one::<PathBuf>("settings"));
+    if let Some(file) = file {
         b.file(file)?;
     }
     b.env(names, vars)?;
@@ -163,6 +167,7 @@ mod tests {
         env_prefix: "T_",
         aliases: &[("duration", "duration_s")],
         env: &[("OTHER_PORT", "port")],
+        file: true,
         help: &[("port", "The port.")],
     };
 

@@ -4,7 +4,8 @@
 //! (`crate::twin`, feature `client`).
 //!
 //! Names come from the settings type itself: every leaf of `T::default()` serialized (`faults.clock_skew`)
-//! is a setting, with the flag `--faults-clock-skew` and the variable `{PREFIX}FAULTS_CLOCK_SKEW`. A
+//! is a setting, with the flag `--faults-clock-skew` and the variable `{PREFIX}FAULTS_CLOCK_SKEW`
+//! (camelCase JSON names are split at capitals: `stateDir` is `--state-dir`, `{PREFIX}STATE_DIR`). A
 //! module adds [`Names::aliases`] for the flags and variables whose names differ from the field
 //! (`--count` for `messages_per_device`) and [`Names::env`] for variables without its prefix
 //! (`MQTT_HOST`). A value is taken as JSON when it parses as JSON and the setting is not a string
@@ -99,15 +100,18 @@ pub struct Names {
     pub aliases: &'static [(&'static str, &'static str)],
     /// `(variable, path)`: variables without the prefix, e.g. `("MQTT_HOST", "host")`.
     pub env: &'static [(&'static str, &'static str)],
+    /// Whether the module reads a JSON settings file (`--settings FILE` or [`Names::file_env`]).
+    pub file: bool,
     /// `(path, text)`: what a setting means, for `--help` (optional; the JSON path, default and
     /// variables are always shown).
     pub help: &'static [(&'static str, &'static str)],
 }
 
 impl Names {
-    /// The variable that names the settings file (`{PREFIX}SETTINGS`); it is not a setting.
-    pub fn file_env(&self) -> String {
-        format!("{}SETTINGS", self.env_prefix)
+    /// The variable that names the settings file (`{PREFIX}SETTINGS`), when the module reads one; it is
+    /// not a setting.
+    pub fn file_env(&self) -> Option<String> {
+        self.file.then(|| format!("{}SETTINGS", self.env_prefix))
     }
 }
 
@@ -195,11 +199,29 @@ fn leaves(v: &Value, prefix: &str, out: &mut Vec<Setting>) {
         }
     }
     out.push(Setting {
-        name: prefix.replace(['.', '-'], "_"),
+        name: snake_case(prefix),
         path: prefix.to_string(),
         default: v.clone(),
         alias: false,
     });
+}
+
+/// `faults.clock_skew` -> `faults_clock_skew`, `eventPolicy.tickMs` -> `event_policy_tick_ms`.
+fn snake_case(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for c in path.chars() {
+        if c == '.' || c == '-' {
+            out.push('_');
+        } else if c.is_ascii_uppercase() {
+            if !out.is_empty() && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -339,12 +361,12 @@ impl<T: ModuleSettings> Builder<T> {
         for (k, v) in vars {
             let Some(name) = k.to_str() else { continue };
             let ours = name.starts_with(names.env_prefix) || by_var.contains_key(name);
-            if !ours || name == file_env {
+            if !ours || file_env.as_deref() == Some(name) {
                 continue;
             }
             let Some(setting) = by_var.get(name) else {
                 let mut valid: Vec<String> = by_var.keys().cloned().collect();
-                valid.push(file_env.clone());
+                valid.extend(file_env.clone());
                 valid.sort();
                 return Err(SettingsError::UnknownVariable {
                     name: name.to_string(),
@@ -517,11 +539,22 @@ mod tests {
         env_prefix: "T_",
         aliases: &[("count", "inner.b")],
         env: &[("OTHER_HOST", "host")],
+        file: true,
         help: &[],
     };
 
     fn vars(v: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         v.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn camel_case_names_become_snake_case() {
+        assert_eq!(snake_case("stateDir"), "state_dir");
+        assert_eq!(
+            snake_case("eventPolicy.lateArrivalToleranceSecs"),
+            "event_policy_late_arrival_tolerance_secs"
+        );
+        assert_eq!(snake_case("faults.clock_skew"), "faults_clock_skew");
     }
 
     #[test]
@@ -637,6 +670,7 @@ mod tests {
             env_prefix: "T_",
             aliases: &[("x", "nope")],
             env: &[],
+            file: false,
             help: &[],
         };
         assert!(matches!(
@@ -647,6 +681,7 @@ mod tests {
             env_prefix: "T_",
             aliases: &[("port", "inner.b")],
             env: &[],
+            file: false,
             help: &[],
         };
         assert!(matches!(

@@ -12,7 +12,8 @@ use crate::twin::{self, Reported, TwinLoop, TwinSettings};
 /// Why a module could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("no IoT Edge module identity: {0}; run under IoT Edge (IOTEDGE_* variables) or set EdgeHubConnectionString and EdgeModuleCACertificateFile")]
+    /// edge-client's message says which variables to set.
+    #[error("no IoT Edge module identity: {0}")]
     Identity(ClientError),
     #[error("cannot connect to edgeHub: {0}")]
     Connect(ClientError),

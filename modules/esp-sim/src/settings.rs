@@ -30,6 +30,7 @@ pub const NAMES: edge_module::Names = edge_module::Names {
         ("storm_fraction", "faults.storm_fraction"),
     ],
     env: &[("MQTT_HOST", "host"), ("MQTT_PORT", "port")],
+    file: true,
     help: &[
         ("host", "MQTT server host."),
         ("port", "MQTT server port."),
