@@ -6,6 +6,8 @@
 //!   the module's prefixed environment variables -> command-line flags, each a JSON merge patch
 //!   (RFC 7396, the `json-patch` crate), deserialized once at the end; errors ([`SettingsError`]) name
 //!   the layer and the key and say what to do.
+//! - [`duration`]: typed durations: `Duration` fields whose JSON stays a number in the unit their name
+//!   gives (`tick_ms`, `grace_s`).
 //! - [`cli`]: the command line derived from `T`'s fields: a flag and a variable per setting, plus
 //!   the module's aliases; `--settings FILE`, `--print-settings`.
 //! - [`twin`] (feature `client`): the twin loop: the module twin's desired properties as the last
@@ -25,6 +27,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cli;
+pub mod duration;
 pub mod layers;
 #[cfg(feature = "client")]
 mod runtime;

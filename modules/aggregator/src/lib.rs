@@ -84,7 +84,7 @@ pub async fn run(
     // Inputs that arrived while no query was in force, in arrival order (not acknowledged).
     let mut held: VecDeque<InputMessage> = VecDeque::new();
     let mut held_warned = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_ms));
+    let mut tick = tokio::time::interval(settings.tick_ms);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // One timer for the commits, moved only when the commit time changes (a new timer per turn of

@@ -26,15 +26,15 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// How often the watermark is advanced with the wall clock and the checkpoint written, in milliseconds
     /// (`AGGREGATOR_TICK_MS`). Default 1000.
-    #[serde(default = "default_tick_ms")]
-    pub tick_ms: u64,
+    #[serde(default = "default_tick_ms", with = "edge_module::duration::millis")]
+    pub tick_ms: Duration,
 }
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("aggregator-state")
 }
-fn default_tick_ms() -> u64 {
-    1000
+fn default_tick_ms() -> Duration {
+    Duration::from_millis(1000)
 }
 
 impl Default for Settings {
@@ -92,12 +92,12 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), AggregatorError> {
-        if self.tick_ms == 0 || self.tick_ms > 60_000 {
+        if self.tick_ms.is_zero() || self.tick_ms > Duration::from_secs(60) {
             return Err(AggregatorError::Settings {
                 key: "AGGREGATOR_TICK_MS".into(),
                 message: format!(
                     "{} is out of range: use 1..=60000 milliseconds",
-                    self.tick_ms
+                    self.tick_ms.as_millis()
                 ),
             });
         }
@@ -246,7 +246,7 @@ mod tests {
     fn env_allow_list_and_defaults() {
         let s = Settings::from_vars(vars(&[("PATH", "/bin"), ("AGGREGATOR_QUERY", " ")])).unwrap();
         assert_eq!(s, Settings::default(), "a blank query is none");
-        assert_eq!(s.tick_ms, 1000);
+        assert_eq!(s.tick_ms, Duration::from_millis(1000));
         let s = Settings::from_vars(vars(&[
             ("AGGREGATOR_QUERY", "SELECT * INTO o FROM i"),
             ("AGGREGATOR_STATE_DIR", "/data"),
@@ -256,7 +256,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.query.as_deref(), Some("SELECT * INTO o FROM i"));
         assert_eq!(s.state_dir, PathBuf::from("/data"));
-        assert_eq!(s.tick_ms, 250);
+        assert_eq!(s.tick_ms, Duration::from_millis(250));
         // the documented list is the derived one
         let derived: Vec<String> = edge_module::layers::settings_of::<Settings>(&NAMES)
             .unwrap()
