@@ -10,10 +10,10 @@
 //!   gives (`tick_ms`, `grace_s`).
 //! - [`cli`]: the command line derived from `T`'s fields: a flag and a variable per setting, plus
 //!   the module's aliases; `--settings FILE`, `--print-settings`.
-//! - [`twin`] (feature `client`): the twin loop: the module twin's desired properties as the last
+//! - `twin` (feature `client`): the twin loop: the module twin's desired properties as the last
 //!   layer, live; refused properties keep the settings in force; every change is reported as
 //!   `{settings, error}`.
-//! - [`run_module`] (feature `client`): identity from the environment, the connection to edgeHub,
+//! - `run_module` (feature `client`): identity from the environment, the connection to edgeHub,
 //!   the twin loop, the shutdown signal; [`init_tracing`] and [`shutdown_signal`] for every binary.
 //!
 //! Why a crate of its own, and why `client` is a feature: esp-sim also builds as a plain command-line
@@ -21,7 +21,7 @@
 //! The layering needs only serde, `json-patch` and clap; the twin loop needs edgeHub's client (MQTT,
 //! TLS, the workload API). edge-client cannot hold the layering without taking clap and the command
 //! line into every user of the client (the hub, edge-dev), and cannot depend on this crate (this crate
-//! depends on it for the twin loop), so the twin patch itself stays in [`edge_client::twin`] and the
+//! depends on it for the twin loop), so the twin patch itself stays in `edge_client::twin` and the
 //! loop here uses it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
