@@ -1,5 +1,5 @@
 //! Typed durations for settings: a field is a [`std::time::Duration`] in Rust and keeps its unit in its
-//! JSON name and number (`"tick_ms": 1000`, `"grace_s": 2.5`), so files, variables, flags and twins
+//! JSON name and number (`"tick_ms": 1000`, `"keep_alive_s": 30`, `"grace_s": 2.5`), so files, variables, flags and twins
 //! read as before while the code never multiplies milliseconds by hand.
 //!
 //! ```
@@ -29,6 +29,21 @@ pub mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A whole number of seconds.
+pub mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
     }
 }
 
@@ -64,6 +79,8 @@ mod tests {
         a_ms: Duration,
         #[serde(with = "super::seconds")]
         b_s: Duration,
+        #[serde(with = "super::secs", default)]
+        c_s: Duration,
     }
 
     #[test]
@@ -73,16 +90,20 @@ mod tests {
             s,
             S {
                 a_ms: Duration::from_millis(5),
-                b_s: Duration::from_secs(2)
+                b_s: Duration::from_secs(2),
+                c_s: Duration::ZERO,
             }
         );
-        let back: S = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json, serde_json::json!({"a_ms": 5, "b_s": 2.0, "c_s": 0}));
+        let back: S = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
         for bad in [
             r#"{"a_ms": -1, "b_s": 1}"#,
             r#"{"a_ms": 1.5, "b_s": 1}"#,
             r#"{"a_ms": 1, "b_s": -0.5}"#,
             r#"{"a_ms": 1, "b_s": "1s"}"#,
+            r#"{"a_ms": 1, "b_s": 1, "c_s": 0.5}"#,
         ] {
             assert!(serde_json::from_str::<S>(bad).is_err(), "{bad}");
         }

@@ -4,6 +4,7 @@
 //! `validate` runs before anything starts and returns errors instead of panicking.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -200,14 +201,16 @@ pub struct Settings {
     pub client_id_prefix: String,
     /// Speak MQTT 5 instead of 3.1.1 (clean start, no properties). Default false.
     pub mqtt5: bool,
-    /// MQTT keep-alive, seconds. Default 30.
-    pub keep_alive_s: u64,
+    /// MQTT keep-alive, whole seconds. Default 30.
+    #[serde(with = "edge_module::duration::secs")]
+    pub keep_alive_s: Duration,
     /// First reconnect delay, milliseconds; doubles up to `reconnect_max_ms`, with jitter. Default 100.
     pub reconnect_min_ms: u64,
     /// Largest reconnect delay, milliseconds. Default 10000.
     pub reconnect_max_ms: u64,
     /// At shutdown, how long to wait for outstanding acknowledgements, milliseconds. Default 3000.
-    pub drain_ms: u64,
+    #[serde(with = "edge_module::duration::millis")]
+    pub drain_ms: Duration,
     /// Fleet temperature model: fever episodes per patient per simulated day. Default 0.2.
     pub fever_per_day: f64,
     /// Faults on purpose. Default none.
@@ -234,10 +237,10 @@ impl Default for Settings {
             retain: None,
             client_id_prefix: "esp-sim".into(),
             mqtt5: false,
-            keep_alive_s: 30,
+            keep_alive_s: Duration::from_secs(30),
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
-            drain_ms: 3000,
+            drain_ms: Duration::from_millis(3000),
             fever_per_day: 0.2,
             faults: Faults {
                 max_skew_s: default_max_skew(),
