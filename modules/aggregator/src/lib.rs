@@ -1,7 +1,8 @@
 //! AggregatorModule: the edge replacement of an Azure Stream Analytics edge job.
 //!
 //! Parts:
-//! - [`settings`]: process settings (environment allow-list) and twin settings (`query`, `eventPolicy`,
+//! - [`settings`]: process settings (`AGGREGATOR_*` variables derived from the fields and layered by
+//!   `edge-module`; any other `AGGREGATOR_` variable is an error) and twin settings (`query`, `eventPolicy`,
 //!   `deadLetterOutput`, `referenceData`, live from the module twin's desired properties).
 //! - [`reference`]: reference data for JOINs without a time bound, from CSV or JSON lines files
 //!   (reloaded when they change) or inline in the twin; a bad file keeps the previous rows.
@@ -43,6 +44,9 @@ pub enum AggregatorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The process settings (environment) could not be layered; the message names the variable.
+    #[error(transparent)]
+    Layers(#[from] edge_module::SettingsError),
     #[error("edgeHub client: {0}")]
     Client(#[from] edge_client::ClientError),
     #[error("replay: {0}")]
@@ -80,7 +84,7 @@ pub async fn run(
     // Inputs that arrived while no query was in force, in arrival order (not acknowledged).
     let mut held: VecDeque<InputMessage> = VecDeque::new();
     let mut held_warned = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_ms));
+    let mut tick = tokio::time::interval(settings.tick_ms);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // One timer for the commits, moved only when the commit time changes (a new timer per turn of

@@ -54,13 +54,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edge_module::init_tracing();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_module(),
         Command::Replay {
@@ -141,14 +135,11 @@ fn run_module() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let identity = edge_client::Identity::from_environment()
+        let (client, events) = edge_module::connect(edge_client::ClientOptions::default())
             .await
-            .context("AggregatorModule runs under IoT Edge (or edge-dev): no module identity in the environment")?;
-        let (client, events) = edge_client::ModuleClient::connect(identity, edge_client::ClientOptions::default())
-            .await
-            .context("cannot connect to edgeHub")?;
+            .context("AggregatorModule runs under IoT Edge (or edge-dev)")?;
         tracing::info!(state_dir = %settings.state_dir.display(), "AggregatorModule started");
-        aggregator::run(settings, client, events, edge_client::shutdown_signal()).await?;
+        aggregator::run(settings, client, events, edge_module::shutdown_signal()).await?;
         tracing::info!("AggregatorModule stopped");
         Ok(())
     })

@@ -1,6 +1,7 @@
 //! Settings of AggregatorModule: the process settings (environment / command line) and the twin settings
 //! (the module twin's desired properties, live).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,13 +10,14 @@ use stream_query::{EventPolicy, OrderingAction};
 
 use crate::AggregatorError;
 
-/// Process settings, read once at start. Every field has an environment variable of the same meaning;
-/// only the variables listed in [`Settings::ENV_VARS`] are read.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Process settings, read once at start from the module's environment (layered by `edge-module`):
+/// every field is the variable `AGGREGATOR_` + its name in capitals (`stateDir`:
+/// `AGGREGATOR_STATE_DIR`); any other `AGGREGATOR_` variable is an error that lists these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    /// Query used until the twin provides one (`AGGREGATOR_QUERY`). Default: none; the module then waits for
-    /// the twin's `query`.
+    /// Query used until the twin provides one (`AGGREGATOR_QUERY`). Default: none (an empty or blank
+    /// value is none too); the module then waits for the twin's `query`.
     #[serde(default)]
     pub query: Option<String>,
     /// Folder for the window-state checkpoint (`AGGREGATOR_STATE_DIR`). Default `./aggregator-state`; in a
@@ -24,15 +26,15 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// How often the watermark is advanced with the wall clock and the checkpoint written, in milliseconds
     /// (`AGGREGATOR_TICK_MS`). Default 1000.
-    #[serde(default = "default_tick_ms")]
-    pub tick_ms: u64,
+    #[serde(default = "default_tick_ms", with = "edge_module::duration::millis")]
+    pub tick_ms: Duration,
 }
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("aggregator-state")
 }
-fn default_tick_ms() -> u64 {
-    1000
+fn default_tick_ms() -> Duration {
+    Duration::from_millis(1000)
 }
 
 impl Default for Settings {
@@ -45,50 +47,57 @@ impl Default for Settings {
     }
 }
 
+/// The names of the process settings outside JSON: the prefix; every field's variable is derived.
+pub const NAMES: edge_module::Names = edge_module::Names {
+    env_prefix: "AGGREGATOR_",
+    aliases: &[],
+    env: &[],
+    file: false,
+    help: &[],
+};
+
+impl edge_module::ModuleSettings for Settings {
+    fn validate(&self) -> Result<(), String> {
+        Settings::validate(self).map_err(|e| e.to_string())
+    }
+}
+
 impl Settings {
-    /// The environment variables this module reads, and nothing else.
+    /// The environment variables this module reads, and nothing else (derived from the fields; a test
+    /// holds this list to them).
     pub const ENV_VARS: [&'static str; 3] = [
         "AGGREGATOR_QUERY",
         "AGGREGATOR_STATE_DIR",
         "AGGREGATOR_TICK_MS",
     ];
 
-    /// Defaults, overridden by the allow-listed variables of `env` (a lookup function, so tests need not
-    /// touch the process environment).
-    pub fn from_env_with(
-        env: impl Fn(&str) -> Option<String>,
+    /// Defaults, overridden by the module's variables among `vars` (given, so tests need not touch the
+    /// process environment). Other variables are ignored; an `AGGREGATOR_` variable that is not a
+    /// setting is an error.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Settings, AggregatorError> {
-        let mut s = Settings::default();
-        if let Some(q) = env("AGGREGATOR_QUERY") {
-            if !q.trim().is_empty() {
-                s.query = Some(q);
-            }
+        let mut b = edge_module::Builder::<Settings>::new()?;
+        b.env(&NAMES, vars)?;
+        let mut s = b.build()?.into_settings();
+        if s.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            s.query = None;
         }
-        if let Some(d) = env("AGGREGATOR_STATE_DIR") {
-            s.state_dir = PathBuf::from(d);
-        }
-        if let Some(t) = env("AGGREGATOR_TICK_MS") {
-            s.tick_ms = t.trim().parse().map_err(|_| AggregatorError::Settings {
-                key: "AGGREGATOR_TICK_MS".into(),
-                message: format!("{t:?} is not a whole number of milliseconds (e.g. 1000)"),
-            })?;
-        }
-        s.validate()?;
         Ok(s)
     }
 
     /// Reads the process environment.
     pub fn from_env() -> Result<Settings, AggregatorError> {
-        Settings::from_env_with(|k| std::env::var(k).ok())
+        Settings::from_vars(std::env::vars_os())
     }
 
     pub fn validate(&self) -> Result<(), AggregatorError> {
-        if self.tick_ms == 0 || self.tick_ms > 60_000 {
+        if self.tick_ms.is_zero() || self.tick_ms > Duration::from_secs(60) {
             return Err(AggregatorError::Settings {
                 key: "AGGREGATOR_TICK_MS".into(),
                 message: format!(
                     "{} is out of range: use 1..=60000 milliseconds",
-                    self.tick_ms
+                    self.tick_ms.as_millis()
                 ),
             });
         }
@@ -229,32 +238,49 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn vars(v: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        v.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
     #[test]
     fn env_allow_list_and_defaults() {
-        let s = Settings::from_env_with(|_| None).unwrap();
-        assert_eq!(s, Settings::default());
-        assert_eq!(s.tick_ms, 1000);
-        let s = Settings::from_env_with(|k| match k {
-            "AGGREGATOR_QUERY" => Some("SELECT * INTO o FROM i".into()),
-            "AGGREGATOR_STATE_DIR" => Some("/data".into()),
-            "AGGREGATOR_TICK_MS" => Some("250".into()),
-            _ => Some("ignored".into()),
-        })
+        let s = Settings::from_vars(vars(&[("PATH", "/bin"), ("AGGREGATOR_QUERY", " ")])).unwrap();
+        assert_eq!(s, Settings::default(), "a blank query is none");
+        assert_eq!(s.tick_ms, Duration::from_millis(1000));
+        let s = Settings::from_vars(vars(&[
+            ("AGGREGATOR_QUERY", "SELECT * INTO o FROM i"),
+            ("AGGREGATOR_STATE_DIR", "/data"),
+            ("AGGREGATOR_TICK_MS", "250"),
+            ("MQTT_PORT", "ignored"),
+        ]))
         .unwrap();
         assert_eq!(s.query.as_deref(), Some("SELECT * INTO o FROM i"));
         assert_eq!(s.state_dir, PathBuf::from("/data"));
-        assert_eq!(s.tick_ms, 250);
+        assert_eq!(s.tick_ms, Duration::from_millis(250));
+        // the documented list is the derived one
+        let derived: Vec<String> = edge_module::layers::settings_of::<Settings>(&NAMES)
+            .unwrap()
+            .iter()
+            .map(|s| s.env(NAMES.env_prefix))
+            .collect();
+        let mut derived = derived;
+        derived.sort();
+        assert_eq!(derived, Settings::ENV_VARS);
     }
 
     #[test]
     fn bad_tick_is_an_error_that_names_the_variable() {
-        let e =
-            Settings::from_env_with(|k| (k == "AGGREGATOR_TICK_MS").then(|| "fast".to_string()))
-                .unwrap_err();
+        let e = Settings::from_vars(vars(&[("AGGREGATOR_TICK_MS", "fast")])).unwrap_err();
         assert!(e.to_string().contains("AGGREGATOR_TICK_MS"), "{e}");
-        let e = Settings::from_env_with(|k| (k == "AGGREGATOR_TICK_MS").then(|| "0".to_string()))
-            .unwrap_err();
+        let e = Settings::from_vars(vars(&[("AGGREGATOR_TICK_MS", "0")])).unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
+        // a misspelt variable is not ignored
+        let e = Settings::from_vars(vars(&[("AGGREGATOR_TICKMS", "5")])).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("AGGREGATOR_TICKMS") && m.contains("AGGREGATOR_TICK_MS"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ fn main() {
         seed: Some(1),
         duration_s: Some(secs),
         sent_log: Some(log.clone()),
-        keep_alive_s: 60,
+        keep_alive_s: std::time::Duration::from_secs(60),
         ..esp_sim::Settings::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

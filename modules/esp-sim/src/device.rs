@@ -128,7 +128,7 @@ pub fn client_id(prefix: &str, mode: Mode, index: u32) -> String {
 }
 
 fn connect(s: &Settings, id: &str, jitter: ChaCha8Rng) -> Conn {
-    let keep_alive = Duration::from_secs(s.keep_alive_s.max(1));
+    let keep_alive = s.keep_alive_s.max(Duration::from_secs(1));
     let backoff = Backoff {
         min_ms: s.reconnect_min_ms,
         max_ms: s.reconnect_max_ms,
@@ -362,7 +362,7 @@ pub(crate) async fn run_device(
             r = stop.changed(), if !draining => {
                 if r.is_err() || *stop.borrow() {
                     draining = true;
-                    drain_deadline = Instant::now() + Duration::from_millis(settings.drain_ms);
+                    drain_deadline = Instant::now() + settings.drain_ms;
                 }
             }
             _ = tokio::time::sleep_until(drain_deadline), if draining => break,

@@ -5,14 +5,16 @@
 //! model (mode `fleet`), and drives load tests at a target aggregate rate (mode `load`).
 //!
 //! Parts:
-//! - [`settings`]: the `Settings` struct (defaults, validation, JSON merge patch for twin updates).
+//! - [`settings`]: the `Settings` struct (defaults, validation, the names of its flags and
+//!   variables); `edge-module` layers it (file, environment, flags, twin).
 //! - [`model`]: payloads without IO: the seed's format, the patient temperature model, time
 //!   formats, and payload faults, all from seeded per-device ChaCha streams.
 //! - `device`: one device task (rumqttc client, MQTT 3.1.1 or 5, schedule, reconnect with
 //!   backoff, resend).
 //! - [`stats`]: counters, publish-to-ack latency histogram, and the run's [`Summary`].
 //! - [`run`] / [`run_live`]: start the fleet, write the sent log, stop on shutdown / duration.
-//! - `module` (feature `module`): read settings from the IoT Edge module twin, live.
+//! - `module` (feature `module`): run as the IoT Edge module: `edge_module::run_module` and its twin
+//!   loop give the settings, live; this part starts, changes and restarts the fleet.
 //!
 //! Reproducibility: with the same `seed`, settings and a fixed `start_time`, every device sends
 //! the same payload bytes in the same per-device order; network events never touch the payload
@@ -44,6 +46,9 @@ pub use stats::{Latency, Summary};
 pub enum SimError {
     #[error("invalid settings: {0}")]
     Settings(String),
+    /// Layering the settings failed (a file, a variable, a flag or the twin); the message names it.
+    #[error(transparent)]
+    Layers(#[from] edge_module::SettingsError),
     #[error(
         "cannot write the sent log {path}: {source}; check the directory exists and is writable"
     )]

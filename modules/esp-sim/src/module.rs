@@ -1,20 +1,24 @@
-//! Running as the IoT Edge module ESPSimModule (feature `module`): the module twin's desired
-//! properties are a partial [`Settings`] object (same field names) merged over the settings from
-//! the environment and command line. Changes apply live where they can (interval, rate, QoS,
-//! topic, time format, faults); changes that need new connections (host, port, mode, devices,
-//! seed, ...) stop the running fleet and start a new one. The effective settings, any settings
-//! error and the last run's summary are written to reported properties.
+//! Running as the IoT Edge module ESPSimModule (feature `module`). `edge_module::run_module` connects
+//! and runs the twin loop: the module twin's desired properties are a partial [`Settings`] object
+//! (same field names) merged over the settings from the file, environment and command line; refused
+//! ones are reported as `settingsError` and the settings in force as `settings`. This part acts on
+//! the settings in force: changes apply live where they can (interval, rate, QoS, topic, time format,
+//! faults); changes that need new connections (host, port, mode, devices, seed, ...) stop the running
+//! fleet and start a new one. The last run's summary is reported as `lastSummary`.
 
-use std::future::Future;
-
-use serde_json::{json, Value};
+use edge_module::{Layered, Module, Reported, TwinLoop};
+use serde_json::json;
 use tokio::sync::{oneshot, watch};
 
 use crate::{run_live, Settings, SimError, Summary};
 
-fn module_err(e: impl std::fmt::Display) -> SimError {
-    SimError::Module(e.to_string())
-}
+/// Where the twin loop reports: `settings` and `settingsError` at the top of reported properties
+/// (the names the README and the module-twin test give).
+pub const REPORTED: Reported = Reported {
+    under: None,
+    settings: "settings",
+    error: "settingsError",
+};
 
 struct Running {
     settings_tx: watch::Sender<Settings>,
@@ -50,32 +54,42 @@ async fn finish(r: Running) -> Option<Summary> {
     }
 }
 
-/// Run as a module until `shutdown`: connect to edgeHub, take settings from the twin, live.
-pub async fn run_module(
-    base: Settings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Summary, SimError> {
-    let identity = edge_client::Identity::from_environment()
-        .await
-        .map_err(module_err)?;
-    let (client, mut events) =
-        edge_client::ModuleClient::connect(identity, edge_client::ClientOptions::default())
-            .await
-            .map_err(module_err)?;
-    tracing::info!("connected to edgeHub; settings come from the module twin");
+/// Run as a module until SIGTERM/SIGINT: connect to edgeHub, take settings from the twin, live.
+pub async fn run_module(layered: Layered<Settings>) -> Result<Summary, SimError> {
+    edge_module::run_module(
+        &layered,
+        REPORTED,
+        edge_client::ClientOptions::default(),
+        fleet,
+    )
+    .await
+    .map_err(|e| SimError::Module(e.to_string()))?
+}
 
-    let mut current = base.clone();
+/// Starts, changes and restarts the fleet as the settings in force change.
+async fn fleet(module: Module<Settings>) -> Result<Summary, SimError> {
+    let Module {
+        client,
+        twin,
+        mut shutdown,
+    } = module;
+    let TwinLoop {
+        mut updates,
+        events: mut others,
+        task: _twin_task,
+    } = twin;
+    let mut current = updates.borrow_and_update().settings.clone();
     let mut running: Option<Running> = None;
     let mut last: Option<Summary> = None;
     let mut twin_seen = false;
-    let mut events_open = true;
-    tokio::pin!(shutdown);
+    let mut updates_open = true;
+    let mut others_open = true;
 
     loop {
         // Start the fleet once the first twin is in (or at once if it never comes: see below).
         if running.is_none() && twin_seen {
             running = Some(start(current.clone()));
-            report(&client, &current, None, last.as_ref()).await;
+            report(&client, last.as_ref()).await;
         }
         let idle = running.is_none();
         let finished = async {
@@ -93,7 +107,7 @@ pub async fn run_module(
                     tracing::info!(summary = %serde_json::to_string(&s).unwrap_or_default(), "run finished");
                     last = Some(s);
                 }
-                report(&client, &current, None, last.as_ref()).await;
+                report(&client, last.as_ref()).await;
                 // Do not restart until the twin changes.
                 twin_seen = false;
             }
@@ -101,44 +115,36 @@ pub async fn run_module(
                 tracing::warn!("no module twin after 30 s; running with environment and flag settings");
                 twin_seen = true;
             }
-            ev = events.recv(), if events_open => {
-                let Some(ev) = ev else {
+            // Inputs, methods and connection changes: this module has no use for them.
+            ev = others.recv(), if others_open => others_open = ev.is_some(),
+            changed = updates.changed(), if updates_open => {
+                if changed.is_err() {
                     tracing::warn!("module client stopped; keeping the current settings");
-                    events_open = false;
+                    updates_open = false;
                     twin_seen = true;
                     continue;
-                };
-                let next = match ev {
-                    edge_client::Event::Twin(t) => Some(base.merged(t.get("desired").unwrap_or(&Value::Null))),
-                    edge_client::Event::DesiredPatch(p) => Some(current.merged(&p)),
-                    _ => None,
-                };
-                let Some(next) = next else { continue };
+                }
+                // A twin arrived: the settings in force, refused properties already reported.
+                let next = updates.borrow_and_update().settings.clone();
                 twin_seen = true;
-                match next {
-                    Err(e) => {
-                        tracing::warn!(error = %e, "refusing desired properties; keeping the current settings");
-                        report(&client, &current, Some(&e.to_string()), last.as_ref()).await;
-                    }
-                    Ok(next) => {
-                        let restart = current.needs_restart(&next);
-                        current = next;
-                        match running.take() {
-                            Some(r) if restart => {
-                                tracing::info!("settings need new connections; restarting the fleet");
-                                if let Some(s) = finish(r).await {
-                                    last = Some(s);
-                                }
-                            }
-                            Some(r) => {
-                                tracing::info!("applying settings live");
-                                let _ = r.settings_tx.send(current.clone());
-                                running = Some(r);
-                                report(&client, &current, None, last.as_ref()).await;
-                            }
-                            None => {}
+                if next == current {
+                    continue;
+                }
+                let restart = current.needs_restart(&next);
+                current = next;
+                match running.take() {
+                    Some(r) if restart => {
+                        tracing::info!("settings need new connections; restarting the fleet");
+                        if let Some(s) = finish(r).await {
+                            last = Some(s);
                         }
                     }
+                    Some(r) => {
+                        tracing::info!("applying settings live");
+                        let _ = r.settings_tx.send(current.clone());
+                        running = Some(r);
+                    }
+                    None => {}
                 }
             }
         }
@@ -148,22 +154,13 @@ pub async fn run_module(
             last = Some(s);
         }
     }
-    report(&client, &current, None, last.as_ref()).await;
+    report(&client, last.as_ref()).await;
     last.ok_or_else(|| SimError::Module("stopped before any simulation ran".into()))
 }
 
-async fn report(
-    client: &edge_client::ModuleClient,
-    s: &Settings,
-    error: Option<&str>,
-    last: Option<&Summary>,
-) {
-    let patch = json!({
-        "settings": s,
-        "settingsError": error,
-        "lastSummary": last,
-    });
-    if let Err(e) = client.update_reported(patch).await {
+/// Reports the last run's summary (the twin loop reports the settings).
+async fn report(client: &edge_client::ModuleClient, last: Option<&Summary>) {
+    if let Err(e) = client.update_reported(json!({ "lastSummary": last })).await {
         tracing::warn!(error = %e, "could not update reported properties");
     }
 }

@@ -1,13 +1,71 @@
-//! Settings: one `Settings` struct, layered defaults -> JSON file -> environment/command line -> twin
-//! desired properties. Every field documents its unit and default. `validate` runs before anything
-//! starts and returns errors instead of panicking.
+//! Settings: one `Settings` struct, layered by `edge-module`: defaults -> JSON file -> environment ->
+//! command line -> twin desired properties. Every field documents its unit and default; every field is
+//! also a flag and an `ESP_SIM_` variable of its name, and [`NAMES`] adds the older short names.
+//! `validate` runs before anything starts and returns errors instead of panicking.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::SimError;
+
+/// The names of the settings outside JSON, besides each field's own (`--interval-ms`,
+/// `ESP_SIM_INTERVAL_MS`, `--faults-clock-skew`, `ESP_SIM_FAULTS_CLOCK_SKEW`): the short flags and
+/// variables the README documents, and the deployment's `MQTT_HOST`/`MQTT_PORT`.
+pub const NAMES: edge_module::Names = edge_module::Names {
+    env_prefix: "ESP_SIM_",
+    aliases: &[
+        ("duration", "duration_s"),
+        ("count", "messages_per_device"),
+        ("client_id", "client_id_prefix"),
+        ("fault_malformed", "faults.malformed_json"),
+        ("fault_missing", "faults.missing_field"),
+        ("fault_mistyped", "faults.mistyped_field"),
+        ("fault_out_of_range", "faults.out_of_range"),
+        ("fault_clock_skew", "faults.clock_skew"),
+        ("max_skew", "faults.max_skew_s"),
+        ("fault_disconnect", "faults.disconnect"),
+        ("storm_every", "faults.storm_every_s"),
+        ("storm_fraction", "faults.storm_fraction"),
+    ],
+    env: &[("MQTT_HOST", "host"), ("MQTT_PORT", "port")],
+    file: true,
+    help: &[
+        ("host", "MQTT server host."),
+        ("port", "MQTT server port."),
+        ("mode", "seed | fleet | load."),
+        ("devices", "Number of devices (fleet, load)."),
+        ("interval_ms", "Milliseconds between two messages of one device (seed, fleet)."),
+        ("rate", "Load mode: aggregate target rate, messages per second."),
+        ("seed", "Random seed (reported in the summary when not given)."),
+        ("sent_log", "Write every published message to this file as JSON lines."),
+        ("duration_s", "Stop after this many seconds and print a summary."),
+        ("messages_per_device", "Stop each device after this many messages."),
+        ("start_time", "Simulated clock start (RFC 3339), for reproducible timestamps."),
+        ("time_format", "rfc3339 | dotnet-invariant | dotnet-en-us (default: dotnet-invariant in seed mode, else rfc3339)."),
+        ("topic", "Topic; `{device}` becomes the device id."),
+        ("qos", "QoS 0, 1 or 2 (default: 2 in seed mode, else 1)."),
+        ("retain", "Retain flag, true or false (default: true in seed mode, else false)."),
+        ("client_id_prefix", "Client id prefix (also the fleet's deviceId prefix)."),
+        ("mqtt5", "Speak MQTT 5 instead of 3.1.1 (true or false)."),
+        ("keep_alive_s", "MQTT keep-alive, seconds."),
+        ("reconnect_min_ms", "First reconnect delay, milliseconds (doubles, with jitter)."),
+        ("reconnect_max_ms", "Largest reconnect delay, milliseconds."),
+        ("drain_ms", "At shutdown, how long to wait for acknowledgements, milliseconds."),
+        ("fever_per_day", "Fever episodes per patient per simulated day."),
+        ("faults.malformed_json", "Fault rate: payload cut short (invalid JSON)."),
+        ("faults.missing_field", "Fault rate: temp or timecreated missing."),
+        ("faults.mistyped_field", "Fault rate: temp as a string or timecreated as a number."),
+        ("faults.out_of_range", "Fault rate: temp outside 25..45 C."),
+        ("faults.clock_skew", "Fault rate: timecreated late (and so out of order) by up to max_skew_s."),
+        ("faults.max_skew_s", "Largest clock skew, seconds."),
+        ("faults.disconnect", "Fault rate: abrupt disconnect after a message."),
+        ("faults.storm_every_s", "Disconnect storm every this many seconds."),
+        ("faults.storm_fraction", "Share of devices that drop in a storm."),
+    ],
+};
 
 /// What the simulator does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -43,7 +101,8 @@ pub enum TimeFormat {
     /// .NET `DateTime.Now.ToString()` under the invariant culture: `MM/dd/yyyy HH:mm:ss` in local
     /// time (no zone). This is what the seed's container printed: the `microsoft/dotnet:2.0-runtime`
     /// images set no `LANG`/`LC_ALL`, and .NET Core on Linux then uses the invariant culture; the
-    /// container's local time zone is UTC.
+    /// container's local time zone is UTC. Also accepted as `dotnet`.
+    #[serde(alias = "dotnet")]
     DotnetInvariant,
     /// .NET `DateTime.Now.ToString()` under en-US: `M/d/yyyy h:mm:ss AM|PM` in local time.
     DotnetEnUs,
@@ -142,14 +201,16 @@ pub struct Settings {
     pub client_id_prefix: String,
     /// Speak MQTT 5 instead of 3.1.1 (clean start, no properties). Default false.
     pub mqtt5: bool,
-    /// MQTT keep-alive, seconds. Default 30.
-    pub keep_alive_s: u64,
+    /// MQTT keep-alive, whole seconds. Default 30.
+    #[serde(with = "edge_module::duration::secs")]
+    pub keep_alive_s: Duration,
     /// First reconnect delay, milliseconds; doubles up to `reconnect_max_ms`, with jitter. Default 100.
     pub reconnect_min_ms: u64,
     /// Largest reconnect delay, milliseconds. Default 10000.
     pub reconnect_max_ms: u64,
     /// At shutdown, how long to wait for outstanding acknowledgements, milliseconds. Default 3000.
-    pub drain_ms: u64,
+    #[serde(with = "edge_module::duration::millis")]
+    pub drain_ms: Duration,
     /// Fleet temperature model: fever episodes per patient per simulated day. Default 0.2.
     pub fever_per_day: f64,
     /// Faults on purpose. Default none.
@@ -176,10 +237,10 @@ impl Default for Settings {
             retain: None,
             client_id_prefix: "esp-sim".into(),
             mqtt5: false,
-            keep_alive_s: 30,
+            keep_alive_s: Duration::from_secs(30),
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
-            drain_ms: 3000,
+            drain_ms: Duration::from_millis(3000),
             fever_per_day: 0.2,
             faults: Faults {
                 max_skew_s: default_max_skew(),
@@ -238,14 +299,10 @@ impl Settings {
 
     /// Apply a JSON merge patch (RFC 7396; twin desired properties work this way: `null` resets a
     /// field to its default). Keys starting with `$` (`$version`, `$metadata`) are ignored. Module
-    /// builds only (the `module` feature): it is edge-client's twin patch.
+    /// builds only (the `module` feature): it is the twin loop's patch (`edge_module::twin`).
     #[cfg(feature = "module")]
     pub fn merged(&self, patch: &serde_json::Value) -> Result<Settings, SimError> {
-        let mut base = serde_json::to_value(self).map_err(|e| SimError::Settings(e.to_string()))?;
-        let defaults = serde_json::to_value(Settings::default())
-            .map_err(|e| SimError::Settings(e.to_string()))?;
-        edge_client::twin::merge_with_defaults(&mut base, patch, &defaults);
-        Settings::from_json(base)
+        Ok(edge_module::twin::merged(self, patch)?)
     }
 
     /// Check every value before anything starts.
@@ -345,6 +402,15 @@ impl Settings {
             || self.duration_s != next.duration_s
             || self.messages_per_device != next.messages_per_device
             || self.faults.storm_every_s != next.faults.storm_every_s
+    }
+}
+
+impl edge_module::ModuleSettings for Settings {
+    fn validate(&self) -> Result<(), String> {
+        Settings::validate(self).map_err(|e| match e {
+            SimError::Settings(m) => m,
+            other => other.to_string(),
+        })
     }
 }
 

@@ -171,6 +171,82 @@ fn bad_settings_fail_with_a_reason() {
 }
 
 #[test]
+fn every_field_is_a_flag_and_a_variable() {
+    // Fields without a short name of their own: the field's name, dashes for underscores and dots.
+    let v = print_settings(cmd().env("ESP_SIM_KEEP_ALIVE_S", "5").args([
+        "--faults-clock-skew",
+        "0.25",
+        "--reconnect-max-ms",
+        "500",
+        "--duration-s",
+        "7",
+        "--time-format",
+        "dotnet",
+    ]));
+    assert_eq!(v["keep_alive_s"], 5);
+    assert_eq!(v["faults"]["clock_skew"], 0.25);
+    assert_eq!(v["reconnect_max_ms"], 500);
+    assert_eq!(v["duration_s"], 7.0);
+    assert_eq!(v["time_format"], "dotnet-invariant");
+    // A text setting keeps text that looks like JSON; null resets to the default.
+    let v = print_settings(
+        cmd()
+            .env("ESP_SIM_TOPIC", "123")
+            .env("ESP_SIM_CLIENT_ID", "true")
+            .args(["--seed", "null"]),
+    );
+    assert_eq!(v["topic"], "123");
+    assert_eq!(v["client_id_prefix"], "true");
+    assert!(v["seed"].is_null());
+}
+
+fn fails(c: &mut Command) -> String {
+    let out = c.arg("--print-settings").output().unwrap();
+    assert!(!out.status.success(), "should fail");
+    assert!(out.stdout.is_empty());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn errors_name_the_variable_flag_or_file() {
+    // An unknown variable with our prefix is a typo: refused, with the valid names.
+    let e = fails(cmd().env("ESP_SIM_DEVCIES", "3"));
+    assert!(
+        e.contains("ESP_SIM_DEVCIES") && e.contains("ESP_SIM_DEVICES") && e.contains("MQTT_HOST"),
+        "{e}"
+    );
+    // A value of the wrong type names the variable and the setting.
+    let e = fails(cmd().env("ESP_SIM_DEVICES", "many"));
+    assert!(
+        e.contains("ESP_SIM_DEVICES") && e.contains("`devices`"),
+        "{e}"
+    );
+    let e = fails(cmd().env("MQTT_PORT", "70000"));
+    assert!(e.contains("MQTT_PORT") && e.contains("`port`"), "{e}");
+    let e = fails(cmd().args(["--count", "-1"]));
+    assert!(e.contains("--messages-per-device/--count"), "{e}");
+    let e = fails(cmd().args(["--mode", "swarm"]));
+    assert!(e.contains("--mode") && e.contains("seed"), "{e}");
+    // A file that is not JSON, or has a bad value deep inside, names the file and the key.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.json");
+    std::fs::write(&file, "{devices: 3").unwrap();
+    let e = fails(cmd().arg("--settings").arg(&file));
+    assert!(e.contains("s.json") && e.contains("not JSON"), "{e}");
+    std::fs::write(&file, r#"{"faults": {"clock_skew": "often"}}"#).unwrap();
+    let e = fails(cmd().arg("--settings").arg(&file));
+    assert!(
+        e.contains("s.json") && e.contains("faults.clock_skew"),
+        "{e}"
+    );
+    let e = fails(cmd().arg("--settings").arg(dir.path().join("missing.json")));
+    assert!(
+        e.contains("missing.json") && e.contains("cannot read"),
+        "{e}"
+    );
+}
+
+#[test]
 fn load_run_prints_a_summary() {
     if !have_mosquitto() {
         return;

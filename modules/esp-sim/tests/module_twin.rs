@@ -89,6 +89,34 @@ async fn settings_come_from_the_twin_live() {
         .contains("devcies"));
     assert_eq!(reported["settings"]["topic"], "live/{device}");
 
+    // 4. A value of the wrong type is refused the same way, naming the setting.
+    hub.handle
+        .update_desired(
+            MODULE,
+            serde_json::json!({"devcies": null, "interval_ms": "fast"}),
+        )
+        .await
+        .unwrap();
+    let reported = hub
+        .wait_reported(MODULE, |r| {
+            r["settingsError"]
+                .as_str()
+                .is_some_and(|e| e.contains("interval_ms"))
+        })
+        .await;
+    assert_eq!(reported["settings"]["interval_ms"], 50);
+
+    // 5. The next good patch applies and clears the error.
+    hub.handle
+        .update_desired(MODULE, serde_json::json!({"interval_ms": 60}))
+        .await
+        .unwrap();
+    let reported = hub
+        .wait_reported(MODULE, |r| r["settings"]["interval_ms"] == 60)
+        .await;
+    assert!(reported["settingsError"].is_null(), "{reported}");
+    assert_eq!(reported["settings"]["topic"], "live/{device}");
+
     drop(module);
     hub.stop().await;
 }
