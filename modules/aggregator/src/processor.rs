@@ -129,7 +129,7 @@ pub struct Processor {
     last_status: QueryStatus,
     references: References,
     last_refresh: Option<std::time::Instant>,
-    wal_path: PathBuf,
+    wal: wal::LogFile,
     /// The last input-log sequence number given out.
     wal_seq: u64,
     /// Records not yet handed to a commit.
@@ -178,7 +178,7 @@ impl Processor {
             },
             references: References::default(),
             last_refresh: None,
-            wal_path: state_dir.join("inputs.log"),
+            wal: wal::LogFile::new(state_dir.join("inputs.log")),
             wal_seq: 0,
             unsynced: Vec::new(),
             log_bytes: 0,
@@ -314,16 +314,18 @@ impl Processor {
     /// before the restart). Returns how many were applied.
     fn replay_log(&mut self, engine: &mut Engine, wal_seq: u64) -> usize {
         self.wal_seq = wal_seq;
-        let log = match wal::read_and_repair(&self.wal_path) {
+        // a repair may cut the file: appends open it again
+        self.wal.forget();
+        let log = match wal::read_and_repair(self.wal.path()) {
             Ok(log) => log,
             Err(e) => {
-                tracing::warn!(path = %self.wal_path.display(), error = %e,
+                tracing::warn!(path = %self.wal.path().display(), error = %e,
                     "the input log cannot be used; the snapshot alone is restored (inputs acknowledged after it are lost)");
                 return 0;
             }
         };
         if let Some(why) = &log.torn {
-            tracing::warn!(path = %self.wal_path.display(), why, kept = log.records.len(),
+            tracing::warn!(path = %self.wal.path().display(), why, kept = log.records.len(),
                 "the input log ends in a torn or corrupt record (a crash during a write?); using the records before it");
         }
         let mut applied = 0;
@@ -646,7 +648,7 @@ impl Processor {
             Some(w) => w.run().map_err(|e| {
                 self.commit_failed();
                 AggregatorError::Checkpoint {
-                    path: self.wal_path.clone(),
+                    path: self.wal.path().to_path_buf(),
                     source: e,
                 }
             }),
@@ -656,7 +658,7 @@ impl Processor {
 
     /// The folder it keeps its state in.
     pub fn state_dir(&self) -> &Path {
-        self.wal_path.parent().unwrap_or(Path::new("."))
+        self.wal.path().parent().unwrap_or(Path::new("."))
     }
 
     /// The work of the last [`Processor::commit_work`] failed (a full disk, say). Its inputs stay
@@ -699,7 +701,7 @@ impl Processor {
             let bytes = std::mem::take(&mut self.unsynced);
             self.log_bytes += bytes.len() as u64;
             let work = wal::Work::Append {
-                log: self.wal_path.clone(),
+                log: self.wal.clone(),
                 bytes,
             };
             self.bytes_committed += work.bytes() as u64;
@@ -725,7 +727,7 @@ impl Processor {
         let work = wal::Work::Snapshot {
             checkpoint: self.checkpoint_path.clone(),
             snapshot,
-            log: self.wal_path.clone(),
+            log: self.wal.clone(),
         };
         self.bytes_committed += work.bytes() as u64;
         Ok(Some(work))
