@@ -201,7 +201,7 @@ pub fn decode_record(b: &[u8]) -> Result<Record, StoreError> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn record() -> Record {

@@ -865,7 +865,7 @@ fn apply_refs(db: &Database, ops: &[&Op], tables: &[&str]) -> Result<Deltas, Fai
 mod tests {
     use super::*;
     use crate::encode_record;
-    use edge_client::wire::Message;
+    use crate::record::tests::record;
 
     const UPSTREAM: &str = "$upstream";
 
@@ -876,21 +876,6 @@ mod tests {
         thread: "test-store-writer",
         tables: &["sessions"],
     };
-
-    fn record() -> Record {
-        let mut m = Message::new(&b"{\"temp\":38}"[..]);
-        m.content_type = Some("application/json".into());
-        m.connection_device_id = Some("dev".into());
-        m.properties.insert("k".into(), "v/w&x".into());
-        Record {
-            enqueued_ms: 1_700_000_000_000,
-            expiry_ms: 1_700_000_007_200,
-            module: "A".into(),
-            output: "out1".into(),
-            input: "in1".into(),
-            message: m,
-        }
-    }
 
     #[tokio::test]
     async fn queue_order_is_priority_then_seq_and_survives_reopen() {
