@@ -59,11 +59,6 @@ pub fn encode(output: &str, msg: &Message) -> Vec<u8> {
     })
 }
 
-/// Decodes a record written by [`encode`].
-pub fn decode(record: &[u8]) -> Result<(String, Message), StoreError> {
-    edge_store::decode_record(record).map(|r| (r.output, r.message))
-}
-
 /// The message fields other than the body, as earlier versions stored them: a JSON line before the
 /// body bytes.
 #[derive(Deserialize)]
@@ -208,10 +203,10 @@ mod tests {
     #[test]
     fn record_round_trip_keeps_binary_bodies() {
         let m = msg(b"\x00\n\xff{}");
-        let (out, back) = decode(&encode("output1", &m)).expect("decodes");
-        assert_eq!(out, "output1");
-        assert_eq!(back, m);
-        assert!(decode(b"not a record").is_err());
+        let back = edge_store::decode_record(&encode("output1", &m)).expect("decodes");
+        assert_eq!(back.output, "output1");
+        assert_eq!(back.message, m);
+        assert!(edge_store::decode_record(b"not a record").is_err());
     }
 
     #[tokio::test]
