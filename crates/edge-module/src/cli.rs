@@ -108,7 +108,9 @@ pub fn try_parse_from<T: ModuleSettings>(
     Ok(from_matches(&matches, names, vars))
 }
 
-fn from_matches<T: ModuleSettings>(
+/// The settings from `matches` of a [`command`] the module extended with arguments of its own (which
+/// it reads from the same matches), and the environment `vars`.
+pub fn from_matches<T: ModuleSettings>(
     matches: &clap::ArgMatches,
     names: &Names,
     vars: impl IntoIterator<Item = (OsString, OsString)>,

@@ -228,11 +228,19 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
-/// The JSON value of a flag or variable: the text itself for a setting whose default is a string,
-/// otherwise JSON when it parses as JSON, else the text.
+/// The JSON value of a flag or variable: the text itself for a setting whose default is a string;
+/// for a boolean setting also the words people write in environment files (`1`/`0`, `yes`/`no`,
+/// `on`/`off`, any case); otherwise JSON when it parses as JSON, else the text.
 pub fn parse_value(raw: &str, default: &Value) -> Value {
     if default.is_string() {
         return Value::String(raw.to_string());
+    }
+    if default.is_boolean() {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => return Value::Bool(true),
+            "0" | "false" | "no" | "off" => return Value::Bool(false),
+            _ => {}
+        }
     }
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
 }
@@ -600,6 +608,26 @@ mod tests {
             .unwrap();
         b.merge(&json!({"port": null}), Layer::Twin).unwrap();
         assert_eq!(b.build().unwrap().settings().port, 1);
+    }
+
+    #[test]
+    fn booleans_take_the_words_of_environment_files() {
+        for (raw, want) in [
+            ("1", json!(true)),
+            ("YES", json!(true)),
+            (" on", json!(true)),
+            ("True", json!(true)),
+            ("0", json!(false)),
+            ("no", json!(false)),
+            ("Off", json!(false)),
+            ("maybe", json!("maybe")),
+        ] {
+            assert_eq!(parse_value(raw, &json!(false)), want, "{raw}");
+        }
+        // only for a boolean setting: elsewhere `1` is the number and `yes` the text
+        assert_eq!(parse_value("1", &json!(5)), json!(1));
+        assert_eq!(parse_value("yes", &Value::Null), json!("yes"));
+        assert_eq!(parse_value("on", &json!("h")), json!("on"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! (PUBACK/PUBREC) only once edgeHub acknowledged it.
 //!
 //! ## Parts
-//! - [`settings`]: [`Settings`] (defaults -> JSON file -> allow-listed `MQTT_*` environment) and
+//! - [`settings`]: [`Settings`] (layered by edge-module: defaults -> JSON file -> `MQTT_*`
+//!   environment -> flags) and
 //!   [`settings::Routing`], the part the module twin may change live.
 //! - [`codec`]: [`codec::ServerCodec`], one codec for both versions on rumqtt's own packet code.
 //! - [`message`]: device publish -> edgeHub [`Message`] (properties, `$.ct`/`$.ce`, id, time).
@@ -350,7 +351,7 @@ pub struct Server {
 impl Server {
     /// Validates `settings` and loads the auth and ACL files; nothing starts yet.
     pub fn new(settings: Settings, forwarder: Arc<dyn Forwarder>) -> Result<Server, Error> {
-        settings.validate()?;
+        settings.check()?;
         let (auth, acl) = load_access_files(&settings)?;
         if let Some(acl) = &acl {
             log_acl_summary(acl, auth.as_ref());

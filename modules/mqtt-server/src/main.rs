@@ -1,14 +1,14 @@
-//! `mqtt-server`: MqttServerModule's binary. Parses the command line, loads settings (defaults,
-//! `--config` file, `MQTT_*` environment), sets up logging, connects to edgeHub and runs the
-//! server until SIGTERM (docker stop) or SIGINT.
+//! `mqtt-server`: MqttServerModule's binary. Parses the command line, layers the settings
+//! (edge-module: defaults, `--settings`/`--config` file, `MQTT_*` environment, a flag per
+//! setting), sets up logging, connects to edgeHub and runs the server until SIGTERM (docker stop)
+//! or SIGINT.
 
 mod edgehub;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Arg, Command};
 use mqtt_server::{Forwarder, Listeners, Server, Settings};
 use tokio::net::TcpListener;
 
@@ -21,41 +21,58 @@ enum Sink {
     Stdout,
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "mqtt-server",
-    version,
-    about = "MqttServerModule: MQTT server that forwards device publishes to edgeHub"
-)]
-struct Cli {
-    /// JSON settings file (fields as in the README's settings table; unknown fields refused).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where messages go.
-    #[arg(long, value_enum, default_value = "edgehub")]
-    sink: Sink,
-    /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set.
-    #[arg(long, default_value = "info")]
-    log: String,
+/// The command line: the module's own arguments (`--sink`, `--log`) and, from edge-module, a flag
+/// per setting, `--settings FILE` (also `--config`, its earlier name) and `--print-settings`.
+fn command() -> anyhow::Result<Command> {
+    let cmd = Command::new("mqtt-server")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("MqttServerModule: MQTT server that forwards device publishes to edgeHub")
+        .arg(
+            Arg::new("sink")
+                .long("sink")
+                .value_parser(clap::builder::EnumValueParser::<Sink>::new())
+                .default_value("edgehub")
+                .help("Where messages go"),
+        )
+        .arg(
+            Arg::new("log")
+                .long("log")
+                .default_value("info")
+                .help("Log filter (tracing-subscriber syntax); RUST_LOG wins when set"),
+        );
+    Ok(
+        edge_module::cli::command::<Settings>(cmd, &mqtt_server::settings::NAMES)?
+            .mut_arg("settings", |a| a.visible_alias("config")),
+    )
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    let matches = command()?.get_matches();
+    let log = matches
+        .get_one::<String>("log")
+        .map_or("info", String::as_str);
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log.to_string());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&filter).context("invalid log filter")?,
         )
         .with_writer(std::io::stderr)
         .init();
-
-    let mut settings = match &cli.config {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
-    };
-    settings.apply_env(|k| std::env::var(k).ok())?;
-    settings.validate()?;
+    let sink = matches
+        .get_one::<Sink>("sink")
+        .copied()
+        .unwrap_or(Sink::Edgehub);
+    let cli = edge_module::cli::from_matches::<Settings>(
+        &matches,
+        &mqtt_server::settings::NAMES,
+        std::env::vars_os(),
+    )?;
+    if cli.print_settings {
+        println!("{}", serde_json::to_string_pretty(cli.layered.settings())?);
+        return Ok(());
+    }
+    let settings = cli.layered.into_settings();
     // a mistake in the password or ACL file stops the module now, not after it reached edgeHub
     mqtt_server::check_files(&settings)?;
 
@@ -94,11 +111,11 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(
         addr = %mqtt.local_addr()?, tls = ?tls.as_ref().map(|(l, _)| l.local_addr().ok()),
-        metrics = ?metrics.as_ref().map(|l| l.local_addr().ok()), output = %settings.output, sink = ?cli.sink,
+        metrics = ?metrics.as_ref().map(|l| l.local_addr().ok()), output = %settings.output, sink = ?sink,
         "MqttServerModule starting"
     );
 
-    let (forwarder, twin): (Arc<dyn Forwarder>, Option<edgehub::Twin>) = match cli.sink {
+    let (forwarder, twin): (Arc<dyn Forwarder>, Option<edgehub::Twin>) = match sink {
         Sink::Stdout => (Arc::new(StdoutSink), None),
         Sink::Edgehub => {
             let (f, twin) = edgehub::connect().await?;

@@ -1,5 +1,7 @@
-//! Settings: defaults, then an optional JSON file, then an allow-list of environment variables,
-//! then (at run time) the module twin's desired properties for the fields that may change live.
+//! Settings: layered by edge-module (defaults -> `--settings`/`--config` JSON file -> `MQTT_*`
+//! environment -> flags), then, at run time, the module twin's desired properties for the fields
+//! that may change live ([`Routing`]). Each field's doc gives its default and its variable; the
+//! flag is the field's name with dashes (`--max-payload`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,7 +40,9 @@ pub struct Settings {
     /// Twin: `output`.
     pub output: String,
     /// Topic-to-output mappings, first match wins. Default none. Env `MQTT_TOPIC_OUTPUTS` as
-    /// `filter=output;filter=output`. Twin: `topicOutputs` as `{"filter": "output"}`.
+    /// `filter=output;filter=output` (that text is accepted in the file too).
+    /// Twin: `topicOutputs` as `{"filter": "output"}`.
+    #[serde(deserialize_with = "topic_outputs_from")]
     pub topic_outputs: Vec<TopicOutput>,
     /// Add `"deviceId": <client id>` to JSON-object bodies that lack it. Default false.
     /// Env `MQTT_ENRICH_DEVICE_ID`. Twin: `enrichDeviceId`.
@@ -153,56 +157,108 @@ impl Default for Settings {
     }
 }
 
-/// The environment variables [`Settings::apply_env`] reads; nothing else is read.
-pub const ENV_VARS: &[&str] = &[
-    "MQTT_BIND_ADDRESS",
-    "MQTT_PORT",
-    "MQTT_TLS_PORT",
-    "MQTT_TLS_CERT",
-    "MQTT_TLS_KEY",
-    "MQTT_METRICS_PORT",
-    "MQTT_OUTPUT",
-    "MQTT_TOPIC_OUTPUTS",
-    "MQTT_ENRICH_DEVICE_ID",
-    "MQTT_MAX_PAYLOAD",
-    "MQTT_MAX_CONNECTIONS",
-    "MQTT_MAX_INFLIGHT",
-    "MQTT_BUFFER_MESSAGES",
-    "MQTT_BUFFER_BYTES",
-    "MQTT_FORWARD_CONCURRENCY",
-    "MQTT_FORWARD_RETRY_MS",
-    "MQTT_FORWARD_TIMEOUT",
-    "MQTT_CONNECT_TIMEOUT",
-    "MQTT_WRITE_TIMEOUT",
-    "MQTT_SESSION_QUEUE",
-    "MQTT_OFFLINE_BYTES",
-    "MQTT_MAX_RETAINED",
-    "MQTT_SESSION_EXPIRY",
-    "MQTT_AUTH_FILE",
-    "MQTT_AUTH_ALLOW_PLAIN",
-    "MQTT_ACL_FILE",
-    "MQTT_SPOOL_PATH",
-    "MQTT_STATE_PATH",
-    "MQTT_SHUTDOWN_GRACE",
-];
-
-fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, Error> {
-    v.trim().parse().map_err(|_| Error::Setting {
-        name: var.to_string(),
-        reason: format!("cannot parse {v:?}"),
-    })
-}
-
-fn parse_bool(var: &str, v: &str) -> Result<bool, Error> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::Setting {
-            name: var.to_string(),
-            reason: format!("{v:?} is not a boolean (true/false)"),
-        }),
-    }
-}
+/// How the settings are named outside JSON: the flag `--max-payload` and the variable
+/// `MQTT_MAX_PAYLOAD` for `max_payload`, and so on for every field (edge-module derives them). The
+/// aliases keep the variable names this module has always read for the settings measured in
+/// seconds (`MQTT_CONNECT_TIMEOUT` for `connect_timeout_secs`). Every other `MQTT_*` variable is an
+/// error that lists the valid ones, so a misspelt variable does not go unnoticed.
+pub const NAMES: edge_module::Names = edge_module::Names {
+    env_prefix: "MQTT_",
+    aliases: &[
+        ("forward_timeout", "forward_timeout_secs"),
+        ("connect_timeout", "connect_timeout_secs"),
+        ("write_timeout", "write_timeout_secs"),
+        ("session_expiry", "session_expiry_secs"),
+        ("shutdown_grace", "shutdown_grace_secs"),
+    ],
+    env: &[],
+    file: true,
+    help: &[
+        ("bind_address", "Address the MQTT listeners bind."),
+        ("port", "Port of the plain MQTT listener."),
+        (
+            "tls_port",
+            "Port of the TLS listener (needs tls_cert and tls_key).",
+        ),
+        ("tls_cert", "PEM certificate chain of the TLS listener."),
+        ("tls_key", "PEM private key of the TLS listener."),
+        (
+            "metrics_port",
+            "Port of /metrics (Prometheus); 0 turns it off.",
+        ),
+        (
+            "output",
+            "edgeHub output of publishes no topic mapping matches.",
+        ),
+        (
+            "topic_outputs",
+            "Topic-to-output mappings, first match wins: `filter=output;filter=output`.",
+        ),
+        (
+            "enrich_device_id",
+            "Add \"deviceId\": <client id> to JSON bodies that lack it.",
+        ),
+        ("max_payload", "Largest accepted publish payload, bytes."),
+        ("max_connections", "Most simultaneous client connections."),
+        (
+            "max_inflight",
+            "Most unacknowledged QoS 1/2 publishes per connection.",
+        ),
+        ("buffer_messages", "Forwarding buffer bound, messages."),
+        ("buffer_bytes", "Forwarding buffer bound, payload bytes."),
+        (
+            "forward_concurrency",
+            "Messages in flight to edgeHub at once.",
+        ),
+        (
+            "forward_retry_ms",
+            "First retry delay after edgeHub failed a send, ms.",
+        ),
+        (
+            "forward_timeout_secs",
+            "Seconds to wait for edgeHub's acknowledgement of a send; 0 waits.",
+        ),
+        (
+            "connect_timeout_secs",
+            "Seconds a new connection has to send CONNECT.",
+        ),
+        (
+            "write_timeout_secs",
+            "Seconds a write to a client may block.",
+        ),
+        ("session_queue", "Messages queued per subscriber."),
+        (
+            "offline_bytes",
+            "Bytes all sessions may queue for absent or slow subscribers.",
+        ),
+        ("max_retained", "Most retained messages held."),
+        (
+            "session_expiry_secs",
+            "Seconds a persistent session outlives its client.",
+        ),
+        (
+            "auth_file",
+            "Password file (mosquitto_passwd); every client must log in.",
+        ),
+        (
+            "auth_allow_plain",
+            "Accept plain-text passwords in the auth file.",
+        ),
+        ("acl_file", "ACL file (mosquitto's format)."),
+        (
+            "spool_path",
+            "Durable spool file (acknowledge once committed there).",
+        ),
+        (
+            "state_path",
+            "File of persistent sessions and retained messages.",
+        ),
+        (
+            "shutdown_grace_secs",
+            "Seconds to wait on shutdown for messages in flight.",
+        ),
+    ],
+};
 
 /// Parses `filter=output;filter=output` (the last `=` splits, so filters may contain `=`).
 pub fn parse_topic_outputs(v: &str) -> Result<Vec<TopicOutput>, Error> {
@@ -210,7 +266,7 @@ pub fn parse_topic_outputs(v: &str) -> Result<Vec<TopicOutput>, Error> {
     for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((filter, output)) = part.rsplit_once('=') else {
             return Err(Error::Setting {
-                name: "MQTT_TOPIC_OUTPUTS".into(),
+                name: "topic_outputs".into(),
                 reason: format!("{part:?} is not filter=output"),
             });
         };
@@ -222,61 +278,32 @@ pub fn parse_topic_outputs(v: &str) -> Result<Vec<TopicOutput>, Error> {
     Ok(out)
 }
 
+/// `topic_outputs` is a list of `{"filter", "output"}` in JSON, or (as an environment variable or
+/// flag has it) the text `filter=output;filter=output`.
+fn topic_outputs_from<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<TopicOutput>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<TopicOutput>),
+        Text(String),
+    }
+    match Form::deserialize(d)? {
+        Form::List(l) => Ok(l),
+        Form::Text(t) => parse_topic_outputs(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+impl edge_module::ModuleSettings for Settings {
+    fn validate(&self) -> Result<(), String> {
+        self.check().map_err(|e| e.to_string())
+    }
+}
+
 impl Settings {
-    /// Reads a JSON settings file (fields as in this struct, snake_case; unknown fields refused).
-    pub fn from_file(path: &std::path::Path) -> Result<Settings, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Setting {
-            name: path.display().to_string(),
-            reason: format!("cannot read settings file: {e}"),
-        })?;
-        serde_json::from_str(&text).map_err(|e| Error::Setting {
-            name: path.display().to_string(),
-            reason: format!("invalid settings file: {e}"),
-        })
-    }
-
-    /// Applies the allow-listed environment variables ([`ENV_VARS`]) read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
-        for &var in ENV_VARS {
-            let Some(v) = get(var) else { continue };
-            match var {
-                "MQTT_BIND_ADDRESS" => self.bind_address = v.trim().to_string(),
-                "MQTT_PORT" => self.port = parse(var, &v)?,
-                "MQTT_TLS_PORT" => self.tls_port = Some(parse(var, &v)?),
-                "MQTT_TLS_CERT" => self.tls_cert = Some(PathBuf::from(v)),
-                "MQTT_TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
-                "MQTT_METRICS_PORT" => self.metrics_port = parse(var, &v)?,
-                "MQTT_OUTPUT" => self.output = v.trim().to_string(),
-                "MQTT_TOPIC_OUTPUTS" => self.topic_outputs = parse_topic_outputs(&v)?,
-                "MQTT_ENRICH_DEVICE_ID" => self.enrich_device_id = parse_bool(var, &v)?,
-                "MQTT_MAX_PAYLOAD" => self.max_payload = parse(var, &v)?,
-                "MQTT_MAX_CONNECTIONS" => self.max_connections = parse(var, &v)?,
-                "MQTT_MAX_INFLIGHT" => self.max_inflight = parse(var, &v)?,
-                "MQTT_BUFFER_MESSAGES" => self.buffer_messages = parse(var, &v)?,
-                "MQTT_BUFFER_BYTES" => self.buffer_bytes = parse(var, &v)?,
-                "MQTT_FORWARD_CONCURRENCY" => self.forward_concurrency = parse(var, &v)?,
-                "MQTT_FORWARD_RETRY_MS" => self.forward_retry_ms = parse(var, &v)?,
-                "MQTT_FORWARD_TIMEOUT" => self.forward_timeout_secs = parse(var, &v)?,
-                "MQTT_CONNECT_TIMEOUT" => self.connect_timeout_secs = parse(var, &v)?,
-                "MQTT_WRITE_TIMEOUT" => self.write_timeout_secs = parse(var, &v)?,
-                "MQTT_SESSION_QUEUE" => self.session_queue = parse(var, &v)?,
-                "MQTT_OFFLINE_BYTES" => self.offline_bytes = parse(var, &v)?,
-                "MQTT_MAX_RETAINED" => self.max_retained = parse(var, &v)?,
-                "MQTT_SESSION_EXPIRY" => self.session_expiry_secs = parse(var, &v)?,
-                "MQTT_AUTH_FILE" => self.auth_file = Some(PathBuf::from(v)),
-                "MQTT_AUTH_ALLOW_PLAIN" => self.auth_allow_plain = parse_bool(var, &v)?,
-                "MQTT_ACL_FILE" => self.acl_file = Some(PathBuf::from(v)),
-                "MQTT_SPOOL_PATH" => self.spool_path = Some(PathBuf::from(v)),
-                "MQTT_STATE_PATH" => self.state_path = Some(PathBuf::from(v)),
-                "MQTT_SHUTDOWN_GRACE" => self.shutdown_grace_secs = parse(var, &v)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     /// Checks every limit; returns the first problem found.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn check(&self) -> Result<(), Error> {
         let bad = |name: &str, reason: &str| {
             Err(Error::Setting {
                 name: name.to_string(),
@@ -506,22 +533,36 @@ impl Routing {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use edge_module::{Builder, SettingsError};
+    use std::ffi::OsString;
+
+    /// The settings the layers give for `vars` as the process environment.
+    fn from_env(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let mut b = Builder::<Settings>::new()?;
+        b.env(
+            &NAMES,
+            vars.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        )?;
+        Ok(b.build()?.into_settings())
+    }
 
     #[test]
     fn defaults_are_valid() {
         let s = Settings::default();
-        assert!(s.validate().is_ok());
+        assert!(s.check().is_ok());
         assert_eq!(s.port, 1889);
         assert_eq!(s.max_payload, 262_144);
         assert_eq!(s.output, "output1");
     }
 
+    /// Every variable this module read before it used edge-module still sets what it set.
     #[test]
     fn every_env_var_is_applied() {
-        let env: HashMap<&str, &str> = [
+        let env: Vec<(&str, &str)> = vec![
             ("MQTT_BIND_ADDRESS", "127.0.0.1"),
             ("MQTT_PORT", "1999"),
             ("MQTT_TLS_PORT", "8883"),
@@ -554,13 +595,8 @@ mod tests {
             ("MQTT_SPOOL_PATH", "/data/spool.redb"),
             ("MQTT_STATE_PATH", "/data/state.redb"),
             ("MQTT_SHUTDOWN_GRACE", "1"),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(env.len(), ENV_VARS.len());
-        let mut s = Settings::default();
-        s.apply_env(|k| env.get(k).map(|v| v.to_string()))
-            .expect("env applies");
+        ];
+        let s = from_env(&env).unwrap();
         let expected = Settings {
             bind_address: "127.0.0.1".into(),
             port: 1999,
@@ -602,17 +638,50 @@ mod tests {
             shutdown_grace_secs: 1,
         };
         assert_eq!(s, expected);
-        assert!(s.validate().is_ok());
+        assert!(s.check().is_ok());
+        // the field names work as well, and the boolean words of environment files
+        let s = from_env(&[
+            ("MQTT_CONNECT_TIMEOUT_SECS", "3"),
+            ("MQTT_ENRICH_DEVICE_ID", "yes"),
+            ("MQTT_AUTH_ALLOW_PLAIN", "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.connect_timeout_secs, 3);
+        assert!(s.enrich_device_id);
+        assert!(!s.auth_allow_plain);
     }
 
     #[test]
-    fn bad_env_values_are_errors() {
-        let mut s = Settings::default();
-        let err = s.apply_env(|k| (k == "MQTT_PORT").then(|| "x".to_string()));
-        assert!(err.is_err());
-        let err = s.apply_env(|k| (k == "MQTT_ENRICH_DEVICE_ID").then(|| "maybe".to_string()));
-        assert!(err.is_err());
-        assert!(parse_topic_outputs("nooutput").is_err());
+    fn bad_env_values_are_errors_that_name_the_variable() {
+        let m = from_env(&[("MQTT_PORT", "x")]).unwrap_err().to_string();
+        assert!(m.contains("MQTT_PORT"), "{m}");
+        let m = from_env(&[("MQTT_ENRICH_DEVICE_ID", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("MQTT_ENRICH_DEVICE_ID"), "{m}");
+        let m = from_env(&[("MQTT_TOPIC_OUTPUTS", "nooutput")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("MQTT_TOPIC_OUTPUTS") && m.contains("not filter=output"),
+            "{m}"
+        );
+        // a limit that deserializes but makes no sense is refused with the setting's name
+        let m = from_env(&[("MQTT_MAX_PAYLOAD", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("max_payload"), "{m}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_refused_with_the_valid_names() {
+        let m = from_env(&[("MQTT_PROT", "1999")]).unwrap_err().to_string();
+        assert!(
+            m.contains("MQTT_PROT") && m.contains("MQTT_PORT") && m.contains("MQTT_SETTINGS"),
+            "{m}"
+        );
+        // variables of other programs are not ours
+        assert!(from_env(&[("PATH", "/bin"), ("IOTEDGE_MODULEID", "m")]).is_ok());
     }
 
     #[test]
@@ -621,6 +690,13 @@ mod tests {
         let s: Settings = serde_json::from_str(r#"{"port": 1, "output": "o"}"#).expect("valid");
         assert_eq!(s.port, 1);
         assert_eq!(s.max_payload, 262_144);
+        // the mappings as a list, or as the variable's text
+        let s: Settings =
+            serde_json::from_str(r#"{"topic_outputs": [{"filter": "a/#", "output": "x"}]}"#)
+                .unwrap();
+        let t: Settings = serde_json::from_str(r#"{"topic_outputs": "a/#=x"}"#).unwrap();
+        assert_eq!(s, t);
+        assert_eq!(s.topic_outputs.len(), 1);
     }
 
     #[test]
@@ -629,12 +705,12 @@ mod tests {
             max_payload: 0,
             ..Settings::default()
         };
-        assert!(s.validate().is_err());
+        assert!(s.check().is_err());
         s = Settings {
             buffer_bytes: 10,
             ..Settings::default()
         };
-        assert!(s.validate().is_err());
+        assert!(s.check().is_err());
         s = Settings {
             topic_outputs: vec![TopicOutput {
                 filter: "a/#/b".into(),
@@ -642,12 +718,12 @@ mod tests {
             }],
             ..Settings::default()
         };
-        assert!(s.validate().is_err());
+        assert!(s.check().is_err());
         s = Settings {
             tls_port: Some(8883),
             ..Settings::default()
         };
-        assert!(s.validate().is_err());
+        assert!(s.check().is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `mqtt-server` binary: environment settings, `--sink stdout`, SIGTERM.
+//! The `mqtt-server` binary: layered settings (file, environment, flags), `--sink stdout`, SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -89,4 +89,53 @@ fn binary_refuses_bad_settings_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("MQTT_MAX_PAYLOAD"), "{err}");
+
+    // a misspelt variable stops the module and lists the valid names
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
+        .args(["--sink", "stdout"])
+        .env("MQTT_PROT", "1999")
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MQTT_PROT") && err.contains("MQTT_PORT") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn settings_layer_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("settings.json");
+    std::fs::write(
+        &file,
+        r#"{"port": 1901, "output": "fromfile", "max_inflight": 7, "topic_outputs": "a/#=x"}"#,
+    )
+    .expect("write");
+    // --config is the earlier name of --settings
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-server"))
+        .args(["--config"])
+        .arg(&file)
+        .args(["--max-inflight", "9", "--print-settings"])
+        .env("MQTT_OUTPUT", "fromenv")
+        .env("MQTT_ENRICH_DEVICE_ID", "yes")
+        .env("MQTT_SESSION_EXPIRY", "60")
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON settings");
+    assert_eq!(s["port"], 1901);
+    assert_eq!(s["output"], "fromenv");
+    assert_eq!(s["max_inflight"], 9);
+    assert_eq!(s["enrich_device_id"], true);
+    assert_eq!(s["session_expiry_secs"], 60);
+    assert_eq!(
+        s["topic_outputs"],
+        serde_json::json!([{"filter": "a/#", "output": "x"}])
+    );
 }
