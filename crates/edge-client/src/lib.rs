@@ -46,7 +46,6 @@
 pub mod client;
 pub mod error;
 pub mod identity;
-mod signal;
 pub mod tls;
 pub mod topic;
 pub mod twin;
@@ -58,7 +57,6 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use identity::{Credentials, Identity};
-pub use signal::shutdown_signal;
 pub use tls::Trust;
 pub use wire::{ConnectionString, Message, WireError};
 pub use workload::WorkloadClient;

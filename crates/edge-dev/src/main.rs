@@ -292,7 +292,7 @@ fn main() -> anyhow::Result<()> {
                     api: (!no_api).then_some(api),
                     single_module,
                 };
-                up::up(opts, edge_client::shutdown_signal()).await?;
+                up::up(opts, edge_module::shutdown_signal()).await?;
             }
             Command::Genconfig {
                 template,

@@ -14,7 +14,8 @@
 //!   layer, live; refused properties keep the settings in force; every change is reported as
 //!   `{settings, error}`.
 //! - `run_module` (feature `client`): identity from the environment, the connection to edgeHub,
-//!   the twin loop, the shutdown signal; [`init_tracing`] and [`shutdown_signal`] for every binary.
+//!   the twin loop, the shutdown signal; [`init_tracing`] and [`shutdown_signal`] for every binary
+//!   (edge-dev waits for the same signal).
 //!
 //! Why a crate of its own, and why `client` is a feature: esp-sim also builds as a plain command-line
 //! tool without edge-client (`--no-default-features`), and it layers its settings the same way there.

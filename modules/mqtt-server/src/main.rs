@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     server
         .run(
             Listeners { mqtt, tls, metrics },
-            edge_client::shutdown_signal(),
+            edge_module::shutdown_signal(),
         )
         .await?;
     tracing::info!("MqttServerModule stopped");
