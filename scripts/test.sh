@@ -8,6 +8,9 @@
 #        scripts/test.sh --rust     (only fmt, clippy and cargo test)
 #        scripts/test.sh --e2e      (only the end-to-end tests; builds first)
 #        scripts/test.sh --fuzz     (only the fuzz smoke)
+# Disk: a whole run needs about TEST_DISK_GB (default 16) GB free where the checkout is; less gets a
+# warning first. With CI set (or TEST_FRUGAL=1) it keeps less on disk: no incremental build, and the
+# fuzz build is deleted once its smoke has passed. docs/RELIABILITY.md, "Disk the tests need".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +20,30 @@ case "$what" in -h|--help) sed -n 2,10p "$0"; exit 0;; all|--rust|--e2e|--fuzz) 
 scripts/install-test-deps.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+frugal=0
+if [ -n "${CI:-}" ] || [ "${TEST_FRUGAL:-0}" = 1 ]; then
+  frugal=1
+  # incremental build data is a third of a debug target and a CI run never builds twice
+  export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
+disk() { df -Pk . | awk 'NR==2 {printf "%.1f GB free", $4/1048576}'; }
+need_gb="${TEST_DISK_GB:-16}"
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "== disk: $(disk) in $PWD"
+if [ "$free_kb" -lt $((need_gb * 1048576)) ]; then
+  echo "test.sh: warning: a whole run needs about $need_gb GB free here and there is less; it may stop" \
+       "with 'No space left on device'. Free space, or move the builds to a larger disk" \
+       "(CARGO_TARGET_DIR, FUZZ_TARGET_DIR), or run a part (--rust, --fuzz, --e2e)." >&2
+fi
+
 fuzz_smoke() {
   echo "== fuzz smoke (scripts/fuzz.sh --dev --seconds ${FUZZ_SMOKE_SECONDS:-15})"
   scripts/fuzz.sh --dev --seconds "${FUZZ_SMOKE_SECONDS:-15}"
+  if [ "$frugal" = 1 ]; then
+    # the fuzz build (its own target directory, instrumented) is not needed again in this run
+    rm -rf "${FUZZ_TARGET_DIR:-fuzz/target}"
+  fi
+  echo "== disk: $(disk)"
 }
 if [ "$what" = "--fuzz" ]; then
   fuzz_smoke
@@ -39,6 +63,7 @@ cargo build --workspace --bins --locked
 if [ "$what" != "--e2e" ]; then
   echo "== cargo test"
   cargo test --workspace --locked --no-fail-fast
+  echo "== disk: $(disk)"
 fi
 
 if [ "$what" = "all" ]; then
