@@ -1,4 +1,4 @@
-//! edge-store: the durable-queue building block that the hub and MqttServerModule's spool share.
+//! edge-store: the durable-queue building block that the hub and MqttServerModule share.
 //!
 //! - [`store`] ([`Store`]): queues keyed `(endpoint, priority, seq)` and small key-value tables in
 //!   one redb file, written by one thread that commits in groups (a caller hears back once its write
@@ -10,7 +10,9 @@
 //!
 //! The hub (`edge-hub`) keeps `$upstream`, every module input's queue, MQTT sessions and twins in
 //! one store; MqttServerModule keeps its spool (device messages acknowledged before edgeHub had
-//! them) in another. Neither writes redb itself.
+//! them) in another, and its device sessions and retained messages (`state_path`) in a third,
+//! written with [`Store::write_kept`] (a failed commit keeps the changes for the next one). None of
+//! them writes redb itself.
 
 pub mod record;
 pub mod store;

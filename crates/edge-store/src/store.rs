@@ -85,6 +85,10 @@ pub enum Op {
     Delete {
         key: QueueKey,
     },
+    /// Deletes every entry of queue `endpoint` (all priorities).
+    Clear {
+        endpoint: String,
+    },
     /// Sets `key` in key-value table `table` (one of [`Options::tables`]).
     Put {
         table: &'static str,
@@ -107,6 +111,9 @@ struct Job {
     ops: Vec<Op>,
     then: Then,
     reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// Written by [`Store::write_kept`]: a failed commit keeps it for the next one instead of
+    /// answering it with the error.
+    kept: bool,
 }
 
 /// What the writer does after a job's commit.
@@ -315,6 +322,7 @@ impl Store {
             ops,
             then,
             reply: Some(tx),
+            kept: false,
         };
         self.writer.send(job).ok().map(|_| rx)
     }
@@ -342,6 +350,7 @@ impl Store {
                 ops,
                 then: Then::Nothing,
                 reply: None,
+                kept: false,
             })
             .is_err()
         {
@@ -350,6 +359,83 @@ impl Store {
                 "the store's writer has stopped; a queue change was not saved"
             );
         }
+    }
+
+    /// Queues `ops` without waiting, and never lets a failed commit drop them: while commits fail
+    /// (a full disk) they wait in memory, in order, ahead of later writes, and are committed with
+    /// the first group that commits. For state whose every change must reach the file in order
+    /// (MqttServerModule's sessions); [`Store::flush_blocking`] tells when they have.
+    pub fn write_kept(&self, ops: Vec<Op>) {
+        if self
+            .writer
+            .send(Job {
+                ops,
+                then: Then::Nothing,
+                reply: None,
+                kept: true,
+            })
+            .is_err()
+        {
+            tracing::warn!(
+                store = self.opts.name,
+                "the store's writer has stopped; a change was not saved"
+            );
+        }
+    }
+
+    /// Waits, blocking this thread (not for async tasks), at most `within` until everything handed
+    /// to the store before the call is committed; false when that did not happen in time (the disk
+    /// still refuses) or the writer has stopped.
+    pub fn flush_blocking(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let Some(mut rx) = self.hand(Vec::new(), Then::Nothing) else {
+                return false;
+            };
+            // an empty job commits with the group it joins, which starts with every kept write
+            // still waiting, so Ok means all of them are on disk
+            let answer = loop {
+                match rx.try_recv() {
+                    Ok(a) => break Some(a),
+                    Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => break None,
+                    Err(oneshot::error::TryRecvError::Closed) => return false,
+                }
+            };
+            match answer {
+                Some(Ok(())) => return true,
+                // the commit failed: try again until the deadline (the writer backs off meanwhile)
+                Some(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Every entry of queue `endpoint` in delivery order, as stored (for queues whose records are
+    /// not [`Record`]s).
+    pub fn raw_entries(&self, endpoint: &str) -> Result<Vec<(QueueKey, Vec<u8>)>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
+        let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
+        let mut out = Vec::new();
+        let range = q
+            .range((endpoint, 0u8, 0u64)..=(endpoint, u8::MAX, u64::MAX))
+            .map_err(|e| err("scan queue")(&e))?;
+        for item in range {
+            let (k, v) = item.map_err(|e| err("scan queue")(&e))?;
+            let (ep, priority, seq) = k.value();
+            out.push((
+                QueueKey {
+                    endpoint: ep.to_string(),
+                    priority,
+                    seq,
+                },
+                v.value().to_vec(),
+            ));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` entries of `endpoint` in delivery order for which `want(key, raw record)` is true
@@ -550,10 +636,16 @@ impl Writer {
         let mut compact_checked = Instant::now();
         // Set from the first failed commit until a commit succeeds again.
         let mut trouble: Option<Trouble> = None;
+        // Kept writes ([`Store::write_kept`]) whose commit failed, oldest first: they lead the next
+        // group.
+        let mut held: Vec<Job> = Vec::new();
         while !closing {
-            // While the file is closed after an I/O error, wake up to reopen it even when nobody writes.
+            // While the file is closed after an I/O error, wake up to reopen it even when nobody
+            // writes; kept writes held after another failure are tried again every second.
             let reopen_at = trouble.as_ref().and_then(|t| t.reopen_at);
-            let first = match reopen_at {
+            let wake_at = reopen_at
+                .or_else(|| (!held.is_empty()).then(|| Instant::now() + Duration::from_secs(1)));
+            let first = match wake_at {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(j) => Some(j),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
@@ -580,9 +672,15 @@ impl Writer {
                     }
                 }
             }
-            let Some(first) = first else { continue };
-            closing = first.then == Then::Close;
-            let mut jobs = vec![first];
+            let mut jobs = std::mem::take(&mut held);
+            match first {
+                Some(first) => {
+                    closing = first.then == Then::Close;
+                    jobs.push(first);
+                }
+                None if jobs.is_empty() => continue,
+                None => {}
+            }
             // Group commit: take whatever else is already waiting (up to a close).
             while jobs.len() < 4096 && !closing {
                 match rx.try_recv() {
@@ -648,7 +746,16 @@ impl Writer {
             // Compaction comes after the commit's callers heard back, except for whoever asked
             // for it, who hears once it is done.
             let mut asked = Vec::new();
+            let mut lost = 0;
             for j in jobs {
+                if result.is_err() && j.kept {
+                    if closing {
+                        lost += j.ops.len();
+                    } else {
+                        held.push(j);
+                    }
+                    continue;
+                }
                 if let Some(reply) = j.reply {
                     if j.then == Then::Compact {
                         asked.push(reply);
@@ -667,6 +774,23 @@ impl Writer {
             for reply in asked {
                 let _ = reply.send(result.clone());
             }
+            if lost > 0 {
+                tracing::error!(
+                    changes = lost,
+                    "{} is closing and could not commit; those changes are not saved: {}",
+                    self.opts.name,
+                    self.opts.remedy
+                );
+            }
+        }
+        let lost: usize = held.iter().map(|j| j.ops.len()).sum();
+        if lost > 0 {
+            tracing::error!(
+                changes = lost,
+                "{} stopped while commits failed; those changes are not saved: {}",
+                self.opts.name,
+                self.opts.remedy
+            );
         }
     }
 
@@ -838,6 +962,19 @@ fn apply_refs(db: &Database, ops: &[&Op], tables: &[&str]) -> Result<Deltas, Fai
                         *deltas.entry(key.endpoint.clone()).or_insert(0) -= 1;
                     }
                 }
+                Op::Clear { endpoint } => {
+                    let range =
+                        (endpoint.as_str(), 0u8, 0u64)..=(endpoint.as_str(), u8::MAX, u64::MAX);
+                    let n = q
+                        .range(range.clone())
+                        .map_err(|e| failed("clear")(e.into()))?
+                        .count() as u64;
+                    if n > 0 {
+                        q.retain_in(range, |_, _| false)
+                            .map_err(|e| failed("clear")(e.into()))?;
+                        *deltas.entry(endpoint.clone()).or_insert(0) -= n as i64;
+                    }
+                }
                 Op::Put {
                     table: name,
                     key,
@@ -951,7 +1088,99 @@ mod tests {
         assert_eq!(s.depth("module/X"), 0);
     }
 
+    #[tokio::test]
+    async fn clear_empties_one_queue_and_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb"), OPTS).unwrap();
+        let key = |endpoint: &str, priority: u8, seq: u64| QueueKey {
+            endpoint: endpoint.into(),
+            priority,
+            seq,
+        };
+        let mut ops = Vec::new();
+        for (e, p, q) in [("a", 0, 1), ("a", 5, 2), ("b", 0, 3), ("ab", 0, 4)] {
+            ops.push(Op::Enqueue {
+                key: key(e, p, q),
+                record: vec![q as u8],
+            });
+        }
+        s.write(ops).await.unwrap();
+        assert_eq!(
+            s.raw_entries("a").unwrap(),
+            vec![(key("a", 0, 1), vec![1]), (key("a", 5, 2), vec![2])]
+        );
+        s.write(vec![
+            Op::Clear {
+                endpoint: "a".into(),
+            },
+            Op::Clear {
+                endpoint: "none".into(),
+            },
+        ])
+        .await
+        .unwrap();
+        assert!(s.raw_entries("a").unwrap().is_empty());
+        assert_eq!((s.depth("a"), s.depth("b"), s.depth("ab")), (0, 1, 1));
+        assert_eq!(
+            s.raw_entries("ab").unwrap(),
+            vec![(key("ab", 0, 4), vec![4])]
+        );
+        s.close().await.unwrap();
+    }
+
     use crate::test_util::SmallDisk;
+
+    /// Kept writes on a full disk: none fails, none is skipped; they wait in memory (a flush says
+    /// they are not on disk yet) and are committed in order once there is room, without a restart.
+    #[test]
+    fn kept_writes_wait_out_a_full_disk_in_order() {
+        let Some(disk) = SmallDisk::mount("3m") else {
+            return;
+        };
+        let path = disk.path().join("state.redb");
+        let s = Store::open(&path, OPTS).unwrap();
+        let big = |seq: u64| Op::Enqueue {
+            key: QueueKey {
+                endpoint: "c".into(),
+                priority: 0,
+                seq,
+            },
+            record: vec![b'x'; 400_000],
+        };
+        s.write_kept(vec![big(1)]);
+        assert!(s.flush_blocking(Duration::from_secs(10)));
+        let filler = disk.fill();
+        for seq in 2..=4 {
+            s.write_kept(vec![big(seq)]);
+        }
+        s.write_kept(vec![Op::Put {
+            table: "sessions",
+            key: "c".into(),
+            value: b"after".to_vec(),
+        }]);
+        assert!(
+            !s.flush_blocking(Duration::from_secs(2)),
+            "not on disk while it is full"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        assert!(
+            s.flush_blocking(Duration::from_secs(30)),
+            "written once space returned"
+        );
+        let seqs: Vec<u64> = s
+            .raw_entries("c")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4], "every change written, none skipped");
+        assert_eq!(s.depth("c"), 4);
+        assert_eq!(
+            s.entries("sessions").unwrap(),
+            vec![("c".to_string(), b"after".to_vec())]
+        );
+        s.close_blocking();
+    }
 
     /// Writes until one succeeds (the store reopened itself), for at most 20 s.
     async fn write_until_it_succeeds(s: &Store) {

@@ -13,9 +13,9 @@
 //! - [`message`]: device publish -> edgeHub [`Message`] (properties, `$.ct`/`$.ce`, id, time).
 //! - [`forward`]: the [`Forwarder`] trait (edgeHub in production, a recorder in tests) and the
 //!   bounded forwarding buffer with back-pressure and retries.
-//! - [`spool`]: the optional durable spool (redb) behind the buffer.
+//! - [`spool`]: the optional durable spool (one queue of an edge-store store) behind the buffer.
 //! - [`broker`]: sessions, subscriptions (shared, with identifiers), retained messages for device
-//!   subscribers; [`state`]: their optional persistence (redb).
+//!   subscribers; [`state`]: their optional persistence (an edge-store store).
 //! - [`limits`]: what a device may send so that every forwarded message fits edgeHub.
 //! - [`acl`]: the optional Mosquitto-style ACL file (`MQTT_ACL_FILE`): who may publish and
 //!   subscribe where (file format, matching rules, `%c`/`%u` patterns and how each refusal looks
