@@ -1,7 +1,7 @@
 //! The module twins: the desired-property patches each module applies and the twin documents
 //! the hub keeps.
 //!
-//! - AggregatorModule: `merge_patch` into the desired document, `TwinSettings::from_desired`,
+//! - AggregatorModule: `edge_client::twin::merge` into the desired document, `TwinSettings::from_desired`,
 //!   `Processor::apply` (the query and reference data), input bodies through the running query
 //!   (`Processor::on_input`, AggregatorModule's parsing of a message body) and the reported
 //!   properties it sends back;
@@ -217,7 +217,7 @@ fn no_paths(v: &mut Value) {
 }
 
 fn aggregator(input: &Input) {
-    use aggregator::{merge_patch, Processor, TwinSettings};
+    use aggregator::{Processor, TwinSettings};
     let mut processor = Processor::new(Path::new("/nonexistent/edge-fuzz-aggregator"));
     let mut desired = Value::Object(Map::new());
     let mut now = "2026-11-24T08:00:00Z"
@@ -229,7 +229,7 @@ fn aggregator(input: &Input) {
         if i == 0 {
             desired = patch; // the whole desired section, after a connect
         } else {
-            merge_patch(&mut desired, &patch);
+            edge_client::twin::merge(&mut desired, &patch);
         }
         no_paths(&mut desired);
         let unknown = match TwinSettings::from_desired(&desired) {

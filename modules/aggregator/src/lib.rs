@@ -130,7 +130,7 @@ pub async fn run(
                     if let Err(e) = release_held(&mut processor, &client, &mut held, &mut commits).await { break Err(e) }
                 }
                 Some(Event::DesiredPatch(patch)) => {
-                    merge_patch(&mut desired, &patch);
+                    edge_client::twin::merge(&mut desired, &patch);
                     let (u, flushed) = apply_desired(&mut processor, &desired);
                     unknown = u;
                     if let Err(e) = send_rows(&client, &flushed).await { break Err(e) }
@@ -387,21 +387,3 @@ fn started_at() -> &'static String {
     STARTED.get_or_init(|| Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
-/// Applies a desired-properties patch to the desired document ([`edge_client::twin::merge`]: RFC
-/// 7396, `$` keys skipped).
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    edge_client::twin::merge(target, patch);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn merge_patch_follows_rfc7396() {
-        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}});
-        merge_patch(&mut t, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
-        assert_eq!(t, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
-    }
-}
