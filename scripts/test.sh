@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what="${1:-all}"
-case "$what" in -h|--help) sed -n 2,10p "$0"; exit 0;; all|--rust|--e2e|--fuzz) ;; *) echo "unknown option $what; see --help" >&2; exit 2;; esac
+case "$what" in -h|--help) sed -n 2,13p "$0"; exit 0;; all|--rust|--e2e|--fuzz) ;; *) echo "unknown option $what; see --help" >&2; exit 2;; esac
 
 scripts/install-test-deps.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -40,8 +40,9 @@ fuzz_smoke() {
   echo "== fuzz smoke (scripts/fuzz.sh --dev --seconds ${FUZZ_SMOKE_SECONDS:-15})"
   scripts/fuzz.sh --dev --seconds "${FUZZ_SMOKE_SECONDS:-15}"
   if [ "$frugal" = 1 ]; then
-    # the fuzz build (its own target directory, instrumented) is not needed again in this run
-    rm -rf "${FUZZ_TARGET_DIR:-fuzz/target}"
+    # the instrumented fuzz build is not needed again in this run (only its target triple's
+    # folder: FUZZ_TARGET_DIR may be shared with the workspace's builds)
+    rm -rf "${FUZZ_TARGET_DIR:-fuzz/target}/x86_64-unknown-linux-gnu"
   fi
   echo "== disk: $(disk)"
 }
@@ -72,5 +73,5 @@ fi
 
 if [ "$what" != "--rust" ]; then
   echo "== end-to-end tests"
-  EDGE_DEV_BIN_DIR="$PWD/target/debug" python3 -m pytest -q -p no:cacheprovider tests/
+  EDGE_DEV_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" python3 -m pytest -q -p no:cacheprovider tests/
 fi

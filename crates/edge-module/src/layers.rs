@@ -228,12 +228,13 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
-/// The JSON value of a flag or variable: the text itself for a setting whose default is a string;
-/// for a boolean setting also the words people write in environment files (`1`/`0`, `yes`/`no`,
-/// `on`/`off`, any case); otherwise JSON when it parses as JSON, else the text.
+/// The JSON value of a flag or variable: the text itself, without surrounding whitespace (an
+/// environment file written on Windows ends its lines with `\r`), for a setting whose default is a
+/// string; for a boolean setting also the words people write in environment files (`1`/`0`,
+/// `yes`/`no`, `on`/`off`, any case); otherwise JSON when it parses as JSON, else the text.
 pub fn parse_value(raw: &str, default: &Value) -> Value {
     if default.is_string() {
-        return Value::String(raw.to_string());
+        return Value::String(raw.trim().to_string());
     }
     if default.is_boolean() {
         match raw.trim().to_ascii_lowercase().as_str() {
@@ -628,6 +629,7 @@ mod tests {
         assert_eq!(parse_value("1", &json!(5)), json!(1));
         assert_eq!(parse_value("yes", &Value::Null), json!("yes"));
         assert_eq!(parse_value("on", &json!("h")), json!("on"));
+        assert_eq!(parse_value("output1\r", &json!("h")), json!("output1"));
     }
 
     #[test]

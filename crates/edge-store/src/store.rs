@@ -30,7 +30,7 @@
 //! when more than 4 MiB of the file are free pages and they outweigh what it holds, it rewrites the
 //! file in place (redb's crash-safe `compact`), holding the readers off for that moment.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -101,6 +101,9 @@ pub enum Op {
         key: String,
     },
 }
+
+/// Jobs in one commit at most.
+const GROUP_MAX: usize = 4096;
 
 /// How often, at most, the writer looks at how much of the file is free pages.
 pub const COMPACT_CHECK_EVERY: Duration = Duration::from_secs(60);
@@ -263,15 +266,16 @@ impl Store {
     /// then waits for the writer thread to release the file. Blocks the calling thread for that
     /// long (one commit).
     pub fn close_blocking(&self) {
-        // the answer is not awaited: the join below waits for the same commit
+        // the answer is not awaited: the join below waits for the same commit (the file stays
+        // open until then, so that what is pending commits)
         let _ = self.hand(Vec::new(), Then::Close);
-        self.closed.store(true, Ordering::SeqCst);
-        if let Ok(mut g) = self.db.write() {
-            *g = None;
-        }
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
             let _ = t.join();
+        }
+        self.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut g) = self.db.write() {
+            *g = None;
         }
     }
 
@@ -417,24 +421,11 @@ impl Store {
     /// Every entry of queue `endpoint` in delivery order, as stored (for queues whose records are
     /// not [`Record`]s).
     pub fn raw_entries(&self, endpoint: &str) -> Result<Vec<(QueueKey, Vec<u8>)>, StoreError> {
-        let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
-        let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
         let mut out = Vec::new();
-        let range = q
-            .range((endpoint, 0u8, 0u64)..=(endpoint, u8::MAX, u64::MAX))
-            .map_err(|e| err("scan queue")(&e))?;
-        for item in range {
-            let (k, v) = item.map_err(|e| err("scan queue")(&e))?;
-            let (ep, priority, seq) = k.value();
-            out.push((
-                QueueKey {
-                    endpoint: ep.to_string(),
-                    priority,
-                    seq,
-                },
-                v.value().to_vec(),
-            ));
-        }
+        self.each_entry(endpoint, |key, raw| {
+            out.push((key, raw.to_vec()));
+            true
+        })?;
         Ok(out)
     }
 
@@ -446,16 +437,42 @@ impl Store {
         limit: usize,
         mut want: impl FnMut(&QueueKey, &[u8]) -> bool,
     ) -> Result<Vec<(QueueKey, Record)>, StoreError> {
+        let mut out = Vec::new();
+        let mut unreadable = Vec::new();
+        self.each_entry(endpoint, |key, raw| {
+            if out.len() >= limit {
+                return false;
+            }
+            if want(&key, raw) {
+                match decode_record(raw) {
+                    Ok(r) => out.push((key, r)),
+                    Err(e) => {
+                        tracing::error!(endpoint, seq = key.seq, error = %e, "dropping an unreadable queued message");
+                        unreadable.push(Op::Delete { key });
+                    }
+                }
+            }
+            true
+        })?;
+        if !unreadable.is_empty() {
+            self.write_later(unreadable);
+        }
+        Ok(out)
+    }
+
+    /// Calls `each(key, raw record)` for the entries of `endpoint` in delivery order, until it
+    /// answers false.
+    fn each_entry(
+        &self,
+        endpoint: &str,
+        mut each: impl FnMut(QueueKey, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
         let txn = self.db()?.begin_read().map_err(|e| err("read")(&e))?;
         let q = txn.open_table(QUEUES).map_err(|e| err("open queues")(&e))?;
-        let mut out = Vec::new();
         let range = q
             .range((endpoint, 0u8, 0u64)..=(endpoint, u8::MAX, u64::MAX))
             .map_err(|e| err("scan queue")(&e))?;
         for item in range {
-            if out.len() >= limit {
-                break;
-            }
             let (k, v) = item.map_err(|e| err("scan queue")(&e))?;
             let (ep, priority, seq) = k.value();
             let key = QueueKey {
@@ -463,18 +480,11 @@ impl Store {
                 priority,
                 seq,
             };
-            if !want(&key, v.value()) {
-                continue;
-            }
-            match decode_record(v.value()) {
-                Ok(r) => out.push((key, r)),
-                Err(e) => {
-                    tracing::error!(endpoint, seq, error = %e, "dropping an unreadable queued message");
-                    self.write_later(vec![Op::Delete { key }]);
-                }
+            if !each(key, v.value()) {
+                break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Keys of entries whose time to live passed at `now_ms` (reads only the record headers), at most
@@ -636,15 +646,15 @@ impl Writer {
         let mut compact_checked = Instant::now();
         // Set from the first failed commit until a commit succeeds again.
         let mut trouble: Option<Trouble> = None;
-        // Kept writes ([`Store::write_kept`]) whose commit failed, oldest first: they lead the next
-        // group.
-        let mut held: Vec<Job> = Vec::new();
+        // Jobs not yet answered, oldest first: what came in since the last commit, and kept writes
+        // ([`Store::write_kept`]) whose commit failed, which stay at the front.
+        let mut backlog: VecDeque<Job> = VecDeque::new();
         while !closing {
             // While the file is closed after an I/O error, wake up to reopen it even when nobody
-            // writes; kept writes held after another failure are tried again every second.
+            // writes; kept writes held after a failure are tried again every second.
             let reopen_at = trouble.as_ref().and_then(|t| t.reopen_at);
             let wake_at = reopen_at
-                .or_else(|| (!held.is_empty()).then(|| Instant::now() + Duration::from_secs(1)));
+                .or_else(|| (!backlog.is_empty()).then(|| Instant::now() + Duration::from_secs(1)));
             let first = match wake_at {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(j) => Some(j),
@@ -656,8 +666,20 @@ impl Writer {
                     Err(_) => break,
                 },
             };
+            backlog.extend(first);
+            // Group commit: take whatever else is already waiting.
+            while backlog.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(j) => backlog.push_back(j),
+                    Err(_) => break,
+                }
+            }
+            // Reopen when it is time, or at once for a close (one last try to save what waits).
+            let close_waiting = backlog.iter().any(|j| j.then == Then::Close);
             if let Some(t) = trouble.as_mut() {
-                if t.reopen_at.is_some_and(|at| Instant::now() >= at) {
+                if t.reopen_at
+                    .is_some_and(|at| close_waiting || Instant::now() >= at)
+                {
                     match self.reopen() {
                         Ok(()) => {
                             // writable as far as anyone can tell: the next commit says for sure
@@ -672,118 +694,98 @@ impl Writer {
                     }
                 }
             }
-            let mut jobs = std::mem::take(&mut held);
-            match first {
-                Some(first) => {
-                    closing = first.then == Then::Close;
-                    jobs.push(first);
-                }
-                None if jobs.is_empty() => continue,
-                None => {}
+            if backlog.is_empty() {
+                continue;
             }
-            // Group commit: take whatever else is already waiting (up to a close).
-            while jobs.len() < 4096 && !closing {
-                match rx.try_recv() {
-                    Ok(j) => {
-                        closing = j.then == Then::Close;
-                        jobs.push(j);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
-            let compact_asked = jobs.iter().any(|j| j.then == Then::Compact);
-            let db = self.slot.read().ok().and_then(|g| g.clone());
-            let result = match db {
-                Some(db) => match guarded_apply(&db, &ops, self.opts.tables) {
-                    Ok(deltas) => {
-                        add_deltas(&self.depths, deltas);
-                        Ok(())
-                    }
-                    Err(f) => {
-                        let t = trouble.get_or_insert_with(Trouble::new);
-                        if f.reopen {
-                            // redb refuses every write after an I/O error until it is reopened:
-                            // close it now (readers see `reopening`) and reopen it after a wait that
-                            // doubles while commits keep failing (the disk is still full)
-                            if let Ok(mut g) = self.slot.write() {
-                                *g = None;
-                            }
-                            self.writable.store(false, Ordering::SeqCst);
-                            t.reopen_at = Some(Instant::now() + t.next_wait());
-                        }
-                        Err(f.error)
-                    }
-                },
-                None if trouble.as_ref().is_some_and(|t| t.reopen_at.is_some()) => {
-                    Err(reopening(self.opts))
-                }
-                None => Err(closed(self.opts)),
+            let Some(db) = self.slot.read().ok().and_then(|g| g.clone()) else {
+                // The file is closed until the reopen (or for good): nothing can commit. Answer
+                // what waits for an answer at once; kept writes wait for the reopen.
+                let e = if trouble.as_ref().is_some_and(|t| t.reopen_at.is_some()) {
+                    reopening(self.opts)
+                } else {
+                    closed(self.opts)
+                };
+                let jobs: Vec<Job> = backlog.drain(..).collect();
+                closing = jobs.iter().any(|j| j.then == Then::Close);
+                self.note_failure(&mut trouble, &e);
+                self.answer_failed(jobs, &e, closing, &mut backlog);
+                continue;
             };
-            match (&result, trouble.as_mut()) {
-                (Ok(()), Some(t)) => {
-                    tracing::info!(
-                        failed_commits = t.failures,
-                        after = ?t.since.elapsed(),
-                        "{} commits again; writes are acknowledged again",
-                        self.opts.name
-                    );
-                    trouble = None;
-                }
-                (Err(e), Some(t)) => {
-                    t.failures += 1;
-                    // one line when it starts, then one every 30 s while it lasts
-                    if t.logged
-                        .is_none_or(|l| l.elapsed() >= Duration::from_secs(30))
+            // The oldest jobs, up to a close.
+            let n = backlog
+                .iter()
+                .position(|j| j.then == Then::Close)
+                .map_or(backlog.len(), |i| i + 1)
+                .min(GROUP_MAX);
+            let jobs: Vec<Job> = backlog.drain(..n).collect();
+            closing = jobs.last().is_some_and(|j| j.then == Then::Close);
+            let compact_asked = jobs.iter().any(|j| j.then == Then::Compact);
+            let ops: Vec<&Op> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+            let result = guarded_apply(&db, &ops, self.opts.tables);
+            drop(ops);
+            match result {
+                Ok(deltas) => {
+                    // compaction needs the only handle to the database
+                    drop(db);
+                    add_deltas(&self.depths, deltas);
+                    if let Some(t) = trouble.take() {
+                        tracing::info!(
+                            failed_commits = t.failures,
+                            after = ?t.since.elapsed(),
+                            "{} commits again; writes are acknowledged again",
+                            self.opts.name
+                        );
+                    }
+                    // Compaction comes after the commit's callers heard back, except for whoever
+                    // asked for it, who hears once it is done.
+                    let mut asked = Vec::new();
+                    for j in jobs {
+                        match j.reply {
+                            Some(reply) if j.then == Then::Compact => asked.push(reply),
+                            Some(reply) => {
+                                let _ = reply.send(Ok(()));
+                            }
+                            None => {}
+                        }
+                    }
+                    if !closing
+                        && (compact_asked || compact_checked.elapsed() >= COMPACT_CHECK_EVERY)
                     {
-                        tracing::error!(error = %e, failed_commits = t.failures, since = ?t.since.elapsed(),
-                            "{} could not commit; {} until it can: {}", self.opts.name, self.opts.meanwhile, self.opts.remedy);
-                        t.logged = Some(Instant::now());
+                        compact_checked = Instant::now();
+                        self.maybe_compact(compact_asked);
+                    }
+                    for reply in asked {
+                        let _ = reply.send(Ok(()));
                     }
                 }
-                _ => {}
-            }
-            // Compaction comes after the commit's callers heard back, except for whoever asked
-            // for it, who hears once it is done.
-            let mut asked = Vec::new();
-            let mut lost = 0;
-            for j in jobs {
-                if result.is_err() && j.kept {
-                    if closing {
-                        lost += j.ops.len();
-                    } else {
-                        held.push(j);
+                Err(f) if f.reopen => {
+                    // redb refuses every write after an I/O error until it is reopened: close it
+                    // now (readers see `reopening`) and reopen it after a wait that doubles while
+                    // commits keep failing (the disk is still full)
+                    if let Ok(mut g) = self.slot.write() {
+                        *g = None;
                     }
-                    continue;
+                    self.writable.store(false, Ordering::SeqCst);
+                    let t = trouble.get_or_insert_with(Trouble::new);
+                    t.reopen_at = Some(Instant::now() + t.next_wait());
+                    self.note_failure(&mut trouble, &f.error);
+                    self.answer_failed(jobs, &f.error, closing, &mut backlog);
                 }
-                if let Some(reply) = j.reply {
-                    if j.then == Then::Compact {
-                        asked.push(reply);
-                    } else {
-                        let _ = reply.send(result.clone());
-                    }
+                Err(f) => {
+                    // Refused for what it holds (not the disk): one job's ops may be at fault, so
+                    // each job is tried alone and only the refused ones fail.
+                    self.note_failure(&mut trouble, &f.error);
+                    self.one_by_one(&db, jobs, closing, &mut backlog, &mut trouble);
                 }
-            }
-            if result.is_ok()
-                && !closing
-                && (compact_asked || compact_checked.elapsed() >= COMPACT_CHECK_EVERY)
-            {
-                compact_checked = Instant::now();
-                self.maybe_compact(compact_asked);
-            }
-            for reply in asked {
-                let _ = reply.send(result.clone());
-            }
-            if lost > 0 {
-                tracing::error!(
-                    changes = lost,
-                    "{} is closing and could not commit; those changes are not saved: {}",
-                    self.opts.name,
-                    self.opts.remedy
-                );
             }
         }
-        let lost: usize = held.iter().map(|j| j.ops.len()).sum();
+        if closing {
+            // the last commit is done: the file is released for whoever opens it next
+            if let Ok(mut g) = self.slot.write() {
+                *g = None;
+            }
+        }
+        let lost: usize = backlog.iter().filter(|j| j.kept).map(|j| j.ops.len()).sum();
         if lost > 0 {
             tracing::error!(
                 changes = lost,
@@ -791,6 +793,103 @@ impl Writer {
                 self.opts.name,
                 self.opts.remedy
             );
+        }
+    }
+
+    /// Counts a failed commit and logs it: one line when the trouble starts, then one every 30 s
+    /// while it lasts.
+    fn note_failure(&self, trouble: &mut Option<Trouble>, e: &StoreError) {
+        let t = trouble.get_or_insert_with(Trouble::new);
+        t.failures += 1;
+        if t.logged
+            .is_none_or(|l| l.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::error!(error = %e, failed_commits = t.failures, since = ?t.since.elapsed(),
+                "{} could not commit; {} until it can: {}", self.opts.name, self.opts.meanwhile, self.opts.remedy);
+            t.logged = Some(Instant::now());
+        }
+    }
+
+    /// The answer to jobs whose commit failed with `e`: kept writes go back to the front of the
+    /// backlog, in order (unless the store is closing: then they are lost, and logged); every
+    /// other job hears `e`.
+    fn answer_failed(
+        &self,
+        jobs: Vec<Job>,
+        e: &StoreError,
+        closing: bool,
+        backlog: &mut VecDeque<Job>,
+    ) {
+        let mut kept = Vec::new();
+        let mut lost = 0;
+        for j in jobs {
+            if j.kept {
+                if closing {
+                    lost += j.ops.len();
+                } else {
+                    kept.push(j);
+                }
+            } else if let Some(reply) = j.reply {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        for j in kept.into_iter().rev() {
+            backlog.push_front(j);
+        }
+        if lost > 0 {
+            tracing::error!(
+                changes = lost,
+                "{} is closing and could not commit; those changes are not saved: {}",
+                self.opts.name,
+                self.opts.remedy
+            );
+        }
+    }
+
+    /// After a group was refused for what it holds: commits each job alone, in order. A job refused
+    /// alone hears why (a kept one is dropped, with an error line: retrying cannot change the
+    /// answer); an I/O error on the way sends the rest to [`Writer::answer_failed`].
+    fn one_by_one(
+        &self,
+        db: &Database,
+        jobs: Vec<Job>,
+        closing: bool,
+        backlog: &mut VecDeque<Job>,
+        trouble: &mut Option<Trouble>,
+    ) {
+        let mut jobs = jobs.into_iter();
+        while let Some(j) = jobs.next() {
+            let ops: Vec<&Op> = j.ops.iter().collect();
+            let result = guarded_apply(db, &ops, self.opts.tables);
+            drop(ops);
+            match result {
+                Ok(deltas) => {
+                    add_deltas(&self.depths, deltas);
+                    if let Some(reply) = j.reply {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(f) if f.reopen => {
+                    if let Ok(mut g) = self.slot.write() {
+                        *g = None;
+                    }
+                    self.writable.store(false, Ordering::SeqCst);
+                    let t = trouble.get_or_insert_with(Trouble::new);
+                    t.reopen_at = Some(Instant::now() + t.next_wait());
+                    let rest: Vec<Job> = std::iter::once(j).chain(jobs).collect();
+                    self.answer_failed(rest, &f.error, closing, backlog);
+                    return;
+                }
+                Err(f) => {
+                    if j.kept {
+                        tracing::error!(error = %f.error, changes = j.ops.len(),
+                            "{} refuses a change for what it holds (not for lack of disk); it is dropped", self.opts.name);
+                    }
+                    if let Some(reply) = j.reply {
+                        let _ = reply.send(Err(f.error));
+                    }
+                }
+            }
         }
     }
 
@@ -1126,6 +1225,64 @@ mod tests {
             vec![(key("ab", 0, 4), vec![4])]
         );
         s.close().await.unwrap();
+    }
+
+    /// A kept write that the database refuses for what it holds (here a table the store does not
+    /// have) cannot succeed by waiting: it is dropped with an error line, and neither blocks nor
+    /// fails the writes around it, which commit.
+    #[test]
+    fn a_refused_kept_write_does_not_block_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let s = Store::open(&path, OPTS).unwrap();
+        let put = |table: &'static str, key: &str| Op::Put {
+            table,
+            key: key.into(),
+            value: b"v".to_vec(),
+        };
+        s.write_kept(vec![put("sessions", "before")]);
+        s.write_kept(vec![put("no such table", "x")]);
+        s.write_kept(vec![put("sessions", "after")]);
+        assert!(s.flush_blocking(Duration::from_secs(10)));
+        let keys: Vec<String> = s
+            .entries("sessions")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["after", "before"]);
+        // and later writes are not held behind it
+        s.write_kept(vec![put("sessions", "later")]);
+        assert!(s.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(s.entries("sessions").unwrap().len(), 3);
+        s.close_blocking();
+    }
+
+    /// `close_blocking` (the spool's `Drop`) commits what was handed over before it, then releases
+    /// the file.
+    #[test]
+    fn close_blocking_commits_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        for round in 0..20u64 {
+            let s = Store::open(&path, OPTS).unwrap();
+            s.write_later(vec![Op::Enqueue {
+                key: QueueKey {
+                    endpoint: "q".into(),
+                    priority: 0,
+                    seq: round,
+                },
+                record: vec![1],
+            }]);
+            s.close_blocking();
+        }
+        let s = Store::open(&path, OPTS).unwrap();
+        assert_eq!(
+            s.raw_entries("q").unwrap().len(),
+            20,
+            "no pending write lost"
+        );
+        s.close_blocking();
     }
 
     use crate::test_util::SmallDisk;

@@ -386,4 +386,3 @@ fn started_at() -> &'static String {
     static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     STARTED.get_or_init(|| Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
-

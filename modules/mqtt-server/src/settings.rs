@@ -283,16 +283,30 @@ pub fn parse_topic_outputs(v: &str) -> Result<Vec<TopicOutput>, Error> {
 fn topic_outputs_from<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<TopicOutput>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        List(Vec<TopicOutput>),
-        Text(String),
+    struct Form;
+    impl<'de> serde::de::Visitor<'de> for Form {
+        type Value = Vec<TopicOutput>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(
+                "a list of {\"filter\", \"output\"} or the text filter=output;filter=output",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            parse_topic_outputs(v).map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            // each element as a TopicOutput, so that a misspelt field is named in the error
+            let mut out = Vec::new();
+            while let Some(t) = seq.next_element::<TopicOutput>()? {
+                out.push(t);
+            }
+            Ok(out)
+        }
     }
-    match Form::deserialize(d)? {
-        Form::List(l) => Ok(l),
-        Form::Text(t) => parse_topic_outputs(&t).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(Form)
 }
 
 impl edge_module::ModuleSettings for Settings {
@@ -697,6 +711,13 @@ mod tests {
         let t: Settings = serde_json::from_str(r#"{"topic_outputs": "a/#=x"}"#).unwrap();
         assert_eq!(s, t);
         assert_eq!(s.topic_outputs.len(), 1);
+        let e = serde_json::from_str::<Settings>(
+            r#"{"topic_outputs": [{"filtr": "a/#", "output": "x"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("filtr"), "{e}");
+        assert!(serde_json::from_str::<Settings>(r#"{"topic_outputs": 5}"#).is_err());
     }
 
     #[test]

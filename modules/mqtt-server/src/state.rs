@@ -433,6 +433,23 @@ fn load(store: &Store) -> Result<Loaded, StoreError> {
 mod tests {
     use super::*;
 
+    /// A QoS 1 message on topic `t` with a payload of `size` bytes.
+    fn message(t: &str, size: usize) -> Pub {
+        Pub {
+            topic: t.into(),
+            payload: Bytes::from(vec![b'x'; size]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: false,
+            pkid: 0,
+            props: PubProps::default(),
+        }
+    }
+
+    fn msg(t: &str) -> Pub {
+        message(t, 1)
+    }
+
     #[test]
     fn messages_round_trip_with_their_properties() {
         let p = Pub {
@@ -496,15 +513,6 @@ mod tests {
                 id: Some(7),
             },
         );
-        let msg = |t: &str| Pub {
-            topic: t.into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            dup: false,
-            pkid: 0,
-            props: PubProps::default(),
-        };
         {
             let (sink, loaded) = open(&path).unwrap();
             assert!(loaded.sessions.is_empty());
@@ -568,7 +576,7 @@ mod tests {
         let mnt = dir.path().join("disk");
         std::fs::create_dir(&mnt).unwrap();
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
             .arg(&mnt)
             .status()
             .unwrap()
@@ -588,15 +596,7 @@ mod tests {
         let big = |seq: u64| StateOp::Queue {
             client: "c".into(),
             seq,
-            record: encode_pub(&Pub {
-                topic: format!("t/{seq}"),
-                payload: Bytes::from(vec![b'x'; 400_000]),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                dup: false,
-                pkid: 0,
-                props: PubProps::default(),
-            }),
+            record: encode_pub(&message(&format!("t/{seq}"), 400_000)),
         };
         {
             let (sink, _) = open(&path).unwrap();
@@ -637,15 +637,6 @@ mod tests {
     fn a_format_1_file_is_read_and_moved_to_format_2() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        let msg = |t: &str| Pub {
-            topic: t.into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            dup: false,
-            pkid: 0,
-            props: PubProps::default(),
-        };
         {
             // the tables and records as format 1 wrote them
             let db = redb::Database::create(&path).unwrap();
