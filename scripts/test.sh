@@ -8,7 +8,7 @@
 #        scripts/test.sh --rust     (only fmt, clippy and cargo test)
 #        scripts/test.sh --e2e      (only the end-to-end tests; builds first)
 #        scripts/test.sh --fuzz     (only the fuzz smoke)
-# Disk: a whole run needs about TEST_DISK_GB (default 16) GB free where the checkout is; less gets a
+# Disk: a whole run needs about TEST_DISK_GB (default 8) GB free where the checkout is; less gets a
 # warning first. With CI set (or TEST_FRUGAL=1) it keeps less on disk: no incremental build, and the
 # fuzz build is deleted once its smoke has passed. docs/RELIABILITY.md, "Disk the tests need".
 set -euo pipefail
@@ -27,7 +27,7 @@ if [ -n "${CI:-}" ] || [ "${TEST_FRUGAL:-0}" = 1 ]; then
   export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 fi
 disk() { df -Pk . | awk 'NR==2 {printf "%.1f GB free", $4/1048576}'; }
-need_gb="${TEST_DISK_GB:-16}"
+need_gb="${TEST_DISK_GB:-8}"
 free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 echo "== disk: $(disk) in $PWD"
 if [ "$free_kb" -lt $((need_gb * 1048576)) ]; then
