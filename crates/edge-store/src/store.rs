@@ -759,15 +759,7 @@ impl Writer {
                     }
                 }
                 Err(f) if f.reopen => {
-                    // redb refuses every write after an I/O error until it is reopened: close it
-                    // now (readers see `reopening`) and reopen it after a wait that doubles while
-                    // commits keep failing (the disk is still full)
-                    if let Ok(mut g) = self.slot.write() {
-                        *g = None;
-                    }
-                    self.writable.store(false, Ordering::SeqCst);
-                    let t = trouble.get_or_insert_with(Trouble::new);
-                    t.reopen_at = Some(Instant::now() + t.next_wait());
+                    self.close_for_reopen(&mut trouble);
                     self.note_failure(&mut trouble, &f.error);
                     self.answer_failed(jobs, &f.error, closing, &mut backlog);
                 }
@@ -794,6 +786,18 @@ impl Writer {
                 self.opts.remedy
             );
         }
+    }
+
+    /// After an I/O error: redb refuses every write until the file is reopened, so close it now
+    /// (readers see `reopening`) and reopen it after a wait that doubles while commits keep failing
+    /// (the disk is still full).
+    fn close_for_reopen(&self, trouble: &mut Option<Trouble>) {
+        if let Ok(mut g) = self.slot.write() {
+            *g = None;
+        }
+        self.writable.store(false, Ordering::SeqCst);
+        let t = trouble.get_or_insert_with(Trouble::new);
+        t.reopen_at = Some(Instant::now() + t.next_wait());
     }
 
     /// Counts a failed commit and logs it: one line when the trouble starts, then one every 30 s
@@ -870,12 +874,7 @@ impl Writer {
                     }
                 }
                 Err(f) if f.reopen => {
-                    if let Ok(mut g) = self.slot.write() {
-                        *g = None;
-                    }
-                    self.writable.store(false, Ordering::SeqCst);
-                    let t = trouble.get_or_insert_with(Trouble::new);
-                    t.reopen_at = Some(Instant::now() + t.next_wait());
+                    self.close_for_reopen(trouble);
                     let rest: Vec<Job> = std::iter::once(j).chain(jobs).collect();
                     self.answer_failed(rest, &f.error, closing, backlog);
                     return;

@@ -568,31 +568,10 @@ mod tests {
     /// skipped, once space returns. Needs root for a small tmpfs (CI runs as root).
     #[test]
     fn changes_wait_out_a_full_disk_and_none_is_skipped() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        let Some(disk) = edge_hub::test_util::SmallDisk::mount("8m") else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("disk");
-        std::fs::create_dir(&mnt).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs");
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _unmount = Unmount(mnt.clone());
-        let path = mnt.join("state.redb");
+        };
+        let path = disk.path().join("state.redb");
         let big = |seq: u64| StateOp::Queue {
             client: "c".into(),
             seq,
@@ -604,14 +583,7 @@ mod tests {
                 client: "c".into(),
                 meta: encode_session(&BTreeMap::new(), Duration::from_secs(3600), None, &[]),
             });
-            let filler = mnt.join("filler");
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&filler).unwrap();
-                let chunk = vec![0u8; 64 * 1024];
-                while f.write_all(&chunk).is_ok() {}
-                let _ = f.sync_all();
-            }
+            let filler = disk.fill();
             for seq in 1..=3 {
                 sink.send(big(seq));
             }
