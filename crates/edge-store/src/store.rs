@@ -348,21 +348,7 @@ impl Store {
 
     /// Queues `ops` without waiting for the commit (used for deletes whose loss only causes a resend).
     pub fn write_later(&self, ops: Vec<Op>) {
-        if self
-            .writer
-            .send(Job {
-                ops,
-                then: Then::Nothing,
-                reply: None,
-                kept: false,
-            })
-            .is_err()
-        {
-            tracing::warn!(
-                store = self.opts.name,
-                "the store's writer has stopped; a queue change was not saved"
-            );
-        }
+        self.send_unanswered(ops, false);
     }
 
     /// Queues `ops` without waiting, and never lets a failed commit drop them: while commits fail
@@ -370,16 +356,17 @@ impl Store {
     /// the first group that commits. For state whose every change must reach the file in order
     /// (MqttServerModule's sessions); [`Store::flush_blocking`] tells when they have.
     pub fn write_kept(&self, ops: Vec<Op>) {
-        if self
-            .writer
-            .send(Job {
-                ops,
-                then: Then::Nothing,
-                reply: None,
-                kept: true,
-            })
-            .is_err()
-        {
+        self.send_unanswered(ops, true);
+    }
+
+    fn send_unanswered(&self, ops: Vec<Op>, kept: bool) {
+        let job = Job {
+            ops,
+            then: Then::Nothing,
+            reply: None,
+            kept,
+        };
+        if self.writer.send(job).is_err() {
             tracing::warn!(
                 store = self.opts.name,
                 "the store's writer has stopped; a change was not saved"
