@@ -653,6 +653,8 @@ impl Writer {
                     Err(_) => break,
                 },
             };
+            // what arrives in this round starts here; older jobs were seen before
+            let fresh_from = backlog.len();
             backlog.extend(first);
             // Group commit: take whatever else is already waiting.
             while backlog.len() < GROUP_MAX {
@@ -686,16 +688,25 @@ impl Writer {
             }
             let Some(db) = self.slot.read().ok().and_then(|g| g.clone()) else {
                 // The file is closed until the reopen (or for good): nothing can commit. Answer
-                // what waits for an answer at once; kept writes wait for the reopen.
+                // what arrived in this round and waits for an answer at once; kept writes wait for
+                // the reopen, where they are (only this round's jobs are looked at, so a long
+                // outage's held writes cost nothing per new write).
                 let e = if trouble.as_ref().is_some_and(|t| t.reopen_at.is_some()) {
                     reopening(self.opts)
                 } else {
                     closed(self.opts)
                 };
-                let jobs: Vec<Job> = backlog.drain(..).collect();
-                closing = jobs.iter().any(|j| j.then == Then::Close);
+                let fresh: Vec<Job> = backlog.drain(fresh_from..).collect();
+                closing = fresh.iter().any(|j| j.then == Then::Close);
                 self.note_failure(&mut trouble, &e);
-                self.answer_failed(jobs, &e, closing, &mut backlog);
+                // (on a close, the kept writes left are counted in the writer's last log line)
+                for j in fresh {
+                    if j.kept {
+                        backlog.push_back(j);
+                    } else if let Some(reply) = j.reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
                 continue;
             };
             // The oldest jobs, up to a close.
