@@ -407,7 +407,6 @@ impl<T: ModuleSettings> Builder<T> {
         let settings = deserialize::<T>(&self.value, |key| self.layer_of(key))?;
         Ok(Layered {
             value: self.value,
-            defaults: self.defaults,
             settings,
         })
     }
@@ -461,7 +460,6 @@ pub(crate) fn deserialize<T: ModuleSettings>(
 #[derive(Debug, Clone)]
 pub struct Layered<T> {
     value: Value,
-    defaults: Value,
     settings: T,
 }
 
@@ -484,11 +482,6 @@ impl<T: ModuleSettings> Layered<T> {
     /// The layered JSON document (what the twin's desired properties go over).
     pub fn value(&self) -> &Value {
         &self.value
-    }
-
-    /// `T::default()` as JSON (a twin's `null` resets a setting to it).
-    pub fn default_value(&self) -> &Value {
-        &self.defaults
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! A full twin (after every connect) is merged over the layered settings ([`Layered::value`]); a
 //! desired patch over the settings in force. Both are edge-client's twin patches
-//! ([`edge_client::twin::merge_with_defaults`]: `$` keys skipped, `null` resets a setting to its
-//! default). The result is deserialized and validated once; refused properties keep the previous
+//! ([`edge_client::twin::merge_with_defaults`]: `$` keys skipped; `null` removes a desired property,
+//! so the setting falls back to its layered value, from the defaults, file, environment or flags,
+//! the same value a full twin without that property gives after a reconnect). The result is deserialized and validated once; refused properties keep the previous
 //! settings. Every desired document or patch is answered with one reported patch
 //! `{settings: <in force>, error: <message or null>}` under the names the module's docs give
 //! ([`Reported`]).
@@ -32,8 +33,9 @@ pub struct Reported {
 /// The settings in force and what the twin changes.
 #[derive(Debug, Clone)]
 pub struct TwinSettings<T> {
+    /// The layered settings (defaults, file, environment, flags) as JSON: what a full twin goes
+    /// over, and what a removed (`null`) desired property falls back to.
     base: Value,
-    defaults: Value,
     current: T,
 }
 
@@ -42,7 +44,6 @@ impl<T: ModuleSettings + Clone> TwinSettings<T> {
     pub fn new(layered: &Layered<T>) -> Self {
         TwinSettings {
             base: layered.value().clone(),
-            defaults: layered.default_value().clone(),
             current: layered.settings().clone(),
         }
     }
@@ -66,7 +67,9 @@ impl<T: ModuleSettings + Clone> TwinSettings<T> {
     }
 
     fn apply_over(&mut self, base: Value, desired: &Value) -> Result<&T, SettingsError> {
-        self.current = over(base, desired, &self.defaults)?;
+        // a null falls back to the layered value, so a patch that removes a property gives the
+        // settings a full twin without it gives (after a reconnect)
+        self.current = over(base, desired, &self.base)?;
         Ok(&self.current)
     }
 
@@ -264,9 +267,23 @@ mod tests {
                 topic: "a".into()
             }
         );
-        // null resets to the default
+        // null falls back to the layers' value (here the default) ...
         t.apply_patch(&json!({"topic": null})).unwrap();
         assert_eq!(t.current().topic, "t");
+        // ... also where the layers set one: the environment's, as after a reconnect's full twin
+        t.apply_patch(&json!({"port": null})).unwrap();
+        assert_eq!(t.current().port, 7);
+        t.apply_patch(&json!({"port": 9})).unwrap();
+        let after_patch = {
+            t.apply_patch(&json!({"port": null})).unwrap();
+            t.current().clone()
+        };
+        t.apply_twin(&json!({})).unwrap();
+        assert_eq!(
+            t.current(),
+            &after_patch,
+            "a patch's nulls and a full twin without those keys agree"
+        );
         // a full twin starts again from the layers
         t.apply_twin(&json!({})).unwrap();
         assert_eq!(t.current().port, 7);
