@@ -13,7 +13,8 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// [`merge`], except that a `null` resets a property to its value in `defaults` when `defaults` has
-/// one at that path (a module's settings: removing a desired property brings its default back).
+/// one at that path (a module's settings: removing a desired property brings back the value the
+/// module has without it; edge-module passes its layered settings).
 /// The default replaces the property whole, as if the property were removed and then set.
 pub fn merge_with_defaults(target: &mut Value, patch: &Value, defaults: &Value) {
     let patch = without_metadata(patch);
