@@ -6,7 +6,7 @@
 //!   depths from what commits, and compacts the file after a backlog drains.
 //! - [`record`] ([`Record`]): how a queued edgeHub message is stored, a small versioned binary
 //!   format.
-//! - `test_util` (feature `test-util`): [`test_util::SmallDisk`], a small tmpfs a test fills up.
+//! - `test_util` (feature `test-util`): `test_util::SmallDisk`, a small tmpfs a test fills up.
 //!
 //! The hub (`edge-hub`) keeps `$upstream`, every module input's queue, MQTT sessions and twins in
 //! one store; MqttServerModule keeps its spool (device messages acknowledged before edgeHub had
