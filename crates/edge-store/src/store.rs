@@ -663,8 +663,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Reopen when it is time, or at once for a close (one last try to save what waits).
-            let close_waiting = backlog.iter().any(|j| j.then == Then::Close);
+            // Reopen when it is time, or at once for a close (one last try to save what waits). A
+            // close can only be among this round's jobs (held ones are kept writes).
+            let close_waiting = backlog.range(fresh_from..).any(|j| j.then == Then::Close);
             if let Some(t) = trouble.as_mut() {
                 if t.reopen_at
                     .is_some_and(|at| close_waiting || Instant::now() >= at)
@@ -712,9 +713,9 @@ impl Writer {
             // The oldest jobs, up to a close.
             let n = backlog
                 .iter()
+                .take(GROUP_MAX)
                 .position(|j| j.then == Then::Close)
-                .map_or(backlog.len(), |i| i + 1)
-                .min(GROUP_MAX);
+                .map_or(backlog.len().min(GROUP_MAX), |i| i + 1);
             let jobs: Vec<Job> = backlog.drain(..n).collect();
             closing = jobs.last().is_some_and(|j| j.then == Then::Close);
             let compact_asked = jobs.iter().any(|j| j.then == Then::Compact);
@@ -759,13 +760,13 @@ impl Writer {
                 Err(f) if f.reopen => {
                     self.close_for_reopen(&mut trouble);
                     self.note_failure(&mut trouble, &f.error);
-                    self.answer_failed(jobs, &f.error, closing, &mut backlog);
+                    self.answer_failed(jobs, &f.error, &mut backlog);
                 }
                 Err(f) => {
                     // Refused for what it holds (not the disk): one job's ops may be at fault, so
                     // each job is tried alone and only the refused ones fail.
                     self.note_failure(&mut trouble, &f.error);
-                    self.one_by_one(&db, jobs, closing, &mut backlog, &mut trouble);
+                    self.one_by_one(&db, jobs, &mut backlog, &mut trouble);
                 }
             }
         }
@@ -813,38 +814,19 @@ impl Writer {
     }
 
     /// The answer to jobs whose commit failed with `e`: kept writes go back to the front of the
-    /// backlog, in order (unless the store is closing: then they are lost, and logged); every
-    /// other job hears `e`.
-    fn answer_failed(
-        &self,
-        jobs: Vec<Job>,
-        e: &StoreError,
-        closing: bool,
-        backlog: &mut VecDeque<Job>,
-    ) {
+    /// backlog, in order (when the store is closing, the writer's last log line counts them as not
+    /// saved); every other job hears `e`.
+    fn answer_failed(&self, jobs: Vec<Job>, e: &StoreError, backlog: &mut VecDeque<Job>) {
         let mut kept = Vec::new();
-        let mut lost = 0;
         for j in jobs {
             if j.kept {
-                if closing {
-                    lost += j.ops.len();
-                } else {
-                    kept.push(j);
-                }
+                kept.push(j);
             } else if let Some(reply) = j.reply {
                 let _ = reply.send(Err(e.clone()));
             }
         }
         for j in kept.into_iter().rev() {
             backlog.push_front(j);
-        }
-        if lost > 0 {
-            tracing::error!(
-                changes = lost,
-                "{} is closing and could not commit; those changes are not saved: {}",
-                self.opts.name,
-                self.opts.remedy
-            );
         }
     }
 
@@ -855,7 +837,6 @@ impl Writer {
         &self,
         db: &Database,
         jobs: Vec<Job>,
-        closing: bool,
         backlog: &mut VecDeque<Job>,
         trouble: &mut Option<Trouble>,
     ) {
@@ -874,7 +855,7 @@ impl Writer {
                 Err(f) if f.reopen => {
                     self.close_for_reopen(trouble);
                     let rest: Vec<Job> = std::iter::once(j).chain(jobs).collect();
-                    self.answer_failed(rest, &f.error, closing, backlog);
+                    self.answer_failed(rest, &f.error, backlog);
                     return;
                 }
                 Err(f) => {
